@@ -1,0 +1,365 @@
+//! Hugging Face `config.json` for the Llama family (Llama 2/3, Mistral, Qwen2),
+//! in both the classic hub layout (`rope_theta`, `rope_scaling`, `torch_dtype`)
+//! and the transformers-5 layout (`rope_parameters`, `dtype`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{read_json, Error, Result};
+
+/// Element type of weights (and of what `--dtype` asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Parses a dtype name as vLLM's `--dtype` and HF's `torch_dtype` spell it.
+    /// `auto` is not a dtype: see [`resolve_dtype`].
+    pub fn parse(name: &str) -> Option<DType> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "float32" | "float" | "fp32" | "f32" => Some(DType::F32),
+            "float16" | "half" | "fp16" | "f16" => Some(DType::F16),
+            "bfloat16" | "bf16" => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        }
+    }
+}
+
+/// Resolves vLLM's `--dtype` (`auto` or a dtype name) against the config's dtype.
+/// `auto` keeps the config's dtype (float32 when the config names none).
+pub fn resolve_dtype(requested: &str, config: &ModelConfig) -> Result<DType> {
+    if requested.trim().eq_ignore_ascii_case("auto") {
+        return Ok(config.dtype.unwrap_or(DType::F32));
+    }
+    DType::parse(requested).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown dtype {requested:?}: expected auto, float32 (float), float16 (half) or bfloat16"
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+
+    fn from_hf_name(name: &str) -> Option<Arch> {
+        [Arch::Llama, Arch::Mistral, Arch::Qwen2].into_iter().find(|a| a.hf_name() == name)
+    }
+}
+
+/// Rotary embedding frequency scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Llama 3.1: smooth interpolation between low and high frequency bands.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// Position interpolation: positions divided by `factor`.
+    Linear { factor: f64 },
+}
+
+/// What the engine needs from `config.json`, validated.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    /// Biases on gate/up/down (Llama with `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Per layer: attend only to the last `w` positions (self included).
+    pub sliding_window: Vec<Option<usize>>,
+    /// Stored dtype named by the config (`torch_dtype` or `dtype`), if any.
+    pub dtype: Option<DType>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The raw JSON, with every field the families use; unknown fields are ignored
+/// as transformers ignores them.
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<Value>,
+}
+
+impl ModelConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn from_model_dir(dir: &Path) -> Result<ModelConfig> {
+        let path = dir.join("config.json");
+        let raw: RawConfig = read_json(&path)?;
+        ModelConfig::from_raw(raw).map_err(|msg| Error::bad_file(&path, msg))
+    }
+
+    /// Parses the text of a `config.json`.
+    pub fn from_json_str(text: &str) -> std::result::Result<ModelConfig, String> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        ModelConfig::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> std::result::Result<ModelConfig, String> {
+        let arch_names = raw.architectures.clone().unwrap_or_default();
+        let arch = arch_names
+            .iter()
+            .find_map(|n| Arch::from_hf_name(n))
+            .ok_or_else(|| {
+                format!(
+                    "unsupported architecture {:?} (model_type {:?}); supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM",
+                    arch_names,
+                    raw.model_type.as_deref().unwrap_or("?")
+                )
+            })?;
+        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| format!("missing field `{name}`"));
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
+            ));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => return Err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} and no head_dim is given")),
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(format!("head_dim must be even and positive, got {head_dim}"));
+        }
+        if hidden_size == 0 || intermediate_size == 0 || num_layers == 0 || vocab_size == 0 {
+            return Err("hidden_size, intermediate_size, num_hidden_layers and vocab_size must be positive".into());
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" && act != "swish" {
+                return Err(format!("unsupported hidden_act {act:?}: only silu is supported"));
+            }
+        }
+
+        // transformers 5 moved rope_theta and the scaling into `rope_parameters`.
+        let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .unwrap_or(10000.0);
+        let scaling_json = raw.rope_scaling.as_ref().filter(|v| v.is_object()).or(rope_params);
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
+        let rope_scaling = parse_rope_scaling(scaling_json, max_position_embeddings)?;
+
+        let sliding_window = match arch {
+            Arch::Mistral => vec![raw.sliding_window; num_layers],
+            Arch::Llama | Arch::Qwen2 => {
+                let window = raw.sliding_window.filter(|_| raw.use_sliding_window.unwrap_or(false));
+                match (&raw.layer_types, window) {
+                    (Some(types), _) if types.len() == num_layers => types
+                        .iter()
+                        .map(|t| if t == "sliding_attention" { raw.sliding_window } else { None })
+                        .collect(),
+                    (_, Some(w)) => {
+                        let first = raw.max_window_layers.unwrap_or(num_layers);
+                        (0..num_layers).map(|i| (i >= first).then_some(w)).collect()
+                    }
+                    _ => vec![None; num_layers],
+                }
+            }
+        };
+        if sliding_window.iter().any(|w| *w == Some(0)) {
+            return Err("sliding_window must be positive".into());
+        }
+
+        let dtype_name = raw.torch_dtype.as_deref().or(raw.dtype.as_deref());
+        let dtype = match dtype_name {
+            None => None,
+            Some(n) => Some(DType::parse(n).ok_or_else(|| format!("unsupported dtype {n:?}"))?),
+        };
+        let eos_token_ids = match &raw.eos_token_id {
+            Some(v) => token_id_list(v).ok_or("eos_token_id must be an integer or a list of integers")?,
+            None => vec![],
+        };
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        Ok(ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2 || attention_bias,
+            o_bias: arch != Arch::Qwen2 && attention_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            sliding_window,
+            dtype,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids,
+        })
+    }
+
+    /// Heads of queries that share one KV head.
+    pub fn group_size(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+/// `eos_token_id` may be one integer or a list.
+pub fn token_id_list(v: &Value) -> Option<Vec<u32>> {
+    match v {
+        Value::Null => Some(vec![]),
+        Value::Number(n) => Some(vec![u32::try_from(n.as_u64()?).ok()?]),
+        Value::Array(items) => items.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+        _ => None,
+    }
+}
+
+fn parse_rope_scaling(v: Option<&Value>, max_pos: usize) -> std::result::Result<RopeScaling, String> {
+    let Some(v) = v else { return Ok(RopeScaling::None) };
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |key: &str| v.get(key).and_then(Value::as_f64);
+    let need = |key: &str| num(key).ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"));
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: need("factor")? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(max_pos as f64),
+        }),
+        other => Err(format!("unsupported rope scaling type {other:?}: supported are default, linear, llama3")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA3: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":128,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":1,"vocab_size":100,
+        "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+        "original_max_position_embeddings":8192},"rope_theta":500000.0,"torch_dtype":"bfloat16",
+        "eos_token_id":[128001,128009]}"#;
+
+    #[test]
+    fn classic_layout() {
+        let c = ModelConfig::from_json_str(LLAMA3).unwrap();
+        assert_eq!(c.arch, Arch::Llama);
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.group_size(), 4);
+        assert_eq!(c.dtype, Some(DType::BF16));
+        assert_eq!(c.eos_token_ids, vec![128001, 128009]);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(c.rope_theta, 500000.0);
+    }
+
+    #[test]
+    fn transformers5_layout() {
+        let text = r#"{"architectures":["Qwen2ForCausalLM"],"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,"dtype":"float16",
+            "rope_parameters":{"rope_type":"default","rope_theta":1000000.0},"head_dim":32}"#;
+        let c = ModelConfig::from_json_str(text).unwrap();
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        assert_eq!(c.dtype, Some(DType::F16));
+        assert_eq!(c.head_dim, 32);
+        assert!(c.qkv_bias && !c.o_bias);
+    }
+
+    #[test]
+    fn rejects_unsupported() {
+        let bad = LLAMA3.replace("LlamaForCausalLM", "GPT2LMHeadModel");
+        assert!(ModelConfig::from_json_str(&bad).unwrap_err().contains("unsupported architecture"));
+        let bad = LLAMA3.replace("\"llama3\"", "\"yarn\"");
+        assert!(ModelConfig::from_json_str(&bad).unwrap_err().contains("yarn"));
+    }
+
+    #[test]
+    fn dtype_aliases() {
+        assert_eq!(DType::parse("half"), Some(DType::F16));
+        assert_eq!(DType::parse("float"), Some(DType::F32));
+        assert_eq!(DType::parse("bfloat16"), Some(DType::BF16));
+        let c = ModelConfig::from_json_str(LLAMA3).unwrap();
+        assert_eq!(resolve_dtype("auto", &c).unwrap(), DType::BF16);
+        assert!(resolve_dtype("int8", &c).is_err());
+    }
+}

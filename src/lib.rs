@@ -1,0 +1,18 @@
+//! engine: a kernel-first LLM inference engine.
+//!
+//! Data flows one way: a model directory is loaded into a [`model::Model`]
+//! (weights on a [`backend::Backend`]) plus a [`tokenizer::Tokenizer`]; the
+//! [`generate`] loop turns prompts into token batches over the paged
+//! [`kv_cache`], runs the model, and samples with [`sampling`].
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod fixture;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
