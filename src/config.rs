@@ -75,7 +75,9 @@ impl Arch {
     }
 
     fn from_hf_name(name: &str) -> Option<Arch> {
-        [Arch::Llama, Arch::Mistral, Arch::Qwen2].into_iter().find(|a| a.hf_name() == name)
+        [Arch::Llama, Arch::Mistral, Arch::Qwen2]
+            .into_iter()
+            .find(|a| a.hf_name() == name)
     }
 }
 
@@ -91,7 +93,9 @@ pub enum RopeScaling {
         original_max_position_embeddings: f64,
     },
     /// Position interpolation: positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
 }
 
 /// What the engine needs from `config.json`, validated.
@@ -166,7 +170,8 @@ impl ModelConfig {
 
     /// Parses the text of a `config.json`.
     pub fn from_json_str(text: &str) -> std::result::Result<ModelConfig, String> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         ModelConfig::from_raw(raw)
     }
 
@@ -182,7 +187,8 @@ impl ModelConfig {
                     raw.model_type.as_deref().unwrap_or("?")
                 )
             })?;
-        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| format!("missing field `{name}`"));
+        let need =
+            |v: Option<usize>, name: &str| v.ok_or_else(|| format!("missing field `{name}`"));
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
         let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
@@ -200,14 +206,21 @@ impl ModelConfig {
             None => return Err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} and no head_dim is given")),
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!("head_dim must be even and positive, got {head_dim}"));
+            return Err(format!(
+                "head_dim must be even and positive, got {head_dim}"
+            ));
         }
         if hidden_size == 0 || intermediate_size == 0 || num_layers == 0 || vocab_size == 0 {
-            return Err("hidden_size, intermediate_size, num_hidden_layers and vocab_size must be positive".into());
+            return Err(
+                "hidden_size, intermediate_size, num_hidden_layers and vocab_size must be positive"
+                    .into(),
+            );
         }
         if let Some(act) = &raw.hidden_act {
             if act != "silu" && act != "swish" {
-                return Err(format!("unsupported hidden_act {act:?}: only silu is supported"));
+                return Err(format!(
+                    "unsupported hidden_act {act:?}: only silu is supported"
+                ));
             }
         }
 
@@ -215,20 +228,36 @@ impl ModelConfig {
         let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10000.0);
-        let scaling_json = raw.rope_scaling.as_ref().filter(|v| v.is_object()).or(rope_params);
+        let scaling_json = raw
+            .rope_scaling
+            .as_ref()
+            .filter(|v| v.is_object())
+            .or(rope_params);
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
         let rope_scaling = parse_rope_scaling(scaling_json, max_position_embeddings)?;
 
         let sliding_window = match arch {
             Arch::Mistral => vec![raw.sliding_window; num_layers],
             Arch::Llama | Arch::Qwen2 => {
-                let window = raw.sliding_window.filter(|_| raw.use_sliding_window.unwrap_or(false));
+                let window = raw
+                    .sliding_window
+                    .filter(|_| raw.use_sliding_window.unwrap_or(false));
                 match (&raw.layer_types, window) {
                     (Some(types), _) if types.len() == num_layers => types
                         .iter()
-                        .map(|t| if t == "sliding_attention" { raw.sliding_window } else { None })
+                        .map(|t| {
+                            if t == "sliding_attention" {
+                                raw.sliding_window
+                            } else {
+                                None
+                            }
+                        })
                         .collect(),
                     (_, Some(w)) => {
                         let first = raw.max_window_layers.unwrap_or(num_layers);
@@ -238,7 +267,7 @@ impl ModelConfig {
                 }
             }
         };
-        if sliding_window.iter().any(|w| *w == Some(0)) {
+        if sliding_window.contains(&Some(0)) {
             return Err("sliding_window must be positive".into());
         }
 
@@ -248,7 +277,9 @@ impl ModelConfig {
             Some(n) => Some(DType::parse(n).ok_or_else(|| format!("unsupported dtype {n:?}"))?),
         };
         let eos_token_ids = match &raw.eos_token_id {
-            Some(v) => token_id_list(v).ok_or("eos_token_id must be an integer or a list of integers")?,
+            Some(v) => {
+                token_id_list(v).ok_or("eos_token_id must be an integer or a list of integers")?
+            }
             None => vec![],
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
@@ -287,26 +318,43 @@ pub fn token_id_list(v: &Value) -> Option<Vec<u32>> {
     match v {
         Value::Null => Some(vec![]),
         Value::Number(n) => Some(vec![u32::try_from(n.as_u64()?).ok()?]),
-        Value::Array(items) => items.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect(),
         _ => None,
     }
 }
 
-fn parse_rope_scaling(v: Option<&Value>, max_pos: usize) -> std::result::Result<RopeScaling, String> {
-    let Some(v) = v else { return Ok(RopeScaling::None) };
-    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+fn parse_rope_scaling(
+    v: Option<&Value>,
+    max_pos: usize,
+) -> std::result::Result<RopeScaling, String> {
+    let Some(v) = v else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let num = |key: &str| v.get(key).and_then(Value::as_f64);
     let need = |key: &str| num(key).ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"));
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: need("factor")? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: need("factor")?,
+        }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: need("factor")?,
             low_freq_factor: need("low_freq_factor")?,
             high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(max_pos as f64),
+            original_max_position_embeddings: num("original_max_position_embeddings")
+                .unwrap_or(max_pos as f64),
         }),
-        other => Err(format!("unsupported rope scaling type {other:?}: supported are default, linear, llama3")),
+        other => Err(format!(
+            "unsupported rope scaling type {other:?}: supported are default, linear, llama3"
+        )),
     }
 }
 
@@ -348,9 +396,13 @@ mod tests {
     #[test]
     fn rejects_unsupported() {
         let bad = LLAMA3.replace("LlamaForCausalLM", "GPT2LMHeadModel");
-        assert!(ModelConfig::from_json_str(&bad).unwrap_err().contains("unsupported architecture"));
+        assert!(ModelConfig::from_json_str(&bad)
+            .unwrap_err()
+            .contains("unsupported architecture"));
         let bad = LLAMA3.replace("\"llama3\"", "\"yarn\"");
-        assert!(ModelConfig::from_json_str(&bad).unwrap_err().contains("yarn"));
+        assert!(ModelConfig::from_json_str(&bad)
+            .unwrap_err()
+            .contains("yarn"));
     }
 
     #[test]

@@ -37,11 +37,17 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     pub fn bad_file(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        Error::BadFile { path: path.as_ref().to_path_buf(), message: message.into() }
+        Error::BadFile {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -1,0 +1,150 @@
+//! The CPU backend (rayon): the reference implementation of every op.
+
+mod attention;
+pub mod matmul;
+mod ops;
+pub mod weight;
+
+use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
+use crate::config::DType;
+use crate::error::Result;
+use crate::model::weights::HostTensor;
+
+pub use weight::CpuWeight;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+    type Weight = CpuWeight;
+    type KvPool = Vec<f32>;
+    type Meta = StepMeta;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn buffer_len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<CpuWeight> {
+        Ok(CpuWeight::from_host(tensor, dtype))
+    }
+
+    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Vec<f32>> {
+        Ok(vec![0.0; shape.len()])
+    }
+
+    fn prepare_step(&self, meta: StepMeta) -> Result<StepMeta> {
+        Ok(meta)
+    }
+
+    fn step_meta<'a>(&self, meta: &'a StepMeta) -> &'a StepMeta {
+        meta
+    }
+
+    fn embedding(&self, table: &CpuWeight, meta: &StepMeta, out: &mut Vec<f32>) -> Result<()> {
+        ops::embedding(table, &meta.token_ids, out);
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        ops::rms_norm(x, &weight.to_f32_vec(), eps, out);
+        Ok(())
+    }
+
+    fn fused_add_rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        residual: &mut Vec<f32>,
+        weight: &CpuWeight,
+        eps: f32,
+    ) -> Result<()> {
+        ops::fused_add_rms_norm(x, residual, &weight.to_f32_vec(), eps);
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let bias = bias.map(CpuWeight::to_f32_vec);
+        matmul::matmul(x, weight, bias.as_deref(), out);
+        Ok(())
+    }
+
+    fn rotary(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos_sin: &Vec<f32>,
+        meta: &StepMeta,
+        shape: AttnShape,
+    ) -> Result<()> {
+        ops::rotary(qkv, cos_sin, &meta.positions, shape);
+        Ok(())
+    }
+
+    fn reshape_and_cache(
+        &self,
+        qkv: &Vec<f32>,
+        k_pool: &mut Vec<f32>,
+        v_pool: &mut Vec<f32>,
+        meta: &StepMeta,
+        shape: AttnShape,
+    ) -> Result<()> {
+        ops::reshape_and_cache(qkv, k_pool, v_pool, meta, shape);
+        Ok(())
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &Vec<f32>,
+        k_pool: &Vec<f32>,
+        v_pool: &Vec<f32>,
+        meta: &StepMeta,
+        shape: AttnShape,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        attention::paged_attention(qkv, k_pool, v_pool, meta, shape, out);
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate_up: &Vec<f32>, width: usize, out: &mut Vec<f32>) -> Result<()> {
+        ops::silu_mul(gate_up, width, out);
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        rows: &[usize],
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        ops::gather_rows(x, rows, width, out);
+        Ok(())
+    }
+}

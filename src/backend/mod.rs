@@ -1,0 +1,182 @@
+//! The device ops the model is written against. The model never branches on the
+//! device: it calls these ops, and a backend (CPU now, CUDA later) implements them
+//! over the same memory layouts, so the CPU backend is the reference for the GPU.
+//!
+//! Layouts (row-major, f32 activations):
+//! - activations `[tokens, features]`;
+//! - weights `[out_features, in_features]` in their stored dtype (as Hugging Face keeps them);
+//! - the fused projection `qkv` row is `[q heads | k heads | v heads] x head_dim`;
+//! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`.
+
+pub mod cpu;
+
+use crate::config::DType;
+use crate::error::Result;
+use crate::model::weights::HostTensor;
+
+/// Everything the ops need to know about one forward step, built on the host by
+/// the scheduler and handed to the backend once per step.
+#[derive(Debug, Clone, Default)]
+pub struct StepMeta {
+    /// Per token of the batch.
+    pub token_ids: Vec<u32>,
+    /// Per token: its position in its sequence (rotary and causal mask).
+    pub positions: Vec<u32>,
+    /// Per token: the KV cache slot it writes (`block * block_size + offset`); -1 skips the write.
+    pub slot_mapping: Vec<i64>,
+    /// Per sequence: its rows are `query_start[s]..query_start[s + 1]` (len = sequences + 1).
+    pub query_start: Vec<usize>,
+    /// Per sequence: tokens in its KV cache once this step's tokens are written.
+    pub context_lens: Vec<usize>,
+    /// Per sequence: the physical blocks holding its positions, in order.
+    pub block_tables: Vec<Vec<u32>>,
+    /// Rows of the final hidden state to turn into logits, in output order.
+    pub logits_rows: Vec<usize>,
+    pub block_size: usize,
+}
+
+impl StepMeta {
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    pub fn num_seqs(&self) -> usize {
+        self.context_lens.len()
+    }
+}
+
+/// Geometry of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Attend only to the last `w` positions (self included), as Mistral does.
+    pub sliding_window: Option<usize>,
+    pub scale: f32,
+}
+
+impl AttnShape {
+    /// Width of one row of the fused qkv projection.
+    pub fn qkv_width(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+}
+
+/// Geometry of a KV pool: `[num_blocks, num_kv_heads, block_size, head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPoolShape {
+    pub num_blocks: usize,
+    pub num_kv_heads: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl KvPoolShape {
+    pub fn len(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A compute device. Every op checks nothing a caller controls: the model builds
+/// shapes from a validated config, and the scheduler builds [`StepMeta`].
+pub trait Backend: Send + Sync + 'static {
+    /// f32 activations on the device.
+    type Buffer: Send + Sync;
+    /// A weight tensor in its stored dtype on the device.
+    type Weight: Send + Sync;
+    /// One layer's K or V pool.
+    type KvPool: Send + Sync;
+    /// [`StepMeta`] as the device reads it.
+    type Meta: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // Memory.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    fn buffer_len(&self, buf: &Self::Buffer) -> usize;
+    /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
+    fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
+    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Self::KvPool>;
+    fn prepare_step(&self, meta: StepMeta) -> Result<Self::Meta>;
+    /// The host copy of what was prepared (the scheduler reads it back to sample).
+    fn step_meta<'a>(&self, meta: &'a Self::Meta) -> &'a StepMeta;
+
+    // Ops.
+    /// `out[t] = table[token_ids[t]]`.
+    fn embedding(
+        &self,
+        table: &Self::Weight,
+        meta: &Self::Meta,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `out = x / rms(x) * weight`, row by row.
+    fn rms_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `residual += x; x = residual / rms(residual) * weight`, row by row.
+    fn fused_add_rms_norm(
+        &self,
+        x: &mut Self::Buffer,
+        residual: &mut Self::Buffer,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<()>;
+    /// `out[m, n] = x[m, k] · weight[n, k]ᵀ (+ bias[n])`.
+    fn matmul(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// Rotates the q and k heads of each fused qkv row in place (neox style) with
+    /// `cos_sin[pos] = [cos(pos·f_0..f_{d/2}), sin(...)]`.
+    fn rotary(
+        &self,
+        qkv: &mut Self::Buffer,
+        cos_sin: &Self::Buffer,
+        meta: &Self::Meta,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// Writes each token's k and v heads into its slot of the pools.
+    fn reshape_and_cache(
+        &self,
+        qkv: &Self::Buffer,
+        k_pool: &mut Self::KvPool,
+        v_pool: &mut Self::KvPool,
+        meta: &Self::Meta,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// Causal attention of each token's q heads over its sequence's cached K/V
+    /// (prefill, chunked prefill and decode alike). `out` is `[tokens, heads * head_dim]`.
+    fn paged_attention(
+        &self,
+        qkv: &Self::Buffer,
+        k_pool: &Self::KvPool,
+        v_pool: &Self::KvPool,
+        meta: &Self::Meta,
+        shape: AttnShape,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+    /// `out[t] = silu(gate_up[t, :width]) * gate_up[t, width:]`.
+    fn silu_mul(&self, gate_up: &Self::Buffer, width: usize, out: &mut Self::Buffer) -> Result<()>;
+    /// `out[i] = x[rows[i]]` for rows of width `width`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buffer,
+        rows: &[usize],
+        width: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+}
