@@ -2,7 +2,7 @@
 
 mod attention;
 pub mod matmul;
-mod ops;
+pub(crate) mod ops;
 pub mod weight;
 
 use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
