@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Kwargs, Rest, Value, ValueKind};
+use minijinja::value::{Kwargs, Rest, Value, ValueKind, ValueOrKwargs};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Output, State};
 use serde_json::{Map, Value as Json};
 
@@ -346,8 +346,8 @@ fn strftime_now(format: &str) -> std::result::Result<Value, JinjaError> {
 }
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
-fn tojson(value: &Value, args: Rest<Value>) -> std::result::Result<Value, JinjaError> {
-    let mut positional = args.0;
+fn tojson(value: &Value, args: Rest<ValueOrKwargs>) -> std::result::Result<Value, JinjaError> {
+    let mut positional = args.into_values();
     let kwargs = match positional.last() {
         Some(last) if last.is_kwargs() => Kwargs::try_from(positional.pop().unwrap_or_default())?,
         _ => Kwargs::try_from(Value::UNDEFINED)?,

@@ -95,7 +95,13 @@ impl IncrementalDetokenizer {
             return Ok(String::new());
         }
         let (prefix_text, new_text) = self.decode_window(tok)?;
-        Ok(self.advance(&prefix_text, &new_text))
+        let delta = self.advance(&prefix_text, &new_text);
+        if new_text.ends_with(char::REPLACEMENT_CHARACTER) {
+            // The flushed bytes stay a U+FFFD: tokens pushed after this must not
+            // complete them retroactively, so decoding restarts after them.
+            self.prefix_offset = self.read_offset;
+        }
+        Ok(delta)
     }
 
     /// The generated ids seen so far.

@@ -466,12 +466,19 @@ mod tests {
 
     #[test]
     fn repr_of_containers() {
-        let v = Value::from_serialize(
-            serde_json::json!({"a": [1, 2.0, null, true, "it's"], "b": "x\ny"}),
-        );
+        let list: Value = [
+            Value::from(1),
+            Value::from(2.0),
+            Value::from(()),
+            Value::from(true),
+            Value::from("it's"),
+        ]
+        .into_iter()
+        .collect();
+        let v = Value::from_pairs([("a", list), ("b", Value::from("x\ny\u{a0}"))]);
         let mut s = String::new();
         py_repr(&mut s, &v);
-        assert_eq!(s, r#"{'a': [1, 2.0, None, True, "it's"], 'b': 'x\ny'}"#);
+        assert_eq!(s, r#"{'a': [1, 2.0, None, True, "it's"], 'b': 'x\ny\xa0'}"#);
     }
 
     #[test]
