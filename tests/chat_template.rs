@@ -492,3 +492,48 @@ fn broken_model_templates_fail_at_use_and_name_their_file() {
         "ok"
     );
 }
+
+/// Templates with the constructs of real model templates, rendered by Jinja2 3.1.6 set
+/// up as transformers sets it up (tests/fixtures/chat-templates/generate.py).
+#[test]
+fn jinja2_reference_renderings() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/chat-templates/cases.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let special = &reference["special_tokens"];
+    let tokens = SpecialTokens {
+        bos_token: special["bos_token"].as_str().map(String::from),
+        eos_token: special["eos_token"].as_str().map(String::from),
+        unk_token: special["unk_token"].as_str().map(String::from),
+        pad_token: None,
+    };
+    let cases = array(&reference, "cases");
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let name = str_of(case, "name");
+        let template = ChatTemplate::new(str_of(case, "template"), tokens.clone())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let options = RenderOptions {
+            add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
+            tools: case.get("tools").filter(|t| !t.is_null()),
+            extra: case.get("extra").and_then(Value::as_object),
+            ..RenderOptions::default()
+        };
+        let result = template.render_with(&case["messages"], &options);
+        match case["error"].as_str() {
+            Some(message) => {
+                let err = result.expect_err(name);
+                assert_eq!(
+                    err.to_string(),
+                    format!("chat template: {message}"),
+                    "{name}"
+                );
+            }
+            None => assert_eq!(
+                result.unwrap_or_else(|e| panic!("{name}: {e}")),
+                str_of(case, "rendered"),
+                "{name}"
+            ),
+        }
+    }
+}

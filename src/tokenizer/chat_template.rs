@@ -121,11 +121,11 @@ impl ChatTemplate {
                  to have the model continue the final message, add_generation_prompt to start a new assistant message",
             ));
         }
-        let mut tagged = None;
-        if options.continue_final_message {
-            let (with_tag, final_text) = self.tag_final_message(messages)?;
-            tagged = Some((with_tag, final_text));
-        }
+        let tagged = if options.continue_final_message {
+            Some(self.tag_final_message(messages)?)
+        } else {
+            None
+        };
         let messages = tagged.as_ref().map_or(messages, |(m, _)| m);
         let rendered = self.render_raw(messages, options)?;
         match &tagged {

@@ -59,6 +59,8 @@ impl Tokenizer {
     /// Loads `tokenizer.json` (required) and, when present, `tokenizer_config.json`,
     /// `special_tokens_map.json`, `generation_config.json`, `chat_template.jinja` and
     /// `additional_chat_templates/*.jinja` from a Hugging Face model directory.
+    /// `config.json`'s `model_type` matters too: for Qwen models transformers 5 uses its
+    /// own pre-tokenizer and NFC normalizer, and so do we (see `load.rs`).
     pub fn from_model_dir(dir: &Path) -> Result<Tokenizer> {
         load::from_model_dir(dir)
     }
