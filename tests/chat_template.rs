@@ -347,7 +347,8 @@ fn compile_errors_are_reported() {
 fn chat_template_arg_follows_vllm_rule() {
     let dir = scratch_dir("template-arg");
     let path = dir.join("template.jinja");
-    std::fs::write(&path, "{{ messages[0]['content'] }}\n").unwrap();
+    // Read in text mode like Python: CRLF becomes LF.
+    std::fs::write(&path, "{{ messages[0]['content'] }}\r\n").unwrap();
     assert_eq!(
         load_chat_template_arg(path.to_str().unwrap()).unwrap(),
         "{{ messages[0]['content'] }}\n"
@@ -447,7 +448,7 @@ fn chat_template_jinja_takes_precedence() {
     let dir = copy_tokenizer_files("tiny-llama", "template-file");
     std::fs::write(
         dir.join("chat_template.jinja"),
-        "FILE {{ messages[0]['content'] }}\n",
+        "FILE\r\n{{ messages[0]['content'] }}\r\n",
     )
     .unwrap();
     let tok = Tokenizer::from_model_dir(&dir).unwrap();
@@ -456,7 +457,7 @@ fn chat_template_jinja_takes_precedence() {
         .unwrap()
         .render(&json!([{"role": "user", "content": "hi"}]), false, None)
         .unwrap();
-    assert_eq!(out, "FILE hi");
+    assert_eq!(out, "FILE\nhi");
 
     std::fs::create_dir_all(dir.join("additional_chat_templates")).unwrap();
     std::fs::write(dir.join("additional_chat_templates/rag.jinja"), "RAG").unwrap();

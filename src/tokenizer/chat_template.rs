@@ -469,6 +469,7 @@ pub fn load_chat_template_arg(arg: &str) -> Result<String> {
     let path = Path::new(arg);
     match std::fs::read(path) {
         Ok(bytes) => String::from_utf8(bytes)
+            .map(python::universal_newlines)
             .map_err(|_| Error::bad_file(path, "chat template is not valid UTF-8")),
         Err(e) => {
             if !arg.contains(['{', '}', '\n']) {

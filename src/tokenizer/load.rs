@@ -10,6 +10,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
+use super::python::universal_newlines;
 use super::{ChatTemplate, NamedTemplate, SpecialTokens, Tokenizer};
 use crate::config::token_id_list;
 use crate::error::{read_to_string, Error, Result};
@@ -227,7 +228,7 @@ fn load_chat_templates(
     let mut sources: Vec<(String, String, PathBuf)> = Vec::new();
     let jinja_path = dir.join("chat_template.jinja");
     match std::fs::read_to_string(&jinja_path) {
-        Ok(text) => sources.push(("default".into(), text, jinja_path)),
+        Ok(text) => sources.push(("default".into(), universal_newlines(text), jinja_path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match config.get("chat_template") {
             None | Some(Json::Null) => {}
             Some(Json::String(text)) => {
@@ -266,7 +267,7 @@ fn load_chat_templates(
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            sources.push((name, read_to_string(&path)?, path));
+            sources.push((name, universal_newlines(read_to_string(&path)?), path));
         }
     }
     Ok(sources

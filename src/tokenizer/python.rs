@@ -25,6 +25,15 @@ pub fn py_rstrip(s: &str) -> &str {
     s.trim_end_matches(is_py_space)
 }
 
+/// What Python's text-mode `open(path).read()` returns for `text`: universal newlines
+/// turn `\r\n` and lone `\r` into `\n`. transformers and vLLM read template files so.
+pub fn universal_newlines(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// Python's `repr(float)`: the shortest digits that round-trip (as Rust's formatting
 /// also produces), laid out as Python does — positional between 1e-4 and 1e16 with a
 /// mandatory fractional part, scientific with a signed two-digit exponent outside it.
@@ -479,6 +488,11 @@ mod tests {
         let mut s = String::new();
         py_repr(&mut s, &v);
         assert_eq!(s, r#"{'a': [1, 2.0, None, True, "it's"], 'b': 'x\ny\xa0'}"#);
+    }
+
+    #[test]
+    fn text_mode_newlines() {
+        assert_eq!(universal_newlines("a\r\nb\rc\n".into()), "a\nb\nc\n");
     }
 
     #[test]
