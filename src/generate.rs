@@ -123,7 +123,7 @@ impl<B: Backend> Llm<B> {
         };
         let kv = KvCache::new(&model, num_blocks, options.block_size)?;
         let mut eos_token_ids = match &tokenizer {
-            Some(t) => t.generation_eos_token_ids(),
+            Some(t) => t.generation_eos_token_ids().to_vec(),
             None => model.config.eos_token_ids.clone(),
         };
         eos_token_ids.sort_unstable();
