@@ -161,7 +161,7 @@ impl<B: Backend> Llm<B> {
             s.table.release(&mut self.allocator);
         }
         result?;
-        Ok(seqs.into_iter().map(|s| self.completion(s)).collect())
+        seqs.into_iter().map(|s| self.completion(s)).collect()
     }
 
     /// Logits at every position of `tokens` (one row per token), for scoring and tests.
@@ -389,19 +389,19 @@ impl<B: Backend> Llm<B> {
         self.model.backend().download(&logits)
     }
 
-    fn completion(&self, s: Sequence) -> Completion {
+    fn completion(&self, s: Sequence) -> Result<Completion> {
         let token_ids = s.tokens[s.prompt_len..].to_vec();
         let text = match &self.tokenizer {
-            Some(t) => t.decode(&token_ids, true, true).unwrap_or_default(),
+            Some(t) => t.decode(&token_ids, true, true)?,
             None => String::new(),
         };
-        Completion {
+        Ok(Completion {
             prompt_token_ids: s.tokens[..s.prompt_len].to_vec(),
             token_ids,
             text,
             logprobs: s.logprobs,
             prompt_logprobs: s.prompt_logprobs,
             finish_reason: s.finish.unwrap_or(FinishReason::Length),
-        }
+        })
     }
 }
