@@ -63,7 +63,7 @@ fn run() -> Result<(), String> {
     eprintln!(
         "loaded {} ({}) in {:.2?}",
         model.display(),
-        llm.model.dtype.name(),
+        llm.model().dtype.name(),
         start.elapsed()
     );
 
@@ -77,13 +77,14 @@ fn run() -> Result<(), String> {
     let start = Instant::now();
     let outputs = llm.generate(&requests).map_err(|e| e.to_string())?;
     let elapsed = start.elapsed();
-    let generated: usize = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let generated: usize = outputs.iter().map(|o| o.best().token_ids.len()).sum();
     for (prompt, out) in prompts.iter().zip(&outputs) {
+        let best = out.best();
         println!(
-            "{prompt:?} -> {:?} ({:?}, {} tokens)",
-            out.text,
-            out.finish_reason,
-            out.token_ids.len()
+            "{prompt:?} -> {:?} ({}, {} tokens)",
+            best.text,
+            best.finish_reason.as_str(),
+            best.token_ids.len()
         );
     }
     eprintln!(

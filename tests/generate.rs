@@ -38,7 +38,7 @@ fn requests(params: &SamplingParams) -> Vec<Request> {
 }
 
 fn ids(outs: &[Completion]) -> Vec<Vec<u32>> {
-    outs.iter().map(|o| o.token_ids.clone()).collect()
+    outs.iter().map(|o| o.best().token_ids.clone()).collect()
 }
 
 #[test]
@@ -51,7 +51,14 @@ fn batched_equals_one_at_a_time() {
     let batched = ids(&llm.generate(&requests(&params)).unwrap());
     let solo: Vec<Vec<u32>> = requests(&params)
         .into_iter()
-        .map(|r| llm.generate(&[r]).unwrap().remove(0).token_ids)
+        .map(|r| {
+            llm.generate(&[r])
+                .unwrap()
+                .remove(0)
+                .best()
+                .token_ids
+                .clone()
+        })
         .collect();
     assert_eq!(batched, solo);
 }
@@ -107,7 +114,9 @@ fn seeded_sampling_is_reproducible_and_batch_independent() {
         .generate(&requests(&seeded(42))[..1])
         .unwrap()
         .remove(0)
-        .token_ids;
+        .best()
+        .token_ids
+        .clone();
     assert_eq!(batch[0], alone);
     assert_ne!(batch, ids(&llm.generate(&requests(&seeded(43))).unwrap()));
     let greedy = ids(&llm
@@ -135,6 +144,8 @@ fn stop_tokens_eos_and_length() {
             params,
         }])
         .unwrap()
+        .remove(0)
+        .outputs
         .remove(0)
     };
 
@@ -186,8 +197,8 @@ fn the_model_length_limit_ends_generation() {
             params: params.clone(),
         }])
         .unwrap();
-    assert_eq!(out[0].token_ids.len(), 5);
-    assert_eq!(out[0].finish_reason, FinishReason::Length);
+    assert_eq!(out[0].best().token_ids.len(), 5);
+    assert_eq!(out[0].best().finish_reason, FinishReason::Length);
     let err = llm
         .generate(&[Request {
             prompt: Prompt::Tokens(vec![1; 21]),

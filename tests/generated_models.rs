@@ -37,7 +37,7 @@ fn every_architecture_generates_from_text_and_chat() {
     for arch in [Arch::Llama, Arch::Mistral, Arch::Qwen2] {
         let dir = write(&FixtureSpec::tiny(arch));
         let mut llm = load(dir.path());
-        let tok = llm.tokenizer.as_ref().unwrap();
+        let tok = llm.tokenizer().unwrap();
         let messages = serde_json::json!([{"role": "user", "content": "Hello there"}]);
         let chat = tok
             .chat_template()
@@ -55,13 +55,13 @@ fn every_architecture_generates_from_text_and_chat() {
                 params,
             }])
             .unwrap();
-        assert_eq!(out[0].token_ids.len(), 8, "{arch:?}");
+        let best = out[0].best();
+        assert_eq!(best.token_ids.len(), 8, "{arch:?}");
         assert_eq!(
-            out[0].text,
-            llm.tokenizer
-                .as_ref()
+            best.text,
+            llm.tokenizer()
                 .unwrap()
-                .decode(&out[0].token_ids, true, true)
+                .decode(&best.token_ids, true, true)
                 .unwrap()
         );
     }
@@ -130,7 +130,7 @@ fn transformers5_layout_with_llama3_rope_equals_classic_layout() {
     });
     assert_ne!(last_logits(a.path()), last_logits(plain.path()));
     // And the chat template comes from chat_template.jinja.
-    assert!(load(b.path()).tokenizer.unwrap().chat_template().is_ok());
+    assert!(load(b.path()).tokenizer().unwrap().chat_template().is_ok());
 }
 
 #[test]
@@ -141,9 +141,9 @@ fn explicit_head_dim_wider_than_hidden_over_heads() {
     };
     let dir = write(&spec);
     let llm = load(dir.path());
-    assert_eq!(llm.model.config.head_dim, 32);
+    assert_eq!(llm.model().config.head_dim, 32);
     assert_eq!(
-        llm.model.config.num_heads * 32,
+        llm.model().config.num_heads * 32,
         128,
         "q projection wider than hidden 64"
     );
@@ -170,6 +170,6 @@ fn stored_dtype_converts_to_requested() {
             },
         )
         .unwrap();
-        assert_eq!(llm.model.dtype, expect, "{requested}");
+        assert_eq!(llm.model().dtype, expect, "{requested}");
     }
 }

@@ -108,6 +108,14 @@ pub trait Backend: Send + Sync + 'static {
     /// The host copy of what was prepared (the scheduler reads it back to sample).
     fn step_meta<'a>(&self, meta: &'a Self::Meta) -> &'a StepMeta;
 
+    /// Copies whole blocks `src -> dst` within a pool (copy-on-write of forked sequences).
+    fn copy_blocks(
+        &self,
+        pool: &mut Self::KvPool,
+        shape: KvPoolShape,
+        pairs: &[(u32, u32)],
+    ) -> Result<()>;
+
     // Ops.
     /// `out[t] = table[token_ids[t]]`.
     fn embedding(

@@ -1,6 +1,9 @@
 //! The paged KV cache: per layer a K and a V pool of fixed-size blocks, a block
 //! allocator with reference counts (so forked sequences can share blocks), and
-//! per-sequence block tables mapping positions to slots.
+//! the block manager that maps each sequence's positions to slots.
+
+pub mod block_manager;
+pub mod prefix_cache;
 
 use crate::backend::{Backend, KvPoolShape};
 use crate::error::{Error, Result};
@@ -42,6 +45,19 @@ impl BlockAllocator {
         self.ref_counts[block as usize] += 1;
     }
 
+    /// Takes `block` back from outside the free list (a cached block being reused).
+    pub fn reclaim(&mut self, block: u32) {
+        debug_assert_eq!(self.ref_counts[block as usize], 0);
+        self.ref_counts[block as usize] = 1;
+    }
+
+    /// Drops the last reference without returning the block to the free list
+    /// (the prefix cache keeps it).
+    pub fn drop_to_zero(&mut self, block: u32) {
+        debug_assert_eq!(self.ref_counts[block as usize], 1);
+        self.ref_counts[block as usize] = 0;
+    }
+
     pub fn ref_count(&self, block: u32) -> u32 {
         self.ref_counts[block as usize]
     }
@@ -52,54 +68,6 @@ impl BlockAllocator {
         *rc = rc.saturating_sub(1);
         if *rc == 0 {
             self.free.push(block);
-        }
-    }
-}
-
-/// The blocks holding one sequence's positions, in order.
-#[derive(Debug, Clone, Default)]
-pub struct BlockTable {
-    pub blocks: Vec<u32>,
-}
-
-impl BlockTable {
-    /// Positions this table can hold.
-    pub fn capacity(&self, block_size: usize) -> usize {
-        self.blocks.len() * block_size
-    }
-
-    /// Grows the table to hold `len` positions. On failure nothing is allocated.
-    pub fn reserve(
-        &mut self,
-        len: usize,
-        block_size: usize,
-        alloc: &mut BlockAllocator,
-    ) -> Result<()> {
-        let needed = len.div_ceil(block_size).saturating_sub(self.blocks.len());
-        if needed > alloc.num_free() {
-            return Err(Error::OutOfBlocks(format!(
-                "{needed} more blocks needed for {len} tokens, {} free of {}",
-                alloc.num_free(),
-                alloc.num_blocks()
-            )));
-        }
-        for _ in 0..needed {
-            // Cannot fail: checked above.
-            if let Some(b) = alloc.allocate() {
-                self.blocks.push(b);
-            }
-        }
-        Ok(())
-    }
-
-    /// The cache slot of `position`, which must be within capacity.
-    pub fn slot(&self, position: usize, block_size: usize) -> i64 {
-        (self.blocks[position / block_size] as usize * block_size + position % block_size) as i64
-    }
-
-    pub fn release(&mut self, alloc: &mut BlockAllocator) {
-        for b in self.blocks.drain(..) {
-            alloc.release(b);
         }
     }
 }
@@ -143,34 +111,17 @@ mod tests {
 
     #[test]
     fn allocate_share_release() {
-        let mut a = BlockAllocator::new(4);
-        let mut t = BlockTable::default();
-        t.reserve(17, 8, &mut a).unwrap();
-        assert_eq!(t.blocks, vec![0, 1, 2]);
-        assert_eq!(a.num_free(), 1);
-        assert_eq!(t.slot(9, 8), 9);
-        let mut fork = t.clone();
-        fork.blocks.iter().for_each(|&b| a.share(b));
-        assert_eq!(a.ref_count(1), 2);
-        t.release(&mut a);
-        assert_eq!(
-            a.num_free(),
-            1,
-            "blocks shared with the fork stay allocated"
-        );
-        fork.release(&mut a);
-        assert_eq!(a.num_free(), 4);
-    }
-
-    #[test]
-    fn reserve_fails_without_allocating() {
-        let mut a = BlockAllocator::new(2);
-        let mut t = BlockTable::default();
-        assert!(matches!(
-            t.reserve(40, 16, &mut a),
-            Err(Error::OutOfBlocks(_))
-        ));
-        assert_eq!(a.num_free(), 2);
-        assert!(t.blocks.is_empty());
+        let mut a = BlockAllocator::new(3);
+        let (x, y) = (a.allocate().unwrap(), a.allocate().unwrap());
+        assert_eq!((x, y), (0, 1), "blocks come out in order");
+        a.share(x);
+        assert_eq!(a.ref_count(x), 2);
+        a.release(x);
+        assert_eq!(a.num_free(), 1, "a shared block stays allocated");
+        a.release(x);
+        a.release(y);
+        assert_eq!(a.num_free(), 3);
+        assert!(a.allocate().is_some() && a.allocate().is_some() && a.allocate().is_some());
+        assert!(a.allocate().is_none());
     }
 }

@@ -57,6 +57,20 @@ impl Backend for CpuBackend {
         meta
     }
 
+    fn copy_blocks(
+        &self,
+        pool: &mut Vec<f32>,
+        shape: KvPoolShape,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        let block = shape.num_kv_heads * shape.block_size * shape.head_dim;
+        for &(src, dst) in pairs {
+            let (src, dst) = (src as usize * block, dst as usize * block);
+            pool.copy_within(src..src + block, dst);
+        }
+        Ok(())
+    }
+
     fn embedding(&self, table: &CpuWeight, meta: &StepMeta, out: &mut Vec<f32>) -> Result<()> {
         ops::embedding(table, &meta.token_ids, out);
         Ok(())
