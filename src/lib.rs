@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod fixture;
 pub mod generate;
 pub mod kv_cache;

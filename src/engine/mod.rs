@@ -64,7 +64,9 @@ pub struct Engine {
     validator: RequestValidator,
     shared: Arc<Shared>,
     next_id: AtomicU64,
-    thread: Option<JoinHandle<()>>,
+    /// Behind a mutex so that [`Engine::stop`] works through `&self`; held while
+    /// joining, so a second `stop` returns only once the thread has exited too.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -83,7 +85,7 @@ impl Engine {
             validator,
             shared,
             next_id: AtomicU64::new(1),
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -185,14 +187,20 @@ impl Engine {
 
     /// Stops accepting requests; `drain` finishes in-flight ones first, otherwise
     /// they are aborted. Returns when the engine thread has exited.
-    pub fn shutdown(mut self, drain: bool) {
+    pub fn shutdown(self, drain: bool) {
         self.stop(drain);
     }
 
-    fn stop(&mut self, drain: bool) {
+    /// [`Engine::shutdown`] for a handle that stays around (the C ABI's
+    /// `engine_shutdown`): afterwards `submit` fails and `stats` keeps the final
+    /// counters. Safe to call more than once and from several threads; each call
+    /// returns once the engine thread has exited. Must not be called from an
+    /// output callback (the engine thread would wait for itself).
+    pub fn stop(&self, drain: bool) {
         self.shared.closed.store(true, Ordering::Release);
         let _ = self.commands.send(Command::Shutdown { drain });
-        if let Some(t) = self.thread.take() {
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = thread.take() {
             let _ = t.join();
         }
     }
@@ -237,6 +245,7 @@ fn run_loop<B: Backend>(mut core: EngineCore<B>, rx: Receiver<Command>, shared: 
                 }
                 Command::Abort(id) => {
                     if let Some(out) = core.abort(id) {
+                        publish_stats(&core, &shared);
                         deliver(&mut callbacks, &shared, out);
                     }
                 }
@@ -253,6 +262,7 @@ fn run_loop<B: Backend>(mut core: EngineCore<B>, rx: Receiver<Command>, shared: 
         if core.has_unfinished() {
             match catch_unwind(AssertUnwindSafe(|| core.step())) {
                 Ok(Ok(outputs)) => {
+                    publish_stats(&core, &shared);
                     for out in outputs {
                         deliver(&mut callbacks, &shared, out);
                     }
@@ -267,6 +277,7 @@ fn run_loop<B: Backend>(mut core: EngineCore<B>, rx: Receiver<Command>, shared: 
     let ids: Vec<u64> = callbacks.keys().copied().collect();
     for id in ids {
         if let Some(out) = core.abort(id) {
+            publish_stats(&core, &shared);
             deliver(&mut callbacks, &shared, out);
         }
     }
@@ -290,14 +301,30 @@ fn fail<B: Backend>(
     let ids: Vec<u64> = callbacks.keys().copied().collect();
     for id in ids {
         if let Some(out) = core.abort(id) {
+            publish_stats(core, shared);
             deliver(callbacks, shared, out);
         }
     }
 }
 
+/// Makes the counters after a step (or an abort) visible before its outputs are
+/// delivered, so a callback seeing a request's final output finds it counted.
+fn publish_stats<B: Backend>(core: &EngineCore<B>, shared: &Shared) {
+    *shared.stats.lock().unwrap_or_else(PoisonError::into_inner) = core.stats();
+}
+
+/// Hands `out` to its request's callback. A finished request leaves the live set
+/// first, so from its final callback on it is unknown to `abort`.
 fn deliver(callbacks: &mut HashMap<u64, OutputCallback>, shared: &Shared, out: RequestOutput) {
     let id = out.request_id;
     let finished = out.is_finished();
+    if finished {
+        shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
     if let Some(cb) = callbacks.get_mut(&id) {
         // A panicking callback must not take the engine down with it.
         if catch_unwind(AssertUnwindSafe(|| cb(out))).is_err() {
@@ -306,11 +333,6 @@ fn deliver(callbacks: &mut HashMap<u64, OutputCallback>, shared: &Shared, out: R
     }
     if finished {
         callbacks.remove(&id);
-        shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
     }
 }
 

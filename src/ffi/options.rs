@@ -1,0 +1,277 @@
+//! `engine_options_t`: how to load and size an engine, set key by key so that
+//! new settings never change a struct a compiled caller knows.
+
+use std::ffi::{c_char, c_void};
+
+use super::{call, cstr_arg, engine_status, write_out, FfiError, FfiResult};
+use crate::config::DType;
+use crate::generate::LoadOptions;
+
+/// Called while `engine_new` loads the weights: `done` of `total` steps (tensor
+/// groups) are loaded; the first call has `done` 0, the last `done == total`.
+/// Runs on the thread that called `engine_new`, before `engine_new` returns.
+pub type engine_progress_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, done: u64, total: u64)>;
+
+/// Engine settings (an opaque handle). Create with `engine_options_new`, fill with
+/// `engine_options_set`, pass to `engine_new`, release with `engine_options_free`.
+pub struct engine_options_t {
+    pub(crate) model: Option<String>,
+    pub(crate) served_model_name: Option<String>,
+    pub(crate) load: LoadOptions,
+    /// Seed of the generator that seeds requests without a seed of their own.
+    pub(crate) seed: u64,
+    pub(crate) progress: engine_progress_fn,
+    pub(crate) progress_user_data: *mut c_void,
+}
+
+/// The keys `engine_options_set` takes, for the "unknown option" message.
+const KEYS: &[&str] = &[
+    "model",
+    "served_model_name",
+    "device",
+    "dtype",
+    "max_model_len",
+    "block_size",
+    "num_kv_blocks",
+    "kv_cache_bytes",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enable_prefix_caching",
+    "seed",
+    "chat_template",
+];
+
+impl Default for engine_options_t {
+    fn default() -> Self {
+        engine_options_t {
+            model: None,
+            served_model_name: None,
+            load: LoadOptions::default(),
+            seed: 0,
+            progress: None,
+            progress_user_data: std::ptr::null_mut(),
+        }
+    }
+}
+
+fn positive(key: &str, value: &str) -> FfiResult<usize> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(FfiError::invalid(format!(
+            "option \"{key}\": expected a positive integer, got \"{value}\""
+        ))),
+    }
+}
+
+fn boolean(key: &str, value: &str) -> FfiResult<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(FfiError::invalid(format!(
+            "option \"{key}\": expected true or false, got \"{value}\""
+        ))),
+    }
+}
+
+impl engine_options_t {
+    /// Applies one setting. Keys may use '-' for '_' (vLLM's flag spelling).
+    pub(crate) fn set(&mut self, key: &str, value: &str) -> FfiResult<()> {
+        let normalized = key.trim().replace('-', "_");
+        let load = &mut self.load;
+        match normalized.as_str() {
+            "model" => self.model = Some(value.to_string()),
+            "served_model_name" => self.served_model_name = Some(value.to_string()),
+            "device" => {
+                if !value.trim().eq_ignore_ascii_case("cpu") {
+                    return Err(FfiError::new(
+                        engine_status::ENGINE_ERR_UNSUPPORTED,
+                        format!(
+                            "option \"device\": \"{value}\" is not supported in this build (only \"cpu\" is)"
+                        ),
+                    ));
+                }
+            }
+            "dtype" => {
+                if !value.trim().eq_ignore_ascii_case("auto") && DType::parse(value).is_none() {
+                    return Err(FfiError::invalid(format!(
+                        "option \"dtype\": unknown dtype \"{value}\": expected auto, float32 (float), float16 (half) or bfloat16"
+                    )));
+                }
+                load.dtype = value.trim().to_string();
+            }
+            "max_model_len" => load.max_model_len = Some(positive(key, value)?),
+            "block_size" => {
+                let n = positive(key, value)?;
+                if ![8, 16, 32].contains(&n) {
+                    return Err(FfiError::invalid(format!(
+                        "option \"block_size\": must be 8, 16 or 32, got {n}"
+                    )));
+                }
+                load.block_size = n;
+            }
+            "num_kv_blocks" => {
+                load.num_kv_blocks = Some(positive(key, value)?);
+                load.kv_cache_memory = None;
+            }
+            "kv_cache_bytes" => {
+                load.kv_cache_memory = Some(positive(key, value)?);
+                load.num_kv_blocks = None;
+            }
+            "max_num_seqs" => load.max_num_seqs = positive(key, value)?,
+            "max_num_batched_tokens" => load.max_num_batched_tokens = positive(key, value)?,
+            "enable_prefix_caching" => load.enable_prefix_caching = boolean(key, value)?,
+            "seed" => {
+                self.seed = value.trim().parse().map_err(|_| {
+                    FfiError::invalid(format!(
+                        "option \"seed\": expected an integer from 0 to 18446744073709551615, got \"{value}\""
+                    ))
+                })?
+            }
+            "chat_template" => load.chat_template = Some(value.to_string()),
+            _ => {
+                return Err(FfiError::invalid(format!(
+                    "unknown option \"{key}\" (known options: {})",
+                    KEYS.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates an options object holding the defaults, and stores it in `*out`.
+///
+/// Ownership: the caller owns `*out` and releases it with `engine_options_free`
+/// (after `engine_new`, which copies what it needs, or at any time).
+/// Thread safety: any thread.
+/// Errors: ENGINE_ERR_NULL (`out` is NULL).
+///
+/// # Safety
+/// `out` must be NULL or valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> engine_status {
+    call("engine_options_new", || {
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        let options = Box::into_raw(Box::<engine_options_t>::default());
+        // SAFETY: `out` is non-NULL and writable (the caller's guarantee).
+        unsafe { write_out(out, options, "out") }
+    })
+}
+
+/// Sets one option from its text form. `key` and `value` are NUL-terminated
+/// UTF-8; keys may also be spelled with '-' for '_' (as vLLM's flags). Setting a
+/// key again replaces its value. The keys (defaults in brackets):
+///
+/// - "model": the Hugging Face model directory to load (required).
+/// - "served_model_name": the name `engine_model_info_get` reports [the "model" value].
+/// - "device": where to run; only "cpu" in this build, anything else fails with
+///   ENGINE_ERR_UNSUPPORTED ["cpu"].
+/// - "dtype": "auto" (the config's), "float32"/"float", "float16"/"half", "bfloat16" ["auto"].
+/// - "max_model_len": longest sequence, prompt plus output [the config's
+///   max_position_embeddings].
+/// - "block_size": tokens per KV cache block: 8, 16 or 32 [16].
+/// - "num_kv_blocks": KV cache size in blocks [enough for max_model_len tokens four times].
+/// - "kv_cache_bytes": KV cache size in bytes, instead of "num_kv_blocks" (the last one
+///   set wins).
+/// - "max_num_seqs": sequences in one batch at most [256].
+/// - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
+///   in chunks [2048].
+/// - "enable_prefix_caching": "true"/"false" (or 1/0, yes/no, on/off) ["false"].
+/// - "seed": seed of the generator that gives every request without a "seed" of its
+///   own one, in submission order (vLLM's --seed) [0].
+/// - "chat_template": a chat template replacing the model's: a file path, or the
+///   template itself (as vLLM's --chat-template) [the model's].
+///
+/// Values are checked here where they can be (numbers, "device", "dtype",
+/// "block_size"); the rest when `engine_new` loads the model.
+///
+/// Thread safety: not on the same options object from two threads at once.
+/// Errors: ENGINE_ERR_NULL, ENGINE_ERR_UTF8, ENGINE_ERR_INVALID_ARGUMENT (unknown key
+/// (the message names it) or a bad value), ENGINE_ERR_UNSUPPORTED ("device").
+///
+/// # Safety
+/// `options` must be NULL or a live options object; `key` and `value` NULL or
+/// NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn engine_options_set(
+    options: *mut engine_options_t,
+    key: *const c_char,
+    value: *const c_char,
+) -> engine_status {
+    call("engine_options_set", || {
+        // SAFETY: NULL or a live options object not used by another thread now
+        // (the caller's guarantee); `as_mut` checks NULL.
+        let options = unsafe { options.as_mut() }.ok_or_else(|| FfiError::null("options"))?;
+        // SAFETY: NULL or NUL-terminated (the caller's guarantee).
+        let key = unsafe { cstr_arg(key, "key") }?;
+        // SAFETY: as for `key`.
+        let value = unsafe { cstr_arg(value, "the value") }?;
+        options.set(key, value)
+    })
+}
+
+/// Sets (or, with a NULL `progress`, clears) the function `engine_new` calls as it
+/// loads the weights; `user_data` is passed to it unchanged.
+///
+/// Thread safety: not on the same options object from two threads at once.
+/// Errors: ENGINE_ERR_NULL (`options` is NULL).
+///
+/// # Safety
+/// `options` must be NULL or a live options object.
+#[no_mangle]
+pub unsafe extern "C" fn engine_options_set_progress(
+    options: *mut engine_options_t,
+    progress: engine_progress_fn,
+    user_data: *mut c_void,
+) -> engine_status {
+    call("engine_options_set_progress", || {
+        // SAFETY: NULL or a live options object not used by another thread now.
+        let options = unsafe { options.as_mut() }.ok_or_else(|| FfiError::null("options"))?;
+        options.progress = progress;
+        options.progress_user_data = user_data;
+        Ok(())
+    })
+}
+
+/// Releases an options object. NULL is a no-op.
+///
+/// Thread safety: not while another thread uses the same object.
+///
+/// # Safety
+/// `options` must be NULL or a live options object, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn engine_options_free(options: *mut engine_options_t) {
+    let _ = call("engine_options_free", || {
+        if !options.is_null() {
+            // SAFETY: a live object from `engine_options_new` (Box::into_raw), freed once.
+            drop(unsafe { Box::from_raw(options) });
+        }
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_check_their_values() {
+        let mut o = engine_options_t::default();
+        o.set("max-num-seqs", "8").unwrap();
+        assert_eq!(o.load.max_num_seqs, 8);
+        o.set("enable_prefix_caching", "on").unwrap();
+        assert!(o.load.enable_prefix_caching);
+        let e = o.set("block_size", "12").unwrap_err();
+        assert!(e.message.contains("must be 8, 16 or 32, got 12"), "{e:?}");
+        let e = o.set("colour", "blue").unwrap_err();
+        assert!(e.message.contains("unknown option \"colour\""), "{e:?}");
+        let e = o.set("device", "cuda").unwrap_err();
+        assert_eq!(e.status, engine_status::ENGINE_ERR_UNSUPPORTED);
+        assert!(e.message.contains("not supported in this build"), "{e:?}");
+        let e = o.set("max_model_len", "0").unwrap_err();
+        assert!(e.message.contains("positive integer"), "{e:?}");
+    }
+}

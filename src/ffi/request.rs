@@ -1,0 +1,276 @@
+//! The JSON request body of `engine_submit`: the prompt (text, token ids or chat
+//! messages) and every sampling parameter, by vLLM's names.
+//!
+//! Parsing takes the known fields out of the object one by one, each converted
+//! with an error that names it; whatever is left over is an unknown field. A new
+//! field is one `take` line (and one line in the header's schema).
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::{FfiError, FfiResult};
+use crate::sampling::SamplingParams;
+
+/// How the prompt was given.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PromptSpec {
+    Text {
+        text: String,
+        add_special_tokens: bool,
+    },
+    Tokens(Vec<u32>),
+    Chat {
+        chat: ChatSpec,
+        add_special_tokens: bool,
+    },
+}
+
+/// Chat messages and what the template is rendered with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ChatSpec {
+    pub messages: Value,
+    pub add_generation_prompt: bool,
+    pub continue_final_message: bool,
+    pub tools: Option<Value>,
+    pub documents: Option<Value>,
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+}
+
+/// A parsed request body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RequestSpec {
+    pub prompt: PromptSpec,
+    pub params: SamplingParams,
+}
+
+/// A JSON object whose fields are taken out as they are read.
+pub(crate) struct Fields {
+    map: Map<String, Value>,
+    /// What the object is, for messages ("the request").
+    what: &'static str,
+}
+
+impl Fields {
+    pub fn parse(text: &str, what: &'static str) -> FfiResult<Fields> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| FfiError::json(format!("{what} is not valid JSON: {e}")))?;
+        Fields::from_value(value, what)
+    }
+
+    pub fn from_value(value: Value, what: &'static str) -> FfiResult<Fields> {
+        match value {
+            Value::Object(map) => Ok(Fields { map, what }),
+            other => Err(FfiError::json(format!(
+                "{what} must be a JSON object, got {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    /// Removes `key` and converts it; absent and `null` give `None`.
+    pub fn take<T: DeserializeOwned>(&mut self, key: &str) -> FfiResult<Option<T>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| FfiError::json(format!("field \"{key}\": {e}"))),
+        }
+    }
+
+    /// Fails naming the first field nobody took.
+    pub fn finish(self) -> FfiResult<()> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(FfiError::json(format!(
+                "unknown field \"{key}\" in {} (see engine.h for the fields)",
+                self.what
+            ))),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Takes the chat fields (everything but `messages`' own presence check and
+/// `add_generation_prompt`, which the caller decides).
+pub(crate) fn take_chat(
+    fields: &mut Fields,
+    messages: Value,
+    add_generation_prompt: bool,
+) -> FfiResult<ChatSpec> {
+    if !messages.is_array() {
+        return Err(FfiError::json(format!(
+            "field \"messages\": expected an array of message objects, got {}",
+            kind(&messages)
+        )));
+    }
+    Ok(ChatSpec {
+        messages,
+        add_generation_prompt,
+        continue_final_message: fields.take("continue_final_message")?.unwrap_or(false),
+        tools: fields.take("tools")?,
+        documents: fields.take("documents")?,
+        chat_template_kwargs: fields.take("chat_template_kwargs")?,
+    })
+}
+
+/// Fields that only chat requests have; an error names the first one present.
+const CHAT_ONLY: &[&str] = &[
+    "add_generation_prompt",
+    "continue_final_message",
+    "tools",
+    "documents",
+    "chat_template_kwargs",
+];
+
+/// Parses a request body (see `engine_submit` in engine.h for the schema).
+pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
+    let mut f = Fields::parse(text, "the request")?;
+    let prompt = match (f.has("prompt"), f.has("messages")) {
+        (true, true) => {
+            return Err(FfiError::json(
+                "the request has both \"prompt\" and \"messages\": give one",
+            ))
+        }
+        (false, false) => {
+            return Err(FfiError::json(
+                "the request needs a \"prompt\" (text or token ids) or \"messages\" (chat)",
+            ))
+        }
+        (true, false) => {
+            if let Some(key) = CHAT_ONLY.iter().find(|k| f.has(k)) {
+                return Err(FfiError::json(format!(
+                    "field \"{key}\" applies to \"messages\" requests only"
+                )));
+            }
+            let add_special_tokens = f.take("add_special_tokens")?;
+            match f.take::<Value>("prompt")? {
+                Some(Value::String(text)) => PromptSpec::Text {
+                    text,
+                    add_special_tokens: add_special_tokens.unwrap_or(true),
+                },
+                Some(ids @ Value::Array(_)) => {
+                    PromptSpec::Tokens(serde_json::from_value(ids).map_err(|e| {
+                        FfiError::json(format!(
+                            "field \"prompt\": expected text or an array of token ids: {e}"
+                        ))
+                    })?)
+                }
+                other => {
+                    return Err(FfiError::json(format!(
+                        "field \"prompt\": expected text or an array of token ids, got {}",
+                        other.as_ref().map_or("null", kind)
+                    )))
+                }
+            }
+        }
+        (false, true) => {
+            let messages: Value = f.take("messages")?.unwrap_or(Value::Null);
+            let add_generation_prompt = f.take("add_generation_prompt")?.unwrap_or(true);
+            let chat = take_chat(&mut f, messages, add_generation_prompt)?;
+            PromptSpec::Chat {
+                chat,
+                add_special_tokens: f.take("add_special_tokens")?.unwrap_or(false),
+            }
+        }
+    };
+    let params = take_sampling_params(&mut f)?;
+    f.finish()?;
+    Ok(RequestSpec { prompt, params })
+}
+
+/// Every SamplingParams field, by vLLM's name, over vLLM's defaults. Ranges are
+/// not checked here: `SamplingParams::validate` does that, with vLLM's messages.
+fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
+    let mut p = SamplingParams::default();
+    if let Some(v) = f.take("max_tokens")? {
+        p.max_tokens = v;
+    }
+    if let Some(v) = f.take::<f64>("temperature")? {
+        p.temperature = v as f32;
+    }
+    if let Some(v) = f.take::<f64>("top_p")? {
+        p.top_p = v as f32;
+    }
+    if let Some(v) = f.take("top_k")? {
+        p.top_k = v;
+    }
+    if let Some(v) = f.take::<f64>("min_p")? {
+        p.min_p = v as f32;
+    }
+    p.seed = f.take("seed")?;
+    if let Some(v) = f.take("ignore_eos")? {
+        p.ignore_eos = v;
+    }
+    if let Some(v) = f.take("stop_token_ids")? {
+        p.stop_token_ids = v;
+    }
+    // vLLM's value is how many top alternatives to report per prompt token; this
+    // SamplingParams reports the prompt tokens' own logprobs only, for any value.
+    if f.take::<usize>("prompt_logprobs")?.is_some() {
+        p.prompt_logprobs = true;
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_tokens_and_chat_prompts() {
+        let r = parse_request(r#"{"prompt": "Hi", "max_tokens": 3, "temperature": 0}"#).unwrap();
+        assert_eq!(
+            r.prompt,
+            PromptSpec::Text {
+                text: "Hi".into(),
+                add_special_tokens: true
+            }
+        );
+        assert_eq!(r.params.max_tokens, 3);
+        assert_eq!(r.params.temperature, 0.0);
+        let r = parse_request(r#"{"prompt": [1, 2, 3], "seed": null}"#).unwrap();
+        assert_eq!(r.prompt, PromptSpec::Tokens(vec![1, 2, 3]));
+        assert_eq!(r.params, SamplingParams::default());
+        let r = parse_request(
+            r#"{"messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": false}"#,
+        )
+        .unwrap();
+        let PromptSpec::Chat {
+            chat,
+            add_special_tokens,
+        } = r.prompt
+        else {
+            panic!("a chat prompt")
+        };
+        assert!(!chat.add_generation_prompt && !add_special_tokens);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let msg = |body: &str| parse_request(body).unwrap_err().message;
+        assert!(msg("{").contains("not valid JSON"));
+        assert!(msg("[1]").contains("must be a JSON object, got an array"));
+        assert!(msg(r#"{"prompt": "x", "colour": 1}"#).contains("unknown field \"colour\""));
+        assert!(msg(r#"{"prompt": "x", "top_k": "many"}"#).contains("field \"top_k\""));
+        assert!(msg(r#"{"prompt": 5}"#).contains("got a number"));
+        assert!(msg(r#"{"prompt": [1, -2]}"#).contains("field \"prompt\""));
+        assert!(msg(r#"{"max_tokens": 1}"#).contains("needs a \"prompt\""));
+        assert!(msg(r#"{"prompt": "x", "messages": []}"#).contains("both"));
+        assert!(msg(r#"{"prompt": "x", "tools": []}"#).contains("\"tools\" applies to"));
+        assert!(msg(r#"{"messages": {}}"#).contains("expected an array"));
+    }
+}
