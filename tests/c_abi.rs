@@ -18,27 +18,36 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const KEEP_PROMPT: &str = "The quick brown fox";
 const KEEP_TOKENS: usize = 12;
 
-/// The directory holding this test's libengine.{so,a}: target/<profile>/, the
-/// parent of the deps/ directory the test binary lives in. `cargo test` builds
-/// the package's cdylib and staticlib there along with the rlib.
+/// The directory holding the libengine.{so,a} built with this test binary.
+/// `cargo test` compiles the package's cdylib and staticlib along with the rlib
+/// into target/<profile>/deps/, next to the test binary (only `cargo build`
+/// copies them up to target/<profile>/, so those may be stale).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary is in target/<profile>/deps")
-        .to_path_buf();
-    assert!(
-        dir.join("libengine.so").exists() && dir.join("libengine.a").exists(),
-        "no libengine.so/libengine.a in {} (cargo builds them with the tests)",
-        dir.display()
-    );
-    dir
+    let deps = exe.parent().expect("the test binary's directory");
+    let candidates = [
+        deps.to_path_buf(),
+        deps.parent().unwrap_or(deps).to_path_buf(),
+    ];
+    candidates
+        .iter()
+        .find(|d| d.join("libengine.so").exists() && d.join("libengine.a").exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no libengine.so and libengine.a next to {} (cargo builds them with the tests)",
+                exe.display()
+            )
+        })
+        .clone()
 }
 
 /// Runs a command, failing the test with its output when it fails.
+/// Runs without `LD_LIBRARY_PATH`: cargo sets it for tests (including
+/// target/<profile>/, where an older libengine.so may lie), and it would win over
+/// the programs' rpath.
 fn run(cmd: &mut Command) -> String {
     let out = cmd
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

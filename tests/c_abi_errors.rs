@@ -602,3 +602,62 @@ fn a_stopped_engine_rejects_requests_but_still_answers() {
     assert_eq!(stats.finished_length, 1);
     assert_eq!(stats.generation_tokens, 2);
 }
+
+/// What `abort_from_callback` saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    AbortStatus(engine_status),
+    Final(engine_finish_reason),
+}
+
+/// Aborts its own request from inside the callback at the first delta.
+unsafe extern "C" fn abort_from_callback(user_data: *mut c_void, event: *const engine_event_t) {
+    // SAFETY: user_data is the test's (engine, sender) pair, alive until the
+    // engine has shut down; the event is valid during the call.
+    let ((engine, tx), ev) = unsafe {
+        (
+            &*(user_data as *const (usize, Mutex<Sender<Seen>>)),
+            &*event,
+        )
+    };
+    let seen = match ev.kind {
+        engine_event_kind::ENGINE_EVENT_DELTA if ev.completion_tokens == 1 => {
+            // SAFETY: the engine is live; engine_abort may be called from a callback.
+            Seen::AbortStatus(unsafe { engine_abort(*engine as *const engine_t, ev.request_id) })
+        }
+        engine_event_kind::ENGINE_EVENT_FINAL => Seen::Final(ev.finish_reason),
+        _ => return,
+    };
+    let _ = tx.lock().unwrap().send(seen);
+}
+
+#[test]
+fn a_callback_may_abort_its_own_request() {
+    let e = Engine::new();
+    let (tx, rx) = mpsc::channel::<Seen>();
+    let pair = Box::new((e.0 as usize, Mutex::new(tx)));
+    let body = r#"{"prompt": "Hi", "max_tokens": 500, "ignore_eos": true}"#;
+    // SAFETY: a live engine; `pair` outlives every callback (it is dropped after
+    // the engine has shut down).
+    let s = unsafe {
+        engine_submit(
+            e.0,
+            body.as_ptr().cast(),
+            body.len(),
+            Some(abort_from_callback),
+            &*pair as *const _ as *mut c_void,
+            null_mut(),
+        )
+    };
+    assert_eq!(s, ENGINE_OK, "{}", last_error());
+    let wait = || rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(wait(), Seen::AbortStatus(ENGINE_OK));
+    assert_eq!(
+        wait(),
+        Seen::Final(engine_finish_reason::ENGINE_FINISH_ABORT)
+    );
+    e.assert_serves();
+    // SAFETY: a live engine; no callback runs after this, so `pair` may go.
+    assert_eq!(unsafe { engine_shutdown(e.0, false) }, ENGINE_OK);
+    drop(pair);
+}

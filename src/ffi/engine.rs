@@ -32,6 +32,12 @@ pub struct engine_t {
     seeds: Mutex<ChaCha8Rng>,
 }
 
+// The header promises that an engine may be used from any number of threads.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<engine_t>();
+};
+
 /// What `engine_model_info_get` points into, owned by the engine.
 struct ModelInfo {
     served_model_name: Vec<u8>,

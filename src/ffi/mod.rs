@@ -482,7 +482,24 @@ mod tests {
 
     #[test]
     fn status_names_match_the_enum() {
-        for s in [ENGINE_OK, ENGINE_ERR_WRONG_THREAD, ENGINE_ERR_INTERNAL] {
+        let all = [
+            ENGINE_OK,
+            ENGINE_ERR_NULL,
+            ENGINE_ERR_UTF8,
+            ENGINE_ERR_JSON,
+            ENGINE_ERR_INVALID_ARGUMENT,
+            ENGINE_ERR_UNKNOWN_REQUEST,
+            ENGINE_ERR_MODEL,
+            ENGINE_ERR_UNSUPPORTED,
+            ENGINE_ERR_TOKENIZER,
+            ENGINE_ERR_CHAT_TEMPLATE,
+            ENGINE_ERR_CAPACITY,
+            ENGINE_ERR_STOPPED,
+            ENGINE_ERR_BUFFER_TOO_SMALL,
+            ENGINE_ERR_WRONG_THREAD,
+            ENGINE_ERR_INTERNAL,
+        ];
+        for s in all {
             // SAFETY: the names are static NUL-terminated strings.
             let name = unsafe { CStr::from_ptr(engine_status_name(s as i32)) };
             assert_eq!(name.to_str().unwrap(), format!("{s:?}"));

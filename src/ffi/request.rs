@@ -20,7 +20,7 @@ pub(crate) enum PromptSpec {
     },
     Tokens(Vec<u32>),
     Chat {
-        chat: ChatSpec,
+        chat: Box<ChatSpec>,
         add_special_tokens: bool,
     },
 }
@@ -182,7 +182,7 @@ pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
             let add_generation_prompt = f.take("add_generation_prompt")?.unwrap_or(true);
             let chat = take_chat(&mut f, messages, add_generation_prompt)?;
             PromptSpec::Chat {
-                chat,
+                chat: Box::new(chat),
                 add_special_tokens: f.take("add_special_tokens")?.unwrap_or(false),
             }
         }

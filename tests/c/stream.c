@@ -312,7 +312,12 @@ int main(int argc, char **argv) {
     stats.struct_size = sizeof stats;
     CHECK(engine_stats_get(engine, &stats));
     EXPECT(stats.struct_size == sizeof stats);
-    EXPECT(stats.finished_abort == 1 && stats.finished_length == 1);
+    if (stats.finished_abort != 1 || stats.finished_length != 1) {
+        fprintf(stderr, "FAIL: finished: %llu abort, %llu length, %llu stop\n",
+                (unsigned long long)stats.finished_abort, (unsigned long long)stats.finished_length,
+                (unsigned long long)stats.finished_stop);
+        return 1;
+    }
     EXPECT(stats.generation_tokens >= keep.completion_tokens);
     EXPECT(stats.num_requests == 0 && stats.kv_blocks_total > 0);
     EXPECT(stats.prefix_cache_hit_rate < 0); /* prefix caching is off */
