@@ -15,7 +15,8 @@
  *   error code. The error's message is kept per thread: engine_last_error copies
  *   it. A NULL handle or pointer argument is an error (ENGINE_ERR_NULL), never a
  *   crash; a panic inside the library becomes ENGINE_ERR_INTERNAL, never an
- *   unwind into the caller.
+ *   unwind into the caller. Each function lists the codes it returns besides
+ *   ENGINE_ERR_INTERNAL, which any of them may return.
  * - Strings are UTF-8. Input text and JSON come as a pointer and a length in bytes
  *   (no NUL needed); option keys and values are NUL-terminated. Output strings come
  *   with a length and are also NUL-terminated.
@@ -41,6 +42,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
 /* True when the library filled `field` of the versioned struct `*s` of type `type`
  * (its struct_size covers the field). Use it before reading a field that is newer
  * than the library a program may run with. */
