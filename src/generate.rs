@@ -12,7 +12,7 @@ use crate::config::{resolve_dtype, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::{BlockAllocator, BlockTable, KvCache};
 use crate::model::Model;
-use crate::sampling::{token_logprob, Sampler, SamplingParams};
+use crate::sampling::{token_logprob, Sampler, SamplingParams, SequenceTokens};
 use crate::tokenizer::Tokenizer;
 
 /// How to load and size an engine.
@@ -226,7 +226,7 @@ impl<B: Backend> Llm<B> {
     }
 
     fn new_sequence(&self, request: &Request) -> Result<Sequence> {
-        request.params.validate()?;
+        request.params.verify()?;
         let tokens = match &request.prompt {
             Prompt::Tokens(t) => t.clone(),
             Prompt::Text(text) => {
@@ -244,7 +244,7 @@ impl<B: Backend> Llm<B> {
             computed: 0,
             table: BlockTable::default(),
             sampler: Sampler::new(request.params.seed),
-            prompt_logprobs: request.params.prompt_logprobs.then(|| vec![None]),
+            prompt_logprobs: request.params.prompt_logprobs.is_some().then(|| vec![None]),
             params: request.params.clone(),
             logprobs: Vec::new(),
             finish: None,
@@ -360,7 +360,15 @@ impl<B: Backend> Llm<B> {
                 row += new_tokens - 1;
             }
             let row_logits = &logits[row * vocab..(row + 1) * vocab];
-            let token = s.sampler.sample(row_logits, &s.params);
+            let tokens = SequenceTokens {
+                prompt: &s.tokens[..s.prompt_len],
+                output: &s.tokens[s.prompt_len..],
+            };
+            let mut processed = row_logits.to_vec();
+            let token = s
+                .sampler
+                .next_token(&mut processed, &s.params, tokens, &self.eos_token_ids)
+                .token;
             s.logprobs.push(token_logprob(row_logits, token));
             s.computed = s.tokens.len();
             s.tokens.push(token);
@@ -376,7 +384,9 @@ impl<B: Backend> Llm<B> {
         {
             return Some(FinishReason::Stop);
         }
-        if generated >= s.params.max_tokens || s.tokens.len() >= self.model.max_positions {
+        if s.params.max_tokens.is_some_and(|m| generated >= m)
+            || s.tokens.len() >= self.model.max_positions
+        {
             return Some(FinishReason::Length);
         }
         None

@@ -72,7 +72,7 @@ fn prompt_logprobs_match_transformers() {
             .map(|case| Request {
                 prompt: Prompt::Tokens(u32s(&case["prompt_token_ids"])),
                 params: SamplingParams {
-                    prompt_logprobs: true,
+                    prompt_logprobs: Some(0),
                     ..SamplingParams::greedy(1)
                 },
             })
