@@ -25,6 +25,7 @@ mod pyfloat;
 pub mod sampler;
 pub mod stop;
 mod truncation;
+mod verify;
 
 pub use logprobs::{Logprob, TokenLogprobs};
 pub use params::{EarlyStopping, SamplingParams, SamplingType};

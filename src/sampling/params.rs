@@ -1,6 +1,5 @@
 //! `SamplingParams`: every field of vLLM v0.4.3's `vllm.SamplingParams`, its
-//! defaults, and its validation with the exact messages (clients and tests match
-//! on them).
+//! defaults and derived properties (validation is in `verify.rs`).
 //!
 //! Floats are f64 because vLLM's are Python floats: range checks and the numbers
 //! printed in messages must see the value the client sent, not an f32 rounding.
@@ -8,9 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use super::pyfloat::py_float;
 use super::SAMPLING_EPS;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Beam search's stopping rule (vLLM's `early_stopping: Union[bool, str]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,10 +124,6 @@ impl Default for SamplingParams {
     }
 }
 
-fn invalid(message: String) -> Error {
-    Error::invalid(message)
-}
-
 impl SamplingParams {
     /// Greedy decoding of at most `max_tokens` tokens, everything else default.
     pub fn greedy(max_tokens: usize) -> SamplingParams {
@@ -195,198 +189,6 @@ impl SamplingParams {
         self
     }
 
-    /// Rejects what vLLM's `SamplingParams.__init__` rejects, in the same order and
-    /// with the same messages (`_verify_args`, then `_verify_beam_search` or
-    /// `_verify_non_beam_search` and `_verify_greedy_sampling`).
-    ///
-    /// Messages for negative integers (`logprobs must be non-negative, got -1.`)
-    /// cannot arise here because the fields are unsigned; a JSON front end produces
-    /// them with [`SamplingParams::negative_integer_error`].
-    pub fn verify(&self) -> Result<()> {
-        self.verify_args()?;
-        if self.use_beam_search {
-            self.verify_beam_search()
-        } else {
-            self.verify_non_beam_search()?;
-            if self.temperature < SAMPLING_EPS && self.best_of() > 1 {
-                // No space after the period: vLLM's message reads exactly so.
-                return Err(invalid(format!(
-                    "best_of must be 1 when using greedy sampling.Got {}.",
-                    self.best_of()
-                )));
-            }
-            Ok(())
-        }
-    }
-
-    fn verify_args(&self) -> Result<()> {
-        let best_of = self.best_of();
-        if self.n < 1 {
-            return Err(invalid(format!("n must be at least 1, got {}.", self.n)));
-        }
-        if best_of < self.n {
-            return Err(invalid(format!(
-                "best_of must be greater than or equal to n, got n={} and best_of={best_of}.",
-                self.n
-            )));
-        }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(invalid(format!(
-                "presence_penalty must be in [-2, 2], got {}.",
-                py_float(self.presence_penalty)
-            )));
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(invalid(format!(
-                "frequency_penalty must be in [-2, 2], got {}.",
-                py_float(self.frequency_penalty)
-            )));
-        }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
-            return Err(invalid(format!(
-                "repetition_penalty must be in (0, 2], got {}.",
-                py_float(self.repetition_penalty)
-            )));
-        }
-        // vLLM lets NaN through (`nan < 0.0` is false) and then samples from NaNs;
-        // it is rejected here with the same message.
-        if self.temperature < 0.0 || self.temperature.is_nan() {
-            return Err(invalid(format!(
-                "temperature must be non-negative, got {}.",
-                py_float(self.temperature)
-            )));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(invalid(format!(
-                "top_p must be in (0, 1], got {}.",
-                py_float(self.top_p)
-            )));
-        }
-        if self.top_k < -1 || self.top_k == 0 {
-            return Err(invalid(format!(
-                "top_k must be -1 (disable), or at least 1, got {}.",
-                self.top_k
-            )));
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(invalid(format!(
-                "min_p must be in [0, 1], got {}.",
-                py_float(self.min_p)
-            )));
-        }
-        if let Some(max_tokens) = self.max_tokens {
-            if max_tokens < 1 {
-                return Err(invalid(format!(
-                    "max_tokens must be at least 1, got {max_tokens}."
-                )));
-            }
-            if self.min_tokens > max_tokens {
-                return Err(invalid(format!(
-                    "min_tokens must be less than or equal to max_tokens={max_tokens}, got {}.",
-                    self.min_tokens
-                )));
-            }
-        }
-        if let Some(t) = self.truncate_prompt_tokens.filter(|&t| t < 1) {
-            // No final period in vLLM's message.
-            return Err(invalid(format!(
-                "truncate_prompt_tokens must be >= 1, got {t}"
-            )));
-        }
-        if self.stop.iter().any(String::is_empty) {
-            return Err(invalid("stop cannot contain an empty string.".into()));
-        }
-        if !self.stop.is_empty() && !self.detokenize {
-            return Err(invalid(
-                "stop strings are only supported when detokenize is True. \
-                 Set detokenize=True to use stop."
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn verify_beam_search(&self) -> Result<()> {
-        if self.best_of() == 1 {
-            return Err(invalid(format!(
-                "best_of must be greater than 1 when using beam search. Got {}.",
-                self.best_of()
-            )));
-        }
-        if self.temperature > SAMPLING_EPS {
-            return Err(invalid(
-                "temperature must be 0 when using beam search.".into(),
-            ));
-        }
-        if self.top_p < 1.0 - SAMPLING_EPS {
-            return Err(invalid("top_p must be 1 when using beam search.".into()));
-        }
-        if self.top_k != -1 {
-            return Err(invalid("top_k must be -1 when using beam search.".into()));
-        }
-        Ok(())
-    }
-
-    fn verify_non_beam_search(&self) -> Result<()> {
-        if self.early_stopping != EarlyStopping::False {
-            return Err(invalid(
-                "early_stopping is not effective and must be False when not using beam search."
-                    .into(),
-            ));
-        }
-        if self.length_penalty < 1.0 - SAMPLING_EPS || self.length_penalty > 1.0 + SAMPLING_EPS {
-            return Err(invalid(
-                "length_penalty is not effective and must be the default value of 1.0 \
-                 when not using beam search."
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The engine-level checks vLLM makes when a request is added, which need the
-    /// model: `logprobs`/`prompt_logprobs` above the server's `--max-logprobs`
-    /// (vLLM's message), and logit_bias ids outside the vocabulary (vLLM crashes
-    /// the engine with an IndexError there; this refuses the request instead).
-    pub fn verify_for_model(&self, vocab_size: usize, max_logprobs: usize) -> Result<()> {
-        let too_many = |n: Option<usize>| n.is_some_and(|n| n > max_logprobs);
-        if too_many(self.logprobs) || too_many(self.prompt_logprobs) {
-            return Err(invalid(format!(
-                "Cannot request more than {max_logprobs} logprobs."
-            )));
-        }
-        if let Some(&bad) = self
-            .logit_bias
-            .keys()
-            .find(|&&id| id as usize >= vocab_size)
-        {
-            return Err(invalid(format!(
-                "logit_bias token id {bad} is out of range for a vocabulary of {vocab_size}."
-            )));
-        }
-        Ok(())
-    }
-
-    /// vLLM's message for a negative value of an integer field that this struct
-    /// stores unsigned, for front ends that parse signed JSON integers. `None` for
-    /// fields vLLM does not check for negatives this way.
-    pub fn negative_integer_error(field: &str, value: i64) -> Option<Error> {
-        let message = match field {
-            "n" => format!("n must be at least 1, got {value}."),
-            "max_tokens" => format!("max_tokens must be at least 1, got {value}."),
-            "min_tokens" => {
-                format!("min_tokens must be greater than or equal to 0, got {value}.")
-            }
-            "logprobs" => format!("logprobs must be non-negative, got {value}."),
-            "prompt_logprobs" => format!("prompt_logprobs must be non-negative, got {value}."),
-            "truncate_prompt_tokens" => {
-                format!("truncate_prompt_tokens must be >= 1, got {value}")
-            }
-            _ => return None,
-        };
-        Some(invalid(message))
-    }
-
     /// vLLM's `update_from_generation_config`: unless `ignore_eos`, the model's
     /// `generation_config.json` EOS ids become stop tokens (so they finish with
     /// `stop_reason` = the id, while the tokenizer's own EOS has none).
@@ -399,5 +201,45 @@ impl SamplingParams {
                 self.stop_token_ids.push(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_vllms() {
+        let d = SamplingParams::default();
+        assert_eq!(
+            (d.n, d.best_of(), d.max_tokens, d.min_tokens),
+            (1, 1, Some(16), 0)
+        );
+        assert_eq!(
+            (d.temperature, d.top_p, d.top_k, d.min_p),
+            (1.0, 1.0, -1, 0.0)
+        );
+        assert_eq!(d.early_stopping, EarlyStopping::False);
+        assert!(d.detokenize && d.skip_special_tokens && d.spaces_between_special_tokens);
+        assert_eq!(SamplingParams { n: 3, ..d }.best_of(), 3);
+    }
+
+    #[test]
+    fn greedy_means_below_the_epsilon_outside_beam_search() {
+        let p = SamplingParams {
+            temperature: 0.9e-5,
+            ..SamplingParams::default()
+        };
+        assert!(p.is_greedy());
+        assert!(!SamplingParams {
+            temperature: 1e-5,
+            ..p.clone()
+        }
+        .is_greedy());
+        assert!(!SamplingParams {
+            use_beam_search: true,
+            ..p
+        }
+        .is_greedy());
     }
 }

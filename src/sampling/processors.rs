@@ -256,6 +256,10 @@ mod tests {
         let mut row = [0.0f32, -1.0, -3.0];
         apply_min_p(&mut row, 0.1);
         assert_eq!(row, [0.0, -1.0, NEG]);
+        // Strictly below: min_p = 1 keeps every token tied with the most likely.
+        let mut row = [2.0f32, 1.0, 2.0];
+        apply_min_p(&mut row, 1.0);
+        assert_eq!(row, [2.0, NEG, 2.0]);
     }
 
     #[test]

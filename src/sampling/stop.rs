@@ -117,6 +117,11 @@ impl OutputText {
     /// The text that became safe to stream since the last call, with vLLM's rule:
     /// until the sequence finishes, the last `params.output_text_buffer_length()`
     /// characters (longest stop string - 1) are held back.
+    ///
+    /// One deviation: a whole stop string at the end of the text is held back too.
+    /// That only happens before `min_tokens` (otherwise it would have stopped the
+    /// sequence), where vLLM streams part of it and cuts it from the final text a
+    /// step later; here the stream never contains text the output loses.
     pub fn take_delta(&mut self, params: &SamplingParams) -> String {
         let hold = if self.finished {
             0
@@ -132,6 +137,7 @@ impl OutputText {
                 None => 0,
             }
         };
+        let end = end.min(self.text.len() - self.stop_prefix_suffix_len(params));
         self.emit_until(end)
     }
 
@@ -140,6 +146,12 @@ impl OutputText {
     /// some stop string. The full text is the same; chunks arrive sooner than
     /// with vLLM's fixed buffer.
     pub fn take_delta_minimal(&mut self, params: &SamplingParams) -> String {
+        self.emit_until(self.text.len() - self.stop_prefix_suffix_len(params))
+    }
+
+    /// Bytes at the end of the text that could be (the start of) a stop string
+    /// still to be recognised.
+    fn stop_prefix_suffix_len(&self, params: &SamplingParams) -> usize {
         let mut hold = 0;
         if !self.finished && !params.include_stop_str_in_output {
             for stop in &params.stop {
@@ -151,7 +163,7 @@ impl OutputText {
                 }
             }
         }
-        self.emit_until(self.text.len() - hold)
+        hold
     }
 
     fn emit_until(&mut self, end: usize) -> String {

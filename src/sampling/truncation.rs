@@ -172,8 +172,16 @@ mod tests {
         // 1000 equal logits: top_p 0.5 keeps the 500 lowest ids (ties by id).
         let mut row = vec![0.0f32; 1000];
         apply_top_k_top_p(&mut row, None, Some(0.5));
-        let k = kept(&row);
-        assert!((499..=501).contains(&k.len()), "{}", k.len());
-        assert_eq!(k, (0..k.len()).collect::<Vec<_>>());
+        assert_eq!(kept(&row), (0..500).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn top_p_removes_a_token_whose_mass_from_it_down_is_exactly_1_minus_p() {
+        // vLLM masks where the ascending cumulative sum is <= 1 - p: with four
+        // equal tokens and p = 0.5 the sums are 0.25, 0.5, 0.75, 1 (exact in
+        // binary), so two are masked, not one.
+        let mut row = [0.0f32; 4];
+        apply_top_k_top_p(&mut row, None, Some(0.5));
+        assert_eq!(kept(&row), vec![0, 1]);
     }
 }
