@@ -6,7 +6,7 @@
 //!
 //! Every function costs O(vocab) plus O(tokens of the sequence · log) for the
 //! penalties; top-k / top-p never sort the whole vocabulary unless top-p needs
-//! most of it (see [`super::truncation`]).
+//! most of it (see `truncation.rs`).
 
 use std::collections::BTreeMap;
 
