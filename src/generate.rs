@@ -191,7 +191,8 @@ impl<B: Backend> Llm<B> {
             self.core.add_request(self.next_id, request)?;
         }
         let mut finals: Vec<Option<RequestOutput>> = vec![None; prompts.len()];
-        let mut prompt_logprobs: Vec<Option<Vec<Option<TokenLogprobs>>>> = vec![None; prompts.len()];
+        let mut prompt_logprobs: Vec<Option<Vec<Option<TokenLogprobs>>>> =
+            vec![None; prompts.len()];
         while self.core.has_unfinished() {
             let outputs = match self.core.step() {
                 Ok(o) => o,

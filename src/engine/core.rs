@@ -17,9 +17,7 @@ use crate::sampling::{OutputText, Sampler, SamplingParams, SequenceTokens, Token
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 use super::scheduler::{Scheduled, Scheduler, SchedulerConfig};
-use super::sequence::{
-    FinishReason, RequestOutput, SeqDelta, SeqResult, Sequence, SequenceGroup,
-};
+use super::sequence::{FinishReason, RequestOutput, SeqDelta, SeqResult, Sequence, SequenceGroup};
 use super::stats::EngineStats;
 
 /// Sizing of the engine, vLLM's names.
@@ -135,7 +133,10 @@ impl<B: Backend> EngineCore<B> {
         }
         let kv = KvCache::new(&model, config.num_blocks, config.block_size)?;
         let (eos_token_ids, generation_stop_ids) = match &tokenizer {
-            Some(t) => (t.eos_token_id().into_iter().collect(), t.generation_eos_token_ids().to_vec()),
+            Some(t) => (
+                t.eos_token_id().into_iter().collect(),
+                t.generation_eos_token_ids().to_vec(),
+            ),
             None => (model.config.eos_token_ids.clone(), Vec::new()),
         };
         Ok(EngineCore {
@@ -178,7 +179,12 @@ impl<B: Backend> EngineCore<B> {
 
     /// Every token id that ends a request by default: EOS and generation_config's.
     pub fn stop_token_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.eos_token_ids.iter().chain(&self.generation_stop_ids).copied().collect();
+        let mut ids: Vec<u32> = self
+            .eos_token_ids
+            .iter()
+            .chain(&self.generation_stop_ids)
+            .copied()
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -436,10 +442,21 @@ impl<B: Backend> EngineCore<B> {
                 continue;
             };
             group.first_token_at.get_or_insert_with(Instant::now);
-            let indices = if first_sample { 0..group.seqs.len() } else { p.seq_index..p.seq_index + 1 };
+            let indices = if first_sample {
+                0..group.seqs.len()
+            } else {
+                p.seq_index..p.seq_index + 1
+            };
             for i in indices {
-                let stop = StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
-                let delta = step_sequence(&mut group.seqs[i], i, logits_row, &stop, self.tokenizer.as_deref())?;
+                let stop =
+                    StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
+                let delta = step_sequence(
+                    &mut group.seqs[i],
+                    i,
+                    logits_row,
+                    &stop,
+                    self.tokenizer.as_deref(),
+                )?;
                 self.stats.generation_tokens += 1;
                 deltas.entry(p.request_id).or_default().push(delta);
             }
@@ -568,8 +585,13 @@ fn step_sequence(
 ) -> Result<SeqDelta> {
     let params = stop.params;
     let mut row = logits_row.to_vec();
-    let tokens = SequenceTokens { prompt: &s.tokens[..s.prompt_len], output: &s.tokens[s.prompt_len..] };
-    let sampled = s.sampler.next_token(&mut row, params, tokens, stop.eos_token_ids);
+    let tokens = SequenceTokens {
+        prompt: &s.tokens[..s.prompt_len],
+        output: &s.tokens[s.prompt_len..],
+    };
+    let sampled = s
+        .sampler
+        .next_token(&mut row, params, tokens, stop.eos_token_ids);
     let token = sampled.token;
     s.tokens.push(token);
     s.cum_logprob += sampled.logprobs.chosen.logprob as f64;
@@ -578,8 +600,18 @@ fn step_sequence(
         (Some(d), Some(t)) => d.push(t, token)?,
         _ => String::new(),
     };
-    let finish = stop.check(&mut s.text, token, s.tokens.len() - s.prompt_len, s.tokens.len(), &new_text);
-    if let Some(Finish { reason, stop_reason }) = finish {
+    let finish = stop.check(
+        &mut s.text,
+        token,
+        s.tokens.len() - s.prompt_len,
+        s.tokens.len(),
+        &new_text,
+    );
+    if let Some(Finish {
+        reason,
+        stop_reason,
+    }) = finish
+    {
         // Bytes of a character the detokenizer still held belong to the output,
         // unless a stop string or stop token cut it.
         if stop_reason.is_none() && reason == FinishReason::Length {
