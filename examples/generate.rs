@@ -31,7 +31,7 @@ fn run() -> Result<(), String> {
     let mut options = LoadOptions::default();
     let mut params = SamplingParams {
         temperature: 0.0,
-        max_tokens: 32,
+        max_tokens: Some(32),
         ..SamplingParams::default()
     };
     let mut prompts = Vec::new();
@@ -41,7 +41,9 @@ fn run() -> Result<(), String> {
         match arg.as_str() {
             "--model" => model = PathBuf::from(value("--model")?),
             "--dtype" => options.dtype = value("--dtype")?,
-            "--max-tokens" => params.max_tokens = parse(&value("--max-tokens")?, "--max-tokens")?,
+            "--max-tokens" => {
+                params.max_tokens = Some(parse(&value("--max-tokens")?, "--max-tokens")?)
+            }
             "--temperature" => {
                 params.temperature = parse(&value("--temperature")?, "--temperature")?
             }

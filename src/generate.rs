@@ -11,7 +11,7 @@ use crate::config::{resolve_dtype, ModelConfig};
 use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqResult};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
 
 pub use crate::engine::{FinishReason, Prompt, StopReason};
@@ -106,7 +106,7 @@ pub struct Request {
 pub struct Completion {
     pub prompt_token_ids: Vec<u32>,
     /// Index i: log P(prompt token i | tokens before it); `None` at 0. Only when asked for.
-    pub prompt_logprobs: Option<Vec<Option<f32>>>,
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     /// The `n` sequences, best first when best_of > n.
     pub outputs: Vec<SeqResult>,
 }
@@ -147,8 +147,9 @@ impl<B: Backend> Llm<B> {
         self.core.tokenizer().map(|t| t.as_ref())
     }
 
-    pub fn eos_token_ids(&self) -> &[u32] {
-        self.core.eos_token_ids()
+    /// Every token id that ends a request by default (EOS and generation_config's).
+    pub fn stop_token_ids(&self) -> Vec<u32> {
+        self.core.stop_token_ids()
     }
 
     pub fn num_kv_blocks(&self) -> usize {
@@ -190,7 +191,8 @@ impl<B: Backend> Llm<B> {
             self.core.add_request(self.next_id, request)?;
         }
         let mut finals: Vec<Option<RequestOutput>> = vec![None; prompts.len()];
-        let mut prompt_logprobs: Vec<Option<Vec<Option<f32>>>> = vec![None; prompts.len()];
+        let mut prompt_logprobs: Vec<Option<Vec<Option<TokenLogprobs>>>> =
+            vec![None; prompts.len()];
         while self.core.has_unfinished() {
             let outputs = match self.core.step() {
                 Ok(o) => o,

@@ -170,7 +170,7 @@ fn stop_tokens_eos_and_length() {
     );
 
     // EOS from generation_config stops unless ignore_eos; the model's EOS ids are [2, 4].
-    assert_eq!(llm.eos_token_ids(), &[2, 4]);
+    assert_eq!(llm.stop_token_ids(), vec![2, 4]);
     let first_eos = case["first_eos_step"].as_u64();
     let out = run(&mut llm, SamplingParams::greedy(32));
     match first_eos {
@@ -197,7 +197,9 @@ fn the_model_length_limit_ends_generation() {
             params: params.clone(),
         }])
         .unwrap();
-    assert_eq!(out[0].best().token_ids.len(), 5);
+    // As vLLM: a sequence stops once its length exceeds max_model_len; the last
+    // token is sampled from position 19 and never itself computed.
+    assert_eq!(out[0].best().token_ids.len(), 6);
     assert_eq!(out[0].best().finish_reason, FinishReason::Length);
     let err = llm
         .generate(&[Request {

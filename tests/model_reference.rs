@@ -72,7 +72,7 @@ fn prompt_logprobs_match_transformers() {
             .map(|case| Request {
                 prompt: Prompt::Tokens(u32s(&case["prompt_token_ids"])),
                 params: SamplingParams {
-                    prompt_logprobs: true,
+                    prompt_logprobs: Some(0),
                     ..SamplingParams::greedy(1)
                 },
             })
@@ -87,7 +87,10 @@ fn prompt_logprobs_match_transformers() {
             assert_eq!(got.len(), want.len(), "{name}/{}", case["name"]);
             assert!(got[0].is_none() && want[0].is_null());
             for (i, (g, w)) in got.iter().zip(want).enumerate().skip(1) {
-                let (g, w) = (g.unwrap(), w.as_f64().unwrap() as f32);
+                let (g, w) = (
+                    g.as_ref().unwrap().chosen.logprob,
+                    w.as_f64().unwrap() as f32,
+                );
                 assert!(
                     (g - w).abs() < 1e-4,
                     "{name}/{} position {i}: {g} vs {w}",

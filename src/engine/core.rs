@@ -11,13 +11,13 @@ use crate::error::{Error, Result};
 use crate::kv_cache::block_manager::BlockManager;
 use crate::kv_cache::KvCache;
 use crate::model::Model;
-use crate::sampling::{token_logprob, Sampler, SamplingParams};
+use crate::sampling::logprobs::prompt_logprobs;
+use crate::sampling::stop::{Finish, StopChecker};
+use crate::sampling::{OutputText, Sampler, SamplingParams, SequenceTokens, TokenLogprobs};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 use super::scheduler::{Scheduled, Scheduler, SchedulerConfig};
-use super::sequence::{
-    FinishReason, RequestOutput, SeqDelta, SeqResult, Sequence, SequenceGroup, StopReason,
-};
+use super::sequence::{FinishReason, RequestOutput, SeqDelta, SeqResult, Sequence, SequenceGroup};
 use super::stats::EngineStats;
 
 /// Sizing of the engine, vLLM's names.
@@ -42,6 +42,8 @@ pub struct EngineRequest {
 pub struct RequestValidator {
     pub tokenizer: Option<Arc<Tokenizer>>,
     pub vocab_size: usize,
+    /// Most top logprobs a request may ask for (vLLM's `max_logprobs`).
+    pub max_logprobs: usize,
     pub max_model_len: usize,
     /// No single sequence may need more blocks than the whole KV cache has.
     pub num_blocks: usize,
@@ -58,10 +60,17 @@ impl RequestValidator {
 
     pub fn validate(
         &self,
-        prompt_token_ids: Vec<u32>,
+        mut prompt_token_ids: Vec<u32>,
         params: SamplingParams,
     ) -> Result<EngineRequest> {
-        params.validate()?;
+        params.verify()?;
+        params.verify_for_model(self.vocab_size, self.max_logprobs)?;
+        let params = params.normalized();
+        if let Some(k) = params.truncate_prompt_tokens {
+            // vLLM keeps the last k tokens.
+            let drop = prompt_token_ids.len().saturating_sub(k);
+            prompt_token_ids.drain(..drop);
+        }
         let n = prompt_token_ids.len();
         if n == 0 {
             return Err(Error::invalid("the prompt is empty"));
@@ -104,7 +113,10 @@ pub struct EngineCore<B: Backend> {
     config: EngineConfig,
     groups: HashMap<u64, SequenceGroup>,
     next_seq_id: u64,
+    /// The tokenizer's EOS (vLLM's `eos_token_id`), or the config's without a tokenizer.
     eos_token_ids: Vec<u32>,
+    /// generation_config.json's EOS ids, added to each request's stop tokens.
+    generation_stop_ids: Vec<u32>,
     stats: EngineStats,
 }
 
@@ -120,12 +132,13 @@ impl<B: Backend> EngineCore<B> {
             ));
         }
         let kv = KvCache::new(&model, config.num_blocks, config.block_size)?;
-        let mut eos_token_ids = match &tokenizer {
-            Some(t) => t.generation_eos_token_ids().to_vec(),
-            None => model.config.eos_token_ids.clone(),
+        let (eos_token_ids, generation_stop_ids) = match &tokenizer {
+            Some(t) => (
+                t.eos_token_id().into_iter().collect(),
+                t.generation_eos_token_ids().to_vec(),
+            ),
+            None => (model.config.eos_token_ids.clone(), Vec::new()),
         };
-        eos_token_ids.sort_unstable();
-        eos_token_ids.dedup();
         Ok(EngineCore {
             blocks: BlockManager::new(
                 config.num_blocks,
@@ -140,6 +153,7 @@ impl<B: Backend> EngineCore<B> {
             groups: HashMap::new(),
             next_seq_id: 0,
             eos_token_ids,
+            generation_stop_ids,
             stats: EngineStats::default(),
         })
     }
@@ -148,6 +162,7 @@ impl<B: Backend> EngineCore<B> {
         RequestValidator {
             tokenizer: self.tokenizer.clone(),
             vocab_size: self.model.config.vocab_size,
+            max_logprobs: 20,
             max_model_len: self.model.max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,
@@ -162,8 +177,17 @@ impl<B: Backend> EngineCore<B> {
         self.tokenizer.as_ref()
     }
 
-    pub fn eos_token_ids(&self) -> &[u32] {
-        &self.eos_token_ids
+    /// Every token id that ends a request by default: EOS and generation_config's.
+    pub fn stop_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .eos_token_ids
+            .iter()
+            .chain(&self.generation_stop_ids)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     pub fn has_unfinished(&self) -> bool {
@@ -195,18 +219,18 @@ impl<B: Backend> EngineCore<B> {
         tokens: Vec<u32>,
         prompt_len: usize,
         params: &SamplingParams,
+        sampler: Sampler,
     ) -> Result<Sequence> {
         self.next_seq_id += 1;
-        let detokenizer = match &self.tokenizer {
-            Some(t) => Some(IncrementalDetokenizer::new(
+        let detokenizer = match (&self.tokenizer, params.detokenize) {
+            (Some(t), true) => Some(IncrementalDetokenizer::new(
                 t,
                 &tokens[..prompt_len],
-                true,
-                true,
+                params.skip_special_tokens,
+                params.spaces_between_special_tokens,
             )?),
-            None => None,
+            _ => None,
         };
-        let _ = params;
         Ok(Sequence {
             id: self.next_seq_id,
             tokens,
@@ -214,8 +238,9 @@ impl<B: Backend> EngineCore<B> {
             computed: 0,
             cum_logprob: 0.0,
             logprobs: Vec::new(),
+            sampler,
             detokenizer,
-            text: String::new(),
+            text: OutputText::new(),
             finish: None,
             stop_reason: None,
         })
@@ -228,15 +253,16 @@ impl<B: Backend> EngineCore<B> {
                 "request id {request_id} is already running"
             )));
         }
-        let params = request.params;
+        let mut params = request.params;
+        params.update_from_generation_config(&self.generation_stop_ids);
         let prompt_len = request.prompt_token_ids.len();
-        let seq = self.new_sequence(request.prompt_token_ids, prompt_len, &params)?;
+        let root = Sampler::new(params.seed);
+        let seq = self.new_sequence(request.prompt_token_ids, prompt_len, &params, root.fork(0))?;
         self.stats.prompt_tokens += prompt_len as u64;
         let group = SequenceGroup {
             request_id,
-            sampler: Sampler::new(params.seed),
-            width: 1,
-            prompt_logprobs: params.prompt_logprobs.then(|| vec![None]),
+            width: params.best_of(),
+            prompt_logprobs: params.prompt_logprobs.map(|_| vec![None]),
             params,
             seqs: vec![seq],
             arrival: Instant::now(),
@@ -392,13 +418,13 @@ impl<B: Backend> EngineCore<B> {
             self.blocks.register_computed(s.id, &s.tokens, p.end);
             let mut sample_row = first;
             if wants_prompt_logprobs(group) {
-                let prompt_len = group.seqs[0].prompt_len;
-                let pl = group.prompt_logprobs.get_or_insert_with(|| vec![None]);
-                for pos in p.start..p.end {
-                    if pos + 1 < prompt_len {
-                        let next = group.seqs[0].tokens[pos + 1];
-                        pl.push(Some(token_logprob(row(first + pos - p.start), next)));
-                    }
+                // This chunk's rows predict prompt tokens start+1 ..= end.
+                let prompt = &group.seqs[0].tokens[..group.seqs[0].prompt_len];
+                let upto = (p.end + 1).min(prompt.len());
+                let rows = &logits[first * vocab..(first + upto - p.start - 1) * vocab];
+                let scored = prompt_logprobs(rows, vocab, &prompt[p.start..upto], &group.params);
+                if let Some(pl) = group.prompt_logprobs.as_mut() {
+                    pl.extend(scored.into_iter().skip(1));
                 }
                 sample_row = first + (p.end - p.start) - 1;
             }
@@ -422,10 +448,15 @@ impl<B: Backend> EngineCore<B> {
                 p.seq_index..p.seq_index + 1
             };
             for i in indices {
-                let token = group.sampler.sample(logits_row, &group.params);
-                let lp = token_logprob(logits_row, token);
-                let limits = (&self.eos_token_ids[..], self.model.max_positions);
-                let delta = append_token(group, i, token, lp, limits, self.tokenizer.as_deref())?;
+                let stop =
+                    StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
+                let delta = step_sequence(
+                    &mut group.seqs[i],
+                    i,
+                    logits_row,
+                    &stop,
+                    self.tokenizer.as_deref(),
+                )?;
                 self.stats.generation_tokens += 1;
                 deltas.entry(p.request_id).or_default().push(delta);
             }
@@ -476,9 +507,11 @@ impl<B: Backend> EngineCore<B> {
             group.width,
         );
         let params = group.params.clone();
+        let root = group.seqs[0].sampler.clone();
         let mut children = Vec::new();
-        for _ in 1..width {
-            let mut child = self.new_sequence(tokens.clone(), prompt_len, &params)?;
+        for i in 1..width {
+            let sampler = root.fork(i as u64);
+            let mut child = self.new_sequence(tokens.clone(), prompt_len, &params, sampler)?;
             child.computed = tokens.len();
             self.blocks.fork(parent_id, child.id);
             children.push(child);
@@ -490,7 +523,7 @@ impl<B: Backend> EngineCore<B> {
     }
 
     fn final_output(&self, mut group: SequenceGroup, deltas: Vec<SeqDelta>) -> RequestOutput {
-        let n = 1.min(group.seqs.len()).max(1); // PENDING: n and best_of arrive with the full SamplingParams
+        let n = group.params.n.min(group.seqs.len()).max(1);
         let mut results: Vec<SeqResult> = group
             .seqs
             .iter()
@@ -498,7 +531,7 @@ impl<B: Backend> EngineCore<B> {
             .map(|(index, s)| SeqResult {
                 index,
                 token_ids: s.output().to_vec(),
-                text: s.text.clone(),
+                text: s.text.text().to_string(),
                 logprobs: s.logprobs.clone(),
                 cum_logprob: s.cum_logprob,
                 finish_reason: s.finish.unwrap_or(FinishReason::Length),
@@ -533,7 +566,7 @@ fn wants_prompt_logprobs(group: &SequenceGroup) -> bool {
 }
 
 /// The prompt logprobs, the first time a complete set is reported.
-fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<f32>>> {
+fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<TokenLogprobs>>> {
     if group.prompt_logprobs_reported || wants_prompt_logprobs(group) {
         return None;
     }
@@ -541,45 +574,59 @@ fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<f32>>> {
     group.prompt_logprobs.clone()
 }
 
-/// Appends a sampled token to sequence `i` of `group`, detokenizes it and
-/// applies the stop rules. Returns the sequence's delta for this step.
-fn append_token(
-    group: &mut SequenceGroup,
-    i: usize,
-    token: u32,
-    logprob: f32,
-    (eos_token_ids, max_model_len): (&[u32], usize),
+/// Samples the next token of sequence `index` from its logits row, appends it,
+/// detokenizes it and applies the stop rules. Returns its delta for this step.
+fn step_sequence(
+    s: &mut Sequence,
+    index: usize,
+    logits_row: &[f32],
+    stop: &StopChecker,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<SeqDelta> {
-    let params = &group.params;
-    let s = &mut group.seqs[i];
+    let params = stop.params;
+    let mut row = logits_row.to_vec();
+    let tokens = SequenceTokens {
+        prompt: &s.tokens[..s.prompt_len],
+        output: &s.tokens[s.prompt_len..],
+    };
+    let sampled = s
+        .sampler
+        .next_token(&mut row, params, tokens, stop.eos_token_ids);
+    let token = sampled.token;
     s.tokens.push(token);
-    s.cum_logprob += logprob as f64;
-    s.logprobs.push(logprob);
-    let mut text = String::new();
-    if let (Some(d), Some(t)) = (s.detokenizer.as_mut(), tokenizer) {
-        text = d.push(t, token)?;
-    }
-    let generated = s.output().len();
-    if !params.ignore_eos && eos_token_ids.contains(&token) {
-        s.finish = Some(FinishReason::Stop);
-    } else if params.stop_token_ids.contains(&token) {
-        s.finish = Some(FinishReason::Stop);
-        s.stop_reason = Some(StopReason::Token(token));
-    } else if generated >= params.max_tokens || s.tokens.len() >= max_model_len {
-        s.finish = Some(FinishReason::Length);
-    }
-    if s.finish.is_some() {
-        if let (Some(d), Some(t)) = (s.detokenizer.as_mut(), tokenizer) {
-            text.push_str(&d.finish(t)?);
+    s.cum_logprob += sampled.logprobs.chosen.logprob as f64;
+    s.logprobs.push(sampled.logprobs.clone());
+    let new_text = match (s.detokenizer.as_mut(), tokenizer) {
+        (Some(d), Some(t)) => d.push(t, token)?,
+        _ => String::new(),
+    };
+    let finish = stop.check(
+        &mut s.text,
+        token,
+        s.tokens.len() - s.prompt_len,
+        s.tokens.len(),
+        &new_text,
+    );
+    if let Some(Finish {
+        reason,
+        stop_reason,
+    }) = finish
+    {
+        // Bytes of a character the detokenizer still held belong to the output,
+        // unless a stop string or stop token cut it.
+        if stop_reason.is_none() && reason == FinishReason::Length {
+            if let (Some(d), Some(t)) = (s.detokenizer.as_mut(), tokenizer) {
+                s.text.append_flushed(&d.finish(t)?);
+            }
         }
+        s.finish = Some(reason);
+        s.stop_reason = stop_reason;
     }
-    s.text.push_str(&text);
     Ok(SeqDelta {
-        index: i,
+        index,
         token_ids: vec![token],
-        text,
-        logprobs: vec![logprob],
+        text: s.text.take_delta(params),
+        logprobs: vec![sampled.logprobs],
         finish_reason: s.finish,
         stop_reason: s.stop_reason.clone(),
     })

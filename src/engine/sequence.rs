@@ -4,35 +4,10 @@
 use std::time::Instant;
 
 use crate::kv_cache::block_manager::SeqId;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{OutputText, Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::IncrementalDetokenizer;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS, a stop token or a stop string.
-    Stop,
-    /// `max_tokens` or the model's length limit.
-    Length,
-    /// Aborted by the caller.
-    Abort,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-        }
-    }
-}
-
-/// What stopped a sequence with [`FinishReason::Stop`] other than EOS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    Token(u32),
-    Text(String),
-}
+pub use crate::sampling::{FinishReason, StopReason};
 
 pub struct Sequence {
     pub id: SeqId,
@@ -42,12 +17,14 @@ pub struct Sequence {
     /// Tokens whose K/V are in the cache.
     pub computed: usize,
     pub cum_logprob: f64,
-    /// log P of each output token.
-    pub logprobs: Vec<f32>,
-    /// Present when the engine has a tokenizer.
+    /// The chosen token's logprob (and the top-N asked for) at each output step.
+    pub logprobs: Vec<TokenLogprobs>,
+    /// This sequence's own random stream (forked from the request's seed).
+    pub sampler: Sampler,
+    /// Present when the engine has a tokenizer and the request wants text.
     pub detokenizer: Option<IncrementalDetokenizer>,
-    /// The output decoded so far.
-    pub text: String,
+    /// The output text, cut at stop strings, and how much of it was streamed.
+    pub text: OutputText,
     pub finish: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
 }
@@ -65,13 +42,11 @@ impl Sequence {
 pub struct SequenceGroup {
     pub request_id: u64,
     pub params: SamplingParams,
-    /// One generator per request, drawn from in sequence order, so a seeded
-    /// request samples the same tokens whatever else is in the batch.
-    pub sampler: Sampler,
     pub seqs: Vec<Sequence>,
     /// Sequences to fork into once the prompt is prefilled (best_of, or n).
     pub width: usize,
-    pub prompt_logprobs: Option<Vec<Option<f32>>>,
+    /// Filled while the prompt is computed, when the request asks for them.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     pub prompt_logprobs_reported: bool,
     pub arrival: Instant,
     pub first_token_at: Option<Instant>,
@@ -108,9 +83,10 @@ pub struct SeqDelta {
     /// Which of the request's sequences (0..best_of).
     pub index: usize,
     pub token_ids: Vec<u32>,
+    /// Text that is safe to stream now (stop strings held back).
     pub text: String,
-    /// log P of each new token.
-    pub logprobs: Vec<f32>,
+    /// Per new token: its logprob, rank and the top-N asked for.
+    pub logprobs: Vec<TokenLogprobs>,
     pub finish_reason: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
 }
@@ -121,7 +97,7 @@ pub struct SeqResult {
     pub index: usize,
     pub token_ids: Vec<u32>,
     pub text: String,
-    pub logprobs: Vec<f32>,
+    pub logprobs: Vec<TokenLogprobs>,
     pub cum_logprob: f64,
     pub finish_reason: FinishReason,
     pub stop_reason: Option<StopReason>,
@@ -134,7 +110,7 @@ pub struct RequestOutput {
     pub prompt_token_ids_len: usize,
     pub deltas: Vec<SeqDelta>,
     /// Only in the first output of a request that asked for them.
-    pub prompt_logprobs: Option<Vec<Option<f32>>>,
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     /// On the last output: the best `n` sequences, best first.
     pub results: Option<Vec<SeqResult>>,
 }

@@ -1,198 +1,88 @@
-//! Per-request sampling parameters and the sampler: greedy, or seeded sampling
-//! with temperature, top-k, top-p and min-p.
+//! Sampling with vLLM v0.4.3's semantics, as pure per-sequence functions.
+//!
+//! One decoding step for one sequence goes, in vLLM's order:
+//!
+//! 1. [`processors::process_logits`]: logit bias (vLLM applies it as a logits
+//!    processor before the sampler), the `min_tokens` mask, repetition / frequency /
+//!    presence penalties, temperature, top-k + top-p, min-p.
+//! 2. [`log_softmax`] of the processed row: what greedy, random and beam search
+//!    choose from, and what the reported logprobs are.
+//! 3. [`Sampler::sample`] (greedy or random, one generator per sequence) or
+//!    [`beam::beam_candidates`] + [`beam::select_beams`] (beam search).
+//! 4. [`logprobs::TokenLogprobs`] for the chosen token (its rank and the top-N).
+//! 5. [`stop::StopChecker::check`] once the token's text delta is known, and
+//!    [`stop::OutputText::take_delta`] for the text that is safe to stream.
+//!
+//! [`Sampler::next_token`] runs steps 1-4 for the common (non-beam) case.
+//! Everything here is deterministic given the inputs and the sampler's seed: the
+//! scheduler owns the batch, these functions only ever see one sequence.
 
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+pub mod beam;
+pub mod logprobs;
+pub mod params;
+pub mod processors;
+mod pyfloat;
+pub mod sampler;
+pub mod stop;
+mod truncation;
+mod verify;
 
-use crate::error::{Error, Result};
+pub use logprobs::{Logprob, TokenLogprobs};
+pub use params::{EarlyStopping, SamplingParams, SamplingType};
+pub use processors::SequenceTokens;
+pub use sampler::{SampleOutput, Sampler};
+pub use stop::{Finish, FinishReason, OutputText, StopChecker, StopReason};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// Tokens to generate at most.
-    pub max_tokens: usize,
-    /// 0 means greedy (argmax).
-    pub temperature: f32,
-    /// Keep the smallest set of tokens whose probability reaches `top_p` (1 = off).
-    pub top_p: f32,
-    /// Keep the `top_k` most likely tokens (-1 = off).
-    pub top_k: i32,
-    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
-    pub min_p: f32,
-    /// Seed of this request's own generator: the same seed gives the same tokens
-    /// whatever else runs in the batch.
-    pub seed: Option<u64>,
-    /// Keep generating past EOS.
-    pub ignore_eos: bool,
-    /// Extra token ids that end the sequence.
-    pub stop_token_ids: Vec<u32>,
-    /// Report log P(prompt token | tokens before it) for every prompt position.
-    pub prompt_logprobs: bool,
-}
+/// vLLM's `_SAMPLING_EPS`: temperatures below it mean greedy, and top-p / min-p /
+/// penalties within it of their neutral value are treated as off.
+pub const SAMPLING_EPS: f64 = 1e-5;
 
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            max_tokens: 16,
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: -1,
-            min_p: 0.0,
-            seed: None,
-            ignore_eos: false,
-            stop_token_ids: Vec::new(),
-            prompt_logprobs: false,
-        }
-    }
-}
-
-impl SamplingParams {
-    pub fn greedy(max_tokens: usize) -> SamplingParams {
-        SamplingParams {
-            max_tokens,
-            temperature: 0.0,
-            ..SamplingParams::default()
-        }
-    }
-
-    /// Checks ranges with vLLM's messages.
-    pub fn validate(&self) -> Result<()> {
-        if self.temperature.is_nan() || self.temperature < 0.0 {
-            return Err(Error::invalid(format!(
-                "temperature must be non-negative, got {}.",
-                self.temperature
-            )));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid(format!(
-                "top_p must be in (0, 1], got {}.",
-                self.top_p
-            )));
-        }
-        if self.top_k < -1 || self.top_k == 0 {
-            return Err(Error::invalid(format!(
-                "top_k must be -1 (disable), or at least 1, got {}.",
-                self.top_k
-            )));
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::invalid(format!(
-                "min_p must be in [0, 1], got {}.",
-                self.min_p
-            )));
-        }
-        if self.max_tokens < 1 {
-            return Err(Error::invalid(format!(
-                "max_tokens must be at least 1, got {}.",
-                self.max_tokens
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// One sequence's sampler, owning its random generator.
-pub struct Sampler {
-    rng: ChaCha8Rng,
-}
-
-impl Sampler {
-    pub fn new(seed: Option<u64>) -> Sampler {
-        let seed = seed.unwrap_or_else(rand::random);
-        Sampler {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-
-    /// Picks the next token from one row of logits.
-    pub fn sample(&mut self, logits: &[f32], params: &SamplingParams) -> u32 {
-        if params.temperature == 0.0 {
-            return argmax(logits);
-        }
-        let mut probs = softmax(
-            &logits
-                .iter()
-                .map(|&l| l / params.temperature)
-                .collect::<Vec<_>>(),
-        );
-        filter(&mut probs, params);
-        let total: f32 = probs.iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        let mut last_kept = 0;
-        for (i, &p) in probs.iter().enumerate() {
-            if p > 0.0 {
-                last_kept = i;
-                if r < p {
-                    return i as u32;
-                }
-                r -= p;
-            }
-        }
-        last_kept as u32
-    }
-}
-
-/// Zeroes the probabilities top-k, top-p and min-p exclude.
-fn filter(probs: &mut [f32], params: &SamplingParams) {
-    let needs_order = params.top_k > 0 || params.top_p < 1.0;
-    if needs_order {
-        let mut order: Vec<u32> = (0..probs.len() as u32).collect();
-        order.sort_by(|&a, &b| {
-            probs[b as usize]
-                .total_cmp(&probs[a as usize])
-                .then(a.cmp(&b))
-        });
-        let mut keep = if params.top_k > 0 {
-            (params.top_k as usize).min(order.len())
-        } else {
-            order.len()
-        };
-        if params.top_p < 1.0 {
-            let kept_mass: f32 = order[..keep].iter().map(|&i| probs[i as usize]).sum();
-            let mut cum = 0.0;
-            for (rank, &i) in order[..keep].iter().enumerate() {
-                cum += probs[i as usize] / kept_mass;
-                if cum >= params.top_p {
-                    keep = rank + 1;
-                    break;
-                }
-            }
-        }
-        for &i in &order[keep..] {
-            probs[i as usize] = 0.0;
-        }
-    }
-    if params.min_p > 0.0 {
-        let max = probs.iter().copied().fold(0.0, f32::max);
-        probs
-            .iter_mut()
-            .filter(|p| **p < params.min_p * max)
-            .for_each(|p| *p = 0.0);
-    }
-}
-
-/// Index of the largest logit; the first one on ties (as torch.argmax).
-pub fn argmax(logits: &[f32]) -> u32 {
+/// Index of the largest value; the first one on ties (as `torch.argmax`). NaNs
+/// never win; an all-NaN or empty row gives 0.
+pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] || values[best].is_nan() && !v.is_nan() {
             best = i;
         }
     }
     best as u32
 }
 
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
+/// `log_softmax(logits)` in f32, with the normaliser accumulated in f64. Masked
+/// (-inf) entries stay -inf. A row with no finite entry (everything masked) comes
+/// back all -inf rather than NaN, so samplers and logprobs stay well defined.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
+    if !max.is_finite() {
+        return vec![f32::NEG_INFINITY; logits.len()];
+    }
+    let sum: f64 = logits
+        .iter()
+        .map(|&l| ((l - max) as f64).exp())
+        .filter(|e| !e.is_nan())
+        .sum();
+    let log_sum = sum.ln();
+    logits
+        .iter()
+        .map(|&l| ((l - max) as f64 - log_sum) as f32)
+        .collect()
 }
 
-/// `log_softmax(logits)[token]`, computed in f64 for accuracy.
+/// `softmax(logits)` in f32 (normaliser in f64); see [`log_softmax`] for masked rows.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    log_softmax(logits).into_iter().map(f32::exp).collect()
+}
+
+/// `log_softmax(logits)[token]` of the raw logits, computed in f64: the model's own
+/// probability of a token, independent of any sampling parameter.
 pub fn token_logprob(logits: &[f32], token: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    (logits[token as usize] as f64 - max - sum.ln()) as f32
+    match logits.get(token as usize) {
+        Some(&l) => (l as f64 - max - sum.ln()) as f32,
+        None => f32::NEG_INFINITY,
+    }
 }
 
 #[cfg(test)]
@@ -200,104 +90,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn greedy_takes_first_max() {
+    fn argmax_takes_the_first_maximum_and_skips_nan() {
         assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
-        assert_eq!(
-            Sampler::new(Some(0)).sample(&[0.0, 2.0, 3.0], &SamplingParams::greedy(1)),
-            2
-        );
+        assert_eq!(argmax(&[f32::NAN, -1.0, 3.0]), 2);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]
-    fn seeded_sampling_repeats_and_follows_distribution() {
-        let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let params = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
-        let draw = |seed| {
-            let mut s = Sampler::new(Some(seed));
-            (0..4000)
-                .map(|_| s.sample(&logits, &params))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draw(7), draw(7));
-        assert_ne!(draw(7), draw(8));
-        let counts = draw(7).iter().fold([0usize; 4], |mut c, &t| {
-            c[t as usize] += 1;
-            c
-        });
-        let probs = softmax(&logits);
-        for (c, p) in counts.iter().zip(probs) {
-            assert!((*c as f32 / 4000.0 - p).abs() < 0.03, "{counts:?}");
-        }
+    fn log_softmax_normalises_and_keeps_masks() {
+        let row = [1.0f32, f32::NEG_INFINITY, 3.0];
+        let lp = log_softmax(&row);
+        let z = (1.0f64.exp() + 3.0f64.exp()).ln();
+        assert!((lp[0] as f64 - (1.0 - z)).abs() < 1e-6);
+        assert!((lp[2] as f64 - (3.0 - z)).abs() < 1e-6);
+        assert_eq!(lp[1], f32::NEG_INFINITY);
+        let total: f32 = softmax(&row).iter().sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(log_softmax(&[f32::NEG_INFINITY; 2])
+            .iter()
+            .all(|&x| x == f32::NEG_INFINITY));
     }
 
     #[test]
-    fn top_k_top_p_min_p_restrict_support() {
-        let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let mut s = Sampler::new(Some(1));
-        let only = |params: SamplingParams, s: &mut Sampler| {
-            let mut seen: Vec<u32> = (0..500).map(|_| s.sample(&logits, &params)).collect();
-            seen.sort();
-            seen.dedup();
-            seen
-        };
-        assert_eq!(
-            only(
-                SamplingParams {
-                    top_k: 2,
-                    ..Default::default()
-                },
-                &mut s
-            ),
-            vec![2, 3]
-        );
-        // p = [0.032, 0.087, 0.237, 0.644]: the top two reach 0.88.
-        assert_eq!(
-            only(
-                SamplingParams {
-                    top_p: 0.8,
-                    ..Default::default()
-                },
-                &mut s
-            ),
-            vec![2, 3]
-        );
-        assert_eq!(
-            only(
-                SamplingParams {
-                    min_p: 0.3,
-                    ..Default::default()
-                },
-                &mut s
-            ),
-            vec![2, 3]
-        );
-    }
-
-    #[test]
-    fn validation_messages() {
-        let bad = SamplingParams {
-            top_k: 0,
-            ..Default::default()
-        };
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("top_k must be -1"));
-        let bad = SamplingParams {
-            temperature: -1.0,
-            ..Default::default()
-        };
-        assert!(bad.validate().is_err());
-        assert!(SamplingParams::greedy(4).validate().is_ok());
-    }
-
-    #[test]
-    fn logprob_matches_softmax() {
+    fn token_logprob_matches_softmax_and_tolerates_bad_ids() {
         let logits = [0.5f32, -1.0, 2.0];
         assert!((token_logprob(&logits, 2).exp() - softmax(&logits)[2]).abs() < 1e-6);
+        assert_eq!(token_logprob(&logits, 7), f32::NEG_INFINITY);
     }
 }

@@ -1,0 +1,181 @@
+//! The per-sequence sampler: greedy (argmax) or random, each sequence with its
+//! own generator.
+//!
+//! vLLM v0.4.3 gives a seeded request one `torch.Generator` per sequence group
+//! and draws the whole batch slice of the group from it, so a seeded request's
+//! tokens can depend on how many rows other requests add (`max_best_of_in_batch`).
+//! Here every sequence owns a ChaCha8 stream instead: a request's root sampler
+//! is seeded with the request's seed (or a random one), and sequence `i` of the
+//! group uses [`Sampler::fork`]`(i)` — stream `i + 1` of the same key — so the
+//! tokens of every sequence depend only on the seed, its index and its own
+//! logits. At the first step of an `n`/`best_of` > 1 request all children sample
+//! from the same prompt row, each with its own stream, as vLLM draws `best_of`
+//! samples from that row.
+//!
+//! Random sampling inverts the CDF of the processed distribution with one uniform
+//! draw (f64 accumulation, ids in order) instead of vLLM's exponential race
+//! (`argmax(probs / Exp(1))`, one draw per vocabulary entry): both are exact
+//! samples of the same distribution, this one costs one random number per token.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::argmax;
+use super::logprobs::TokenLogprobs;
+use super::params::{SamplingParams, SamplingType};
+use super::processors::{processed_logprobs, SequenceTokens};
+
+/// One sequence's sampler, owning its random stream.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    seed: u64,
+    rng: ChaCha8Rng,
+}
+
+/// A sampled token and the logprobs vLLM records for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOutput {
+    pub token: u32,
+    pub logprobs: TokenLogprobs,
+}
+
+impl Sampler {
+    /// The root sampler of a request: seeded with `seed`, or with a random seed.
+    pub fn new(seed: Option<u64>) -> Sampler {
+        let seed = seed.unwrap_or_else(rand::random);
+        Sampler {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The sampler of sequence `index` of the group: a stream of its own, derived
+    /// from the seed and `index` only (not from how far `self` has drawn).
+    pub fn fork(&self, index: u64) -> Sampler {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(index.wrapping_add(1));
+        Sampler {
+            seed: self.seed,
+            rng,
+        }
+    }
+
+    /// The seed this sampler's streams derive from (the request's, or the random
+    /// one drawn for it).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Picks a token from a processed log_softmax row (see
+    /// [`processed_logprobs`]): argmax for greedy (first maximum, as
+    /// `torch.argmax`), a draw otherwise. Beam search does not sample; it is
+    /// answered with the argmax — use [`super::beam`] for it.
+    pub fn sample(&mut self, logprobs: &[f32], params: &SamplingParams) -> u32 {
+        match params.sampling_type() {
+            SamplingType::Greedy | SamplingType::Beam => argmax(logprobs),
+            SamplingType::Random | SamplingType::RandomSeed => self.draw(logprobs),
+        }
+    }
+
+    /// An exact draw from exp(logprobs) by inverting its CDF. A row with no
+    /// probability mass (everything masked) falls back to the argmax.
+    fn draw(&mut self, logprobs: &[f32]) -> u32 {
+        let weight = |lp: f32| {
+            let w = (lp as f64).exp();
+            if w.is_finite() {
+                w
+            } else {
+                0.0
+            }
+        };
+        let total: f64 = logprobs.iter().map(|&lp| weight(lp)).sum();
+        if total <= 0.0 || !total.is_finite() {
+            return argmax(logprobs);
+        }
+        let target = self.rng.random::<f64>() * total;
+        let mut acc = 0.0;
+        let mut last_positive = None;
+        for (i, &lp) in logprobs.iter().enumerate() {
+            let w = weight(lp);
+            if w > 0.0 {
+                acc += w;
+                last_positive = Some(i);
+                if target < acc {
+                    return i as u32;
+                }
+            }
+        }
+        // Rounding left the target past the last bucket: it belongs to the last one.
+        last_positive.map_or_else(|| argmax(logprobs), |i| i as u32)
+    }
+
+    /// One whole step for a sampled (non-beam) sequence: processes `logits` in
+    /// place, samples, and collects the logprobs vLLM records (top-N =
+    /// `params.logprobs`).
+    pub fn next_token(
+        &mut self,
+        logits: &mut [f32],
+        params: &SamplingParams,
+        tokens: SequenceTokens,
+        eos_token_ids: &[u32],
+    ) -> SampleOutput {
+        let row = processed_logprobs(logits, params, tokens, eos_token_ids);
+        let token = self.sample(&row, params);
+        SampleOutput {
+            token,
+            logprobs: TokenLogprobs::new(&row, token, params.logprobs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::log_softmax;
+
+    fn random() -> SamplingParams {
+        SamplingParams::default()
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let row = log_softmax(&[0.0, 2.0, 2.0, 1.0]);
+        assert_eq!(
+            Sampler::new(Some(0)).sample(&row, &SamplingParams::greedy(1)),
+            1
+        );
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_forks_are_independent_of_the_parent() {
+        let row = log_softmax(&[0.0, 1.0, 2.0, 3.0]);
+        let draws = |s: &mut Sampler| {
+            (0..200)
+                .map(|_| s.sample(&row, &random()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            draws(&mut Sampler::new(Some(7))),
+            draws(&mut Sampler::new(Some(7)))
+        );
+        assert_ne!(
+            draws(&mut Sampler::new(Some(7))),
+            draws(&mut Sampler::new(Some(8)))
+        );
+        let root = Sampler::new(Some(7));
+        let mut used = root.clone();
+        draws(&mut used);
+        assert_eq!(draws(&mut root.fork(3)), draws(&mut used.fork(3)));
+        assert_ne!(draws(&mut root.fork(0)), draws(&mut root.fork(1)));
+        assert_ne!(draws(&mut root.fork(0)), draws(&mut root.clone()));
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn() {
+        let row = log_softmax(&[0.0, f32::NEG_INFINITY, 0.0]);
+        let mut s = Sampler::new(Some(1));
+        assert!((0..500).all(|_| s.sample(&row, &random()) != 1));
+        let empty = [f32::NEG_INFINITY; 3];
+        assert_eq!(s.sample(&empty, &random()), 0);
+    }
+}
