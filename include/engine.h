@@ -300,8 +300,8 @@ typedef struct engine_event_t {
     const uint32_t *token_ids;
     size_t num_tokens;
     /**
-     * log P of each of `token_ids` (natural log, `num_tokens` values); NULL when
-     * `num_tokens` is 0.
+     * log P of each of `token_ids` (natural log, `num_tokens` values, whether or
+     * not the request asked for "logprobs"); NULL when `num_tokens` is 0.
      */
     const float *logprobs;
     /**
@@ -335,11 +335,14 @@ typedef struct engine_event_t {
      * {"request_id", "kind": "delta"|"final", "index", "token_ids", "text",
      * "logprobs", "finish_reason": null|"stop"|"length"|"abort",
      * "stop_reason": null|token id|string, "usage": {"prompt_tokens",
-     * "completion_tokens", "total_tokens"}}; the first event of a request that
-     * asked for "prompt_logprobs" adds "prompt_logprobs" (one entry per prompt
-     * token, null first); the final event adds "results": [{"index",
-     * "token_ids", "text", "logprobs", "cumulative_logprob", "finish_reason",
-     * "stop_reason"}, ...], best first.
+     * "completion_tokens", "total_tokens"}}. "logprobs" is null unless the
+     * request asked for them; then it has, per token, an array of
+     * {"token_id", "logprob", "rank"}: the sampled token first, then the top
+     * ones. The first event of a request that asked for "prompt_logprobs" adds
+     * "prompt_logprobs" (one entry per prompt token, null first). The final
+     * event has no "index", "token_ids", "text" or "logprobs" of its own but
+     * "results": [{"index", "token_ids", "text", "logprobs",
+     * "cumulative_logprob", "finish_reason", "stop_reason"}, ...], best first.
      */
     const char *json;
     size_t json_len;
@@ -558,23 +561,38 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  *   (e.g. a leading BOS); default true for "prompt" text, false for "messages"
  *   (chat templates write their own).
  *
- * Sampling parameters, vLLM's names, meaning and defaults (vLLM's
- * SamplingParams):
- * - "max_tokens" (integer >= 1, default 16)
- * - "temperature" (number >= 0, default 1; 0 is greedy)
- * - "top_p" (number in (0, 1], default 1)
- * - "top_k" (integer, -1 or >= 1, default -1)
- * - "min_p" (number in [0, 1], default 0)
- * - "seed" (integer; default: drawn from the engine's "seed" option)
- * - "ignore_eos" (bool, default false)
- * - "stop_token_ids" (array of token ids, default [])
- * - "prompt_logprobs" (integer >= 0): report log P of every prompt token in the
- *   first event's JSON
+ * Sampling parameters: every field of vLLM's SamplingParams (v0.4.3), with its
+ * name, meaning, default and checks:
+ * - "n" (integer >= 1, default 1): sequences returned.
+ * - "best_of" (integer >= n, default n): sequences generated; the n most likely
+ *   are returned (the FINAL event's "results", best first).
+ * - "presence_penalty", "frequency_penalty" (numbers in [-2, 2], default 0).
+ * - "repetition_penalty" (number in (0, 2], default 1).
+ * - "temperature" (number >= 0, default 1; below 1e-5 is greedy).
+ * - "top_p" (number in (0, 1], default 1), "top_k" (integer, -1 or >= 1,
+ *   default -1), "min_p" (number in [0, 1], default 0).
+ * - "seed" (integer; default: drawn, for random sampling, from the engine's
+ *   "seed" option in submission order).
+ * - "use_beam_search" (bool, default false), "length_penalty" (number, default 1),
+ *   "early_stopping" (true, false or "never", default false).
+ * - "stop" (string or array of strings): stop strings, cut from the text unless
+ *   "include_stop_str_in_output" (bool, default false).
+ * - "stop_token_ids" (array of token ids), "ignore_eos" (bool, default false).
+ * - "max_tokens" (integer >= 1, default 16; null: up to the model's length).
+ * - "min_tokens" (integer <= max_tokens, default 0).
+ * - "logprobs" (integer, at most 20): report the sampled token's and this many
+ *   top tokens' logprobs per token, in the events' JSON.
+ * - "prompt_logprobs" (integer, at most 20): the same for every prompt token, in
+ *   the first event's JSON.
+ * - "detokenize", "skip_special_tokens", "spaces_between_special_tokens" (bools,
+ *   default true).
+ * - "logit_bias" (object: token id as a string -> number, clamped to [-100, 100]).
+ * - "truncate_prompt_tokens" (integer >= 1): keep only the prompt's last ones.
  *
  * A field set to null counts as absent. An unknown field, a field of the wrong
  * type or malformed JSON fails with ENGINE_ERR_JSON naming the field; a value
  * out of range with ENGINE_ERR_INVALID_ARGUMENT and vLLM's message
- * ("temperature must be non-negative, got -1.").
+ * ("temperature must be non-negative, got -1.0.").
  *
  * On success the request is queued, its id is written to `*request_id` (when
  * not NULL) and `on_event` will be called for it: one DELTA event per step per

@@ -55,8 +55,15 @@ struct Engine(*mut engine_t);
 
 impl Engine {
     fn new() -> Engine {
+        Engine::with(&[])
+    }
+
+    /// An engine with these options besides the fixture model in float32.
+    fn with(extra: &[(&str, &str)]) -> Engine {
         let model = fixture_dir("tiny-llama").display().to_string();
-        let o = options(&[("model", &model), ("dtype", "float32")]);
+        let mut pairs = vec![("model", model.as_str()), ("dtype", "float32")];
+        pairs.extend_from_slice(extra);
+        let o = options(&pairs);
         let mut e = null_mut();
         // SAFETY: a live options object and a writable pointer.
         let s = unsafe { engine_new(o, &mut e) };
@@ -308,8 +315,20 @@ fn malformed_json_is_an_error() {
             "field \"temperature\": invalid type: string \"hot\"",
         ),
         (
-            r#"{"prompt": "x", "max_tokens": -3}"#,
-            "field \"max_tokens\"",
+            r#"{"prompt": "x", "early_stopping": "sometimes"}"#,
+            "field \"early_stopping\": expected true, false or \"never\"",
+        ),
+        (
+            r#"{"prompt": "x", "stop": ["a", 1]}"#,
+            "field \"stop\": expected a string or an array of strings",
+        ),
+        (
+            r#"{"prompt": "x", "logit_bias": {"abc": 1}}"#,
+            "field \"logit_bias\": key \"abc\" is not a token id",
+        ),
+        (
+            r#"{"prompt": "x", "n": "two"}"#,
+            "field \"n\": invalid type",
         ),
         (r#"{"max_tokens": 3}"#, "needs a \"prompt\""),
     ] {
@@ -360,38 +379,167 @@ fn unknown_and_finished_request_ids_are_errors() {
 #[test]
 fn out_of_range_parameters_get_vllm_messages() {
     let e = Engine::new();
-    for (body, needle) in [
+    for (fields, message) in [
         (
-            r#"{"prompt": "x", "temperature": -1}"#,
-            "temperature must be non-negative, got -1.",
+            r#""temperature": -1"#,
+            "temperature must be non-negative, got -1.0.",
         ),
+        (r#""top_p": 0"#, "top_p must be in (0, 1], got 0.0."),
         (
-            r#"{"prompt": "x", "top_p": 0}"#,
-            "top_p must be in (0, 1], got 0.",
-        ),
-        (
-            r#"{"prompt": "x", "top_k": 0}"#,
+            r#""top_k": 0"#,
             "top_k must be -1 (disable), or at least 1, got 0.",
         ),
+        (r#""min_p": 1.5"#, "min_p must be in [0, 1], got 1.5."),
         (
-            r#"{"prompt": "x", "min_p": 1.5}"#,
-            "min_p must be in [0, 1], got 1.5.",
-        ),
-        (
-            r#"{"prompt": "x", "max_tokens": 0}"#,
+            r#""max_tokens": 0"#,
             "max_tokens must be at least 1, got 0.",
         ),
+        (
+            r#""max_tokens": -3"#,
+            "max_tokens must be at least 1, got -3.",
+        ),
+        (r#""n": 0"#, "n must be at least 1, got 0."),
+        (r#""n": -1"#, "n must be at least 1, got -1."),
+        (
+            r#""n": 3, "best_of": 2"#,
+            "best_of must be greater than or equal to n, got n=3 and best_of=2.",
+        ),
+        (
+            r#""presence_penalty": 2.5"#,
+            "presence_penalty must be in [-2, 2], got 2.5.",
+        ),
+        (
+            r#""repetition_penalty": 0"#,
+            "repetition_penalty must be in (0, 2], got 0.0.",
+        ),
+        (
+            r#""min_tokens": 5, "max_tokens": 2"#,
+            "min_tokens must be less than or equal to max_tokens=2, got 5.",
+        ),
+        (
+            r#""logprobs": -1"#,
+            "logprobs must be non-negative, got -1.",
+        ),
+        (r#""logprobs": 21"#, "Cannot request more than 20 logprobs."),
+        (r#""stop": [""]"#, "stop cannot contain an empty string."),
+        (
+            r#""use_beam_search": true, "best_of": 1"#,
+            "best_of must be greater than 1 when using beam search. Got 1.",
+        ),
+        (
+            r#""temperature": 0, "n": 2"#,
+            "best_of must be 1 when using greedy sampling.Got 2.",
+        ),
+        (
+            r#""logit_bias": {"5000": 1}"#,
+            "logit_bias token id 5000 is out of range for a vocabulary of 3000.",
+        ),
+    ] {
+        let body = format!(r#"{{"prompt": "x", {fields}}}"#);
+        let (s, id, _) = e.submit(&body);
+        assert_eq!(s, ENGINE_ERR_INVALID_ARGUMENT, "{body}: {}", last_error());
+        assert_eq!(last_error(), message, "{body}");
+        assert_eq!(id, 0);
+        e.assert_serves();
+    }
+    for (body, needle) in [
         (
             r#"{"prompt": [1, 5, 99999]}"#,
             "token id 99999 is out of range for a vocabulary of 3000",
         ),
         (r#"{"prompt": []}"#, "the prompt is empty"),
     ] {
-        let (s, id, _) = e.submit(body);
+        let (s, _, _) = e.submit(body);
         assert_error(s, ENGINE_ERR_INVALID_ARGUMENT, needle);
-        assert_eq!(id, 0);
         e.assert_serves();
     }
+}
+
+/// Waits for a request's events, up to and including the final one.
+fn events(rx: mpsc::Receiver<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the final event");
+        let last = ev["kind"] == "final";
+        all.push(ev);
+        if last {
+            return all;
+        }
+    }
+}
+
+#[test]
+fn every_sampling_parameter_reaches_the_engine() {
+    let e = Engine::new();
+    // best_of 3, n 2: two results, best first, each with logprobs of the sampled
+    // token and the top 2; prompt logprobs in the first event.
+    let (s, _, rx) = e.submit(
+        r#"{"prompt": "Hello there", "n": 2, "best_of": 3, "temperature": 0.8, "seed": 3,
+            "max_tokens": 4, "ignore_eos": true, "logprobs": 2, "prompt_logprobs": 1,
+            "presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.2,
+            "top_p": 0.9, "top_k": 50, "min_p": 0.01, "logit_bias": {"7": -100},
+            "skip_special_tokens": false, "spaces_between_special_tokens": false,
+            "truncate_prompt_tokens": 2, "min_tokens": 1}"#,
+    );
+    assert_eq!(s, ENGINE_OK, "{}", last_error());
+    let all = events(rx);
+    let last = all.last().unwrap();
+    let results = last["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{last}");
+    assert!(results[0]["cumulative_logprob"].as_f64() >= results[1]["cumulative_logprob"].as_f64());
+    assert_eq!(
+        last["usage"]["prompt_tokens"], 2,
+        "truncate_prompt_tokens: {last}"
+    );
+    assert_eq!(last["usage"]["completion_tokens"], 8, "{last}");
+    let first_logprobs = &results[0]["logprobs"][0];
+    assert!(
+        first_logprobs.as_array().unwrap().len() >= 2,
+        "{first_logprobs}"
+    );
+    assert_eq!(
+        all[0]["prompt_logprobs"][0],
+        serde_json::Value::Null,
+        "{}",
+        all[0]
+    );
+    assert!(all[0]["prompt_logprobs"][1].is_array(), "{}", all[0]);
+    for ev in &all {
+        for r in ev["results"].as_array().into_iter().flatten() {
+            assert!(
+                !r["token_ids"].as_array().unwrap().contains(&7.into()),
+                "logit_bias"
+            );
+        }
+    }
+
+    // A stop string ends the text and is reported as the stop reason.
+    let ev = e
+        .generate(r#"{"prompt": "Hello", "max_tokens": 20, "temperature": 0, "ignore_eos": true}"#);
+    let text = ev["results"][0]["text"].as_str().unwrap().to_string();
+    let stop: String = text.chars().skip(2).take(2).collect();
+    assert!(!stop.trim().is_empty(), "{text:?}");
+    let body = serde_json::json!({
+        "prompt": "Hello", "max_tokens": 20, "temperature": 0, "ignore_eos": true, "stop": stop,
+    });
+    let ev = e.generate(&body.to_string());
+    assert_eq!(ev["finish_reason"], "stop", "{ev}");
+    assert_eq!(ev["results"][0]["stop_reason"], stop.as_str(), "{ev}");
+    assert!(
+        !ev["results"][0]["text"].as_str().unwrap().contains(&stop),
+        "{ev}"
+    );
+
+    // max_tokens null: up to the model's length limit, which, as in vLLM, stops a
+    // sequence once it is longer than that: 3 + 62 tokens for a limit of 64.
+    let e = Engine::with(&[("max_model_len", "64")]);
+    let ev = e.generate(
+        r#"{"prompt": [1, 5, 9], "max_tokens": null, "temperature": 0, "ignore_eos": true}"#,
+    );
+    assert_eq!(ev["finish_reason"], "length", "{}", ev["usage"]);
+    assert_eq!(ev["usage"]["completion_tokens"], 62, "{}", ev["usage"]);
 }
 
 #[test]

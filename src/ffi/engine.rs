@@ -21,6 +21,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::generate::load_engine_core;
+use crate::sampling::SamplingType;
 use crate::tokenizer::Tokenizer;
 
 /// A running engine (an opaque handle): a model, its KV cache and the thread
@@ -173,7 +174,7 @@ impl engine_t {
             bos_token_id: tokenizer
                 .and_then(|t| t.bos_token_id())
                 .or(model.config.bos_token_id),
-            eos_token_ids: core.eos_token_ids().to_vec(),
+            eos_token_ids: core.stop_token_ids(),
             has_tokenizer: tokenizer.is_some(),
             has_chat_template: tokenizer.is_some_and(|t| t.chat_template().is_ok()),
             block_size: options.load.block_size as u64,
@@ -231,11 +232,12 @@ impl engine_t {
             }
         };
         let mut params = spec.params;
-        if params.seed.is_none() && params.temperature > 0.0 {
+        // Only unseeded random sampling draws (as vLLM's global generator).
+        if params.sampling_type() == SamplingType::Random {
             let mut seeds = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
             params.seed = Some(seeds.next_u64());
         }
-        let mut sink = EventSink::new(callback, user_data, tokens.len());
+        let mut sink = EventSink::new(callback, user_data, params.logprobs.is_some());
         self.engine
             .submit(
                 crate::engine::Prompt::Tokens(tokens),
@@ -355,23 +357,38 @@ pub unsafe extern "C" fn engine_new(
 ///   (e.g. a leading BOS); default true for "prompt" text, false for "messages"
 ///   (chat templates write their own).
 ///
-/// Sampling parameters, vLLM's names, meaning and defaults (vLLM's
-/// SamplingParams):
-/// - "max_tokens" (integer >= 1, default 16)
-/// - "temperature" (number >= 0, default 1; 0 is greedy)
-/// - "top_p" (number in (0, 1], default 1)
-/// - "top_k" (integer, -1 or >= 1, default -1)
-/// - "min_p" (number in [0, 1], default 0)
-/// - "seed" (integer; default: drawn from the engine's "seed" option)
-/// - "ignore_eos" (bool, default false)
-/// - "stop_token_ids" (array of token ids, default [])
-/// - "prompt_logprobs" (integer >= 0): report log P of every prompt token in the
-///   first event's JSON
+/// Sampling parameters: every field of vLLM's SamplingParams (v0.4.3), with its
+/// name, meaning, default and checks:
+/// - "n" (integer >= 1, default 1): sequences returned.
+/// - "best_of" (integer >= n, default n): sequences generated; the n most likely
+///   are returned (the FINAL event's "results", best first).
+/// - "presence_penalty", "frequency_penalty" (numbers in [-2, 2], default 0).
+/// - "repetition_penalty" (number in (0, 2], default 1).
+/// - "temperature" (number >= 0, default 1; below 1e-5 is greedy).
+/// - "top_p" (number in (0, 1], default 1), "top_k" (integer, -1 or >= 1,
+///   default -1), "min_p" (number in [0, 1], default 0).
+/// - "seed" (integer; default: drawn, for random sampling, from the engine's
+///   "seed" option in submission order).
+/// - "use_beam_search" (bool, default false), "length_penalty" (number, default 1),
+///   "early_stopping" (true, false or "never", default false).
+/// - "stop" (string or array of strings): stop strings, cut from the text unless
+///   "include_stop_str_in_output" (bool, default false).
+/// - "stop_token_ids" (array of token ids), "ignore_eos" (bool, default false).
+/// - "max_tokens" (integer >= 1, default 16; null: up to the model's length).
+/// - "min_tokens" (integer <= max_tokens, default 0).
+/// - "logprobs" (integer, at most 20): report the sampled token's and this many
+///   top tokens' logprobs per token, in the events' JSON.
+/// - "prompt_logprobs" (integer, at most 20): the same for every prompt token, in
+///   the first event's JSON.
+/// - "detokenize", "skip_special_tokens", "spaces_between_special_tokens" (bools,
+///   default true).
+/// - "logit_bias" (object: token id as a string -> number, clamped to [-100, 100]).
+/// - "truncate_prompt_tokens" (integer >= 1): keep only the prompt's last ones.
 ///
 /// A field set to null counts as absent. An unknown field, a field of the wrong
 /// type or malformed JSON fails with ENGINE_ERR_JSON naming the field; a value
 /// out of range with ENGINE_ERR_INVALID_ARGUMENT and vLLM's message
-/// ("temperature must be non-negative, got -1.").
+/// ("temperature must be non-negative, got -1.0.").
 ///
 /// On success the request is queued, its id is written to `*request_id` (when
 /// not NULL) and `on_event` will be called for it: one DELTA event per step per

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{as_callback, nul_terminated};
 use crate::engine::{FinishReason, RequestOutput, SeqDelta, SeqResult, StopReason};
+use crate::sampling::TokenLogprobs;
 
 /// What an event reports.
 #[repr(i32)]
@@ -78,8 +79,8 @@ pub struct engine_event_t {
     /// `num_tokens` is 0.
     pub token_ids: *const u32,
     pub num_tokens: usize,
-    /// log P of each of `token_ids` (natural log, `num_tokens` values); NULL when
-    /// `num_tokens` is 0.
+    /// log P of each of `token_ids` (natural log, `num_tokens` values, whether or
+    /// not the request asked for "logprobs"); NULL when `num_tokens` is 0.
     pub logprobs: *const f32,
     /// The text the new tokens complete (delta; possibly empty while a character
     /// or a stop string is incomplete), or the best sequence's whole text (final).
@@ -101,11 +102,14 @@ pub struct engine_event_t {
     /// {"request_id", "kind": "delta"|"final", "index", "token_ids", "text",
     /// "logprobs", "finish_reason": null|"stop"|"length"|"abort",
     /// "stop_reason": null|token id|string, "usage": {"prompt_tokens",
-    /// "completion_tokens", "total_tokens"}}; the first event of a request that
-    /// asked for "prompt_logprobs" adds "prompt_logprobs" (one entry per prompt
-    /// token, null first); the final event adds "results": [{"index",
-    /// "token_ids", "text", "logprobs", "cumulative_logprob", "finish_reason",
-    /// "stop_reason"}, ...], best first.
+    /// "completion_tokens", "total_tokens"}}. "logprobs" is null unless the
+    /// request asked for them; then it has, per token, an array of
+    /// {"token_id", "logprob", "rank"}: the sampled token first, then the top
+    /// ones. The first event of a request that asked for "prompt_logprobs" adds
+    /// "prompt_logprobs" (one entry per prompt token, null first). The final
+    /// event has no "index", "token_ids", "text" or "logprobs" of its own but
+    /// "results": [{"index", "token_ids", "text", "logprobs",
+    /// "cumulative_logprob", "finish_reason", "stop_reason"}, ...], best first.
     pub json: *const c_char,
     pub json_len: usize,
 }
@@ -128,7 +132,10 @@ unsafe impl Send for UserData {}
 pub(crate) struct EventSink {
     callback: unsafe extern "C" fn(*mut c_void, *const engine_event_t),
     user_data: UserData,
+    /// Tokens in the prompt (after `truncate_prompt_tokens`), from the outputs.
     prompt_tokens: u64,
+    /// The request asked for "logprobs": the JSON carries them.
+    logprobs_requested: bool,
     /// Tokens each sequence has generated so far.
     generated: Vec<u64>,
 }
@@ -159,12 +166,40 @@ fn stop_json(r: &Option<StopReason>) -> Value {
     }
 }
 
-fn result_json(r: &SeqResult) -> Value {
+/// One token's logprobs as vLLM reports them: the sampled token first, then the
+/// top ones asked for, each {"token_id", "logprob", "rank"} (logprobs clamped at
+/// -9999 as vLLM's API does).
+fn token_logprobs_json(t: &TokenLogprobs) -> Value {
+    Value::Array(
+        t.entries()
+            .iter()
+            .map(|l| json!({"token_id": l.token_id, "logprob": l.logprob, "rank": l.rank}))
+            .collect(),
+    )
+}
+
+fn logprobs_json(requested: bool, logprobs: &[TokenLogprobs]) -> Value {
+    if requested {
+        Value::Array(logprobs.iter().map(token_logprobs_json).collect())
+    } else {
+        Value::Null
+    }
+}
+
+fn prompt_logprobs_json(p: &[Option<TokenLogprobs>]) -> Value {
+    Value::Array(
+        p.iter()
+            .map(|t| t.as_ref().map_or(Value::Null, token_logprobs_json))
+            .collect(),
+    )
+}
+
+fn result_json(r: &SeqResult, logprobs_requested: bool) -> Value {
     json!({
         "index": r.index,
         "token_ids": r.token_ids,
         "text": r.text,
-        "logprobs": r.logprobs,
+        "logprobs": logprobs_json(logprobs_requested, &r.logprobs),
         "cumulative_logprob": r.cum_logprob,
         "finish_reason": r.finish_reason.as_str(),
         "stop_reason": stop_json(&r.stop_reason),
@@ -191,19 +226,21 @@ impl EventSink {
     pub fn new(
         callback: unsafe extern "C" fn(*mut c_void, *const engine_event_t),
         user_data: *mut c_void,
-        prompt_tokens: usize,
+        logprobs_requested: bool,
     ) -> EventSink {
         EventSink {
             callback,
             user_data: UserData(user_data),
-            prompt_tokens: prompt_tokens as u64,
+            prompt_tokens: 0,
+            logprobs_requested,
             generated: Vec::new(),
         }
     }
 
     /// Calls the callback for every event in `out`.
     pub fn deliver(&mut self, out: RequestOutput) {
-        let mut prompt_logprobs = out.prompt_logprobs.as_ref().map(|p| json!(p));
+        self.prompt_tokens = out.prompt_token_ids_len as u64;
+        let mut prompt_logprobs = out.prompt_logprobs.as_deref().map(prompt_logprobs_json);
         for d in &out.deltas {
             if self.generated.len() <= d.index {
                 self.generated.resize(d.index + 1, 0);
@@ -223,7 +260,10 @@ impl EventSink {
                 "request_id": out.request_id,
                 "kind": "final",
                 "finish_reason": results.first().map(|r| r.finish_reason.as_str()),
-                "results": results.iter().map(result_json).collect::<Vec<_>>(),
+                "results": results
+                    .iter()
+                    .map(|r| result_json(r, self.logprobs_requested))
+                    .collect::<Vec<_>>(),
                 "usage": usage(self.prompt_tokens, completion),
             });
             if let Some(p) = prompt_logprobs.take() {
@@ -267,7 +307,7 @@ impl EventSink {
             "index": d.index,
             "token_ids": d.token_ids,
             "text": d.text,
-            "logprobs": d.logprobs,
+            "logprobs": logprobs_json(self.logprobs_requested, &d.logprobs),
             "finish_reason": d.finish_reason.map(FinishReason::as_str),
             "stop_reason": stop_json(&d.stop_reason),
             "usage": usage(self.prompt_tokens, self.generated[d.index]),
@@ -281,7 +321,7 @@ impl EventSink {
     fn emit(&self, kind: engine_event_kind, request_id: u64, view: DeltaView<'_>, json: Value) {
         let owned = Owned {
             token_ids: view.token_ids.to_vec(),
-            logprobs: view.logprobs.to_vec(),
+            logprobs: view.logprobs.iter().map(|t| t.chosen.logprob).collect(),
             text: nul_terminated(view.text),
             stop_text: match view.stop_reason {
                 Some(StopReason::Text(s)) => Some(nul_terminated(s)),
@@ -332,7 +372,7 @@ impl EventSink {
 struct DeltaView<'a> {
     index: usize,
     token_ids: &'a [u32],
-    logprobs: &'a [f32],
+    logprobs: &'a [TokenLogprobs],
     text: &'a str,
     finish_reason: Option<FinishReason>,
     stop_reason: &'a Option<StopReason>,

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{FfiError, FfiResult};
-use crate::sampling::SamplingParams;
+use crate::sampling::{EarlyStopping, SamplingParams};
 
 /// How the prompt was given.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +78,19 @@ impl Fields {
             Some(v) => serde_json::from_value(v)
                 .map(Some)
                 .map_err(|e| FfiError::json(format!("field \"{key}\": {e}"))),
+        }
+    }
+
+    /// Removes `key` as it is, `null` included.
+    pub fn take_raw(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
+    /// Removes a non-negative integer field (see [`count_value`]).
+    pub fn count(&mut self, key: &str) -> FfiResult<Option<usize>> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => count_value(key, v).map(Some),
         }
     }
 
@@ -193,37 +206,122 @@ pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
 }
 
 /// Every SamplingParams field, by vLLM's name, over vLLM's defaults. Ranges are
-/// not checked here: `SamplingParams::validate` does that, with vLLM's messages.
+/// checked later by `SamplingParams::verify`, with vLLM's messages; only what
+/// the Rust types cannot hold (a negative count) is reported here, in vLLM's
+/// words too.
 fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     let mut p = SamplingParams::default();
-    if let Some(v) = f.take("max_tokens")? {
-        p.max_tokens = v;
+    if let Some(v) = f.count("n")? {
+        p.n = v;
     }
-    if let Some(v) = f.take::<f64>("temperature")? {
-        p.temperature = v as f32;
+    p.best_of = f.count("best_of")?;
+    if let Some(v) = f.take("presence_penalty")? {
+        p.presence_penalty = v;
     }
-    if let Some(v) = f.take::<f64>("top_p")? {
-        p.top_p = v as f32;
+    if let Some(v) = f.take("frequency_penalty")? {
+        p.frequency_penalty = v;
+    }
+    if let Some(v) = f.take("repetition_penalty")? {
+        p.repetition_penalty = v;
+    }
+    if let Some(v) = f.take("temperature")? {
+        p.temperature = v;
+    }
+    if let Some(v) = f.take("top_p")? {
+        p.top_p = v;
     }
     if let Some(v) = f.take("top_k")? {
         p.top_k = v;
     }
-    if let Some(v) = f.take::<f64>("min_p")? {
-        p.min_p = v as f32;
+    if let Some(v) = f.take("min_p")? {
+        p.min_p = v;
     }
     p.seed = f.take("seed")?;
-    if let Some(v) = f.take("ignore_eos")? {
-        p.ignore_eos = v;
+    if let Some(v) = f.take("use_beam_search")? {
+        p.use_beam_search = v;
+    }
+    if let Some(v) = f.take("length_penalty")? {
+        p.length_penalty = v;
+    }
+    if let Some(v) = f.take::<Value>("early_stopping")? {
+        p.early_stopping = match v {
+            Value::Bool(false) => EarlyStopping::False,
+            Value::Bool(true) => EarlyStopping::True,
+            Value::String(s) if s == "never" => EarlyStopping::Never,
+            other => {
+                return Err(FfiError::json(format!(
+                    "field \"early_stopping\": expected true, false or \"never\", got {other}"
+                )))
+            }
+        };
+    }
+    if let Some(v) = f.take::<Value>("stop")? {
+        p.stop = match v {
+            Value::String(s) => vec![s],
+            list => serde_json::from_value(list).map_err(|e| {
+                FfiError::json(format!(
+                    "field \"stop\": expected a string or an array of strings: {e}"
+                ))
+            })?,
+        };
     }
     if let Some(v) = f.take("stop_token_ids")? {
         p.stop_token_ids = v;
     }
-    // vLLM's value is how many top alternatives to report per prompt token; this
-    // SamplingParams reports the prompt tokens' own logprobs only, for any value.
-    if f.take::<usize>("prompt_logprobs")?.is_some() {
-        p.prompt_logprobs = true;
+    if let Some(v) = f.take("include_stop_str_in_output")? {
+        p.include_stop_str_in_output = v;
     }
+    if let Some(v) = f.take("ignore_eos")? {
+        p.ignore_eos = v;
+    }
+    // Absent: vLLM's default (16); null: no limit but the model's length.
+    match f.take_raw("max_tokens") {
+        None => {}
+        Some(Value::Null) => p.max_tokens = None,
+        Some(v) => p.max_tokens = Some(count_value("max_tokens", v)?),
+    }
+    if let Some(v) = f.count("min_tokens")? {
+        p.min_tokens = v;
+    }
+    p.logprobs = f.count("logprobs")?;
+    p.prompt_logprobs = f.count("prompt_logprobs")?;
+    if let Some(v) = f.take("detokenize")? {
+        p.detokenize = v;
+    }
+    if let Some(v) = f.take("skip_special_tokens")? {
+        p.skip_special_tokens = v;
+    }
+    if let Some(v) = f.take("spaces_between_special_tokens")? {
+        p.spaces_between_special_tokens = v;
+    }
+    if let Some(bias) = f.take::<Map<String, Value>>("logit_bias")? {
+        for (id, v) in bias {
+            let token = id.trim().parse::<u32>().map_err(|_| {
+                FfiError::json(format!(
+                    "field \"logit_bias\": key \"{id}\" is not a token id"
+                ))
+            })?;
+            let value = v.as_f64().ok_or_else(|| {
+                FfiError::json(format!(
+                    "field \"logit_bias\": the bias of token {id} is not a number"
+                ))
+            })?;
+            p.logit_bias.insert(token, value);
+        }
+    }
+    p.truncate_prompt_tokens = f.count("truncate_prompt_tokens")?;
     Ok(p)
+}
+
+/// A non-negative integer field's value. A negative one gets vLLM's message for
+/// that field (ENGINE_ERR_INVALID_ARGUMENT) where vLLM has one.
+fn count_value(key: &str, v: Value) -> FfiResult<usize> {
+    if let Some(negative) = v.as_i64().filter(|&n| n < 0) {
+        if let Some(e) = SamplingParams::negative_integer_error(key, negative) {
+            return Err(e.into());
+        }
+    }
+    serde_json::from_value(v).map_err(|e| FfiError::json(format!("field \"{key}\": {e}")))
 }
 
 #[cfg(test)]
@@ -240,7 +338,7 @@ mod tests {
                 add_special_tokens: true
             }
         );
-        assert_eq!(r.params.max_tokens, 3);
+        assert_eq!(r.params.max_tokens, Some(3));
         assert_eq!(r.params.temperature, 0.0);
         let r = parse_request(r#"{"prompt": [1, 2, 3], "seed": null}"#).unwrap();
         assert_eq!(r.prompt, PromptSpec::Tokens(vec![1, 2, 3]));
