@@ -390,8 +390,8 @@ pub unsafe extern "C" fn engine_new(
 /// out of range with ENGINE_ERR_INVALID_ARGUMENT and vLLM's message
 /// ("temperature must be non-negative, got -1.0.").
 ///
-/// On success the request is queued, its id is written to `*request_id` (when
-/// not NULL) and `on_event` will be called for it: one DELTA event per step per
+/// On success the request is queued, its id (unique in this engine, never 0) is
+/// written to `*request_id` (when not NULL) and `on_event` will be called for it: one DELTA event per step per
 /// sequence that progressed, then exactly one FINAL event, also when the request
 /// is aborted or the engine shuts down or fails (finish reason ABORT). Events
 /// may start before `engine_submit` returns. On failure `on_event` is never
