@@ -37,7 +37,8 @@ pub enum Prompt {
 enum Command {
     Submit {
         id: u64,
-        request: EngineRequest,
+        /// Boxed: a request is much larger than the other commands.
+        request: Box<EngineRequest>,
         on_output: OutputCallback,
     },
     Abort(u64),
@@ -115,7 +116,7 @@ impl Engine {
             .commands
             .send(Command::Submit {
                 id,
-                request,
+                request: Box::new(request),
                 on_output,
             })
             .is_err()
@@ -228,7 +229,7 @@ fn run_loop<B: Backend>(mut core: EngineCore<B>, rx: Receiver<Command>, shared: 
                     request,
                     on_output,
                 } => {
-                    if let Err(e) = core.add_request(id, request) {
+                    if let Err(e) = core.add_request(id, *request) {
                         // Ids come from the handle's counter: this is a bug, not user input.
                         tracing_error(&format!("request {id}: {e}"));
                     } else {
