@@ -177,28 +177,61 @@ fn attention(c: &mut Criterion) {
     }
 }
 
-/// `m` rows through an `[n, k]` weight: GB/s of weight for decode, FLOP/s for prefill.
-fn bench_matmul(g: &mut Group, name: &str, w: &CpuWeight, m: usize) {
-    let (n, k) = (w.rows(), w.cols());
+/// Weights of one-row benches cycle through this many bytes at least, so they
+/// come from memory as a model's do, not from the 32 MiB L3 cache.
+const STREAM_BYTES: usize = 96 << 20;
+
+/// `m` rows through `[n, k]` weights (one of `ws` per call, in turn): GB/s of
+/// weight for decode, FLOP/s for prefill.
+fn bench_matmul(g: &mut Group, name: &str, ws: &[CpuWeight], m: usize) {
+    let (n, k) = (ws[0].rows(), ws[0].cols());
     let x = random(m * k, 15);
     let mut out = vec![0f32; m * n];
-    let bytes = match w.dtype() {
-        DType::F32 => 4,
-        _ => 2,
-    };
     g.throughput(if m <= 8 {
-        Throughput::BytesDecimal((n * k * bytes) as u64)
+        Throughput::BytesDecimal((n * k * elem_bytes(ws[0].dtype())) as u64)
     } else {
         Throughput::Elements((2 * m * n * k) as u64)
     });
+    let mut next = 0;
     g.bench_function(format!("{name}/m{m}/{n}x{k}"), |b| {
-        b.iter(|| be_matmul(&x, w, &mut out))
+        b.iter(|| {
+            next = (next + 1) % ws.len();
+            let result = CpuBackend.matmul(&x, &ws[next], None, &mut out);
+            result.unwrap_or_else(|e| panic!("matmul: {e}"));
+        })
     });
 }
 
-fn be_matmul(x: &Vec<f32>, w: &CpuWeight, out: &mut Vec<f32>) {
-    let result = CpuBackend.matmul(x, w, None, out);
-    result.unwrap_or_else(|e| panic!("matmul: {e}"));
+fn elem_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 4,
+        _ => 2,
+    }
+}
+
+/// Enough distinct copies of a random `shape` weight to fill [`STREAM_BYTES`].
+fn streamed(
+    shape: [usize; 2],
+    dtype: DType,
+    seed: u64,
+    make: fn(&[usize], DType, u64) -> CpuWeight,
+) -> Vec<CpuWeight> {
+    let bytes = shape[0] * shape[1] * elem_bytes(dtype);
+    (0..STREAM_BYTES.div_ceil(bytes) as u64)
+        .map(|i| make(&shape, dtype, seed + 100 * i))
+        .collect()
+}
+
+/// A weight in its natural layout, for the portable kernels.
+fn natural_weight(shape: &[usize], dtype: DType, seed: u64) -> CpuWeight {
+    let values = random(shape.iter().product(), seed);
+    let host = HostTensor {
+        name: "bench".into(),
+        dtype: DType::F32,
+        shape: shape.to_vec(),
+        bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+    };
+    CpuWeight::natural(host, dtype)
 }
 
 fn matmul(c: &mut Criterion) {
@@ -215,31 +248,24 @@ fn matmul(c: &mut Criterion) {
         (DType::F16, "f16"),
         (DType::F32, "f32"),
     ] {
-        for (i, (what, shape)) in shapes.iter().enumerate() {
-            // Every shape in bf16 (the model's dtype); the square and the tall one otherwise.
-            if dtype != DType::BF16 && !matches!(*what, "o_proj" | "down") {
+        for (i, &(what, shape)) in shapes.iter().enumerate() {
+            // Every shape in bf16 (the model's dtype); the square and the wide one otherwise.
+            if dtype != DType::BF16 && !matches!(what, "o_proj" | "down") {
                 continue;
             }
-            let w = weight(shape, dtype, 20 + i as u64);
-            bench_matmul(&mut g, name, &w, 1);
-            if matches!(*what, "o_proj" | "down" | "gate_up") {
-                bench_matmul(&mut g, name, &w, PREFILL);
+            let seed = 20 + i as u64;
+            bench_matmul(&mut g, name, &streamed(shape, dtype, seed, weight), 1);
+            if matches!(what, "o_proj" | "down" | "gate_up") {
+                bench_matmul(&mut g, name, &[weight(&shape, dtype, seed)], PREFILL);
             }
         }
     }
-    // The portable kernels on the same bf16 weights, for comparison.
-    let host = weight(&[HIDDEN, INTERMEDIATE], DType::F32, 30);
-    let natural = CpuWeight::natural(
-        HostTensor {
-            name: "bench".into(),
-            dtype: DType::F32,
-            shape: host.shape.clone(),
-            bytes: TensorBytes::Owned(bytemuck::cast_slice(&host.f32_values()).to_vec()),
-        },
-        DType::BF16,
-    );
-    bench_matmul(&mut g, "bf16_portable", &natural, 1);
-    bench_matmul(&mut g, "bf16_portable", &natural, PREFILL);
+    // The portable kernels (CPUs without AVX-512) on the same shapes, for comparison.
+    let shape = [HIDDEN, INTERMEDIATE];
+    for (dtype, name) in [(DType::BF16, "bf16_portable"), (DType::F16, "f16_portable")] {
+        bench_matmul(&mut g, name, &streamed(shape, dtype, 30, natural_weight), 1);
+        bench_matmul(&mut g, name, &[natural_weight(&shape, dtype, 30)], PREFILL);
+    }
 }
 
 criterion_group!(benches, roofline, row_ops, attention, matmul);

@@ -23,8 +23,6 @@ mod tests;
 
 use super::weight::{CpuWeight, WeightData};
 
-pub use portable::dot;
-
 /// A pointer to `out` shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
