@@ -53,13 +53,13 @@ fn run() -> engine::Result<()> {
     let mut llm = Llm::load(&dir, &options)?;
     let load = t.elapsed();
     let threads = rayon::current_num_threads();
-    let weight_bytes = weight_bytes_per_token(&llm.model);
+    let weight_bytes = weight_bytes_per_token(llm.model());
     println!(
         "model: {} ({} layers, hidden {}, {:?}), loaded in {load:.1?}; {threads} threads",
         dir.display(),
-        llm.model.config.num_layers,
-        llm.model.config.hidden_size,
-        llm.model.dtype,
+        llm.model().config.num_layers,
+        llm.model().config.hidden_size,
+        llm.model().dtype,
     );
 
     let (copy, read) = bandwidth(5);
@@ -198,7 +198,7 @@ fn decode(llm: &mut Llm, batch: usize, tokens: usize) -> engine::Result<Measured
         let t = Instant::now();
         let out = llm.generate(&requests(batch, DECODE_PROMPT, 1 + tokens))?;
         let all = t.elapsed();
-        let generated: usize = out.iter().map(|c| c.token_ids.len() - 1).sum();
+        let generated: usize = out.iter().map(|c| c.best().token_ids.len() - 1).sum();
         Ok((generated, all.saturating_sub(first)))
     })
 }

@@ -298,20 +298,25 @@ fn fail<B: Backend>(
 
 fn deliver(callbacks: &mut HashMap<u64, OutputCallback>, shared: &Shared, out: RequestOutput) {
     let id = out.request_id;
-    let finished = out.is_finished();
-    if let Some(cb) = callbacks.get_mut(&id) {
+    let call = |f: &mut OutputCallback, out| {
         // A panicking callback must not take the engine down with it.
-        if catch_unwind(AssertUnwindSafe(|| cb(out))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| f(out))).is_err() {
             tracing_error(&format!("the output callback of request {id} panicked"));
         }
-    }
-    if finished {
-        callbacks.remove(&id);
+    };
+    if out.is_finished() {
+        // No longer live before its final output is seen: an abort issued on
+        // receiving it is refused as "already finished".
         shared
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        if let Some(mut f) = callbacks.remove(&id) {
+            call(&mut f, out);
+        }
+    } else if let Some(f) = callbacks.get_mut(&id) {
+        call(f, out);
     }
 }
 

@@ -421,7 +421,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod paged_vs_dense {
     use super::*;
     use crate::backend::cpu::ops::reshape_and_cache;
     use rand::{RngExt, SeedableRng};
