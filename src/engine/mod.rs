@@ -37,7 +37,7 @@ pub enum Prompt {
 enum Command {
     Submit {
         id: u64,
-        /// Boxed: a request (with its SamplingParams) dwarfs the other commands.
+        /// Boxed: a request is much larger than the other commands.
         request: Box<EngineRequest>,
         on_output: OutputCallback,
     },
@@ -318,22 +318,25 @@ fn publish_stats<B: Backend>(core: &EngineCore<B>, shared: &Shared) {
 /// first, so from its final callback on it is unknown to `abort`.
 fn deliver(callbacks: &mut HashMap<u64, OutputCallback>, shared: &Shared, out: RequestOutput) {
     let id = out.request_id;
-    let finished = out.is_finished();
-    if finished {
+    let call = |f: &mut OutputCallback, out| {
+        // A panicking callback must not take the engine down with it.
+        if catch_unwind(AssertUnwindSafe(|| f(out))).is_err() {
+            tracing_error(&format!("the output callback of request {id} panicked"));
+        }
+    };
+    if out.is_finished() {
+        // No longer live before its final output is seen: an abort issued on
+        // receiving it is refused as "already finished".
         shared
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-    }
-    if let Some(cb) = callbacks.get_mut(&id) {
-        // A panicking callback must not take the engine down with it.
-        if catch_unwind(AssertUnwindSafe(|| cb(out))).is_err() {
-            tracing_error(&format!("the output callback of request {id} panicked"));
+        if let Some(mut f) = callbacks.remove(&id) {
+            call(&mut f, out);
         }
-    }
-    if finished {
-        callbacks.remove(&id);
+    } else if let Some(f) = callbacks.get_mut(&id) {
+        call(f, out);
     }
 }
 

@@ -1,12 +1,22 @@
 //! Attention over the paged KV cache: every query token attends causally to its
 //! sequence's cached positions (within the sliding window, if any). One code
 //! path serves prefill, chunked prefill and decode.
+//!
+//! Work is split by (sequence, KV head): a task copies the keys its queries
+//! can see out of the paged pool once, transposed into chunks of [`LANES`]
+//! positions, so the score of each position is its own SIMD lane and every
+//! query head of the group reuses the copy. Each score is still the plain
+//! sequential sum `q₀k₀ + q₁k₁ + …` in `head_dim` order, whatever the lane,
+//! the batch or the CPU.
 
 use rayon::prelude::*;
 
 use crate::backend::{AttnShape, StepMeta};
 
-use super::matmul::dot;
+/// Key positions scored together, one per SIMD lane.
+const LANES: usize = 16;
+/// Chunks of positions scored at once: independent sums keep the adder busy.
+const CHUNKS_AT_ONCE: usize = 4;
 
 pub fn paged_attention(
     qkv: &[f32],
@@ -16,6 +26,155 @@ pub fn paged_attention(
     shape: AttnShape,
     out: &mut [f32],
 ) {
+    attention_with(kernel(), qkv, k_pool, v_pool, meta, shape, out);
+}
+
+fn attention_with(
+    attend: fn(&Task) -> Vec<f32>,
+    qkv: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    meta: &StepMeta,
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    let (heads, kvh, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let group = heads / kvh;
+    let tasks: Vec<(usize, usize)> = (0..meta.num_seqs())
+        .flat_map(|s| (0..kvh).map(move |g| (s, g)))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(s, g)| {
+            let task = Task {
+                qkv,
+                k_pool,
+                v_pool,
+                meta,
+                shape,
+                seq: s,
+                kv_head: g,
+            };
+            attend(&task)
+        })
+        .collect();
+    // Each result is [query tokens][heads of the group][head_dim].
+    for (&(s, g), result) in tasks.iter().zip(&results) {
+        let rows = meta.query_start[s]..meta.query_start[s + 1];
+        for (t, heads_out) in rows.zip(result.chunks(group * hd)) {
+            let dst = t * heads * hd + g * group * hd;
+            out[dst..dst + group * hd].copy_from_slice(heads_out);
+        }
+    }
+}
+
+/// What one (sequence, KV head) task reads.
+struct Task<'a> {
+    qkv: &'a [f32],
+    k_pool: &'a [f32],
+    v_pool: &'a [f32],
+    meta: &'a StepMeta,
+    shape: AttnShape,
+    seq: usize,
+    kv_head: usize,
+}
+
+/// The widest build of [`attend`] this CPU runs (the arithmetic is the same).
+fn kernel() -> fn(&Task) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return |task| {
+            // SAFETY: the feature was detected at run time.
+            unsafe { attend_avx512(task) }
+        };
+    }
+    |task| attend(task, transpose)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(task: &Task) -> Vec<f32> {
+    attend(task, |rows, out| {
+        // SAFETY: this build runs only where AVX-512F was detected.
+        unsafe { transpose_avx512(rows, out) }
+    })
+}
+
+/// `out[d][l] = rows[l][d]`: a chunk of keys into lanes.
+fn transpose(rows: &[&[f32]; LANES], out: &mut [[f32; LANES]]) {
+    for (l, row) in rows.iter().enumerate() {
+        for (o, &v) in out.iter_mut().zip(*row) {
+            o[l] = v;
+        }
+    }
+}
+
+/// [`transpose`] in 16 × 16 register blocks: four rounds that each swap the
+/// off-diagonal sub-blocks (8 × 8, then 4 × 4, 2 × 2, 1 × 1) of every block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_avx512(rows: &[&[f32]; LANES], out: &mut [[f32; LANES]]) {
+    use std::arch::x86_64::*;
+    /// For rows i (low) and i + b (high) of a round with sub-blocks of `b`:
+    /// the indices into (low, high) that make the new low and high rows.
+    const fn swap_indices(b: usize) -> [[i32; 16]; 2] {
+        let mut idx = [[0; 16]; 2];
+        let mut c = 0;
+        while c < 16 {
+            let first_half = c % (2 * b) < b;
+            idx[0][c] = if first_half { c } else { 16 + c - b } as i32;
+            idx[1][c] = if first_half { c + b } else { 16 + c } as i32;
+            c += 1;
+        }
+        idx
+    }
+    const ROUNDS: [(usize, [[i32; 16]; 2]); 4] = [
+        (8, swap_indices(8)),
+        (4, swap_indices(4)),
+        (2, swap_indices(2)),
+        (1, swap_indices(1)),
+    ];
+    let hd = out.len();
+    let mut d0 = 0;
+    while d0 + LANES <= hd {
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (r, row) in r.iter_mut().zip(rows) {
+            // SAFETY: `row` has `hd` values and d0 + 16 <= hd.
+            *r = unsafe { _mm512_loadu_ps(row.as_ptr().add(d0)) };
+        }
+        for (b, idx) in ROUNDS {
+            // SAFETY: reads 16 i32 from each 16-element array.
+            let (lo, hi) = unsafe {
+                (
+                    _mm512_loadu_si512(idx[0].as_ptr().cast()),
+                    _mm512_loadu_si512(idx[1].as_ptr().cast()),
+                )
+            };
+            for i in (0..LANES).filter(|i| i % (2 * b) < b) {
+                let (a, c) = (r[i], r[i + b]);
+                r[i] = _mm512_permutex2var_ps(a, lo, c);
+                r[i + b] = _mm512_permutex2var_ps(a, hi, c);
+            }
+        }
+        for (o, r) in out[d0..d0 + LANES].iter_mut().zip(r) {
+            // SAFETY: `o` is 16 f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), r) };
+        }
+        d0 += LANES;
+    }
+    for (d, o) in out.iter_mut().enumerate().skip(d0) {
+        for (o, row) in o.iter_mut().zip(rows) {
+            *o = row[d];
+        }
+    }
+}
+
+#[inline(always)]
+fn attend<'a>(
+    task: &Task<'a>,
+    transpose: impl Fn(&[&[f32]; LANES], &mut [[f32; LANES]]),
+) -> Vec<f32> {
+    let Task { meta, shape, .. } = *task;
     let (hd, heads, kvh, bs) = (
         shape.head_dim,
         shape.num_heads,
@@ -24,53 +183,245 @@ pub fn paged_attention(
     );
     let group = heads / kvh;
     let width = shape.qkv_width();
-    // For each token: (its sequence, its index in that sequence's cache).
-    let mut token_pos = Vec::with_capacity(meta.num_tokens());
-    for s in 0..meta.num_seqs() {
-        let (q0, q1) = (meta.query_start[s], meta.query_start[s + 1]);
-        let first = meta.context_lens[s] - (q1 - q0);
-        token_pos.extend((0..q1 - q0).map(|i| (s, first + i)));
+    let (q0, q1) = (meta.query_start[task.seq], meta.query_start[task.seq + 1]);
+    let context = meta.context_lens[task.seq];
+    let first = context - (q1 - q0);
+    let table = &meta.block_tables[task.seq];
+    let lowest = |pos: usize| match shape.sliding_window {
+        Some(w) => (pos + 1).saturating_sub(w),
+        None => 0,
+    };
+    let slot = |j: usize| ((table[j / bs] as usize * kvh + task.kv_head) * bs + j % bs) * hd;
+
+    // Where each visible position's K and V rows are in the pools.
+    let start = lowest(first);
+    let rows: Vec<usize> = (start..context).map(slot).collect();
+    let row = |pool: &'a [f32], j: usize| &pool[rows[j - start]..rows[j - start] + hd];
+
+    // Keys of positions `start..context`, transposed: chunk c, dimension d,
+    // lane l holds k[start + c·LANES + l][d]; zero past the context, and
+    // CHUNKS_AT_ONCE - 1 chunks of zeros at the end so every score call can
+    // read a full set of chunks.
+    let chunks = (context - start).div_ceil(LANES);
+    let mut keys = vec![[0f32; LANES]; (chunks + CHUNKS_AT_ONCE - 1) * hd];
+    let zeros = vec![0f32; hd];
+    for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
+        let chunk_rows = std::array::from_fn(|l| match start + c * LANES + l {
+            j if j < context => row(task.k_pool, j),
+            _ => &zeros[..],
+        });
+        transpose(&chunk_rows, dst);
     }
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (idx, o)| {
-            let (t, h) = (idx / heads, idx % heads);
-            let (s, pos) = token_pos[t];
-            let q = &qkv[t * width + h * hd..t * width + (h + 1) * hd];
-            let g = h / group;
-            let table = &meta.block_tables[s];
-            let lo = match shape.sliding_window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let slot = |j: usize| ((table[j / bs] as usize * kvh + g) * bs + j % bs) * hd;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in lo..=pos {
-                let k = &k_pool[slot(j)..slot(j) + hd];
-                let sc = dot(q, k) * shape.scale;
-                max = max.max(sc);
-                scores.push(sc);
-            }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            o.fill(0.0);
-            for (j, &p) in (lo..=pos).zip(scores.iter()) {
-                let v = &v_pool[slot(j)..slot(j) + hd];
-                let wgt = p / sum;
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o += wgt * v;
+
+    let mut out = vec![0f32; (q1 - q0) * group * hd];
+    // Scores of positions start.., by whole chunks.
+    let mut scores = vec![0f32; (chunks + CHUNKS_AT_ONCE - 1) * LANES];
+    for (i, outs) in out.chunks_mut(group * hd).enumerate() {
+        let pos = first + i;
+        let lo = lowest(pos);
+        let qs = &task.qkv[(q0 + i) * width..(q0 + i + 1) * width];
+        for (hh, o) in outs.chunks_mut(hd).enumerate() {
+            let h = task.kv_head * group + hh;
+            let q = &qs[h * hd..(h + 1) * hd];
+            for c in ((lo - start) / LANES..=(pos - start) / LANES).step_by(CHUNKS_AT_ONCE) {
+                let sums = dot_chunks(q, &keys[c * hd..(c + CHUNKS_AT_ONCE) * hd]);
+                let dst = scores[c * LANES..(c + CHUNKS_AT_ONCE) * LANES].chunks_exact_mut(LANES);
+                for (dst, sums) in dst.zip(&sums) {
+                    for (d, &s) in dst.iter_mut().zip(sums) {
+                        *d = s * shape.scale;
+                    }
                 }
             }
-        },
-    );
+            let probs = &mut scores[lo - start..=pos - start];
+            let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0f32;
+            for p in probs.iter_mut() {
+                *p = (*p - max).exp();
+                sum += *p;
+            }
+            for p in probs.iter_mut() {
+                *p /= sum;
+            }
+            weighted_values(o, probs, |j| row(task.v_pool, lo + j));
+        }
+    }
+    out
+}
+
+/// `o[d] = Σⱼ weights[j] · v(j)[d]`, summed in `j` order for every `d`, in
+/// blocks of dimensions that stay in registers across all the values.
+#[inline(always)]
+fn weighted_values<'v>(o: &mut [f32], weights: &[f32], v: impl Fn(usize) -> &'v [f32]) {
+    let mut d = 0;
+    while d < o.len() {
+        let left = o.len() - d;
+        d += if left >= 64 {
+            weighted_block::<64>(o, d, weights, &v)
+        } else if left >= 16 {
+            weighted_block::<16>(o, d, weights, &v)
+        } else {
+            weighted_block::<1>(o, d, weights, &v)
+        };
+    }
+}
+
+/// Dimensions `d0..d0 + W` of [`weighted_values`]; returns `W`.
+#[inline(always)]
+fn weighted_block<'v, const W: usize>(
+    o: &mut [f32],
+    d0: usize,
+    weights: &[f32],
+    v: &impl Fn(usize) -> &'v [f32],
+) -> usize {
+    let mut acc = [0f32; W];
+    for (j, &w) in weights.iter().enumerate() {
+        let v = &v(j)[d0..d0 + W];
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a += w * v;
+        }
+    }
+    o[d0..d0 + W].copy_from_slice(&acc);
+    W
+}
+
+/// `q · k` for every lane of [`CHUNKS_AT_ONCE`] transposed key chunks
+/// (`keys` holds `q.len()` rows per chunk); each lane sums in dimension order.
+#[inline(always)]
+fn dot_chunks(q: &[f32], keys: &[[f32; LANES]]) -> [[f32; LANES]; CHUNKS_AT_ONCE] {
+    let hd = q.len();
+    let chunk: [&[[f32; LANES]]; CHUNKS_AT_ONCE] =
+        std::array::from_fn(|c| &keys[c * hd..(c + 1) * hd]);
+    let mut sums = [[0f32; LANES]; CHUNKS_AT_ONCE];
+    for (d, &qd) in q.iter().enumerate() {
+        // The chunks' sums are independent: interleaved, they overlap in the adder.
+        for (s, chunk) in sums.iter_mut().zip(&chunk) {
+            for (s, &k) in s.iter_mut().zip(&chunk[d]) {
+                *s += qd * k;
+            }
+        }
+    }
+    sums
 }
 
 #[cfg(test)]
 mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// The computation written plainly, one query head and one key at a time:
+    /// the kernel must match it bit for bit.
+    fn plain(qkv: &[f32], k: &[f32], v: &[f32], meta: &StepMeta, shape: AttnShape) -> Vec<f32> {
+        let (hd, heads, kvh, bs) = (
+            shape.head_dim,
+            shape.num_heads,
+            shape.num_kv_heads,
+            meta.block_size,
+        );
+        let mut out = vec![0f32; meta.num_tokens() * heads * hd];
+        for s in 0..meta.num_seqs() {
+            let (q0, q1) = (meta.query_start[s], meta.query_start[s + 1]);
+            let first = meta.context_lens[s] - (q1 - q0);
+            for t in q0..q1 {
+                let pos = first + t - q0;
+                let lo = shape
+                    .sliding_window
+                    .map_or(0, |w| (pos + 1).saturating_sub(w));
+                for h in 0..heads {
+                    let g = h / (heads / kvh);
+                    let q = &qkv[t * shape.qkv_width() + h * hd..][..hd];
+                    let slot = |j: usize| {
+                        ((meta.block_tables[s][j / bs] as usize * kvh + g) * bs + j % bs) * hd
+                    };
+                    let scores: Vec<f32> = (lo..=pos)
+                        .map(|j| {
+                            let dot = q
+                                .iter()
+                                .zip(&k[slot(j)..])
+                                .fold(0f32, |a, (x, y)| a + x * y);
+                            dot * shape.scale
+                        })
+                        .collect();
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum = exps.iter().fold(0f32, |a, e| a + e);
+                    let o = &mut out[(t * heads + h) * hd..][..hd];
+                    for (j, &p) in (lo..=pos).zip(&exps) {
+                        for (o, &v) in o.iter_mut().zip(&v[slot(j)..slot(j) + hd]) {
+                            *o += p / sum * v;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-1f32..1.0)).collect()
+    }
+
+    /// Decode, prefill and chunked prefill in one batch, scattered blocks, with
+    /// and without a sliding window, several head widths and block sizes.
+    #[test]
+    fn matches_the_plain_computation_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for (hd, bs, window) in [
+            (64, 16, None),
+            (16, 8, Some(20)),
+            (80, 32, None),
+            (128, 16, Some(7)),
+        ] {
+            let shape = AttnShape {
+                num_heads: 8,
+                num_kv_heads: 2,
+                head_dim: hd,
+                sliding_window: window,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            // (new tokens, context): decode at 1 and 70, a prefill of 37, a chunk of 5 after 40.
+            let seqs: [(usize, usize); 4] = [(1, 1), (1, 70), (37, 37), (5, 45)];
+            let blocks: usize = seqs.iter().map(|&(_, c)| c.div_ceil(bs)).sum();
+            let mut free: Vec<u32> = (0..blocks as u32).rev().collect();
+            // Scatter the blocks: every other one from each end.
+            free.sort_by_key(|b| (b % 2, *b));
+            let mut meta = StepMeta {
+                block_size: bs,
+                query_start: vec![0],
+                ..StepMeta::default()
+            };
+            for &(new, context) in &seqs {
+                let table: Vec<u32> = (0..context.div_ceil(bs))
+                    .filter_map(|_| free.pop())
+                    .collect();
+                meta.token_ids.extend(std::iter::repeat_n(0, new));
+                meta.query_start.push(meta.token_ids.len());
+                meta.context_lens.push(context);
+                meta.block_tables.push(table);
+            }
+            let pool = blocks * shape.num_kv_heads * bs * hd;
+            let (k, v) = (random(pool, &mut rng), random(pool, &mut rng));
+            let qkv = random(meta.num_tokens() * shape.qkv_width(), &mut rng);
+            let want = plain(&qkv, &k, &v, &meta, shape);
+            let portable: fn(&Task) -> Vec<f32> = |task| attend(task, transpose);
+            for (name, kernel) in [("this CPU's", kernel()), ("portable", portable)] {
+                let mut out = vec![f32::NAN; meta.num_tokens() * shape.num_heads * hd];
+                attention_with(kernel, &qkv, &k, &v, &meta, shape, &mut out);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{name} kernel, hd {hd} bs {bs}: element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod paged_vs_dense {
     use super::*;
     use crate::backend::cpu::ops::reshape_and_cache;
     use rand::{RngExt, SeedableRng};

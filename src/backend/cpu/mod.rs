@@ -83,7 +83,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        ops::rms_norm(x, &weight.to_f32_vec(), eps, out);
+        ops::rms_norm(x, &weight.f32_values(), eps, out);
         Ok(())
     }
 
@@ -94,7 +94,7 @@ impl Backend for CpuBackend {
         weight: &CpuWeight,
         eps: f32,
     ) -> Result<()> {
-        ops::fused_add_rms_norm(x, residual, &weight.to_f32_vec(), eps);
+        ops::fused_add_rms_norm(x, residual, &weight.f32_values(), eps);
         Ok(())
     }
 
@@ -105,7 +105,7 @@ impl Backend for CpuBackend {
         bias: Option<&CpuWeight>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let bias = bias.map(CpuWeight::to_f32_vec);
+        let bias = bias.map(CpuWeight::f32_values);
         matmul::matmul(x, weight, bias.as_deref(), out);
         Ok(())
     }

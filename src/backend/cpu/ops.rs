@@ -19,8 +19,7 @@ pub fn embedding(table: &CpuWeight, token_ids: &[u32], out: &mut [f32]) {
     out.par_chunks_mut(width)
         .zip(token_ids.par_iter())
         .for_each(|(row, &id)| {
-            let start = id as usize * width;
-            table.read_f32(start..start + width, row);
+            table.row_f32(id as usize, row);
         });
 }
 

@@ -1,6 +1,13 @@
 //! Weights on the CPU: typed slices in their dtype, borrowed straight from the
 //! memory-mapped checkpoint when the dtype matches and the bytes are aligned.
+//!
+//! Two exceptions, both exact (no value changes):
+//! - vectors (norm weights, biases) are rounded to the dtype and kept widened to
+//!   f32, because every op reads them as f32 and widening once beats widening per call;
+//! - on x86-64 CPUs with the AVX-512 kernels, bf16 and f16 matrices are repacked
+//!   into the column panels those kernels stream (see `matmul::packed`).
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,6 +18,9 @@ use memmap2::Mmap;
 
 use crate::config::DType;
 use crate::model::weights::{HostTensor, TensorBytes};
+
+#[cfg(target_arch = "x86_64")]
+use super::matmul::packed::PackedMatrix;
 
 /// A read-only typed slice, mapped or owned.
 pub enum Slab<T> {
@@ -36,33 +46,80 @@ pub enum WeightData {
     F32(Slab<f32>),
     F16(Slab<f16>),
     BF16(Slab<bf16>),
+    /// A bf16 or f16 matrix in the AVX-512 kernels' panel layout.
+    #[cfg(target_arch = "x86_64")]
+    Packed(PackedMatrix),
 }
 
 /// A weight tensor with its shape (`[out_features, in_features]` for matrices).
 pub struct CpuWeight {
     pub shape: Vec<usize>,
+    /// The dtype it was loaded in (vectors are held widened to f32 but hold values of this dtype).
+    pub dtype: DType,
     pub data: WeightData,
 }
 
 impl CpuWeight {
+    /// Takes `t` in `dtype`, in the layout the matmul kernels of this CPU want.
     pub fn from_host(t: HostTensor, dtype: DType) -> CpuWeight {
+        #[cfg(target_arch = "x86_64")]
+        if t.shape.len() == 2 {
+            let (n, k) = (t.shape[0], t.shape[1]);
+            let packed = match dtype {
+                DType::BF16 if PackedMatrix::bf16_supported() => Some(PackedMatrix::pack_bf16(
+                    to_slab(&t, bf16::from_f32).as_slice(),
+                    n,
+                    k,
+                )),
+                DType::F16 if PackedMatrix::f16_supported() => Some(PackedMatrix::pack_f16(
+                    to_slab(&t, f16::from_f32).as_slice(),
+                    n,
+                    k,
+                )),
+                _ => None,
+            };
+            if let Some(p) = packed {
+                return CpuWeight {
+                    shape: t.shape,
+                    dtype,
+                    data: WeightData::Packed(p),
+                };
+            }
+        }
+        CpuWeight::natural(t, dtype)
+    }
+
+    /// Takes `t` in `dtype` in its stored row-major layout, as the portable
+    /// kernels read it (matrices from [`CpuWeight::from_host`] may be repacked).
+    pub fn natural(t: HostTensor, dtype: DType) -> CpuWeight {
         let data = match dtype {
             DType::F32 => WeightData::F32(to_slab(&t, |x| x)),
+            _ if t.shape.len() < 2 => {
+                // Rounded to the dtype, then widened back: exactly the values the
+                // dtype holds, in the type the ops read.
+                let round: fn(f32) -> f32 = match dtype {
+                    DType::F16 => |x| f16::from_f32(x).to_f32(),
+                    _ => |x| bf16::from_f32(x).to_f32(),
+                };
+                let values = if t.dtype == dtype {
+                    decode_f32(t.dtype, t.bytes.as_slice()).collect()
+                } else {
+                    decode_f32(t.dtype, t.bytes.as_slice()).map(round).collect()
+                };
+                WeightData::F32(Slab::Owned(values))
+            }
             DType::F16 => WeightData::F16(to_slab(&t, f16::from_f32)),
             DType::BF16 => WeightData::BF16(to_slab(&t, bf16::from_f32)),
         };
         CpuWeight {
             shape: t.shape,
+            dtype,
             data,
         }
     }
 
     pub fn dtype(&self) -> DType {
-        match self.data {
-            WeightData::F32(_) => DType::F32,
-            WeightData::F16(_) => DType::F16,
-            WeightData::BF16(_) => DType::BF16,
-        }
+        self.dtype
     }
 
     pub fn numel(&self) -> usize {
@@ -83,21 +140,44 @@ impl CpuWeight {
         }
     }
 
-    /// Elements `range` converted to f32 into `out`.
+    /// Elements `range` of the row-major tensor converted to f32 into `out`
+    /// (natural layouts only: packed matrices are read by row, [`CpuWeight::row_f32`]).
     pub fn read_f32(&self, range: Range<usize>, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         match &self.data {
             WeightData::F32(s) => out.copy_from_slice(&s.as_slice()[range]),
             WeightData::F16(s) => s.as_slice()[range].convert_to_f32_slice(out),
             WeightData::BF16(s) => s.as_slice()[range].convert_to_f32_slice(out),
+            #[cfg(target_arch = "x86_64")]
+            WeightData::Packed(p) => {
+                let k = self.cols();
+                for (i, o) in range.zip(out) {
+                    *o = p.get(i / k, i % k);
+                }
+            }
         }
     }
 
-    /// The whole tensor as f32 (for small tensors: norms, biases).
-    pub fn to_f32_vec(&self) -> Vec<f32> {
+    /// Row `row` (of width [`CpuWeight::cols`]) as f32 into `out`.
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
+        match &self.data {
+            #[cfg(target_arch = "x86_64")]
+            WeightData::Packed(p) => p.read_row_f32(row, out),
+            _ => {
+                let k = self.cols();
+                self.read_f32(row * k..(row + 1) * k, out);
+            }
+        }
+    }
+
+    /// The whole tensor as f32: borrowed for vectors (held in f32), converted otherwise.
+    pub fn f32_values(&self) -> Cow<'_, [f32]> {
+        if let WeightData::F32(s) = &self.data {
+            return Cow::Borrowed(s.as_slice());
+        }
         let mut v = vec![0.0; self.numel()];
         self.read_f32(0..self.numel(), &mut v);
-        v
+        Cow::Owned(v)
     }
 }
 
@@ -106,7 +186,7 @@ impl CpuWeight {
 fn to_slab<T: Pod>(t: &HostTensor, from_f32: impl Fn(f32) -> T) -> Slab<T> {
     if stored_type_is::<T>(t.dtype) {
         if let TensorBytes::Mapped { map, range } = &t.bytes {
-            if (map.as_ptr() as usize + range.start) % std::mem::align_of::<T>() == 0 {
+            if (map.as_ptr() as usize + range.start).is_multiple_of(std::mem::align_of::<T>()) {
                 return Slab::Mapped {
                     map: map.clone(),
                     range: range.clone(),

@@ -1,4 +1,4 @@
-//! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` in its stored dtype.
+//! The portable matmul, on weights in their stored row-major layout.
 //!
 //! Few rows (decode): each weight row is streamed once from memory and dotted
 //! with every input row — memory-bound, so the dtype conversion is free.
@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::weight::{CpuWeight, WeightData};
+use super::OutPtr;
+use crate::backend::cpu::weight::{CpuWeight, WeightData};
 
 /// At or below this many input rows the streaming kernel wins.
 const STREAMING_MAX_ROWS: usize = 4;
@@ -16,33 +17,12 @@ const PANEL_ROWS: usize = 128;
 /// Elements widened to f32 at a time on the streaming path (fits L1).
 const CHUNK: usize = 1024;
 
-/// A pointer to `out` shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of columns of `out`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so closures capture the whole (Send) wrapper rather than its raw field.
-    fn at(self, index: usize) -> *mut f32 {
-        // SAFETY: callers pass indices inside `out`.
-        unsafe { self.0.add(index) }
-    }
-}
-
-pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
-    let (n, k) = (w.rows(), w.cols());
-    let m = x.len() / k;
-    debug_assert_eq!(out.len(), m * n);
+/// `out = x · wᵀ` for `m` rows of `x`, `w` in its natural row-major layout.
+pub fn matmul(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if m <= STREAMING_MAX_ROWS {
         streaming(x, m, w, out);
     } else {
         panels(x, m, w, out);
-    }
-    if let Some(b) = bias {
-        out.par_chunks_mut(n)
-            .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
 }
 

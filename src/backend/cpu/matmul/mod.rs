@@ -1,0 +1,61 @@
+//! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` in its stored dtype.
+//!
+//! Two implementations, chosen by the weight's layout (fixed when it was loaded):
+//! - `packed` (x86-64 with AVX-512): bf16 and f16 matrices repacked into column
+//!   panels, multiplied by AVX-512 kernels — `vdpbf16ps` on bf16 pairs (the
+//!   activations rounded to bf16 once per matmul), or f16 widened with
+//!   `vcvtph2ps` and f32 FMAs. One loop nest serves decode and prefill, and
+//!   every output element is computed by the same instructions in the same
+//!   order whatever the number of rows: a row's result does not depend on the
+//!   batch it runs in.
+//! - `portable`: the stored row-major layout on any CPU — a streaming kernel for
+//!   few rows and the `gemm` crate for many. f32 weights always take it; bf16 and
+//!   f16 take it on CPUs without AVX-512 (BF16). Its results for a row may
+//!   change with the number of rows (the two kernels sum in different orders).
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod packed;
+mod portable;
+#[cfg(test)]
+mod tests;
+
+use super::weight::{CpuWeight, WeightData};
+
+/// A pointer to `out` shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only written through by tasks that own disjoint
+// column ranges of `out`, which outlives the parallel region.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for Send; shared references never read through it.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so closures capture the whole (Send) wrapper rather than its raw field.
+    fn at(self, index: usize) -> *mut f32 {
+        self.0.wrapping_add(index)
+    }
+}
+
+pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    let m = x.len() / k;
+    assert!(
+        x.len() == m * k && out.len() == m * n,
+        "matmul: x has {} elements, out {}, weight is {n}x{k}",
+        x.len(),
+        out.len()
+    );
+    match &w.data {
+        #[cfg(target_arch = "x86_64")]
+        WeightData::Packed(p) => packed::matmul(x, m, p, out),
+        _ => portable::matmul(x, m, w, out),
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_mut(n) {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+}

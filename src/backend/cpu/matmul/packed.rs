@@ -1,0 +1,263 @@
+//! Weights repacked into column panels for the AVX-512 kernels, and the loop
+//! nest that runs those kernels over a matmul.
+//!
+//! A panel is [`PANEL`] consecutive output columns (weight rows), stored
+//! k-step by k-step: for bf16 a step is one pair of k (`vdpbf16ps` multiplies
+//! pairs), 64 columns × 2 values; for f16 a step is one k, 64 values. Columns
+//! past `n` and the odd k of an odd `k` are zero. A kernel thus reads each panel
+//! front to back, 256 (bf16) or 128 (f16) bytes per step, and keeps 4 × 16
+//! output columns of up to [`MR`] rows in registers.
+//!
+//! Batch invariance: output `(i, j)` is always the same accumulator lane fed the
+//! same steps in k order, starting from zero; blocking over k spills and
+//! reloads that accumulator exactly (f32 to memory and back), and splitting rows
+//! into tiles or columns into tasks only changes which call computes it. So a
+//! row gets bitwise the same result for every `m`.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::avx512;
+use super::OutPtr;
+
+/// Output columns per panel: four AVX-512 registers of f32.
+pub const PANEL: usize = 64;
+/// Rows per register tile: 6 rows × 4 registers = 24 accumulators of the 32.
+pub const MR: usize = 6;
+/// k-steps per block on the many-row path: the 16 KiB (bf16) or 8 KiB (f16)
+/// of panel they span stay in L1 while every row tile uses them.
+const KC: usize = 64;
+/// Bytes of activations a row block may take (they are re-read from L2 once per panel).
+const ROW_BLOCK_BYTES: usize = 1 << 20;
+/// Rayon tasks per thread: on the many-row path, so a thread slowed by other
+/// work on the machine does not hold the others up. Decode uses one task per
+/// thread: long sequential reads are what the prefetchers stream best.
+const PREFILL_TASKS_PER_THREAD: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedKind {
+    Bf16,
+    F16,
+}
+
+pub struct PackedMatrix {
+    kind: PackedKind,
+    /// Output features (weight rows).
+    n: usize,
+    /// Input features (weight columns).
+    k: usize,
+    /// The panels, one after another; bf16 or f16 bits.
+    data: Vec<u16>,
+}
+
+impl PackedMatrix {
+    /// Whether this CPU runs the bf16 kernel (AVX-512F + AVX-512 BF16).
+    pub fn bf16_supported() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// Whether this CPU runs the f16 kernel (AVX-512F, which converts f16).
+    pub fn f16_supported() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// Packs the row-major `[n, k]` bf16 matrix `w`.
+    pub fn pack_bf16(w: &[bf16], n: usize, k: usize) -> PackedMatrix {
+        let mut p = PackedMatrix::zeroed(PackedKind::Bf16, n, k);
+        let (steps, panel_len) = (p.steps(), p.panel_len());
+        p.data
+            .par_chunks_mut(panel_len)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for c in 0..PANEL.min(n - panel * PANEL) {
+                    let row = &w[(panel * PANEL + c) * k..][..k];
+                    for (kk, v) in row.iter().enumerate() {
+                        dst[(kk / 2) * 2 * PANEL + 2 * c + kk % 2] = v.to_bits();
+                    }
+                }
+                debug_assert_eq!(dst.len(), steps * 2 * PANEL);
+            });
+        p
+    }
+
+    /// Packs the row-major `[n, k]` f16 matrix `w`.
+    pub fn pack_f16(w: &[f16], n: usize, k: usize) -> PackedMatrix {
+        let mut p = PackedMatrix::zeroed(PackedKind::F16, n, k);
+        let panel_len = p.panel_len();
+        p.data
+            .par_chunks_mut(panel_len)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for c in 0..PANEL.min(n - panel * PANEL) {
+                    let row = &w[(panel * PANEL + c) * k..][..k];
+                    for (kk, v) in row.iter().enumerate() {
+                        dst[kk * PANEL + c] = v.to_bits();
+                    }
+                }
+            });
+        p
+    }
+
+    fn zeroed(kind: PackedKind, n: usize, k: usize) -> PackedMatrix {
+        let mut p = PackedMatrix {
+            kind,
+            n,
+            k,
+            data: Vec::new(),
+        };
+        p.data = vec![0; p.panels() * p.panel_len()];
+        p
+    }
+
+    pub fn kind(&self) -> PackedKind {
+        self.kind
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// k-steps per panel: pairs of k for bf16, single k for f16.
+    fn steps(&self) -> usize {
+        match self.kind {
+            PackedKind::Bf16 => self.k.div_ceil(2),
+            PackedKind::F16 => self.k,
+        }
+    }
+
+    /// u16 values per k-step of a panel.
+    fn step_len(&self) -> usize {
+        match self.kind {
+            PackedKind::Bf16 => 2 * PANEL,
+            PackedKind::F16 => PANEL,
+        }
+    }
+
+    fn panel_len(&self) -> usize {
+        self.steps() * self.step_len()
+    }
+
+    /// Element `(row, col)` of the `[n, k]` matrix.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        let (panel, c) = (row / PANEL, row % PANEL);
+        let base = panel * self.panel_len();
+        match self.kind {
+            PackedKind::Bf16 => {
+                let i = base + (col / 2) * 2 * PANEL + 2 * c + col % 2;
+                bf16::from_bits(self.data[i]).to_f32()
+            }
+            PackedKind::F16 => f16::from_bits(self.data[base + col * PANEL + c]).to_f32(),
+        }
+    }
+
+    /// Row `row` of the `[n, k]` matrix as f32 into `out` (`k` values).
+    pub fn read_row_f32(&self, row: usize, out: &mut [f32]) {
+        for (col, o) in out[..self.k].iter_mut().enumerate() {
+            *o = self.get(row, col);
+        }
+    }
+}
+
+/// `out = x · wᵀ` for the `m` rows of `x`.
+pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
+    if w.k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
+    match w.kind {
+        PackedKind::Bf16 => {
+            // SAFETY: bf16 weights are packed only on CPUs with AVX-512 BF16.
+            let xb = unsafe { avx512::round_to_bf16_pairs(x, m, w.k) };
+            let x_stride = w.steps();
+            run(m, w, x_stride * 4, |t: Tile| {
+                let tile = avx512::TileArgs {
+                    x: xb[t.row * x_stride + t.step..].as_ptr(),
+                    x_stride,
+                    w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
+                    steps: t.steps,
+                    out: ptr.at(t.row * w.n + t.panel * PANEL),
+                    out_stride: w.n,
+                    cols: PANEL.min(w.n - t.panel * PANEL),
+                    accumulate: t.step > 0,
+                };
+                // SAFETY: the CPU has AVX-512 BF16 (the weight was packed only if
+                // it does); `x` holds `rows` rows of `x_stride` pairs from `step`
+                // on, `w` holds `steps` steps of the panel, and the tile of `out`
+                // (rows × cols from the panel's first column) is in bounds and
+                // written by this task alone.
+                unsafe { avx512::bf16_tile(t.rows, &tile) }
+            });
+        }
+        PackedKind::F16 => {
+            let k = w.k;
+            run(m, w, k * 4, |t: Tile| {
+                let tile = avx512::TileArgs {
+                    x: x[t.row * k + t.step..].as_ptr(),
+                    x_stride: k,
+                    w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
+                    steps: t.steps,
+                    out: ptr.at(t.row * w.n + t.panel * PANEL),
+                    out_stride: w.n,
+                    cols: PANEL.min(w.n - t.panel * PANEL),
+                    accumulate: t.step > 0,
+                };
+                // SAFETY: as for bf16, with AVX-512F (checked when packing) and
+                // `x` rows of `k` f32.
+                unsafe { avx512::f16_tile(t.rows, &tile) }
+            });
+        }
+    }
+}
+
+/// One kernel call: rows `row..row + rows` × the panel's columns, k-steps
+/// `step..step + steps`.
+#[derive(Clone, Copy)]
+struct Tile {
+    panel: usize,
+    row: usize,
+    rows: usize,
+    step: usize,
+    steps: usize,
+}
+
+/// Runs `kernel` over every tile of the matmul, columns split across threads.
+/// `row_bytes` is the size of one row of the kernel's activations.
+fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Sync) {
+    let (panels, steps) = (w.panels(), w.steps());
+    let threads = rayon::current_num_threads();
+    // Few rows: one register tile covers them, the whole k in one go; each
+    // weight byte is read once, straight from memory.
+    let few_rows = m <= MR;
+    let tasks = if few_rows {
+        threads
+    } else {
+        threads * PREFILL_TASKS_PER_THREAD
+    }
+    .clamp(1, panels);
+    let kc = if few_rows { steps } else { KC };
+    let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(MR) / MR * MR;
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
+        for r_block in (0..m).step_by(row_block) {
+            let r_end = (r_block + row_block).min(m);
+            for panel in p0..p1 {
+                for step in (0..steps).step_by(kc) {
+                    for row in (r_block..r_end).step_by(MR) {
+                        kernel(Tile {
+                            panel,
+                            row,
+                            rows: MR.min(r_end - row),
+                            step,
+                            steps: kc.min(steps - step),
+                        });
+                    }
+                }
+            }
+        }
+    });
+}
