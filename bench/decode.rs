@@ -62,54 +62,62 @@ fn run() -> engine::Result<()> {
         llm.model().dtype,
     );
 
-    let (copy, read) = bandwidth(5);
-    let tokens_at = |gbps: f64| gbps * 1e9 / weight_bytes;
     println!(
-        "weights read per decode token: {:.3} GB; copy {copy:.1} GB/s (bytes copied), \
-         read {read:.1} GB/s",
+        "weights read per decode step: {:.3} GB (every matrix once, the LM head included)\n",
         weight_bytes / 1e9
     );
-    println!(
-        "roofline: {:.1} tok/s at copy bandwidth, {:.1} tok/s at read bandwidth\n",
-        tokens_at(copy),
-        tokens_at(read)
-    );
 
+    let mut roof = Roofline::new();
     println!(
-        "{:<28} {:>10} {:>12} {:>12} {:>7}",
-        "measurement", "tok/s", "% copy roof", "% read roof", "cores"
+        "{:<22} {:>7} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10}",
+        "measurement", "tok/s", "tok/CPU-s", "cores", "copy", "read", "% copy", "% read"
     );
-    let row = |name: &str, m: Measured, roof: bool| {
-        let (c, r) = if roof {
-            (
-                format!("{:.0}%", 100.0 * m.tokens_per_s / tokens_at(copy)),
-                format!("{:.0}%", 100.0 * m.tokens_per_s / tokens_at(read)),
-            )
-        } else {
-            ("-".into(), "-".into())
+    let row = |name: &str, m: Measured, batch: Option<usize>| {
+        // Decode streams every weight once per step for the whole batch.
+        let roof_pct = |gbps: f64| match batch {
+            Some(b) => format!(
+                "{:.0}%",
+                100.0 * m.tokens_per_s * weight_bytes / (b as f64 * gbps * 1e9)
+            ),
+            None => "-".into(),
         };
+        let opt = |v: Option<f64>, digits: usize| v.map_or("?".into(), |v| format!("{v:.digits$}"));
         println!(
-            "{name:<28} {:>10.1} {c:>12} {r:>12} {:>7}",
+            "{name:<22} {:>7.1} {:>9} {:>6} {:>8.1} {:>8.1} {:>10} {:>10}",
             m.tokens_per_s,
-            m.cores.map_or("?".into(), |c| format!("{c:.2}"))
+            opt(m.tokens_per_cpu_s, 1),
+            opt(m.cores, 2),
+            m.copy,
+            m.read,
+            roof_pct(m.copy),
+            roof_pct(m.read),
         );
     };
-    row("decode, batch 1", decode(&mut llm, 1, DECODE_TOKENS)?, true);
+    row(
+        "decode, batch 1",
+        decode(&mut llm, &mut roof, 1, DECODE_TOKENS)?,
+        Some(1),
+    );
     row(
         &format!("prefill, {PREFILL_TOKENS} tokens"),
-        prefill(&mut llm)?,
-        false,
+        prefill(&mut llm, &mut roof)?,
+        None,
     );
     for batch in [8, 32] {
         row(
             &format!("decode, batch {batch}"),
-            decode(&mut llm, batch, DECODE_TOKENS / 2)?,
-            false,
+            decode(&mut llm, &mut roof, batch, DECODE_TOKENS / 2)?,
+            Some(batch),
         );
     }
     println!(
-        "\ncores: CPU time of the process ÷ wall time during the measurement \
-         (at most {threads}; lower means other work shared the machine)"
+        "\nEach row is the best of {REPEATS} runs; before each run the memory bandwidth is \
+         measured again (GB/s, 1 GiB, all threads)\nand the roofline percentages use that run's \
+         own bandwidth: decode at batch b can at best make b tokens per sweep of the weights.\n\
+         copy: bytes copied per second (a copy also reads and writes the destination: ~3x the \
+         traffic); read: bytes read per second.\n\
+         cores: process CPU time / wall time (at most {threads}; less means other work shared the \
+         machine); tok/CPU-s: tokens per CPU-second."
     );
     Ok(())
 }
@@ -143,23 +151,39 @@ fn weight_bytes_per_token(model: &Model<CpuBackend>) -> f64 {
 
 struct Measured {
     tokens_per_s: f64,
-    /// Process CPU time ÷ wall time, when the OS tells.
+    /// Tokens per CPU-second of the whole process, when the OS tells.
+    tokens_per_cpu_s: Option<f64>,
+    /// Process CPU time ÷ wall time.
     cores: Option<f64>,
+    /// Copy and read bandwidth measured just before this run, GB/s.
+    copy: f64,
+    read: f64,
 }
 
-/// Runs `f` `REPEATS` times and keeps the fastest (`f` returns tokens and wall time).
-fn measure(mut f: impl FnMut() -> engine::Result<(usize, Duration)>) -> engine::Result<Measured> {
+/// Tokens made, and the wall and CPU time that made them.
+struct Run {
+    tokens: usize,
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+/// Runs `f` `REPEATS` times, each after a fresh bandwidth measurement, and
+/// keeps the fastest run.
+fn measure(
+    roof: &mut Roofline,
+    mut f: impl FnMut() -> engine::Result<Run>,
+) -> engine::Result<Measured> {
     let mut best: Option<Measured> = None;
     for _ in 0..REPEATS {
-        let (cpu0, t) = (process_cpu_time(), Instant::now());
-        let (tokens, wall) = f()?;
-        let cores = match (cpu0, process_cpu_time()) {
-            (Some(a), Some(b)) => Some((b - a).as_secs_f64() / t.elapsed().as_secs_f64()),
-            _ => None,
-        };
+        let (copy, read) = roof.measure();
+        let run = f()?;
+        let secs = run.wall.as_secs_f64();
         let m = Measured {
-            tokens_per_s: tokens as f64 / wall.as_secs_f64(),
-            cores,
+            tokens_per_s: run.tokens as f64 / secs,
+            tokens_per_cpu_s: run.cpu.map(|c| run.tokens as f64 / c.as_secs_f64()),
+            cores: run.cpu.map(|c| c.as_secs_f64() / secs),
+            copy,
+            read,
         };
         if best
             .as_ref()
@@ -169,6 +193,18 @@ fn measure(mut f: impl FnMut() -> engine::Result<(usize, Duration)>) -> engine::
         }
     }
     best.ok_or_else(|| engine::Error::invalid("no repeats"))
+}
+
+/// Wall and CPU time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Option<Duration>) {
+    let (cpu0, t) = (process_cpu_time(), Instant::now());
+    let out = f();
+    let wall = t.elapsed();
+    let cpu = match (cpu0, process_cpu_time()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    (out, wall, cpu)
 }
 
 fn requests(batch: usize, prompt_len: usize, max_tokens: usize) -> Vec<Request> {
@@ -190,25 +226,37 @@ fn requests(batch: usize, prompt_len: usize, max_tokens: usize) -> Vec<Request> 
 
 /// Decode tokens/s of `batch` sequences: generating `1 + tokens` minus
 /// generating 1 (the prefill and first token) leaves `tokens` decode steps.
-fn decode(llm: &mut Llm, batch: usize, tokens: usize) -> engine::Result<Measured> {
-    measure(|| {
-        let t = Instant::now();
-        llm.generate(&requests(batch, DECODE_PROMPT, 1))?;
-        let first = t.elapsed();
-        let t = Instant::now();
-        let out = llm.generate(&requests(batch, DECODE_PROMPT, 1 + tokens))?;
-        let all = t.elapsed();
-        let generated: usize = out.iter().map(|c| c.best().token_ids.len() - 1).sum();
-        Ok((generated, all.saturating_sub(first)))
+fn decode(
+    llm: &mut Llm,
+    roof: &mut Roofline,
+    batch: usize,
+    tokens: usize,
+) -> engine::Result<Measured> {
+    measure(roof, || {
+        let (first, first_wall, first_cpu) =
+            timed(|| llm.generate(&requests(batch, DECODE_PROMPT, 1)));
+        first?;
+        let (all, all_wall, all_cpu) =
+            timed(|| llm.generate(&requests(batch, DECODE_PROMPT, 1 + tokens)));
+        let generated: usize = all?.iter().map(|c| c.best().token_ids.len() - 1).sum();
+        Ok(Run {
+            tokens: generated,
+            wall: all_wall.saturating_sub(first_wall),
+            cpu: all_cpu.zip(first_cpu).map(|(a, f)| a.saturating_sub(f)),
+        })
     })
 }
 
 /// Prompt tokens/s of one `PREFILL_TOKENS`-token prompt (to its first token).
-fn prefill(llm: &mut Llm) -> engine::Result<Measured> {
-    measure(|| {
-        let t = Instant::now();
-        llm.generate(&requests(1, PREFILL_TOKENS, 1))?;
-        Ok((PREFILL_TOKENS, t.elapsed()))
+fn prefill(llm: &mut Llm, roof: &mut Roofline) -> engine::Result<Measured> {
+    measure(roof, || {
+        let (out, wall, cpu) = timed(|| llm.generate(&requests(1, PREFILL_TOKENS, 1)));
+        out?;
+        Ok(Run {
+            tokens: PREFILL_TOKENS,
+            wall,
+            cpu,
+        })
     })
 }
 
@@ -224,29 +272,43 @@ fn process_cpu_time() -> Option<Duration> {
 
 const BANDWIDTH_BYTES: usize = 1 << 30;
 
-/// Best of `repeats`, in GB/s, with every thread on 1 GiB: copying (bytes
-/// copied, not bytes moved: a copy reads the source, and reads and writes the
-/// destination) and reading (a wrapping sum the compiler vectorizes).
-fn bandwidth(repeats: usize) -> (f64, f64) {
-    let src: Vec<u64> = (0..BANDWIDTH_BYTES as u64 / 8).collect();
-    let mut dst = vec![1u64; src.len()];
-    let chunk = src.len() / (4 * rayon::current_num_threads());
-    let gbps = |t: Instant| BANDWIDTH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
-    let (mut copy, mut read) = (0f64, 0f64);
-    for _ in 0..repeats {
-        let t = Instant::now();
-        dst.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        copy = copy.max(gbps(t));
-        std::hint::black_box(&dst);
-        let t = Instant::now();
-        let sum = src
-            .par_chunks(chunk)
-            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
-            .reduce(|| 0, u64::wrapping_add);
-        read = read.max(gbps(t));
-        std::hint::black_box(sum);
+/// Buffers for measuring memory bandwidth with every thread, kept for the
+/// whole run so each measurement touches memory that is already mapped.
+struct Roofline {
+    src: Vec<u64>,
+    dst: Vec<u64>,
+}
+
+impl Roofline {
+    fn new() -> Roofline {
+        let src: Vec<u64> = (0..BANDWIDTH_BYTES as u64 / 8).collect();
+        let dst = vec![1u64; src.len()];
+        Roofline { src, dst }
     }
-    (copy, read)
+
+    /// The better of two passes, in GB/s, over 1 GiB: copying (bytes copied,
+    /// not bytes moved) and reading (a wrapping sum the compiler vectorizes).
+    fn measure(&mut self) -> (f64, f64) {
+        let chunk = self.src.len() / (4 * rayon::current_num_threads());
+        let gbps = |t: Instant| BANDWIDTH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
+        let (mut copy, mut read) = (0f64, 0f64);
+        for _ in 0..2 {
+            let t = Instant::now();
+            self.dst
+                .par_chunks_mut(chunk)
+                .zip(self.src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            copy = copy.max(gbps(t));
+            std::hint::black_box(&self.dst);
+            let t = Instant::now();
+            let sum = self
+                .src
+                .par_chunks(chunk)
+                .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                .reduce(|| 0, u64::wrapping_add);
+            read = read.max(gbps(t));
+            std::hint::black_box(sum);
+        }
+        (copy, read)
+    }
 }

@@ -66,16 +66,12 @@ impl CpuWeight {
         if t.shape.len() == 2 {
             let (n, k) = (t.shape[0], t.shape[1]);
             let packed = match dtype {
-                DType::BF16 if PackedMatrix::bf16_supported() => Some(PackedMatrix::pack_bf16(
-                    to_slab(&t, bf16::from_f32).as_slice(),
-                    n,
-                    k,
-                )),
-                DType::F16 if PackedMatrix::f16_supported() => Some(PackedMatrix::pack_f16(
-                    to_slab(&t, f16::from_f32).as_slice(),
-                    n,
-                    k,
-                )),
+                DType::BF16 if PackedMatrix::bf16_supported() => {
+                    PackedMatrix::pack_bf16(to_slab(&t, bf16::from_f32).as_slice(), n, k)
+                }
+                DType::F16 if PackedMatrix::f16_supported() => {
+                    PackedMatrix::pack_f16(to_slab(&t, f16::from_f32).as_slice(), n, k)
+                }
                 _ => None,
             };
             if let Some(p) = packed {

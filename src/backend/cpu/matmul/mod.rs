@@ -23,13 +23,14 @@ mod tests;
 
 use super::weight::{CpuWeight, WeightData};
 
-/// A pointer to `out` shared by tasks that write disjoint columns.
+/// A pointer to `out` shared by tasks that own disjoint columns of it.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: the pointer is only written through by tasks that own disjoint
-// column ranges of `out`, which outlives the parallel region.
+// SAFETY: every read (of a partial sum) and write through the pointer is to a
+// column range that exactly one task owns, and `out` outlives the parallel
+// region that uses it.
 unsafe impl Send for OutPtr {}
-// SAFETY: as for Send; shared references never read through it.
+// SAFETY: as for Send.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
@@ -41,6 +42,10 @@ impl OutPtr {
 
 pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
     let m = x.len() / k;
     assert!(
         x.len() == m * k && out.len() == m * n,

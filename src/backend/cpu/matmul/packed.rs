@@ -29,10 +29,11 @@ pub const MR: usize = 6;
 const KC: usize = 64;
 /// Bytes of activations a row block may take (they are re-read from L2 once per panel).
 const ROW_BLOCK_BYTES: usize = 1 << 20;
-/// Rayon tasks per thread: on the many-row path, so a thread slowed by other
-/// work on the machine does not hold the others up. Decode uses one task per
-/// thread: long sequential reads are what the prefetchers stream best.
-const PREFILL_TASKS_PER_THREAD: usize = 4;
+/// Rayon tasks per thread: a few, so that a thread slowed by other work on the
+/// machine does not hold the others up (the rest steal its share), and few
+/// enough that each task streams a long contiguous run of panels (a decode task
+/// of the smallest TinyLlama matrix still reads 1 MiB in one sequential sweep).
+const TASKS_PER_THREAD: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
@@ -62,8 +63,12 @@ impl PackedMatrix {
         std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// Packs the row-major `[n, k]` bf16 matrix `w`.
-    pub fn pack_bf16(w: &[bf16], n: usize, k: usize) -> PackedMatrix {
+    /// Packs the row-major `[n, k]` bf16 matrix `w`; `None` on CPUs without the
+    /// bf16 kernel (so a bf16 `PackedMatrix` exists only where it can run).
+    pub fn pack_bf16(w: &[bf16], n: usize, k: usize) -> Option<PackedMatrix> {
+        if !PackedMatrix::bf16_supported() {
+            return None;
+        }
         let mut p = PackedMatrix::zeroed(PackedKind::Bf16, n, k);
         let (steps, panel_len) = (p.steps(), p.panel_len());
         p.data
@@ -78,11 +83,15 @@ impl PackedMatrix {
                 }
                 debug_assert_eq!(dst.len(), steps * 2 * PANEL);
             });
-        p
+        Some(p)
     }
 
-    /// Packs the row-major `[n, k]` f16 matrix `w`.
-    pub fn pack_f16(w: &[f16], n: usize, k: usize) -> PackedMatrix {
+    /// Packs the row-major `[n, k]` f16 matrix `w`; `None` on CPUs without the
+    /// f16 kernel.
+    pub fn pack_f16(w: &[f16], n: usize, k: usize) -> Option<PackedMatrix> {
+        if !PackedMatrix::f16_supported() {
+            return None;
+        }
         let mut p = PackedMatrix::zeroed(PackedKind::F16, n, k);
         let panel_len = p.panel_len();
         p.data
@@ -96,7 +105,7 @@ impl PackedMatrix {
                     }
                 }
             });
-        p
+        Some(p)
     }
 
     fn zeroed(kind: PackedKind, n: usize, k: usize) -> PackedMatrix {
@@ -159,19 +168,16 @@ impl PackedMatrix {
     }
 }
 
-/// `out = x · wᵀ` for the `m` rows of `x`.
+/// `out = x · wᵀ` for the `m` rows of `x` (`k > 0`).
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
-    if w.k == 0 {
-        out.fill(0.0);
-        return;
-    }
     if m == 0 || w.n == 0 {
         return;
     }
     let ptr = OutPtr(out.as_mut_ptr());
     match w.kind {
         PackedKind::Bf16 => {
-            // SAFETY: bf16 weights are packed only on CPUs with AVX-512 BF16.
+            // SAFETY: bf16 matrices are packed only on CPUs with AVX-512 BF16
+            // (`pack_bf16` checks).
             let xb = unsafe { avx512::round_to_bf16_pairs(x, m, w.k) };
             let x_stride = w.steps();
             run(m, w, x_stride * 4, |t: Tile| {
@@ -185,11 +191,11 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
                     cols: PANEL.min(w.n - t.panel * PANEL),
                     accumulate: t.step > 0,
                 };
-                // SAFETY: the CPU has AVX-512 BF16 (the weight was packed only if
-                // it does); `x` holds `rows` rows of `x_stride` pairs from `step`
-                // on, `w` holds `steps` steps of the panel, and the tile of `out`
-                // (rows × cols from the panel's first column) is in bounds and
-                // written by this task alone.
+                // SAFETY: the CPU has AVX-512 BF16 (`pack_bf16` checked); `x`
+                // holds `rows` rows of `x_stride` pairs from `step` on, `w` holds
+                // `steps` steps of the panel, and the tile of `out` (rows × cols
+                // from the panel's first column) is in bounds and owned by this
+                // task alone.
                 unsafe { avx512::bf16_tile(t.rows, &tile) }
             });
         }
@@ -206,7 +212,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
                     cols: PANEL.min(w.n - t.panel * PANEL),
                     accumulate: t.step > 0,
                 };
-                // SAFETY: as for bf16, with AVX-512F (checked when packing) and
+                // SAFETY: as for bf16, with AVX-512F (`pack_f16` checked) and
                 // `x` rows of `k` f32.
                 unsafe { avx512::f16_tile(t.rows, &tile) }
             });
@@ -233,12 +239,7 @@ fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Syn
     // Few rows: one register tile covers them, the whole k in one go; each
     // weight byte is read once, straight from memory.
     let few_rows = m <= MR;
-    let tasks = if few_rows {
-        threads
-    } else {
-        threads * PREFILL_TASKS_PER_THREAD
-    }
-    .clamp(1, panels);
+    let tasks = (threads * TASKS_PER_THREAD).clamp(1, panels);
     let kc = if few_rows { steps } else { KC };
     let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(MR) / MR * MR;
     (0..tasks).into_par_iter().for_each(|task| {
