@@ -1,0 +1,216 @@
+//! Beam search steps of the engine core: vLLM v0.4.3's candidate selection
+//! (in `crate::sampling::beam`) applied to live sequences and their KV blocks.
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::kv_cache::block_manager::SeqId;
+use crate::sampling::beam::{
+    beam_candidates, select_beams, BeamContext, BeamParent, CheckedCandidate, ScoredSeq,
+};
+use crate::sampling::processors::processed_logprobs;
+use crate::sampling::stop::{Finish, StopChecker};
+use crate::sampling::{OutputText, Sampler, SequenceTokens, TokenLogprobs};
+use crate::tokenizer::IncrementalDetokenizer;
+
+use super::super::sequence::{FinishReason, Sequence, SequenceGroup};
+use super::EngineCore;
+
+impl<B: Backend> EngineCore<B> {
+    /// One beam search step for a request whose live beams all have their logits
+    /// rows: vLLM's candidate selection, then the new beams take over their
+    /// parents' blocks (forking where a parent continues twice) and parents that
+    /// do not continue are freed.
+    pub(super) fn beam_step(&mut self, request_id: u64, rows: &[(usize, &[f32])]) -> Result<()> {
+        let Some(mut group) = self.groups.remove(&request_id) else {
+            return Ok(());
+        };
+        let result = self.beam_step_in(&mut group, rows);
+        self.groups.insert(request_id, group);
+        result
+    }
+
+    fn beam_step_in(&mut self, group: &mut SequenceGroup, rows: &[(usize, &[f32])]) -> Result<()> {
+        group.first_token_at.get_or_insert_with(Instant::now);
+        let params = group.params.clone();
+        let eos = self.eos_token_ids.clone();
+        let processed: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|&(i, r)| {
+                let s = &group.seqs[i];
+                let tokens = SequenceTokens {
+                    prompt: &s.tokens[..s.prompt_len],
+                    output: &s.tokens[s.prompt_len..],
+                };
+                processed_logprobs(&mut r.to_vec(), &params, tokens, &eos)
+            })
+            .collect();
+        let parents: Vec<BeamParent> = rows
+            .iter()
+            .zip(&processed)
+            .map(|(&(i, _), lp)| BeamParent {
+                cumulative_logprob: group.seqs[i].cum_logprob,
+                logprobs: lp,
+            })
+            .collect();
+        let candidates = beam_candidates(&parents, group.width);
+        // Each candidate as its own sequence: the parent plus one token, checked for stops.
+        let stop = StopChecker::new(&params, &eos, self.model.max_positions);
+        let mut trials = Vec::with_capacity(candidates.len());
+        let mut checked = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            let parent = &group.seqs[rows[c.parent].0];
+            let mut trial = Trial {
+                tokens: parent.tokens.clone(),
+                text: parent.text.clone(),
+                detokenizer: parent.detokenizer.clone(),
+                logprobs: parent.logprobs.clone(),
+                finish: None,
+            };
+            trial.tokens.push(c.token);
+            trial.logprobs.push(TokenLogprobs::new(
+                &processed[c.parent],
+                c.token,
+                params.logprobs,
+            ));
+            let new_text = match (trial.detokenizer.as_mut(), self.tokenizer.as_deref()) {
+                (Some(d), Some(t)) => d.push(t, c.token)?,
+                _ => String::new(),
+            };
+            let out_len = trial.tokens.len() - parent.prompt_len;
+            trial.finish = stop.check(
+                &mut trial.text,
+                c.token,
+                out_len,
+                trial.tokens.len(),
+                &new_text,
+            );
+            checked.push(CheckedCandidate {
+                parent: c.parent,
+                seq: ScoredSeq {
+                    cumulative_logprob: c.cumulative_logprob,
+                    seq_len: trial.tokens.len(),
+                    last_token: c.token,
+                },
+                finished: trial.finish.is_some(),
+            });
+            trials.push(trial);
+        }
+        let finished_idx: Vec<usize> = (0..group.seqs.len())
+            .filter(|&i| group.seqs[i].is_finished())
+            .collect();
+        let existing: Vec<ScoredSeq> = finished_idx
+            .iter()
+            .map(|&i| scored(&group.seqs[i]))
+            .collect();
+        let ctx = BeamContext {
+            params: &params,
+            eos_token_ids: &eos,
+            prompt_len: group.seqs[0].prompt_len,
+            max_model_len: self.model.max_positions,
+        };
+        let selection = select_beams(&existing, &checked, &ctx);
+        self.stats.generation_tokens += candidates.len().min(group.width) as u64;
+
+        // Build the next set of sequences: kept finished beams, new finished ones, new live ones.
+        let dropped: Vec<usize> = selection
+            .dropped_finished
+            .iter()
+            .map(|&k| finished_idx[k])
+            .collect();
+        let mut old: Vec<Option<Sequence>> = std::mem::take(&mut group.seqs)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut next: Vec<Sequence> = Vec::new();
+        for &i in &finished_idx {
+            if !dropped.contains(&i) {
+                next.extend(old[i].take());
+            }
+        }
+        let prompt_len = rows
+            .first()
+            .map_or(0, |&(i, _)| old[i].as_ref().map_or(0, |s| s.prompt_len));
+        let to_seq = |id: SeqId, trial: &Trial, sampler: Sampler, cum: f64| -> Sequence {
+            Sequence {
+                id,
+                tokens: trial.tokens.clone(),
+                prompt_len,
+                computed: trial.tokens.len() - 1,
+                cum_logprob: cum,
+                logprobs: trial.logprobs.clone(),
+                sampler,
+                detokenizer: trial.detokenizer.clone(),
+                text: trial.text.clone(),
+                finish: trial.finish.as_ref().map(|f| f.reason),
+                stop_reason: trial.finish.as_ref().and_then(|f| f.stop_reason.clone()),
+            }
+        };
+        for &k in &selection.finished {
+            // A finished beam holds no blocks and samples no more: any sampler will do.
+            self.next_seq_id += 1;
+            next.push(to_seq(
+                self.next_seq_id,
+                &trials[k],
+                Sampler::new(Some(0)),
+                candidates[k].cumulative_logprob,
+            ));
+        }
+        let mut parent_taken = vec![false; rows.len()];
+        for &k in &selection.running {
+            let c = &candidates[k];
+            let parent_seq = old[rows[c.parent].0]
+                .as_ref()
+                .map(|s| (s.id, s.sampler.clone()));
+            let Some((parent_id, sampler)) = parent_seq else {
+                continue;
+            };
+            let id = if parent_taken[c.parent] {
+                self.next_seq_id += 1;
+                self.blocks.fork(parent_id, self.next_seq_id);
+                self.next_seq_id
+            } else {
+                // The first continuation takes over the parent's blocks under its id.
+                parent_taken[c.parent] = true;
+                parent_id
+            };
+            next.push(to_seq(id, &trials[k], sampler, c.cumulative_logprob));
+        }
+        // Parents that do not continue give their blocks back.
+        for (p, &(i, _)) in rows.iter().enumerate() {
+            if !parent_taken[p] {
+                if let Some(s) = old[i].take() {
+                    self.blocks.free(s.id);
+                }
+            }
+        }
+        if selection.done {
+            for s in next.iter_mut().filter(|s| !s.is_finished()) {
+                self.blocks.free(s.id);
+                s.finish = Some(FinishReason::Length);
+            }
+            // A finished search keeps only finished beams.
+            next.retain(|s| s.finish.is_some());
+        }
+        group.seqs = next;
+        Ok(())
+    }
+}
+
+/// A beam candidate: its parent with one more token, checked for stops.
+struct Trial {
+    tokens: Vec<u32>,
+    text: OutputText,
+    detokenizer: Option<IncrementalDetokenizer>,
+    logprobs: Vec<TokenLogprobs>,
+    finish: Option<Finish>,
+}
+
+pub(super) fn scored(s: &Sequence) -> ScoredSeq {
+    ScoredSeq {
+        cumulative_logprob: s.cum_logprob,
+        seq_len: s.tokens.len(),
+        last_token: s.tokens.last().copied().unwrap_or(0),
+    }
+}
