@@ -362,3 +362,27 @@ fn shutdown_aborts_in_flight_requests_and_delivers_their_final_outputs() {
         .expect("a final output");
     assert_eq!(last.results.unwrap()[0].finish_reason, FinishReason::Abort);
 }
+
+#[test]
+fn a_request_that_outgrows_the_whole_cache_ends_alone() {
+    // 3 blocks: the prompt fits, but four forks cannot all grow past it.
+    let engine = start(&LoadOptions {
+        num_kv_blocks: Some(3),
+        ..options()
+    });
+    let params = SamplingParams {
+        n: 1,
+        best_of: Some(4),
+        temperature: 1.0,
+        seed: Some(3),
+        ignore_eos: true,
+        ..SamplingParams::greedy(30)
+    };
+    let out = run(&engine, vec![7; 40], params);
+    assert_eq!(out.results.unwrap()[0].finish_reason, FinishReason::Abort);
+    engine.check_serving().expect("the engine keeps serving");
+    let out = run(&engine, vec![1, 2, 3], SamplingParams::greedy(2));
+    assert_eq!(out.results.unwrap()[0].token_ids.len(), 2);
+    wait_idle(&engine);
+    assert_eq!(engine.stats().kv_blocks_used, 0);
+}

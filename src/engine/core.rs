@@ -352,10 +352,12 @@ impl<B: Backend> EngineCore<B> {
             .scheduler
             .schedule(sched_config, &mut self.groups, &mut self.blocks);
         if plan.is_empty() {
-            if self.scheduler.running.is_empty() && !self.scheduler.waiting.is_empty() {
-                return Err(Error::OutOfBlocks(
-                    "no waiting request fits in the KV cache".into(),
-                ));
+            // With nothing running, the head of the queue can never fit (its forks
+            // outgrew the whole cache): it ends alone instead of stalling the queue.
+            if self.scheduler.running.is_empty() {
+                if let Some(&id) = self.scheduler.waiting.front() {
+                    return Ok(self.abort(id).into_iter().collect());
+                }
             }
             return Ok(Vec::new());
         }
