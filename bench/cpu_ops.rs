@@ -19,7 +19,6 @@ use engine::config::DType;
 use engine::model::weights::{HostTensor, TensorBytes};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 const HIDDEN: usize = 2048;
 const INTERMEDIATE: usize = 5632;
@@ -106,6 +105,7 @@ fn roofline(c: &mut Criterion) {
     // The compute roofline of the bf16 matmul: nothing but `vdpbf16ps` on every thread.
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512bf16") {
+        use rayon::prelude::*;
         const ITERS: usize = 100_000;
         let threads = rayon::current_num_threads();
         g.throughput(Throughput::Elements(

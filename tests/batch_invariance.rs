@@ -2,7 +2,9 @@
 //! with the AVX-512 kernels, bf16 and f16 models give bitwise the same tokens
 //! and logprobs for a request alone and alongside others (which changes how
 //! many rows every matmul of its prefill and decode steps has: 7 alone, 1 per
-//! decode step; 155 and then 9 together).
+//! decode step; 155 and then 9 together). The kernels, and so this test, are
+//! x86-64 only.
+#![cfg(target_arch = "x86_64")]
 
 mod common;
 
