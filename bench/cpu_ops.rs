@@ -102,6 +102,47 @@ fn roofline(c: &mut Criterion) {
     g.bench_function("copy_256MiB", |b| {
         b.iter(|| dst.copy_from_slice(black_box(&src)))
     });
+    // The compute roofline of the bf16 matmul: nothing but `vdpbf16ps` on every thread.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        use rayon::prelude::*;
+        const ITERS: usize = 100_000;
+        let threads = rayon::current_num_threads();
+        g.throughput(Throughput::Elements(
+            (threads * ITERS * ACCUMULATORS * 64) as u64,
+        ));
+        g.bench_function("bf16_dot_peak_flops", |b| {
+            b.iter(|| {
+                (0..threads).into_par_iter().for_each(|_| {
+                    // SAFETY: the feature was detected above.
+                    black_box(unsafe { bf16_dot_loop(ITERS) });
+                })
+            })
+        });
+    }
+}
+
+/// Independent accumulators: enough to hide the instruction's latency.
+#[cfg(target_arch = "x86_64")]
+const ACCUMULATORS: usize = 24;
+
+/// `iters` rounds of [`ACCUMULATORS`] independent `vdpbf16ps` (64 FLOP each).
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_dot_loop(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // Pairs of bf16 1.0, hidden from the optimizer.
+    let ones: __m512bh = std::mem::transmute(black_box(_mm512_set1_epi32(0x3f80_3f80)));
+    let mut acc = [_mm512_setzero_ps(); ACCUMULATORS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, ones, ones);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
 }
 
 fn row_ops(c: &mut Criterion) {

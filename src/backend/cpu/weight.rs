@@ -156,14 +156,12 @@ impl CpuWeight {
 
     /// Row `row` (of width [`CpuWeight::cols`]) as f32 into `out`.
     pub fn row_f32(&self, row: usize, out: &mut [f32]) {
-        match &self.data {
-            #[cfg(target_arch = "x86_64")]
-            WeightData::Packed(p) => p.read_row_f32(row, out),
-            _ => {
-                let k = self.cols();
-                self.read_f32(row * k..(row + 1) * k, out);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if let WeightData::Packed(p) = &self.data {
+            return p.read_row_f32(row, out);
         }
+        let k = self.cols();
+        self.read_f32(row * k..(row + 1) * k, out);
     }
 
     /// The whole tensor as f32: borrowed for vectors (held in f32), converted otherwise.

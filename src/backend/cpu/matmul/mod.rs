@@ -21,7 +21,9 @@ mod portable;
 #[cfg(test)]
 mod tests;
 
-use super::weight::{CpuWeight, WeightData};
+use super::weight::CpuWeight;
+#[cfg(target_arch = "x86_64")]
+use super::weight::WeightData;
 
 /// A pointer to `out` shared by tasks that own disjoint columns of it.
 #[derive(Clone, Copy)]
@@ -53,14 +55,19 @@ pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
         x.len(),
         out.len()
     );
-    match &w.data {
-        #[cfg(target_arch = "x86_64")]
-        WeightData::Packed(p) => packed::matmul(x, m, p, out),
-        _ => portable::matmul(x, m, w, out),
-    }
+    multiply(x, m, w, out);
     if let Some(b) = bias {
         for row in out.chunks_mut(n) {
             row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }
     }
+}
+
+/// The kernel for the weight's layout.
+fn multiply(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let WeightData::Packed(p) = &w.data {
+        return packed::matmul(x, m, p, out);
+    }
+    portable::matmul(x, m, w, out)
 }

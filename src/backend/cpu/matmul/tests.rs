@@ -6,7 +6,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::matmul;
-use crate::backend::cpu::weight::{CpuWeight, WeightData};
+use crate::backend::cpu::weight::CpuWeight;
+#[cfg(target_arch = "x86_64")]
+use crate::backend::cpu::weight::WeightData;
 use crate::config::DType;
 use crate::model::weights::{HostTensor, TensorBytes};
 
@@ -87,11 +89,13 @@ fn check(got: &[f32], want: &[f64], scale: &[f64], bound: f64, what: &str) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 fn is_packed(w: &CpuWeight) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let WeightData::Packed(_) = w.data {
-        return true;
-    }
+    matches!(w.data, WeightData::Packed(_))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_packed(_: &CpuWeight) -> bool {
     false
 }
 
