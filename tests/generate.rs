@@ -78,6 +78,10 @@ fn preemption_when_blocks_run_out_keeps_outputs_and_frees_everything() {
         "the test must overcommit the cache ({needed} blocks)"
     );
     assert_eq!(ids(&tight.generate(&requests(&params)).unwrap()), roomy);
+    assert!(
+        tight.stats().num_preemptions > 0,
+        "the preemption counter moves"
+    );
     assert_eq!(tight.num_free_blocks(), tight.num_kv_blocks());
 }
 
