@@ -284,3 +284,27 @@ fn an_inline_chat_template_replaces_the_models() {
         .json();
     assert_eq!(d["prompt"], "[user] Hi\n");
 }
+
+#[test]
+fn the_readme_lists_every_flag() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_engine-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '<']).next().unwrap())
+        .filter(|f| !["help", "version"].contains(f))
+        .collect();
+    assert!(flags.len() > 20, "{help}");
+    for flag in flags {
+        assert!(
+            readme.contains(&format!("--{flag}")),
+            "README misses --{flag}"
+        );
+    }
+}
