@@ -7,5 +7,8 @@ scripts/setup.sh
 LIBCLANG_PATH="$(scripts/install-libclang.sh)"
 export LIBCLANG_PATH
 cargo test --workspace
+# The server driven by the official openai Python client (needs the binary the
+# tests above built).
+scripts/test-python.sh
 # Benches must keep compiling (they run on demand: see bench/RESULTS.md).
 cargo check --benches

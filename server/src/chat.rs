@@ -408,9 +408,7 @@ impl Chat {
                 self.choice_chunk(index, delta, logprobs, &r.finish_reason, &r.stop_reason)
             })
             .collect();
-        let total = usage(event.usage.prompt_tokens, event.usage.completion_tokens);
-        self.send(tx, vec![self.header.chunk(choices, Some(total))])
-            .await;
+        self.send(tx, vec![self.header.chunk(choices, None)]).await;
         if self.header.include_usage {
             let chunk = self
                 .header

@@ -92,10 +92,11 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         if incremental {
             completion.stream(&mut generation, &tx).await;
         } else {
-            // best_of > n or beam search: the result is known only at the end.
+            // best_of > n or beam search: the result is known only at the end,
+            // so it comes as one chunk (then the usage chunk, if asked for).
             tokio::select! {
                 r = completion.collect(generation) => match r {
-                    Ok(v) => { let _ = tx.send(sse_event(&v)).await; }
+                    Ok(v) => completion.send_whole(&v, &tx).await,
                     Err(e) => send_error(&tx, &e).await,
                 },
                 _ = tx.closed() => return,
@@ -339,6 +340,20 @@ impl Completion {
             "finish_reason": r.finish_reason,
             "stop_reason": r.stop_reason,
         })
+    }
+
+    /// A whole response as one stream chunk, and its usage as the usage chunk.
+    async fn send_whole(&self, response: &Value, tx: &tokio::sync::mpsc::Sender<bytes::Bytes>) {
+        let choices = response["choices"].as_array().cloned().unwrap_or_default();
+        let _ = tx.send(sse_event(&self.header.chunk(choices, None))).await;
+        if self.header.include_usage {
+            let u = &response["usage"];
+            let chunk = self.header.usage_chunk(
+                u["prompt_tokens"].as_u64().unwrap_or(0),
+                u["completion_tokens"].as_u64().unwrap_or(0),
+            );
+            let _ = tx.send(sse_event(&chunk)).await;
+        }
     }
 
     /// Streams each sequence's deltas as chunks as they come.

@@ -100,6 +100,17 @@ pub fn models(state: &AppState) -> ApiResult<Value> {
     Ok(json!({"object": "list", "data": cards}))
 }
 
+/// `GET /v1/models/{id}`: one card, or 404 for a name not served.
+pub fn model(state: &AppState, id: &str) -> ApiResult<Value> {
+    state.check_model(id)?;
+    let list = models(state)?;
+    list["data"]
+        .as_array()
+        .and_then(|cards| cards.iter().find(|c| c["id"] == id))
+        .cloned()
+        .ok_or_else(|| ApiError::unknown_model(id))
+}
+
 /// `{"prompt"}` or `{"messages"}` → `{"count", "max_model_len", "tokens"}`.
 pub fn tokenize(state: &AppState, body: &[u8]) -> ApiResult<Value> {
     let req = parse_tokenize(body)?;

@@ -49,6 +49,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
     let allowed: &[Method] = match path.as_str() {
         "/health" | "/version" | "/metrics" | "/v1/models" => &[Method::GET],
         "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => &[Method::POST],
+        p if p.starts_with("/v1/models/") => &[Method::GET],
         _ => return Err(ApiError::not_found(format!("Not Found: {path}"))),
     };
     if !allowed.contains(&method) {
@@ -66,6 +67,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
         "/version" => Ok(json_response(StatusCode::OK, &endpoints::version())),
         "/metrics" => Ok(endpoints::metrics(&state)),
         "/v1/models" => Ok(json_response(StatusCode::OK, &endpoints::models(&state)?)),
+        p if p.starts_with("/v1/models/") => {
+            let card = endpoints::model(&state, &p["/v1/models/".len()..])?;
+            Ok(json_response(StatusCode::OK, &card))
+        }
         "/tokenize" => {
             let body = read_body(req).await?;
             Ok(json_response(

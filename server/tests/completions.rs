@@ -155,6 +155,13 @@ fn n_best_of_and_beam_search() {
     let chunks = s.post("/v1/completions", &streaming).chunks();
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0]["choices"], beams["choices"]);
+    assert!(chunks[0].get("usage").is_none(), "usage only on request");
+    streaming["stream_options"] = json!({"include_usage": true});
+    let chunks = s.post("/v1/completions", &streaming).chunks();
+    assert_eq!(chunks.len(), 2);
+    assert!(chunks[0]["usage"].is_null());
+    assert_eq!(chunks[1]["choices"], json!([]));
+    assert_eq!(chunks[1]["usage"], beams["usage"]);
 }
 
 #[test]

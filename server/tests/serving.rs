@@ -35,6 +35,8 @@ fn utility_endpoints() {
     assert_eq!(ids, ["demo", "alias"]);
     assert_eq!(models["data"][1]["root"], "demo");
     assert_eq!(models["data"][0]["max_model_len"], 128);
+    assert_eq!(s.get("/v1/models/alias").json()["id"], "alias");
+    s.get("/v1/models/nope").error(404);
     // Either name works; responses carry the first.
     let v = s
         .post(
