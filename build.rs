@@ -36,7 +36,9 @@ mod cuda {
             .filter(|a| !a.is_empty())
             .collect();
         assert!(
-            archs.iter().all(|a| a.chars().all(|c| c.is_ascii_alphanumeric())),
+            archs
+                .iter()
+                .all(|a| a.chars().all(|c| c.is_ascii_alphanumeric())),
             "CUDA architectures must look like 80 or 90a, got {list:?}"
         );
         archs
@@ -56,7 +58,8 @@ mod cuda {
     }
 
     pub fn build() {
-        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+        let root =
+            PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let csrc = root.join("csrc");
         let nvcc = nvcc(&root);
         // cc reads the compiler from NVCC.
@@ -88,7 +91,9 @@ mod cuda {
         }
         // PTX of the newest architecture, for GPUs newer than every cubin.
         let newest = archs.last().expect("at least one CUDA architecture");
-        build.flag(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
+        build.flag(format!(
+            "-gencode=arch=compute_{newest},code=compute_{newest}"
+        ));
         build.files(&sources).compile("engine_kernels");
 
         // libcudart_static.a: next to nvcc's bin/ in the wheel layout or a toolkit.
@@ -110,7 +115,8 @@ mod bindings {
     use std::path::PathBuf;
 
     pub fn check() {
-        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+        let root =
+            PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let header = root.join("csrc/kernels.h");
         let checked_in = root.join("src/backend/cuda/kernels_sys.rs");
         println!("cargo:rerun-if-changed={}", header.display());
@@ -139,7 +145,8 @@ mod bindings {
             std::fs::write(&checked_in, generated).expect("write the kernel bindings");
             return;
         }
-        let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernels_sys.rs");
+        let out =
+            PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("kernels_sys.rs");
         std::fs::write(&out, &generated).expect("write the regenerated bindings");
         panic!(
             "src/backend/cuda/kernels_sys.rs is out of date with csrc/kernels.h: compare it with {} \

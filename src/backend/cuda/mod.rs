@@ -112,13 +112,20 @@ impl CudaBackend {
     fn vector<'a>(&self, w: &'a CudaWeightTensor, what: &str) -> Result<&'a CudaSlice<f32>> {
         match &w.data {
             CudaWeight::F32(v) => Ok(v),
-            _ => Err(Error::invalid(format!("cuda: {what} must be a vector held in f32"))),
+            _ => Err(Error::invalid(format!(
+                "cuda: {what} must be a vector held in f32"
+            ))),
         }
     }
 
     /// `out[m, n] = x[m, k] · w[n, k]ᵀ` through cuBLAS (column-major: outᵀ = w · xᵀ),
     /// f32 accumulation; bf16/f16 weights multiply x rounded to their dtype.
-    fn gemm(&self, x: &CudaSlice<f32>, w: &CudaWeightTensor, out: &mut CudaSlice<f32>) -> Result<()> {
+    fn gemm(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaWeightTensor,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let (n, k) = (w.rows(), w.cols());
         if k == 0 {
             return self.zero(out);
@@ -127,7 +134,11 @@ impl CudaBackend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (mi, ni, ki) = (to_i32("rows", m)?, to_i32("columns", n)?, to_i32("depth", k)?);
+        let (mi, ni, ki) = (
+            to_i32("rows", m)?,
+            to_i32("columns", n)?,
+            to_i32("depth", k)?,
+        );
         // x in the weight's dtype (16-bit types share one scratch buffer type).
         let mut scratch: Option<CudaSlice<u16>> = None;
         let (a, b, ty) = match &w.data {
@@ -249,7 +260,9 @@ impl Backend for CudaBackend {
             WeightData::BF16(s) => CudaWeight::BF16(upload_slab(&self.dev, s.as_slice())?),
             #[cfg(target_arch = "x86_64")]
             WeightData::Packed(_) => {
-                return Err(Error::invalid("cuda: a packed CPU weight cannot be uploaded"))
+                return Err(Error::invalid(
+                    "cuda: a packed CPU weight cannot be uploaded",
+                ))
             }
         };
         Ok(CudaWeightTensor {
@@ -264,7 +277,13 @@ impl Backend for CudaBackend {
 
     fn prepare_step(&self, meta: StepMeta) -> Result<CudaMeta> {
         let seqs = meta.num_seqs();
-        let max_blocks = meta.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let max_blocks = meta
+            .block_tables
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut tables = vec![0i32; seqs * max_blocks];
         for (row, table) in tables.chunks_mut(max_blocks).zip(&meta.block_tables) {
             for (dst, &b) in row.iter_mut().zip(table) {
@@ -325,7 +344,12 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn embedding(&self, table: &CudaWeightTensor, meta: &CudaMeta, out: &mut CudaSlice<f32>) -> Result<()> {
+    fn embedding(
+        &self,
+        table: &CudaWeightTensor,
+        meta: &CudaMeta,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let (ptr, dtype) = match &table.data {
             CudaWeight::F32(t) => (self.p(t), sys::ENGINE_DTYPE_F32),
             CudaWeight::F16(t) => (self.p(t), sys::ENGINE_DTYPE_F16),
@@ -347,7 +371,13 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn rms_norm(&self, x: &CudaSlice<f32>, weight: &CudaWeightTensor, eps: f32, out: &mut CudaSlice<f32>) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        weight: &CudaWeightTensor,
+        eps: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let w = self.vector(weight, "an RMSNorm weight")?;
         let hidden = w.len();
         let out = self.pm(out);
@@ -418,7 +448,13 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rotary(&self, qkv: &mut CudaSlice<f32>, cos_sin: &CudaSlice<f32>, meta: &CudaMeta, shape: AttnShape) -> Result<()> {
+    fn rotary(
+        &self,
+        qkv: &mut CudaSlice<f32>,
+        cos_sin: &CudaSlice<f32>,
+        meta: &CudaMeta,
+        shape: AttnShape,
+    ) -> Result<()> {
         let hd = shape.head_dim;
         let base = self.pm(qkv) as *mut f32;
         let width = shape.qkv_width() as i64;
@@ -505,14 +541,20 @@ impl Backend for CudaBackend {
             head_dim: shape.head_dim as i32,
             block_size: meta.host.block_size as i32,
             max_blocks_per_seq: to_i32("blocks per sequence", meta.max_blocks)?,
-            sliding_window: shape.sliding_window.map_or(Ok(0), |w| to_i32("sliding window", w))?,
+            sliding_window: shape
+                .sliding_window
+                .map_or(Ok(0), |w| to_i32("sliding window", w))?,
             dtype: sys::ENGINE_DTYPE_F32 as i32,
             scale: shape.scale,
         };
         if !meta.decode_only {
             // SAFETY: params describe live buffers of the shapes above.
             return check("paged_attention_prefill", unsafe {
-                sys::engine_paged_attention_prefill(&params, to_i32("query length", meta.max_query_len)?, self.stream())
+                sys::engine_paged_attention_prefill(
+                    &params,
+                    to_i32("query length", meta.max_query_len)?,
+                    self.stream(),
+                )
             });
         }
         let parts = attention::decode_partitions(
@@ -541,12 +583,18 @@ impl Backend for CudaBackend {
             std::ptr::null_mut()
         };
         // SAFETY: params describe live buffers; the workspace has the size asked for.
-        let status = unsafe { sys::engine_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
+        let status =
+            unsafe { sys::engine_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
         drop(workspace);
         check("paged_attention_decode", status)
     }
 
-    fn silu_mul(&self, gate_up: &CudaSlice<f32>, width: usize, out: &mut CudaSlice<f32>) -> Result<()> {
+    fn silu_mul(
+        &self,
+        gate_up: &CudaSlice<f32>,
+        width: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         if width == 0 {
             return Ok(());
         }
@@ -564,11 +612,20 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn gather_rows(&self, x: &CudaSlice<f32>, rows: &[usize], width: usize, out: &mut CudaSlice<f32>) -> Result<()> {
+    fn gather_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: &[usize],
+        width: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let idx: Vec<i32> = rows.iter().map(|&r| to_i32("row", r)).collect::<Result<_>>()?;
+        let idx: Vec<i32> = rows
+            .iter()
+            .map(|&r| to_i32("row", r))
+            .collect::<Result<_>>()?;
         let idx = self.dev.upload(&idx)?;
         let o = self.pm(out);
         // SAFETY: every row index is inside x; out holds rows.len() x width f32.
