@@ -33,6 +33,9 @@ pub enum Error {
     /// The KV cache cannot hold what was asked of it.
     #[error("out of KV cache blocks: {0}")]
     OutOfBlocks(String),
+    /// The compute device failed or is missing (no CUDA driver, a failed launch, ...).
+    #[error("{0}")]
+    Device(String),
 }
 
 impl Error {

@@ -1,5 +1,5 @@
 //! The device ops the model is written against. The model never branches on the
-//! device: it calls these ops, and a backend (CPU now, CUDA later) implements them
+//! device: it calls these ops, and a backend (CPU, and CUDA with the `cuda` feature) implements them
 //! over the same memory layouts, so the CPU backend is the reference for the GPU.
 //!
 //! Layouts (row-major, f32 activations):
@@ -9,6 +9,8 @@
 //! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::config::DType;
 use crate::error::Result;

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::engine_status::{self, *};
 use super::events::{engine_event_fn, EventSink};
-use super::options::engine_options_t;
+use super::options::{engine_options_t, Device};
 use super::request::{parse_request, PromptSpec};
 use super::tokenize::render_chat;
 use super::{
@@ -18,7 +18,8 @@ use super::{
     FfiError, FfiResult,
 };
 use crate::backend::cpu::CpuBackend;
-use crate::engine::Engine;
+use crate::backend::Backend;
+use crate::engine::{Engine, EngineCore};
 use crate::error::Error;
 use crate::generate::load_engine_core;
 use crate::sampling::SamplingType;
@@ -140,6 +141,7 @@ fn load_error(dir: &str, e: Error) -> FfiError {
         Error::ChatTemplate(_) => ENGINE_ERR_CHAT_TEMPLATE,
         Error::InvalidArgument(_) => ENGINE_ERR_INVALID_ARGUMENT,
         Error::OutOfBlocks(_) => ENGINE_ERR_CAPACITY,
+        Error::Device(_) => ENGINE_ERR_UNSUPPORTED,
     };
     FfiError::new(
         status,
@@ -161,8 +163,29 @@ impl engine_t {
                 unsafe { f(user_data, done as u64, total as u64) }
             }
         };
-        let core = load_engine_core(Path::new(dir), &options.load, CpuBackend, &mut report)
-            .map_err(|e| load_error(dir, e))?;
+        match options.device {
+            Device::Cpu => {
+                let core = load_engine_core(Path::new(dir), &options.load, CpuBackend, &mut report)
+                    .map_err(|e| load_error(dir, e))?;
+                engine_t::start(core, options, dir)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda => {
+                let backend =
+                    crate::backend::cuda::CudaBackend::new(0).map_err(|e| load_error(dir, e))?;
+                let core = load_engine_core(Path::new(dir), &options.load, backend, &mut report)
+                    .map_err(|e| load_error(dir, e))?;
+                engine_t::start(core, options, dir)
+            }
+        }
+    }
+
+    /// Starts the engine thread on a loaded core.
+    fn start<B: Backend>(
+        core: EngineCore<B>,
+        options: &engine_options_t,
+        dir: &str,
+    ) -> FfiResult<engine_t> {
         let model = core.model();
         let tokenizer = core.tokenizer();
         let info = ModelInfo {

@@ -129,6 +129,7 @@ impl From<Error> for FfiError {
             Error::ChatTemplate(_) => ENGINE_ERR_CHAT_TEMPLATE,
             Error::InvalidArgument(_) => ENGINE_ERR_INVALID_ARGUMENT,
             Error::OutOfBlocks(_) => ENGINE_ERR_CAPACITY,
+            Error::Device(_) => ENGINE_ERR_UNSUPPORTED,
         };
         FfiError::new(status, message(&e))
     }

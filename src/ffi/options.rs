@@ -23,6 +23,17 @@ pub struct engine_options_t {
     pub(crate) seed: u64,
     pub(crate) progress: engine_progress_fn,
     pub(crate) progress_user_data: *mut c_void,
+    /// Where the model runs ("device").
+    pub(crate) device: Device,
+}
+
+/// The "device" option: the CPU, or (built with the `cuda` feature) GPU 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Device {
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 /// The keys `engine_options_set` takes, for the "unknown option" message.
@@ -51,6 +62,7 @@ impl Default for engine_options_t {
             seed: 0,
             progress: None,
             progress_user_data: std::ptr::null_mut(),
+            device: Device::Cpu,
         }
     }
 }
@@ -83,13 +95,20 @@ impl engine_options_t {
             "model" => self.model = Some(value.to_string()),
             "served_model_name" => self.served_model_name = Some(value.to_string()),
             "device" => {
-                if !value.trim().eq_ignore_ascii_case("cpu") {
-                    return Err(FfiError::new(
-                        engine_status::ENGINE_ERR_UNSUPPORTED,
-                        format!(
-                            "option \"device\": \"{value}\" is not supported in this build (only \"cpu\" is)"
-                        ),
-                    ));
+                self.device = match value.trim().to_ascii_lowercase().as_str() {
+                    "cpu" => Device::Cpu,
+                    #[cfg(feature = "cuda")]
+                    "cuda" => Device::Cuda,
+                    _ => {
+                        return Err(FfiError::new(
+                            engine_status::ENGINE_ERR_UNSUPPORTED,
+                            format!(
+                                "option \"device\": \"{value}\" is not supported in this build (only {} {})",
+                                if cfg!(feature = "cuda") { "\"cpu\" and \"cuda\"" } else { "\"cpu\"" },
+                                if cfg!(feature = "cuda") { "are" } else { "is" },
+                            ),
+                        ))
+                    }
                 }
             }
             "dtype" => {
@@ -268,9 +287,11 @@ mod tests {
         assert!(e.message.contains("must be 8, 16 or 32, got 12"), "{e:?}");
         let e = o.set("colour", "blue").unwrap_err();
         assert!(e.message.contains("unknown option \"colour\""), "{e:?}");
-        let e = o.set("device", "cuda").unwrap_err();
+        let e = o.set("device", "tpu").unwrap_err();
         assert_eq!(e.status, engine_status::ENGINE_ERR_UNSUPPORTED);
         assert!(e.message.contains("not supported in this build"), "{e:?}");
+        // "cuda" is taken exactly when the backend is built in.
+        assert_eq!(o.set("device", "cuda").is_ok(), cfg!(feature = "cuda"));
         let e = o.set("max_model_len", "0").unwrap_err();
         assert!(e.message.contains("positive integer"), "{e:?}");
     }

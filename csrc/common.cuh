@@ -1,0 +1,113 @@
+// Shared helpers for the kernels: element types, conversions to and from
+// float, 16-byte vector access, and warp/block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+namespace engine {
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Elements of T in one 16-byte vector.
+template <typename T> struct Vec {
+  static constexpr int N = 16 / sizeof(T);
+};
+
+// N elements of T moved as one 16-byte access (pointer 16-byte aligned).
+template <typename T> struct alignas(16) Pack {
+  T v[Vec<T>::N];
+};
+
+template <typename T> __device__ __forceinline__ Pack<T> load_pack(const T *p) {
+  Pack<T> out;
+  *reinterpret_cast<uint4 *>(&out) = __ldg(reinterpret_cast<const uint4 *>(p));
+  return out;
+}
+
+template <typename T> __device__ __forceinline__ void store_pack(T *p, const Pack<T> &v) {
+  *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(&v);
+}
+
+__host__ __device__ __forceinline__ bool aligned16(const void *p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. `scratch` holds 32 values; the call synchronizes.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T total = lane < warps ? scratch[lane] : T(0);
+  return warp_sum(total);
+}
+
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float m = lane < warps ? scratch[lane] : -INFINITY;
+  return warp_max(m);
+}
+
+inline int32_t launch_status() { return static_cast<int32_t>(cudaGetLastError()); }
+
+}  // namespace engine
+
+// Runs BODY with `scalar_t` bound to the C++ type of an ENGINE_DTYPE_* value;
+// an unknown dtype returns cudaErrorInvalidValue from the enclosing launcher.
+#define ENGINE_DISPATCH_DTYPE(dtype, ...)                                \
+  switch (dtype) {                                                       \
+    case ENGINE_DTYPE_F32: {                                             \
+      using scalar_t = float;                                            \
+      __VA_ARGS__;                                                       \
+      break;                                                             \
+    }                                                                    \
+    case ENGINE_DTYPE_F16: {                                             \
+      using scalar_t = __half;                                           \
+      __VA_ARGS__;                                                       \
+      break;                                                             \
+    }                                                                    \
+    case ENGINE_DTYPE_BF16: {                                            \
+      using scalar_t = __nv_bfloat16;                                    \
+      __VA_ARGS__;                                                       \
+      break;                                                             \
+    }                                                                    \
+    default:                                                             \
+      return static_cast<int32_t>(cudaErrorInvalidValue);                \
+  }

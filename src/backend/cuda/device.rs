@@ -1,0 +1,144 @@
+//! The CUDA device: context, stream and cuBLAS handle, opened with a check
+//! that the driver library exists (cudarc's safe API panics without it).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use crate::error::{Error, Result};
+
+/// A device error in the engine's error type.
+pub(crate) fn device_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Device(format!("cuda: {what}: {e}"))
+}
+
+/// Turns a launcher's status (a cudaError_t) into a result.
+pub(crate) fn check(kernel: &str, status: i32) -> Result<()> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(Error::Device(format!(
+            "cuda: {kernel} failed with cudaError {status}"
+        )))
+    }
+}
+
+/// One GPU, one stream: every op of the backend is enqueued on `stream` in
+/// program order, so no event tracking between streams is needed.
+pub struct CudaDevice {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    /// Multiprocessors: what the split-K rule of paged attention sizes against.
+    pub sm_count: usize,
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda; nothing is called through it.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`. A machine without the driver (or without a GPU)
+    /// gets an error, never a panic.
+    pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        if !driver_present() {
+            return Err(Error::Device(
+                "cuda: the CUDA driver (libcuda.so) is not installed on this machine".into(),
+            ));
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device(
+                "cuda: cuBLAS (libcublas.so) was not found: add its directory to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| device_error("counting GPUs", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Device(format!(
+                "cuda: GPU {ordinal} does not exist ({count} found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| device_error("opening the GPU", e))?;
+        // One stream orders everything: no events between streams.
+        // SAFETY: nothing has been allocated on this context yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| device_error("creating cuBLAS", e))?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| device_error("reading the multiprocessor count", e))?
+            as usize;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            blas,
+            sm_count,
+        })
+    }
+
+    /// The stream as the launchers take it.
+    pub fn raw_stream(&self) -> *mut c_void {
+        self.stream.cu_stream() as *mut c_void
+    }
+
+    /// Makes this device's context current on the calling thread (the
+    /// launchers use the runtime API, which works on the current context).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| device_error("binding the context", e))
+    }
+
+    pub fn alloc_zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| device_error("allocating device memory", e))
+    }
+
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            // SAFETY: a one-element allocation nothing reads.
+            return unsafe { self.stream.alloc::<T>(1) }
+                .map_err(|e| device_error("allocating device memory", e));
+        }
+        self.stream
+            .clone_htod(data)
+            .map_err(|e| device_error("copying to the GPU", e))
+    }
+
+    pub fn download<T: cudarc::driver::DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        let v = self
+            .stream
+            .clone_dtoh(buf)
+            .map_err(|e| device_error("copying from the GPU", e))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| device_error("synchronizing", e))
+    }
+}
+
+/// The device address of a buffer, for a launcher.
+pub fn ptr<T>(buf: &CudaSlice<T>, stream: &Arc<CudaStream>) -> *const c_void {
+    let (p, _sync) = buf.device_ptr(stream);
+    p as usize as *const c_void
+}
+
+/// The device address of a buffer the launcher writes.
+pub fn ptr_mut<T>(buf: &mut CudaSlice<T>, stream: &Arc<CudaStream>) -> *mut c_void {
+    let (p, _sync) = buf.device_ptr_mut(stream);
+    p as usize as *mut c_void
+}
