@@ -254,3 +254,88 @@ impl LazyGuidedCompiler {
         built.as_ref().map_err(|m| Error::invalid(m.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Single bytes plus an EOS special token.
+    fn byte_compiler() -> GuidedCompiler {
+        let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        vocab.push(b"\xFF<eos>".to_vec());
+        GuidedCompiler::from_token_bytes(vocab, &[256]).unwrap()
+    }
+
+    fn grammar(g: &str) -> GuidedDecodingParams {
+        GuidedDecodingParams {
+            grammar: Some(g.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_lark_features_the_readme_names() {
+        let c = byte_compiler();
+        // LALR-style Lark: aliases, inlined and filtered rules, priorities, imports, %ignore.
+        let lark = "start: sel\n?sel: \"SELECT\" _col -> select\n_col: COL\nCOL: /col_[0-9]/\n\
+                    %import common.WS\n%ignore WS\n";
+        assert!(c.compile(&grammar(lark), &[]).unwrap().is_some());
+        // Terminal priorities are refused (the Earley parser needs none).
+        let err = c
+            .compile(&grammar(&lark.replace("COL:", "COL.2:")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("priority"), "{err}");
+        // Extensions: an embedded JSON schema, a bounded rule.
+        let ext = "start: \"v=\" obj\nobj: %json {\"type\": \"integer\"}\nx[max_tokens=3]: /a+/\n";
+        assert!(c.compile(&grammar(ext), &[]).is_ok());
+        // Python-only regex features are errors, with the field named.
+        let err = c
+            .compile(&grammar("start: /(?=a)a/"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("guided_grammar"), "{err}");
+    }
+
+    #[test]
+    fn compiled_grammars_are_cached_by_text_and_bounded() {
+        let c = byte_compiler();
+        for i in 0..COMPILED_GRAMMAR_CACHE_SIZE + 5 {
+            let p = GuidedDecodingParams {
+                regex: Some(format!("a{{{i}}}b")),
+                ..Default::default()
+            };
+            c.compile(&p, &[]).unwrap();
+            c.compile(&p, &[]).unwrap();
+        }
+        assert_eq!(c.cached_grammars(), COMPILED_GRAMMAR_CACHE_SIZE);
+    }
+
+    #[test]
+    fn a_guide_walks_to_eos_only() {
+        let c = byte_compiler();
+        let p = GuidedDecodingParams {
+            choice: Some(vec!["ab".into()]),
+            ..Default::default()
+        };
+        let mut g = c.compile(&p, &[7]).unwrap().unwrap();
+        let allowed = |m: &[u32]| {
+            (0..257u32)
+                .filter(|&t| m[t as usize / 32] & (1 << (t % 32)) != 0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(allowed(&g.compute_mask().unwrap()), vec![b'a' as u32]);
+        let mut fork = g.fork();
+        assert!(g.advance(b'a' as u32) && g.advance(b'b' as u32));
+        assert!(g.is_accepting());
+        // Complete: EOS, and the request's stop token 7 where EOS is allowed.
+        assert_eq!(allowed(&g.compute_mask().unwrap()), vec![7, 256]);
+        // The fork kept the state it was forked at.
+        assert_eq!(allowed(&fork.compute_mask().unwrap()), vec![b'a' as u32]);
+        assert!(!fork.advance(b'z' as u32));
+        assert!(
+            fork.compute_mask().is_none(),
+            "a rejected token is a dead end"
+        );
+    }
+}
