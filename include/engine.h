@@ -57,7 +57,7 @@
  * ONNX Runtime's C API), so a program compiled against version V works with
  * any library whose `engine_abi_version()` is V or more.
  */
-#define ENGINE_ABI_VERSION 2
+#define ENGINE_ABI_VERSION 3
 
 /**
  * A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
@@ -337,8 +337,10 @@ typedef struct engine_event_t {
      * "stop_reason": null|token id|string, "usage": {"prompt_tokens",
      * "completion_tokens", "total_tokens"}}. "logprobs" is null unless the
      * request asked for them; then it has, per token, an array of
-     * {"token_id", "logprob", "rank"}: the sampled token first, then the top
-     * ones. The first event of a request that asked for "prompt_logprobs" adds
+     * {"token_id", "logprob", "rank", "decoded_token"}: the sampled token first,
+     * then the top ones; "decoded_token" (the token's text where it stands, "" for
+     * bytes of an unfinished character) is left out when the request does not
+     * detokenize. The first event of a request that asked for "prompt_logprobs" adds
      * "prompt_logprobs" (one entry per prompt token, null first). The final
      * event has no "index", "token_ids", "text" or "logprobs" of its own but
      * "results": [{"index", "token_ids", "text", "logprobs",
@@ -671,6 +673,19 @@ engine_status engine_submit(const struct engine_t *engine,
  * `engine` must be NULL or a live engine.
  */
 engine_status engine_abort(const struct engine_t *engine, uint64_t request_id);
+
+/**
+ * Whether the engine serves: ENGINE_OK while `engine_submit` can accept
+ * requests; ENGINE_ERR_STOPPED (the message says why) once it was shut down
+ * or a step failed. For health checks.
+ *
+ * Thread safety: any thread, including inside an event callback.
+ * Errors: ENGINE_ERR_NULL, ENGINE_ERR_STOPPED.
+ *
+ * # Safety
+ * `engine` must be NULL or a live engine.
+ */
+engine_status engine_check(const struct engine_t *engine);
 
 /**
  * Fills `*out` with the engine's counters as of its last step. Set

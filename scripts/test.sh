@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo test
+# libclang, for the test that regenerates the server's C ABI bindings and diffs them.
+LIBCLANG_PATH="$(scripts/install-libclang.sh)"
+export LIBCLANG_PATH
+cargo test --workspace
 # Benches must keep compiling (they run on demand: see bench/RESULTS.md).
 cargo check --benches

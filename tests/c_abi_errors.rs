@@ -190,6 +190,7 @@ fn null_handles_and_pointers_are_errors_not_crashes() {
             ENGINE_ERR_NULL,
             "engine is NULL",
         );
+        assert_error(engine_check(null()), ENGINE_ERR_NULL, "engine is NULL");
         assert_error(
             engine_shutdown(null(), true),
             ENGINE_ERR_NULL,
@@ -738,8 +739,13 @@ fn a_stopped_engine_rejects_requests_but_still_answers() {
     let e = Engine::new();
     e.assert_serves();
     // SAFETY: a live engine.
+    assert_eq!(unsafe { engine_check(e.0) }, ENGINE_OK);
+    // SAFETY: a live engine.
     assert_eq!(unsafe { engine_shutdown(e.0, true) }, ENGINE_OK);
     let (s, _, _) = e.submit(r#"{"prompt": "x"}"#);
+    assert_error(s, ENGINE_ERR_STOPPED, "the engine is shutting down");
+    // SAFETY: a live engine.
+    let s = unsafe { engine_check(e.0) };
     assert_error(s, ENGINE_ERR_STOPPED, "the engine is shutting down");
     let mut stats = engine_stats_t {
         struct_size: std::mem::size_of::<engine_stats_t>() as u32,

@@ -208,3 +208,24 @@ fn prompt_context_keeps_the_leading_space() {
     let (deltas, _) = stream(&tok, &[], &[2, 3], false);
     assert_eq!(deltas.concat(), "world!");
 }
+
+#[test]
+fn peek_reads_a_token_as_push_would_without_adding_it() {
+    for model in MODELS {
+        let tok = load(model);
+        let reference = tokenizer_reference(model);
+        for case in array(&reference, "prefix_decodes") {
+            let ids = ids(&case["ids"]);
+            let (prompt, generated) = ids.split_at(ids.len() / 3);
+            let mut detok = IncrementalDetokenizer::new(&tok, prompt, true, true).unwrap();
+            for &id in generated {
+                let peeked = detok.peek(&tok, id).unwrap();
+                // Peeking twice, and at another token, changes nothing.
+                let other = generated[0];
+                detok.peek(&tok, other).unwrap();
+                assert_eq!(detok.peek(&tok, id).unwrap(), peeked);
+                assert_eq!(detok.push(&tok, id).unwrap(), peeked, "{model}");
+            }
+        }
+    }
+}

@@ -186,6 +186,9 @@ fn logprobs_report_the_chosen_token_and_top_n() {
         assert_eq!(lp.chosen.token_id, d.token_ids[0]);
         assert_eq!(lp.chosen.rank, 1, "greedy picks the top token");
         assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        // Each reported token carries its text; the sampled one's is the delta.
+        assert_eq!(lp.decoded.len(), lp.entries().len());
+        assert_eq!(lp.decoded[0], d.text);
     }
     let err = engine.submit(
         Prompt::Text("x".into()),

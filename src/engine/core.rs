@@ -20,6 +20,7 @@ use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 mod beam;
 mod guided;
+mod logprob_text;
 
 use guided::GuideMasks;
 
@@ -465,6 +466,13 @@ impl<B: Backend> EngineCore<B> {
                 let scored = prompt_logprobs(rows, vocab, &prompt[p.start..upto], &group.params);
                 if let Some(pl) = group.prompt_logprobs.as_mut() {
                     pl.extend(scored.into_iter().skip(1));
+                    let complete = pl.len() == prompt.len();
+                    if let (true, true, Some(t)) =
+                        (complete, group.params.detokenize, self.tokenizer.as_deref())
+                    {
+                        let skip = group.params.skip_special_tokens;
+                        logprob_text::decode_prompt(pl, prompt, t, skip)?;
+                    }
                 }
                 sample_row = first + (p.end - p.start) - 1;
             }
@@ -680,9 +688,15 @@ fn step_sequence(
         // mask a dead end, which ends the sequence.
         guide.advance(token);
     }
+    let mut token_logprobs = sampled.logprobs;
+    if params.logprobs.is_some() {
+        if let (Some(d), Some(t)) = (s.detokenizer.as_ref(), tokenizer) {
+            logprob_text::decode_generated(&mut token_logprobs, d, t)?;
+        }
+    }
     s.tokens.push(token);
-    s.cum_logprob += sampled.logprobs.chosen.logprob as f64;
-    s.logprobs.push(sampled.logprobs.clone());
+    s.cum_logprob += token_logprobs.chosen.logprob as f64;
+    s.logprobs.push(token_logprobs.clone());
     let new_text = match (s.detokenizer.as_mut(), tokenizer) {
         (Some(d), Some(t)) => d.push(t, token)?,
         _ => String::new(),
@@ -713,7 +727,7 @@ fn step_sequence(
         index,
         token_ids: vec![token],
         text: s.text.take_delta(params),
-        logprobs: vec![sampled.logprobs],
+        logprobs: vec![token_logprobs],
         finish_reason: s.finish,
         stop_reason: s.stop_reason.clone(),
     })

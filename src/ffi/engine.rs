@@ -494,6 +494,27 @@ pub unsafe extern "C" fn engine_abort(engine: *const engine_t, request_id: u64) 
     })
 }
 
+/// Whether the engine serves: ENGINE_OK while `engine_submit` can accept
+/// requests; ENGINE_ERR_STOPPED (the message says why) once it was shut down
+/// or a step failed. For health checks.
+///
+/// Thread safety: any thread, including inside an event callback.
+/// Errors: ENGINE_ERR_NULL, ENGINE_ERR_STOPPED.
+///
+/// # Safety
+/// `engine` must be NULL or a live engine.
+#[no_mangle]
+pub unsafe extern "C" fn engine_check(engine: *const engine_t) -> engine_status {
+    call("engine_check", || {
+        // SAFETY: NULL or a live engine (the caller's guarantee).
+        let engine = unsafe { handle(engine, "engine") }?;
+        engine
+            .engine
+            .check_serving()
+            .map_err(|e| FfiError::new(ENGINE_ERR_STOPPED, message(&e)))
+    })
+}
+
 /// Fills `*out` with the engine's counters as of its last step. Set
 /// `out->struct_size = sizeof(engine_stats_t)` first; on return it holds the
 /// bytes filled. Works after `engine_shutdown` too (the final counters).

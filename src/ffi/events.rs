@@ -104,8 +104,10 @@ pub struct engine_event_t {
     /// "stop_reason": null|token id|string, "usage": {"prompt_tokens",
     /// "completion_tokens", "total_tokens"}}. "logprobs" is null unless the
     /// request asked for them; then it has, per token, an array of
-    /// {"token_id", "logprob", "rank"}: the sampled token first, then the top
-    /// ones. The first event of a request that asked for "prompt_logprobs" adds
+    /// {"token_id", "logprob", "rank", "decoded_token"}: the sampled token first,
+    /// then the top ones; "decoded_token" (the token's text where it stands, "" for
+    /// bytes of an unfinished character) is left out when the request does not
+    /// detokenize. The first event of a request that asked for "prompt_logprobs" adds
     /// "prompt_logprobs" (one entry per prompt token, null first). The final
     /// event has no "index", "token_ids", "text" or "logprobs" of its own but
     /// "results": [{"index", "token_ids", "text", "logprobs",
@@ -168,12 +170,21 @@ fn stop_json(r: &Option<StopReason>) -> Value {
 
 /// One token's logprobs as vLLM reports them: the sampled token first, then the
 /// top ones asked for, each {"token_id", "logprob", "rank"} (logprobs clamped at
-/// -9999 as vLLM's API does).
+/// -9999 as vLLM's API does) and, when the request detokenizes, "decoded_token":
+/// the token's text where it stands.
 fn token_logprobs_json(t: &TokenLogprobs) -> Value {
     Value::Array(
         t.entries()
             .iter()
-            .map(|l| json!({"token_id": l.token_id, "logprob": l.logprob, "rank": l.rank}))
+            .enumerate()
+            .map(|(i, l)| {
+                let mut entry =
+                    json!({"token_id": l.token_id, "logprob": l.logprob, "rank": l.rank});
+                if let Some(text) = t.decoded.get(i) {
+                    entry["decoded_token"] = json!(text);
+                }
+                entry
+            })
             .collect(),
     )
 }

@@ -74,6 +74,10 @@ pub struct TokenLogprobs {
     pub chosen: Logprob,
     /// The top-N, raw, ranks 1..=N.
     pub top: Vec<Logprob>,
+    /// The text of each of [`TokenLogprobs::entries`]' tokens as it reads in its
+    /// sequence (vLLM's `decoded_token`), filled by the engine when it detokenizes;
+    /// empty otherwise.
+    pub decoded: Vec<String>,
 }
 
 impl TokenLogprobs {
@@ -90,6 +94,7 @@ impl TokenLogprobs {
                 rank: rank_of(row, chosen),
             },
             top: top_logprobs(row, n.unwrap_or(0)),
+            decoded: Vec::new(),
         }
     }
 

@@ -88,6 +88,27 @@ impl IncrementalDetokenizer {
         Ok(self.advance(&prefix_text, &new_text))
     }
 
+    /// The text `push(id)` would return, without adding the token: how a candidate
+    /// token reads in this sequence's context (vLLM's `decoded_token` of logprobs).
+    pub fn peek(&self, tok: &Tokenizer, id: u32) -> Result<String> {
+        let window = &self.ids[self.prefix_offset..];
+        let prefix_text = tok.decode(
+            &window[..self.read_offset - self.prefix_offset],
+            self.skip_special_tokens,
+            true,
+        )?;
+        let mut ids = Vec::with_capacity(window.len() + 1);
+        ids.extend_from_slice(window);
+        ids.push(id);
+        let new_text = tok.decode(&ids, self.skip_special_tokens, true)?;
+        if new_text.ends_with(char::REPLACEMENT_CHARACTER)
+            || new_text.chars().count() <= prefix_text.chars().count()
+        {
+            return Ok(String::new());
+        }
+        Ok(text_after(&prefix_text, &new_text))
+    }
+
     /// Flushes text held back at the end of the stream (an incomplete character becomes
     /// U+FFFD, exactly as a full decode renders it).
     pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
@@ -125,14 +146,19 @@ impl IncrementalDetokenizer {
 
     /// Emits what `new_text` adds to `prefix_text` and slides the window forward.
     fn advance(&mut self, prefix_text: &str, new_text: &str) -> String {
-        let delta = match new_text.strip_prefix(prefix_text) {
-            Some(delta) => delta.to_string(),
-            // A decoder rewrote earlier text given more context; like vLLM, skip as
-            // many characters as the prefix had.
-            None => new_text.chars().skip(prefix_text.chars().count()).collect(),
-        };
+        let delta = text_after(prefix_text, new_text);
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         delta
+    }
+}
+
+/// What `new_text` adds to `prefix_text`.
+fn text_after(prefix_text: &str, new_text: &str) -> String {
+    match new_text.strip_prefix(prefix_text) {
+        Some(delta) => delta.to_string(),
+        // A decoder rewrote earlier text given more context; like vLLM, skip as
+        // many characters as the prefix had.
+        None => new_text.chars().skip(prefix_text.chars().count()).collect(),
     }
 }

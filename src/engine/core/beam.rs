@@ -102,11 +102,15 @@ impl<B: Backend> EngineCore<B> {
                 finish: None,
             };
             trial.tokens.push(c.token);
-            trial.logprobs.push(TokenLogprobs::new(
-                &processed[c.parent],
-                c.token,
-                params.logprobs,
-            ));
+            let mut token_logprobs =
+                TokenLogprobs::new(&processed[c.parent], c.token, params.logprobs);
+            if params.logprobs.is_some() {
+                if let (Some(d), Some(t)) = (parent.detokenizer.as_ref(), self.tokenizer.as_deref())
+                {
+                    super::logprob_text::decode_generated(&mut token_logprobs, d, t)?;
+                }
+            }
+            trial.logprobs.push(token_logprobs);
             let new_text = match (trial.detokenizer.as_mut(), self.tokenizer.as_deref()) {
                 (Some(d), Some(t)) => d.push(t, c.token)?,
                 _ => String::new(),

@@ -1,0 +1,421 @@
+//! `POST /v1/chat/completions`: messages rendered with the chat template, one
+//! engine request, `n` choices as messages; `echo`, logprobs, streaming.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::endpoints::{random_id, unix_time};
+use crate::engine::Engine;
+use crate::error::{ApiError, ApiResult};
+use crate::generation::{Event, Generation, SeqOutput, TokenLogprobs};
+use crate::http::{json_response, sse_event, sse_response, Body};
+use crate::logprobs::{chat_logprobs, TokenText};
+use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest};
+use crate::sampling::{
+    check_logprobs_limit, engine_body, max_tokens, refuse_guided_decoding, streams_incrementally,
+    truncate, EngineParams,
+};
+use crate::state::AppState;
+use crate::stream::{check_stream_options, pump, send_done, send_error, usage, ChunkHeader};
+
+/// vLLM's default temperature for chat.
+const DEFAULT_TEMPERATURE: f64 = 0.7;
+
+/// The prompt a conversation renders to, and the conversation as the template saw it.
+pub struct RenderedChat {
+    pub prompt: String,
+    pub conversation: Vec<(String, String)>,
+}
+
+/// Flattens messages as vLLM does (text parts joined by newlines; a message
+/// without content is dropped) and renders them with the chat template.
+pub fn render_chat(
+    engine: &Engine,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    extras: Option<&ChatFields>,
+) -> ApiResult<RenderedChat> {
+    let mut conversation = Vec::with_capacity(messages.len());
+    let mut template_messages = Vec::with_capacity(messages.len());
+    for m in messages {
+        let content = match &m.content {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for part in parts {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => texts.push(
+                            part.get("text")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| {
+                                    ApiError::bad_request("a text part needs a string `text`")
+                                })?
+                                .to_string(),
+                        ),
+                        Some(other) => {
+                            return Err(ApiError::bad_request(format!(
+                                "Unknown part type: {other}"
+                            )))
+                        }
+                        None => return Err(ApiError::bad_request("a content part needs a `type`")),
+                    }
+                }
+                texts.join("\n")
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "message content must be a string or a list of content parts",
+                ))
+            }
+        };
+        conversation.push((m.role.clone(), content));
+        let mut message = json!({"role": m.role, "content": conversation.last().map(|c| &c.1)});
+        // Templates that know tool calls and names read these.
+        if let Some(name) = &m.name {
+            message["name"] = json!(name);
+        }
+        if let Some(calls) = &m.tool_calls {
+            message["tool_calls"] = calls.clone();
+        }
+        if let Some(id) = &m.tool_call_id {
+            message["tool_call_id"] = json!(id);
+        }
+        template_messages.push(message);
+    }
+    let mut body = Map::new();
+    body.insert("messages".into(), Value::Array(template_messages));
+    if let Some(r) = extras {
+        if let Some(docs) = &r.documents {
+            body.insert("documents".into(), json!(docs));
+        }
+        if let Some(kwargs) = &r.chat_template_kwargs {
+            body.insert("chat_template_kwargs".into(), Value::Object(kwargs.clone()));
+        }
+        if let Some(cont) = r.continue_final_message {
+            body.insert("continue_final_message".into(), json!(cont));
+        }
+    }
+    let prompt =
+        engine.apply_chat_template(&Value::Object(body).to_string(), add_generation_prompt)?;
+    Ok(RenderedChat {
+        prompt,
+        conversation,
+    })
+}
+
+/// Everything the response needs besides the engine's events.
+struct Chat {
+    engine: Arc<Engine>,
+    header: ChunkHeader,
+    n: usize,
+    role: String,
+    /// What `echo` puts before each choice's content.
+    echo_text: String,
+    /// Top alternatives per token when logprobs are on.
+    top_logprobs: Option<usize>,
+    as_token_ids: bool,
+}
+
+pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Body>> {
+    let req = parse_chat(body)?;
+    let c = &req.common;
+    state.check_model(&c.model)?;
+    let engine = state.engine()?;
+    check_stream_options(c)?;
+    refuse_guided_decoding(c)?;
+    if req.own.tools.is_some()
+        || req.own.tool_choice.is_some()
+        || req.own.parallel_tool_calls.is_some()
+    {
+        return Err(ApiError::not_supported(
+            "Tool calling (`tools`, `tool_choice`)",
+        ));
+    }
+    let logprobs = chat_logprobs_param(&req, state.config.max_logprobs)?;
+    let add_generation_prompt = req.own.add_generation_prompt.unwrap_or(true);
+    let rendered = render_chat(
+        &engine,
+        &req.own.messages,
+        add_generation_prompt,
+        Some(&req.own),
+    )?;
+    let mut ids = engine.tokenize(&rendered.prompt, c.add_special_tokens.unwrap_or(false))?;
+    truncate(&mut ids, c.truncate_prompt_tokens)?;
+    let requested_max = c.max_tokens.flatten();
+    let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
+    let body = engine_body(
+        c,
+        EngineParams {
+            prompt_ids: ids,
+            max_tokens,
+            default_temperature: DEFAULT_TEMPERATURE,
+            logprobs,
+            prompt_logprobs: None,
+        },
+    );
+    let role = if add_generation_prompt {
+        state.config.response_role.clone()
+    } else {
+        req.own
+            .messages
+            .last()
+            .map(|m| m.role.clone())
+            .unwrap_or_else(|| state.config.response_role.clone())
+    };
+    // echo: the last message's content, when it is the role being generated.
+    let echo_text = match rendered.conversation.last() {
+        Some((r, content)) if c.echo == Some(true) && *r == role => content.clone(),
+        _ => String::new(),
+    };
+    let id = format!("chatcmpl-{}", random_id());
+    let generation = Generation::start(state.clone(), engine.clone(), id.clone(), &[body])?;
+    let chat = Chat {
+        engine,
+        header: ChunkHeader::new(
+            id,
+            "chat.completion.chunk",
+            unix_time(),
+            state.model_name().into(),
+            c,
+        ),
+        n: c.n.unwrap_or(1).max(1) as usize,
+        role,
+        echo_text,
+        top_logprobs: logprobs.map(|n| n as usize),
+        as_token_ids: c
+            .return_tokens_as_token_ids
+            .unwrap_or(state.config.return_tokens_as_token_ids),
+    };
+    if c.stream != Some(true) {
+        let response = chat.collect(generation).await?;
+        return Ok(json_response(StatusCode::OK, &response));
+    }
+    let (tx, response) = sse_response();
+    let incremental = streams_incrementally(c);
+    tokio::spawn(async move {
+        let mut generation = generation;
+        if incremental {
+            chat.stream(&mut generation, &tx).await;
+        } else {
+            tokio::select! {
+                _ = chat.stream_at_end(generation, &tx) => {}
+                _ = tx.closed() => return,
+            }
+        }
+        send_done(&tx).await;
+    });
+    Ok(response)
+}
+
+/// `logprobs` (bool) and `top_logprobs` (int) to the engine's logprobs count.
+fn chat_logprobs_param(req: &ChatRequest, max_logprobs: i64) -> ApiResult<Option<i64>> {
+    let wanted = req.own.logprobs == Some(true);
+    if req.own.top_logprobs.is_some() && !wanted {
+        return Err(ApiError::bad_request(
+            "when using `top_logprobs`, `logprobs` must be set to true.",
+        ));
+    }
+    if req.own.top_logprobs.is_some_and(|n| !(0..=20).contains(&n)) {
+        return Err(ApiError::bad_request(
+            "`top_logprobs` must be a value in the interval [0, 20].",
+        ));
+    }
+    let logprobs = wanted.then(|| req.own.top_logprobs.unwrap_or(0));
+    check_logprobs_limit(logprobs, max_logprobs)?;
+    Ok(logprobs)
+}
+
+impl Chat {
+    fn logprobs_json(&self, ids: &[u32], steps: Option<&[TokenLogprobs]>) -> Value {
+        let (Some(top), Some(steps)) = (self.top_logprobs, steps) else {
+            return Value::Null;
+        };
+        let decode = |id: u32| self.engine.detokenize(&[id], false).unwrap_or_default();
+        let text = TokenText {
+            as_ids: self.as_token_ids,
+            decode: &decode,
+        };
+        json!({"content": chat_logprobs(ids, steps, top, &text)})
+    }
+
+    fn check_not_failed(&self, r: &SeqOutput) -> ApiResult<()> {
+        if r.finish_reason.as_deref() == Some("abort") {
+            self.engine.check()?;
+        }
+        Ok(())
+    }
+
+    async fn final_event(&self, generation: &mut Generation) -> ApiResult<Event> {
+        let mut last = None;
+        while let Some(next) = generation.next().await {
+            let (_, event) = next?;
+            if event.is_final() {
+                last = Some(event);
+            }
+        }
+        let event =
+            last.ok_or_else(|| ApiError::internal("the engine ended a request without a result"))?;
+        for r in &event.results {
+            self.check_not_failed(r)?;
+        }
+        Ok(event)
+    }
+
+    async fn collect(&self, mut generation: Generation) -> ApiResult<Value> {
+        let event = self.final_event(&mut generation).await?;
+        let choices: Vec<Value> = event
+            .results
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                json!({
+                    "index": index,
+                    "message": {"role": self.role, "content": format!("{}{}", self.echo_text, r.text)},
+                    "logprobs": self.logprobs_json(&r.token_ids, r.logprobs.as_deref()),
+                    "finish_reason": r.finish_reason,
+                    "stop_reason": r.stop_reason,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "id": self.header.id,
+            "object": "chat.completion",
+            "created": self.header.created,
+            "model": self.header.model,
+            "choices": choices,
+            "usage": usage(event.usage.prompt_tokens, event.usage.completion_tokens),
+        }))
+    }
+
+    fn choice_chunk(
+        &self,
+        index: usize,
+        delta: Value,
+        logprobs: Value,
+        finish: &Option<String>,
+        stop: &Value,
+    ) -> Value {
+        json!({"index": index, "delta": delta, "logprobs": logprobs,
+               "finish_reason": finish, "stop_reason": stop})
+    }
+
+    /// The role chunk (and the echoed content) every choice starts with.
+    fn opening_chunks(&self) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        for i in 0..self.n {
+            let delta = json!({"role": self.role, "content": ""});
+            chunks.push(self.header.chunk(
+                vec![self.choice_chunk(i, delta, Value::Null, &None, &Value::Null)],
+                Some(usage(0, 0)),
+            ));
+            if !self.echo_text.is_empty() {
+                let delta = json!({"content": self.echo_text});
+                chunks.push(self.header.chunk(
+                    vec![self.choice_chunk(i, delta, Value::Null, &None, &Value::Null)],
+                    Some(usage(0, 0)),
+                ));
+            }
+        }
+        chunks
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<Bytes>, chunks: Vec<Value>) {
+        for chunk in chunks {
+            let _ = tx.send(sse_event(&chunk)).await;
+        }
+    }
+
+    async fn stream(&self, generation: &mut Generation, tx: &mpsc::Sender<Bytes>) {
+        self.send(tx, self.opening_chunks()).await;
+        let mut finished = vec![false; self.n];
+        let mut engine_stopped = false;
+        let totals = pump(generation, tx, |_, event| {
+            if event.is_final() {
+                return event
+                    .results
+                    .iter()
+                    .filter(|r| {
+                        r.index < self.n && !std::mem::replace(&mut finished[r.index], true)
+                    })
+                    .map(|r| {
+                        engine_stopped |= self.check_not_failed(r).is_err();
+                        let choice = self.choice_chunk(
+                            r.index,
+                            json!({}),
+                            Value::Null,
+                            &r.finish_reason,
+                            &r.stop_reason,
+                        );
+                        self.header.chunk(vec![choice], None)
+                    })
+                    .collect();
+            }
+            if event.index >= self.n {
+                return Vec::new();
+            }
+            let logprobs = self.logprobs_json(&event.token_ids, event.logprobs.as_deref());
+            if event.finish_reason.is_some() {
+                finished[event.index] = true;
+            } else if event.text.is_empty() && logprobs.is_null() {
+                return Vec::new();
+            }
+            let delta = json!({"content": event.text});
+            let choice = self.choice_chunk(
+                event.index,
+                delta,
+                logprobs,
+                &event.finish_reason,
+                &event.stop_reason,
+            );
+            let seq_usage = usage(event.usage.prompt_tokens, event.usage.completion_tokens);
+            vec![self.header.chunk(vec![choice], Some(seq_usage))]
+        })
+        .await;
+        let Some(totals) = totals else { return };
+        if engine_stopped {
+            if let Err(e) = self.engine.check() {
+                send_error(tx, &e.into()).await;
+            }
+        }
+        if self.header.include_usage {
+            let chunk = self
+                .header
+                .usage_chunk(totals.prompt_tokens, totals.completion_tokens);
+            let _ = tx.send(sse_event(&chunk)).await;
+        }
+    }
+
+    /// best_of > n or beam search: the choices are known only at the end, so
+    /// they come as one chunk (after the role chunks).
+    async fn stream_at_end(&self, mut generation: Generation, tx: &mpsc::Sender<Bytes>) {
+        let event = match self.final_event(&mut generation).await {
+            Ok(e) => e,
+            Err(e) => return send_error(tx, &e).await,
+        };
+        let choices: Vec<Value> = event
+            .results
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let delta =
+                    json!({"role": self.role, "content": format!("{}{}", self.echo_text, r.text)});
+                let logprobs = self.logprobs_json(&r.token_ids, r.logprobs.as_deref());
+                self.choice_chunk(index, delta, logprobs, &r.finish_reason, &r.stop_reason)
+            })
+            .collect();
+        let total = usage(event.usage.prompt_tokens, event.usage.completion_tokens);
+        self.send(tx, vec![self.header.chunk(choices, Some(total))])
+            .await;
+        if self.header.include_usage {
+            let chunk = self
+                .header
+                .usage_chunk(event.usage.prompt_tokens, event.usage.completion_tokens);
+            self.send(tx, vec![chunk]).await;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The command line, with vLLM's flag names (`python -m
+//! vllm.entrypoints.openai.api_server ...` works with the same flags).
+
+use clap::{Parser, ValueEnum};
+
+/// The demo model bundled with the repository: a tiny random-weight Llama, so
+/// the server runs with no download (its output is gibberish).
+pub const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error | LogLevel::Critical => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "engine-server",
+    version,
+    about = "OpenAI-compatible API server (vLLM's flags and endpoints) over engine's C ABI."
+)]
+pub struct Args {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Without it, the bundled demo model (a tiny random-weight Llama, served as "demo").
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the log says which).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer <key>` on /v1/* requests.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Chat template replacing the model's: a file path, or the template itself.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Model name(s) the API answers to; responses carry the first. Defaults to --model.
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// The role of generated chat messages when add_generation_prompt is true.
+    #[arg(long, default_value = "assistant")]
+    pub response_role: String,
+    /// Weight dtype: auto, float32/float, float16/half, bfloat16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Longest sequence (prompt + output); defaults to the model's config.
+    #[arg(long)]
+    pub max_model_len: Option<u64>,
+    /// Tokens per KV cache block.
+    #[arg(long, default_value_t = 16, value_parser = parse_block_size)]
+    pub block_size: u64,
+    /// Most sequences in one batch.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: u64,
+    /// Most tokens in one step; longer prompts are prefilled in chunks.
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: u64,
+    /// KV cache size in bytes (suffixes KiB, MiB, GiB, KB, MB, GB accepted).
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<u64>,
+    /// KV cache size in blocks (instead of --kv-cache-memory).
+    #[arg(long)]
+    pub num_kv_blocks: Option<u64>,
+    /// vLLM's share of GPU memory (0 to 1, default 0.9) for weights and KV cache.
+    /// No effect on the CPU device (a warning says so): size the cache there with
+    /// --kv-cache-memory or --num-kv-blocks.
+    #[arg(long, value_parser = parse_fraction)]
+    pub gpu_memory_utilization: Option<f64>,
+    /// Reuse the KV cache of shared prompt prefixes.
+    #[arg(long)]
+    pub enable_prefix_caching: bool,
+    /// Seed for requests that do not give one.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to run: auto picks the CPU in this build.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    pub device: String,
+    /// Most logprobs a request may ask for (at most 20).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(0..=20))]
+    pub max_logprobs: i64,
+    /// Report logprob tokens as "token_id:N" (requests may override with
+    /// return_tokens_as_token_ids).
+    #[arg(long)]
+    pub return_tokens_as_token_ids: bool,
+    /// Do not log one line per request.
+    #[arg(long)]
+    pub disable_log_requests: bool,
+    /// Log level (vLLM's --uvicorn-log-level is an alias).
+    #[arg(long, alias = "uvicorn-log-level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    /// Seconds to let in-flight requests finish on SIGINT/SIGTERM before aborting them.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout: u64,
+}
+
+impl Args {
+    /// The model directory to load.
+    pub fn model_dir(&self) -> String {
+        match &self.model {
+            Some(m) => m.clone(),
+            None => std::fs::canonicalize(DEMO_MODEL)
+                .map_or_else(|_| DEMO_MODEL.to_string(), |p| p.display().to_string()),
+        }
+    }
+
+    /// Names the API answers to: --served-model-name, else --model as given
+    /// (vLLM's rule), else "demo" for the bundled model.
+    pub fn served_model_names(&self) -> Vec<String> {
+        match (&self.served_model_name[..], &self.model) {
+            ([], Some(m)) => vec![m.clone()],
+            ([], None) => vec!["demo".to_string()],
+            (names, _) => names.to_vec(),
+        }
+    }
+
+    /// The engine's options (engine.h's `engine_options_set` keys).
+    pub fn engine_options(&self) -> Vec<(&'static str, String)> {
+        let device = if self.device == "auto" {
+            "cpu"
+        } else {
+            &self.device
+        };
+        let mut o = vec![
+            ("model", self.model_dir()),
+            ("served_model_name", self.served_model_names()[0].clone()),
+            ("device", device.to_string()),
+            ("dtype", self.dtype.clone()),
+            ("block_size", self.block_size.to_string()),
+            ("max_num_seqs", self.max_num_seqs.to_string()),
+            (
+                "max_num_batched_tokens",
+                self.max_num_batched_tokens.to_string(),
+            ),
+            (
+                "enable_prefix_caching",
+                self.enable_prefix_caching.to_string(),
+            ),
+            ("seed", self.seed.to_string()),
+        ];
+        if let Some(n) = self.max_model_len {
+            o.push(("max_model_len", n.to_string()));
+        }
+        if let Some(b) = self.kv_cache_memory {
+            o.push(("kv_cache_bytes", b.to_string()));
+        }
+        if let Some(n) = self.num_kv_blocks {
+            o.push(("num_kv_blocks", n.to_string()));
+        }
+        if let Some(t) = &self.chat_template {
+            o.push(("chat_template", t.clone()));
+        }
+        o
+    }
+}
+
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    match s {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        "32" => Ok(32),
+        _ => Err(format!("must be 8, 16 or 32, got {s:?}")),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("must be a number in (0, 1], got {s:?}")),
+    }
+}
+
+/// "4GiB", "512MB", "1048576".
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (try 4GiB or a number of bytes)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((number * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5MB"), Ok(1_500_000));
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn vllm_flags_parse() {
+        let a = Args::try_parse_from([
+            "engine-server",
+            "--model",
+            "m",
+            "--served-model-name",
+            "a",
+            "b",
+            "--uvicorn-log-level",
+            "warning",
+            "--enable-prefix-caching",
+        ])
+        .unwrap();
+        assert_eq!(a.served_model_names(), vec!["a", "b"]);
+        assert_eq!(a.log_level, LogLevel::Warning);
+        assert!(Args::try_parse_from(["engine-server", "--max-logprobs", "21"]).is_err());
+        assert!(Args::try_parse_from(["engine-server", "--block-size", "12"]).is_err());
+    }
+}

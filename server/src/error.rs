@@ -1,0 +1,208 @@
+//! Errors as OpenAI clients parse them: `{"error": {"message", "type", "param",
+//! "code"}}` with vLLM's types ("BadRequestError", "NotFoundError", ...) and the
+//! HTTP status as `code`. Request-validation failures read like vLLM's (FastAPI +
+//! pydantic): a Python-style list of `{'type', 'loc', 'msg', 'input'}` entries.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use crate::engine::EngineError;
+use crate::sys;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequestError", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFoundError", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            message,
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            message,
+        )
+    }
+
+    /// The unknown-model error, in vLLM's words.
+    pub fn unknown_model(model: &str) -> ApiError {
+        ApiError::not_found(format!("The model `{model}` does not exist."))
+    }
+
+    /// A request field that is recognised but whose feature is not built yet.
+    pub fn not_supported(what: &str) -> ApiError {
+        ApiError::bad_request(format!("{what} is not supported yet by this server."))
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": null,
+            "code": self.status.as_u16(),
+        }})
+    }
+}
+
+/// The engine's status codes mapped to HTTP: the client's mistakes are 400s; a
+/// stopped engine is 503; only the engine's own bugs are 500s.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e.status {
+            sys::ENGINE_ERR_STOPPED => ApiError::unavailable(e.message),
+            sys::ENGINE_ERR_INTERNAL | sys::ENGINE_ERR_WRONG_THREAD | sys::ENGINE_ERR_NULL => {
+                ApiError::internal(e.message)
+            }
+            _ => ApiError::bad_request(e.message),
+        }
+    }
+}
+
+/// One request-validation problem, as pydantic describes it.
+#[derive(Debug, Clone)]
+pub struct FieldError {
+    pub kind: &'static str,
+    pub loc: Vec<Value>,
+    pub msg: String,
+    pub input: Value,
+}
+
+/// The 400 for a body that does not validate: the list of problems written as
+/// vLLM's FastAPI handler writes them (Python reprs).
+pub fn validation_error(errors: &[FieldError]) -> ApiError {
+    let entries: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            let loc: Vec<String> = std::iter::once("'body'".to_string())
+                .chain(e.loc.iter().map(py_repr))
+                .collect();
+            let loc = if loc.len() == 1 {
+                format!("({},)", loc[0])
+            } else {
+                format!("({})", loc.join(", "))
+            };
+            format!(
+                "{{'type': '{}', 'loc': {loc}, 'msg': {}, 'input': {}}}",
+                e.kind,
+                py_str(&e.msg),
+                py_repr(&e.input)
+            )
+        })
+        .collect();
+    ApiError::bad_request(format!("[{}]", entries.join(", ")))
+}
+
+/// A JSON value as Python's `repr` writes the equivalent object.
+pub fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => py_str(s),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A string as Python's `repr`: single quotes unless the text has a single quote
+/// and no double quote.
+fn py_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_reprs() {
+        assert_eq!(py_repr(&json!(null)), "None");
+        assert_eq!(py_repr(&json!([true, 1, 1.5])), "[True, 1, 1.5]");
+        assert_eq!(py_repr(&json!("it's")), "\"it's\"");
+        assert_eq!(py_repr(&json!("a'\"b")), "'a\\'\"b'");
+        assert_eq!(py_repr(&json!({"k": "v\n"})), "{'k': 'v\\n'}");
+    }
+
+    #[test]
+    fn validation_messages_read_like_fastapi() {
+        let e = validation_error(&[FieldError {
+            kind: "extra_forbidden",
+            loc: vec![json!("foo")],
+            msg: "Extra inputs are not permitted".into(),
+            input: json!(1),
+        }]);
+        assert_eq!(
+            e.message,
+            "[{'type': 'extra_forbidden', 'loc': ('body', 'foo'), \
+             'msg': 'Extra inputs are not permitted', 'input': 1}]"
+        );
+        let e = validation_error(&[FieldError {
+            kind: "missing",
+            loc: vec![],
+            msg: "Field required".into(),
+            input: Value::Null,
+        }]);
+        assert!(e.message.contains("'loc': ('body',)"));
+    }
+}

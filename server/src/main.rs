@@ -1,0 +1,201 @@
+//! engine-server: vLLM's OpenAI-compatible API over engine's C ABI.
+//!
+//! Data flows one way: HTTP request → validation (request.rs, sampling.rs) →
+//! engine_submit (engine.rs) → events on a channel (generation.rs) → JSON or
+//! server-sent events (completions.rs, chat.rs, stream.rs).
+
+mod chat;
+mod cli;
+mod completions;
+mod endpoints;
+mod engine;
+mod error;
+mod generation;
+mod http;
+mod logprobs;
+mod metrics;
+mod request;
+mod sampling;
+mod state;
+mod stream;
+#[allow(clippy::all)]
+mod sys;
+
+// The engine library provides the C ABI the bindings in `sys` call; nothing else
+// of it is used from Rust.
+use ::engine as _;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use cli::Args;
+use state::{AppState, Config};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(args.log_level.filter()))
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    if args.gpu_memory_utilization.is_some() && args.device != "cuda" {
+        tracing::warn!(
+            "--gpu-memory-utilization has no effect on the CPU device; size the KV cache with \
+             --kv-cache-memory or --num-kv-blocks"
+        );
+    }
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(
+        "engine-server {} (engine {}) listening on http://{address}",
+        env!("CARGO_PKG_VERSION"),
+        engine::library_version()
+    );
+    let state = Arc::new(AppState::new(Config {
+        served_model_names: args.served_model_names(),
+        response_role: args.response_role.clone(),
+        api_key: args.api_key.clone(),
+        max_logprobs: args.max_logprobs,
+        return_tokens_as_token_ids: args.return_tokens_as_token_ids,
+        log_requests: !args.disable_log_requests,
+    }));
+    // The port answers (/health: 503) while the weights load.
+    let options = args.engine_options();
+    let model = args.model_dir();
+    let mut loading = tokio::task::spawn_blocking(move || load_engine(&model, &options));
+    let mut loaded = false;
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let service = service_fn(move |req| http::handle(state.clone(), req));
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            result = &mut loading, if !loaded => {
+                loaded = true;
+                let engine = result.map_err(|e| format!("model loading stopped: {e}"))??;
+                let info = engine.info();
+                tracing::info!(
+                    "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens)",
+                    state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks, info.block_size
+                );
+                state.set_engine(Arc::new(engine));
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: letting in-flight requests finish");
+    let grace = Duration::from_secs(args.shutdown_timeout);
+    let all_closed = graceful.shutdown();
+    tokio::pin!(all_closed);
+    if tokio::time::timeout(grace, &mut all_closed).await.is_err() {
+        tracing::info!("aborting the requests still running");
+        if let Some(engine) = state.loaded_engine().cloned() {
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown(false)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), all_closed).await;
+    }
+    if let Some(engine) = state.loaded_engine().cloned() {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown(false)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the model, showing progress: a bar on a terminal, else a log line per quarter.
+fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine, String> {
+    tracing::info!("loading {model}");
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "loading weights {bar:40} {pos}/{len} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_quarter = None;
+    let mut progress = |done: u64, total: u64| match &bar {
+        Some(bar) => {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        None => {
+            let quarter = if total == 0 { 4 } else { done * 4 / total };
+            if last_quarter != Some(quarter) {
+                last_quarter = Some(quarter);
+                tracing::info!("loading weights: {done}/{total}");
+            }
+        }
+    };
+    let result = engine::Engine::load(options, &mut progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result.map_err(|e| format!("could not load the model {model}: {e}"))
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

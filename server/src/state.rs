@@ -1,0 +1,70 @@
+//! What every handler shares: the settings from the command line, the engine
+//! (once it has loaded) and the metrics.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::engine::Engine;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+/// The server's settings (the engine's own are passed to it at load).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Names clients may ask for; responses carry the first.
+    pub served_model_names: Vec<String>,
+    /// The role of generated chat messages when `add_generation_prompt` is set.
+    pub response_role: String,
+    pub api_key: Option<String>,
+    /// Most logprobs a request may ask for (`--max-logprobs`).
+    pub max_logprobs: i64,
+    /// Report tokens as "token_id:N" unless the request says otherwise.
+    pub return_tokens_as_token_ids: bool,
+    pub log_requests: bool,
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub metrics: Metrics,
+    engine: OnceLock<Arc<Engine>>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> AppState {
+        AppState {
+            config,
+            metrics: Metrics::default(),
+            engine: OnceLock::new(),
+        }
+    }
+
+    /// Called once, when the model has loaded.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or 503 while the model is still loading.
+    pub fn engine(&self) -> ApiResult<Arc<Engine>> {
+        self.engine
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("The model is still loading; try again shortly."))
+    }
+
+    pub fn loaded_engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.get()
+    }
+
+    /// The name responses report.
+    pub fn model_name(&self) -> &str {
+        &self.config.served_model_names[0]
+    }
+
+    /// 404 unless `model` is one of the served names.
+    pub fn check_model(&self, model: &str) -> ApiResult<()> {
+        if self.config.served_model_names.iter().any(|m| m == model) {
+            Ok(())
+        } else {
+            Err(ApiError::unknown_model(model))
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! /v1/chat/completions end to end over TCP, on the bundled demo model (its
+//! template is ChatML).
+
+mod common;
+
+use common::Server;
+use serde_json::{json, Value};
+
+fn server() -> Server {
+    Server::start(&["--max-model-len", "256", "--disable-log-requests"])
+}
+
+fn chat(s: &Server, body: Value) -> Value {
+    let r = s.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn content(v: &Value, i: usize) -> String {
+    v["choices"][i]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn hi() -> Value {
+    json!([{"role": "user", "content": "Hi there"}])
+}
+
+#[test]
+fn greedy_streaming_equals_non_streaming() {
+    let s = server();
+    let body = json!({"model": "demo", "messages": hi(), "max_tokens": 10, "temperature": 0,
+                      "ignore_eos": true});
+    let full = chat(&s, body.clone());
+    assert!(full["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(full["object"], "chat.completion");
+    assert_eq!(full["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(full["choices"][0]["finish_reason"], "length");
+    assert_eq!(full["usage"]["completion_tokens"], 10);
+
+    let mut streaming = body;
+    streaming["stream"] = json!(true);
+    let chunks = s.post("/v1/chat/completions", &streaming).chunks();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, content(&full, 0));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+}
+
+#[test]
+fn the_prompt_is_the_chat_template_and_max_tokens_defaults_to_the_rest() {
+    let s = server();
+    let tok = s
+        .post("/tokenize", &json!({"model": "demo", "messages": hi()}))
+        .json();
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "ignore_eos": true, "temperature": 0}),
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], tok["count"]);
+    let prompt = tok["count"].as_u64().unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 256 - prompt);
+    // Text parts are joined with newlines, as one string would be.
+    let parts = json!([{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}]);
+    let joined = json!([{"role": "user", "content": "Hi\nthere"}]);
+    let a = chat(
+        &s,
+        json!({"model": "demo", "messages": parts, "max_tokens": 4, "temperature": 0}),
+    );
+    let b = chat(
+        &s,
+        json!({"model": "demo", "messages": joined, "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(content(&a, 0), content(&b, 0));
+    // Custom roles; add_generation_prompt false answers in the last message's role.
+    let custom =
+        json!([{"role": "system", "content": "Be brief"}, {"role": "narrator", "content": "Once"}]);
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": custom, "max_tokens": 3,
+                            "add_generation_prompt": false, "echo": true, "temperature": 0}),
+    );
+    assert_eq!(v["choices"][0]["message"]["role"], "narrator");
+    assert!(
+        content(&v, 0).starts_with("Once"),
+        "echo prepends the last message"
+    );
+}
+
+#[test]
+fn n_choices_and_logprobs_in_content_shape() {
+    let s = server();
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "max_tokens": 4, "n": 2, "logprobs": true,
+               "top_logprobs": 2, "ignore_eos": true, "seed": 5}),
+    );
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    for i in 0..2 {
+        let entries = v["choices"][i]["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(entries.len(), 4);
+        let joined: String = entries
+            .iter()
+            .map(|e| e["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(joined, content(&v, i));
+        for e in entries {
+            let token = e["token"].as_str().unwrap();
+            let bytes: Vec<u8> = e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            assert_eq!(bytes, token.as_bytes());
+            assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2);
+            assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        }
+    }
+    let errors = [
+        (
+            json!({"top_logprobs": 2}),
+            "when using `top_logprobs`, `logprobs` must be set to true.",
+        ),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "`top_logprobs` must be a value in the interval [0, 20].",
+        ),
+    ];
+    for (extra, message) in errors {
+        let mut body = json!({"model": "demo", "messages": hi()});
+        for (k, val) in extra.as_object().unwrap() {
+            body[k] = val.clone();
+        }
+        assert_eq!(s.post("/v1/chat/completions", &body).error(400), message);
+    }
+}
+
+#[test]
+fn streaming_options_and_fallbacks() {
+    let s = server();
+    let chunks = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "demo", "messages": hi(), "max_tokens": 3, "n": 2, "stream": true,
+                    "ignore_eos": true, "stream_options": {"include_usage": true}}),
+        )
+        .chunks();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 6);
+    for i in 0..2 {
+        let mine: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c["choices"].get(0).is_some_and(|ch| ch["index"] == i))
+            .collect();
+        assert_eq!(
+            mine[0]["choices"][0]["delta"]["role"], "assistant",
+            "role first"
+        );
+        let finishes = mine
+            .iter()
+            .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+            .count();
+        assert_eq!(finishes, 1);
+        assert!(
+            !mine.last().unwrap()["choices"][0]["finish_reason"].is_null(),
+            "finish last"
+        );
+    }
+    // best_of > n: one chunk with the final choices.
+    let body = json!({"model": "demo", "messages": hi(), "max_tokens": 3, "n": 1, "best_of": 2,
+                      "ignore_eos": true, "seed": 1});
+    let full = chat(&s, body.clone());
+    let mut streaming = body;
+    streaming["stream"] = json!(true);
+    let chunks = s.post("/v1/chat/completions", &streaming).chunks();
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"]["content"],
+        full["choices"][0]["message"]["content"]
+    );
+}
+
+#[test]
+fn chat_errors() {
+    let s = server();
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x", "extra": 1}]}),
+            "extra_forbidden",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"content": "x"}]}),
+            "'type': 'missing'",
+        ),
+        (
+            json!({"model": "demo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            "Unknown part type: image_url",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "max_tokens": 1000}),
+            "maximum context length is 256",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "tools": []}),
+            "not supported yet",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "response_format": {"type": "json_object"}}),
+            "not supported yet",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "stream_options": {"include_usage": true}}),
+            "Stream options can only be defined when stream is true.",
+        ),
+    ];
+    for (body, needle) in cases {
+        let message = s.post("/v1/chat/completions", &body).error(400);
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    // response_format text is plain generation.
+    chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "max_tokens": 1, "response_format": {"type": "text"}}),
+    );
+}
