@@ -57,7 +57,7 @@
  * ONNX Runtime's C API), so a program compiled against version V works with
  * any library whose `engine_abi_version()` is V or more.
  */
-#define ENGINE_ABI_VERSION 2
+#define ENGINE_ABI_VERSION 3
 
 /**
  * A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
@@ -590,6 +590,33 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  *   default true).
  * - "logit_bias" (object: token id as a string -> number, clamped to [-100, 100]).
  * - "truncate_prompt_tokens" (integer >= 1): keep only the prompt's last ones.
+ *
+ * Guided decoding (structured output; vLLM's fields, served by llguidance):
+ * at most one of "guided_json", "guided_regex", "guided_choice",
+ * "guided_grammar" (more fails with ENGINE_ERR_INVALID_ARGUMENT and vLLM's
+ * message "You can only use one kind of guided decoding ('guided_json',
+ * 'guided_regex' or 'guided_choice')."):
+ * - "guided_json" (object, or a string holding one): the output is JSON valid
+ *   under this JSON schema.
+ * - "guided_regex" (string): the output fullmatches the regex.
+ * - "guided_choice" (array of strings): the output is exactly one of them.
+ * - "guided_grammar" (string): a grammar in llguidance's Lark dialect (README).
+ * - "guided_whitespace_pattern" (string): regex for the whitespace allowed
+ *   between JSON tokens; default "[ ]" (at most one space, as outlines).
+ * - "guided_decoding_backend" ("outlines", "lm-format-enforcer" or
+ *   "llguidance"; all served by llguidance).
+ * - "response_format" (object): {"type": "text"} (no constraint),
+ *   {"type": "json_object"} (any JSON object) or {"type": "json_schema",
+ *   "json_schema": {"name": ..., "description": ..., "schema": {...},
+ *   "strict": ...}}; a guided_* field takes precedence over it.
+ *
+ * A constraint is compiled inside `engine_submit`, on the calling thread
+ * (compiled grammars are cached by their text): a bad schema, regex or grammar
+ * fails with ENGINE_ERR_INVALID_ARGUMENT and the parser's message, naming the
+ * field. Under a constraint EOS is allowed only where the output is complete;
+ * reported logprobs are those of the constrained distribution (-9999.0 for
+ * disallowed tokens, never -inf). A sequence whose constraint can go no further
+ * (e.g. "min_tokens" forbids the only allowed EOS) ends with finish reason STOP.
  *
  * A field set to null counts as absent. An unknown field, a field of the wrong
  * type or malformed JSON fails with ENGINE_ERR_JSON naming the field; a value

@@ -12,13 +12,17 @@ use crate::kv_cache::block_manager::BlockManager;
 use crate::kv_cache::KvCache;
 use crate::model::Model;
 use crate::sampling::beam::{top_n_outputs, ScoredSeq};
+use crate::sampling::guided::{apply_token_bitmask, Guide, LazyGuidedCompiler};
 use crate::sampling::logprobs::prompt_logprobs;
 use crate::sampling::stop::{Finish, StopChecker};
 use crate::sampling::{OutputText, Sampler, SamplingParams, SequenceTokens, TokenLogprobs};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 mod beam;
+mod guided;
 mod logprob_text;
+
+use guided::GuideMasks;
 
 use beam::scored;
 
@@ -41,6 +45,8 @@ pub struct EngineConfig {
 pub struct EngineRequest {
     pub prompt_token_ids: Vec<u32>,
     pub params: SamplingParams,
+    /// The compiled output constraint, at its start state.
+    pub guide: Option<Guide>,
 }
 
 /// Checks requests before they reach the engine thread (it only ever sees valid ones).
@@ -54,6 +60,8 @@ pub struct RequestValidator {
     /// No single sequence may need more blocks than the whole KV cache has.
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Compiles `guided_decoding` constraints (shared, with its grammar cache).
+    pub guided: Arc<LazyGuidedCompiler>,
 }
 
 impl RequestValidator {
@@ -103,9 +111,15 @@ impl RequestValidator {
                 self.num_blocks
             )));
         }
+        // Last, as it is the costly check: compiled here, on the submitting thread.
+        let guide = match &params.guided_decoding {
+            Some(g) if g.is_active() => self.guided.get()?.compile(g, &params.stop_token_ids)?,
+            _ => None,
+        };
         Ok(EngineRequest {
             prompt_token_ids,
             params,
+            guide,
         })
     }
 }
@@ -123,6 +137,7 @@ pub struct EngineCore<B: Backend> {
     eos_token_ids: Vec<u32>,
     /// generation_config.json's EOS ids, added to each request's stop tokens.
     generation_stop_ids: Vec<u32>,
+    guided: Arc<LazyGuidedCompiler>,
     stats: EngineStats,
 }
 
@@ -145,7 +160,19 @@ impl<B: Backend> EngineCore<B> {
             ),
             None => (model.config.eos_token_ids.clone(), Vec::new()),
         };
+        let mut guided_eos: Vec<u32> = eos_token_ids
+            .iter()
+            .chain(&generation_stop_ids)
+            .copied()
+            .collect();
+        guided_eos.dedup();
+        let guided = Arc::new(LazyGuidedCompiler::new(
+            tokenizer.clone(),
+            model.config.vocab_size,
+            guided_eos,
+        ));
         Ok(EngineCore {
+            guided,
             blocks: BlockManager::new(
                 config.num_blocks,
                 config.block_size,
@@ -172,6 +199,7 @@ impl<B: Backend> EngineCore<B> {
             max_model_len: self.model.max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,
+            guided: self.guided.clone(),
         }
     }
 
@@ -226,6 +254,7 @@ impl<B: Backend> EngineCore<B> {
         prompt_len: usize,
         params: &SamplingParams,
         sampler: Sampler,
+        guide: Option<Guide>,
     ) -> Result<Sequence> {
         self.next_seq_id += 1;
         let detokenizer = match (&self.tokenizer, params.detokenize) {
@@ -249,6 +278,7 @@ impl<B: Backend> EngineCore<B> {
             text: OutputText::new(),
             finish: None,
             stop_reason: None,
+            guide,
         })
     }
 
@@ -263,7 +293,13 @@ impl<B: Backend> EngineCore<B> {
         params.update_from_generation_config(&self.generation_stop_ids);
         let prompt_len = request.prompt_token_ids.len();
         let root = Sampler::new(params.seed);
-        let seq = self.new_sequence(request.prompt_token_ids, prompt_len, &params, root.fork(0))?;
+        let seq = self.new_sequence(
+            request.prompt_token_ids,
+            prompt_len,
+            &params,
+            root.fork(0),
+            request.guide,
+        )?;
         self.stats.prompt_tokens += prompt_len as u64;
         let group = SequenceGroup {
             request_id,
@@ -364,13 +400,8 @@ impl<B: Backend> EngineCore<B> {
         }
         self.run_copies()?;
         let (meta, first_rows) = self.build_meta(&plan);
-        let logits = {
-            let be = self.model.backend();
-            let meta = be.prepare_step(meta)?;
-            let logits = self.model.forward(&meta, &mut self.kv)?;
-            be.download(&logits)?
-        };
-        self.process(&plan, &first_rows, &logits)
+        let (logits, masks) = self.forward_and_masks(meta, &plan)?;
+        self.process(&plan, &first_rows, &logits, &masks)
     }
 
     /// The batch's metadata, and per planned chunk its first logits row.
@@ -409,6 +440,7 @@ impl<B: Backend> EngineCore<B> {
         plan: &[Scheduled],
         first_rows: &[usize],
         logits: &[f32],
+        masks: &GuideMasks,
     ) -> Result<Vec<RequestOutput>> {
         let vocab = self.model.config.vocab_size;
         let row = |r: usize| &logits[r * vocab..(r + 1) * vocab];
@@ -474,20 +506,23 @@ impl<B: Backend> EngineCore<B> {
             for i in indices {
                 let stop =
                     StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
+                // Forks of the first sample share sequence 0's mask (same state).
+                let mask = guided::mask_for(&group.seqs[i], masks, (p.request_id, p.seq_index));
                 let delta = step_sequence(
                     &mut group.seqs[i],
                     i,
                     logits_row,
+                    mask,
                     &stop,
                     self.tokenizer.as_deref(),
                 )?;
-                self.stats.generation_tokens += 1;
+                self.stats.generation_tokens += delta.token_ids.len() as u64;
                 deltas.entry(p.request_id).or_default().push(delta);
             }
         }
         for (id, rows) in beam_rows {
             let rows: Vec<(usize, &[f32])> = rows.into_iter().map(|(i, r)| (i, row(r))).collect();
-            self.beam_step(id, &rows)?;
+            self.beam_step(id, &rows, masks)?;
         }
         let mut outputs = Vec::new();
         for id in touched {
@@ -536,10 +571,14 @@ impl<B: Backend> EngineCore<B> {
         );
         let params = group.params.clone();
         let root = group.seqs[0].sampler.clone();
+        let root_guide = group.seqs[0].guide.clone();
         let mut children = Vec::new();
         for i in 1..width {
             let sampler = root.fork(i as u64);
-            let mut child = self.new_sequence(tokens.clone(), prompt_len, &params, sampler)?;
+            // Each child continues the constraint from the shared prompt on its own.
+            let guide = root_guide.as_ref().map(Guide::fork);
+            let mut child =
+                self.new_sequence(tokens.clone(), prompt_len, &params, sampler, guide)?;
             child.computed = tokens.len();
             self.blocks.fork(parent_id, child.id);
             children.push(child);
@@ -612,17 +651,26 @@ fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<TokenLog
     group.prompt_logprobs.clone()
 }
 
-/// Samples the next token of sequence `index` from its logits row, appends it,
-/// detokenizes it and applies the stop rules. Returns its delta for this step.
+/// Samples the next token of sequence `index` from its logits row (under its
+/// constraint's `mask`, if any), appends it, detokenizes it and applies the stop
+/// rules. Returns its delta for this step.
 fn step_sequence(
     s: &mut Sequence,
     index: usize,
     logits_row: &[f32],
+    mask: std::result::Result<Option<&Vec<u32>>, ()>,
     stop: &StopChecker,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<SeqDelta> {
     let params = stop.params;
+    let Ok(mask) = mask else {
+        return guided::end_at_dead_end(s, index, params, tokenizer);
+    };
     let mut row = logits_row.to_vec();
+    if let Some(mask) = mask {
+        // Before every other processor, as vLLM's guided logits processor runs.
+        apply_token_bitmask(&mut row, mask);
+    }
     let tokens = SequenceTokens {
         prompt: &s.tokens[..s.prompt_len],
         output: &s.tokens[s.prompt_len..],
@@ -630,7 +678,16 @@ fn step_sequence(
     let sampled = s
         .sampler
         .next_token(&mut row, params, tokens, stop.eos_token_ids);
+    if mask.is_some() && sampled.logprobs.chosen.logprob == f32::NEG_INFINITY {
+        // The constraint and the other rules together leave no token.
+        return guided::end_at_dead_end(s, index, params, tokenizer);
+    }
     let token = sampled.token;
+    if let Some(guide) = s.guide.as_mut() {
+        // A rejected token (not possible under its own mask) makes the next
+        // mask a dead end, which ends the sequence.
+        guide.advance(token);
+    }
     let mut token_logprobs = sampled.logprobs;
     if params.logprobs.is_some() {
         if let (Some(d), Some(t)) = (s.detokenizer.as_ref(), tokenizer) {

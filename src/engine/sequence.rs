@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::kv_cache::block_manager::SeqId;
+use crate::sampling::guided::Guide;
 use crate::sampling::{OutputText, Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::IncrementalDetokenizer;
 
@@ -27,6 +28,8 @@ pub struct Sequence {
     pub text: OutputText,
     pub finish: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
+    /// The output constraint's state after this sequence's tokens, if constrained.
+    pub guide: Option<Guide>,
 }
 
 impl Sequence {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{FfiError, FfiResult};
-use crate::sampling::{EarlyStopping, SamplingParams};
+use crate::sampling::{EarlyStopping, GuidedDecodingParams, SamplingParams};
 
 /// How the prompt was given.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,7 +310,64 @@ fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
         }
     }
     p.truncate_prompt_tokens = f.count("truncate_prompt_tokens")?;
+    p.guided_decoding = take_guided_decoding(f)?;
     Ok(p)
+}
+
+/// vLLM's guided decoding fields and OpenAI's `response_format`. Shapes are
+/// checked here (ENGINE_ERR_JSON); the constraint itself is compiled when the
+/// request is validated (ENGINE_ERR_INVALID_ARGUMENT with the parser's message).
+fn take_guided_decoding(f: &mut Fields) -> FfiResult<Option<GuidedDecodingParams>> {
+    let mut g = GuidedDecodingParams {
+        json: match f.take::<Value>("guided_json")? {
+            // vLLM accepts the schema as JSON text too.
+            Some(Value::String(text)) => Some(serde_json::from_str(&text).map_err(|e| {
+                FfiError::invalid(format!("guided_json: the schema is not valid JSON: {e}"))
+            })?),
+            other => other,
+        },
+        regex: f.take("guided_regex")?,
+        choice: f.take("guided_choice")?,
+        grammar: f.take("guided_grammar")?,
+        whitespace_pattern: f.take("guided_whitespace_pattern")?,
+        backend: f.take("guided_decoding_backend")?,
+        json_object: false,
+    };
+    if let Some(format) = f.take::<Value>("response_format")? {
+        let mut rf = Fields::from_value(format, "\"response_format\"")?;
+        let kind: Option<String> = rf.take("type")?;
+        match kind.as_deref() {
+            Some("text") => {}
+            Some("json_object") => g.json_object = true,
+            Some("json_schema") => {
+                let mut js = match rf.take_raw("json_schema") {
+                    Some(v @ Value::Object(_)) => Fields::from_value(v, "\"json_schema\"")?,
+                    _ => {
+                        return Err(FfiError::json(
+                            "field \"response_format\": type \"json_schema\" needs a \"json_schema\" object",
+                        ))
+                    }
+                };
+                let _name: Option<String> = js.take("name")?;
+                let _description: Option<String> = js.take("description")?;
+                let _strict: Option<bool> = js.take("strict")?;
+                // No schema: any JSON value (OpenAI makes it optional).
+                let schema: Value = js.take("schema")?.unwrap_or_else(|| Value::Object(Map::new()));
+                js.finish()?;
+                // An explicit guided_json wins, as vLLM's guided_* fields do.
+                g.json.get_or_insert(schema);
+            }
+            other => {
+                return Err(FfiError::json(format!(
+                    "field \"response_format\": \"type\" must be \"text\", \"json_object\" or \"json_schema\", got {}",
+                    other.map_or("nothing".to_string(), |t| format!("{t:?}"))
+                )))
+            }
+        }
+        rf.finish()?;
+    }
+    let given = g.is_active() || g.whitespace_pattern.is_some() || g.backend.is_some();
+    Ok(given.then_some(g))
 }
 
 /// A non-negative integer field's value. A negative one gets vLLM's message for
@@ -327,6 +384,7 @@ fn count_value(key: &str, v: Value) -> FfiResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::engine_status;
 
     #[test]
     fn text_tokens_and_chat_prompts() {
@@ -355,6 +413,48 @@ mod tests {
             panic!("a chat prompt")
         };
         assert!(!chat.add_generation_prompt && !add_special_tokens);
+    }
+
+    #[test]
+    fn guided_fields_and_response_format() {
+        let r = parse_request(
+            r#"{"prompt": "x", "guided_json": "{\"type\": \"integer\"}", "guided_decoding_backend": "outlines"}"#,
+        )
+        .unwrap();
+        let g = r.params.guided_decoding.unwrap();
+        assert_eq!(g.json, Some(serde_json::json!({"type": "integer"})));
+        assert_eq!(g.backend.as_deref(), Some("outlines"));
+        let r = parse_request(
+            r#"{"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string"}, "strict": true}}}"#,
+        )
+        .unwrap();
+        let g = r.params.guided_decoding.unwrap();
+        assert_eq!(g.json, Some(serde_json::json!({"type": "string"})));
+        let r = parse_request(r#"{"prompt": "x", "response_format": {"type": "json_object"}}"#)
+            .unwrap();
+        assert!(r.params.guided_decoding.unwrap().json_object);
+        let r = parse_request(r#"{"prompt": "x", "response_format": {"type": "text"}}"#).unwrap();
+        assert_eq!(r.params.guided_decoding, None);
+        let r = parse_request(r#"{"prompt": "x", "guided_choice": ["a", "b"]}"#).unwrap();
+        assert_eq!(
+            r.params.guided_decoding.unwrap().choice,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        let err = |body: &str| parse_request(body).unwrap_err();
+        assert_eq!(
+            err(r#"{"prompt": "x", "response_format": {"type": "xml"}}"#).status,
+            engine_status::ENGINE_ERR_JSON
+        );
+        assert_eq!(
+            err(r#"{"prompt": "x", "guided_json": "{"}"#).status,
+            engine_status::ENGINE_ERR_INVALID_ARGUMENT
+        );
+        assert!(err(r#"{"prompt": "x", "guided_choice": "a"}"#)
+            .message
+            .contains("guided_choice"));
+        assert!(err(r#"{"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {}, "extra": 1}}}"#)
+            .message
+            .contains("unknown field \"extra\""));
     }
 
     #[test]

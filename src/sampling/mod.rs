@@ -18,6 +18,7 @@
 //! scheduler owns the batch, these functions only ever see one sequence.
 
 pub mod beam;
+pub mod guided;
 pub mod logprobs;
 pub mod params;
 pub mod processors;
@@ -27,6 +28,7 @@ pub mod stop;
 mod truncation;
 mod verify;
 
+pub use guided::{GuidedCompiler, GuidedDecodingParams};
 pub use logprobs::{Logprob, TokenLogprobs};
 pub use params::{EarlyStopping, SamplingParams, SamplingType};
 pub use processors::SequenceTokens;

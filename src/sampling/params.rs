@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::guided::GuidedDecodingParams;
 use super::SAMPLING_EPS;
 use crate::error::Result;
 
@@ -88,6 +89,10 @@ pub struct SamplingParams {
     pub logit_bias: BTreeMap<u32, f64>,
     /// Keep only the last k prompt tokens.
     pub truncate_prompt_tokens: Option<usize>,
+    /// Constrain the output to a JSON schema, regex, choice or grammar (vLLM's
+    /// `guided_*` request fields and `response_format`); compiled when the
+    /// request is validated.
+    pub guided_decoding: Option<GuidedDecodingParams>,
 }
 
 impl Default for SamplingParams {
@@ -120,6 +125,7 @@ impl Default for SamplingParams {
             spaces_between_special_tokens: true,
             logit_bias: BTreeMap::new(),
             truncate_prompt_tokens: None,
+            guided_decoding: None,
         }
     }
 }

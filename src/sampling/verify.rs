@@ -120,6 +120,9 @@ impl SamplingParams {
                     .into(),
             ));
         }
+        if let Some(guided) = &self.guided_decoding {
+            guided.verify()?;
+        }
         Ok(())
     }
 

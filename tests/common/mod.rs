@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod json_schema;
+
 use std::path::PathBuf;
 
 pub const FIXTURES: [&str; 3] = ["tiny-llama", "tiny-mistral", "tiny-qwen2"];

@@ -9,12 +9,14 @@ use crate::kv_cache::block_manager::SeqId;
 use crate::sampling::beam::{
     beam_candidates, select_beams, BeamContext, BeamParent, CheckedCandidate, ScoredSeq,
 };
+use crate::sampling::guided::{apply_token_bitmask, Guide};
 use crate::sampling::processors::processed_logprobs;
 use crate::sampling::stop::{Finish, StopChecker};
 use crate::sampling::{OutputText, Sampler, SequenceTokens, TokenLogprobs};
 use crate::tokenizer::IncrementalDetokenizer;
 
 use super::super::sequence::{FinishReason, Sequence, SequenceGroup};
+use super::guided::{mask_for, GuideMasks};
 use super::EngineCore;
 
 impl<B: Backend> EngineCore<B> {
@@ -22,28 +24,46 @@ impl<B: Backend> EngineCore<B> {
     /// rows: vLLM's candidate selection, then the new beams take over their
     /// parents' blocks (forking where a parent continues twice) and parents that
     /// do not continue are freed.
-    pub(super) fn beam_step(&mut self, request_id: u64, rows: &[(usize, &[f32])]) -> Result<()> {
+    pub(super) fn beam_step(
+        &mut self,
+        request_id: u64,
+        rows: &[(usize, &[f32])],
+        masks: &GuideMasks,
+    ) -> Result<()> {
         let Some(mut group) = self.groups.remove(&request_id) else {
             return Ok(());
         };
-        let result = self.beam_step_in(&mut group, rows);
+        let result = self.beam_step_in(&mut group, rows, masks);
         self.groups.insert(request_id, group);
         result
     }
 
-    fn beam_step_in(&mut self, group: &mut SequenceGroup, rows: &[(usize, &[f32])]) -> Result<()> {
+    fn beam_step_in(
+        &mut self,
+        group: &mut SequenceGroup,
+        rows: &[(usize, &[f32])],
+        masks: &GuideMasks,
+    ) -> Result<()> {
         group.first_token_at.get_or_insert_with(Instant::now);
         let params = group.params.clone();
         let eos = self.eos_token_ids.clone();
+        let guided = rows.iter().any(|&(i, _)| group.seqs[i].guide.is_some());
         let processed: Vec<Vec<f32>> = rows
             .iter()
             .map(|&(i, r)| {
                 let s = &group.seqs[i];
+                let mut row = r.to_vec();
+                match mask_for(s, masks, (group.request_id, i)) {
+                    Ok(Some(mask)) => apply_token_bitmask(&mut row, mask),
+                    Ok(None) => {}
+                    // A beam at a dead end offers no candidates.
+                    Err(()) => row.fill(f32::NEG_INFINITY),
+                }
                 let tokens = SequenceTokens {
                     prompt: &s.tokens[..s.prompt_len],
                     output: &s.tokens[s.prompt_len..],
                 };
-                processed_logprobs(&mut r.to_vec(), &params, tokens, &eos)
+                processed_logprobs(&mut row, &params, tokens, &eos)
             })
             .collect();
         let parents: Vec<BeamParent> = rows
@@ -54,7 +74,20 @@ impl<B: Backend> EngineCore<B> {
                 logprobs: lp,
             })
             .collect();
-        let candidates = beam_candidates(&parents, group.width);
+        let mut candidates = beam_candidates(&parents, group.width);
+        if guided {
+            // Under a constraint only allowed tokens may continue a beam, even
+            // when fewer than 2 * width are left.
+            candidates.retain(|c| c.logprob.is_finite());
+            if candidates.is_empty() {
+                for &(i, _) in rows {
+                    let s = &mut group.seqs[i];
+                    self.blocks.free(s.id);
+                    s.finish = Some(FinishReason::Stop);
+                }
+                return Ok(());
+            }
+        }
         // Each candidate as its own sequence: the parent plus one token, checked for stops.
         let stop = StopChecker::new(&params, &eos, self.model.max_positions);
         let mut trials = Vec::with_capacity(candidates.len());
@@ -136,7 +169,12 @@ impl<B: Backend> EngineCore<B> {
         let prompt_len = rows
             .first()
             .map_or(0, |&(i, _)| old[i].as_ref().map_or(0, |s| s.prompt_len));
-        let to_seq = |id: SeqId, trial: &Trial, sampler: Sampler, cum: f64| -> Sequence {
+        let to_seq = |id: SeqId,
+                      trial: &Trial,
+                      sampler: Sampler,
+                      cum: f64,
+                      guide: Option<Guide>|
+         -> Sequence {
             Sequence {
                 id,
                 tokens: trial.tokens.clone(),
@@ -149,6 +187,7 @@ impl<B: Backend> EngineCore<B> {
                 text: trial.text.clone(),
                 finish: trial.finish.as_ref().map(|f| f.reason),
                 stop_reason: trial.finish.as_ref().and_then(|f| f.stop_reason.clone()),
+                guide,
             }
         };
         for &k in &selection.finished {
@@ -159,15 +198,22 @@ impl<B: Backend> EngineCore<B> {
                 &trials[k],
                 Sampler::new(Some(0)),
                 candidates[k].cumulative_logprob,
+                None,
             ));
         }
         let mut parent_taken = vec![false; rows.len()];
         for &k in &selection.running {
             let c = &candidates[k];
-            let parent_seq = old[rows[c.parent].0]
-                .as_ref()
-                .map(|s| (s.id, s.sampler.clone()));
-            let Some((parent_id, sampler)) = parent_seq else {
+            let parent_seq = old[rows[c.parent].0].as_ref().map(|s| {
+                // The parent's constraint state, advanced by this beam's token.
+                let guide = s.guide.as_ref().map(|g| {
+                    let mut g = g.fork();
+                    g.advance(c.token);
+                    g
+                });
+                (s.id, s.sampler.clone(), guide)
+            });
+            let Some((parent_id, sampler, guide)) = parent_seq else {
                 continue;
             };
             let id = if parent_taken[c.parent] {
@@ -179,7 +225,7 @@ impl<B: Backend> EngineCore<B> {
                 parent_taken[c.parent] = true;
                 parent_id
             };
-            next.push(to_seq(id, &trials[k], sampler, c.cumulative_logprob));
+            next.push(to_seq(id, &trials[k], sampler, c.cumulative_logprob, guide));
         }
         // Parents that do not continue give their blocks back.
         for (p, &(i, _)) in rows.iter().enumerate() {
