@@ -16,11 +16,12 @@ use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{chat_logprobs, TokenText};
 use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest};
 use crate::sampling::{
-    check_logprobs_limit, engine_body, max_tokens, refuse_guided_decoding, streams_incrementally,
-    truncate, EngineParams,
+    check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate,
+    uses_guided_decoding, EngineParams,
 };
 use crate::state::AppState;
 use crate::stream::{check_stream_options, pump, send_done, send_error, usage, ChunkHeader};
+use crate::tools::{self, ToolChoice, ToolPlan};
 
 /// vLLM's default temperature for chat.
 const DEFAULT_TEMPERATURE: f64 = 0.7;
@@ -96,6 +97,9 @@ pub fn render_chat(
         if let Some(kwargs) = &r.chat_template_kwargs {
             body.insert("chat_template_kwargs".into(), Value::Object(kwargs.clone()));
         }
+        if let Some(tools) = r.tools.as_ref().filter(|t| t.is_array()) {
+            body.insert("tools".into(), tools.clone());
+        }
         if let Some(cont) = r.continue_final_message {
             body.insert("continue_final_message".into(), json!(cont));
         }
@@ -119,6 +123,7 @@ struct Chat {
     /// Top alternatives per token when logprobs are on.
     top_logprobs: Option<usize>,
     as_token_ids: bool,
+    tools: Option<ToolPlan>,
 }
 
 pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Body>> {
@@ -127,13 +132,22 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     state.check_model(&c.model)?;
     let engine = state.engine()?;
     check_stream_options(c)?;
-    refuse_guided_decoding(c)?;
-    if req.own.tools.is_some()
-        || req.own.tool_choice.is_some()
-        || req.own.parallel_tool_calls.is_some()
-    {
-        return Err(ApiError::not_supported(
-            "Tool calling (`tools`, `tool_choice`)",
+    let tool_plan = tools::plan(req.own.tools.as_ref(), req.own.tool_choice.as_ref())?;
+    let mut forced_tools = tool_plan.as_ref().and_then(ToolPlan::schema);
+    if let (Some(schema), Some(false)) = (
+        &mut forced_tools,
+        req.own
+            .parallel_tool_calls
+            .as_ref()
+            .and_then(Value::as_bool),
+    ) {
+        if schema["type"] == "array" {
+            schema["maxItems"] = json!(1); // "required" without parallel calls: exactly one
+        }
+    }
+    if forced_tools.is_some() && uses_guided_decoding(c) {
+        return Err(ApiError::bad_request(
+            "You can only either use guided decoding or tools, not both.",
         ));
     }
     let logprobs = chat_logprobs_param(&req, state.config.max_logprobs)?;
@@ -144,11 +158,14 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         add_generation_prompt,
         Some(&req.own),
     )?;
+    if let Some(plan) = &tool_plan {
+        tools::check_auto(plan, &rendered.prompt)?;
+    }
     let mut ids = engine.tokenize(&rendered.prompt, c.add_special_tokens.unwrap_or(false))?;
     truncate(&mut ids, c.truncate_prompt_tokens)?;
     let requested_max = c.max_tokens.flatten();
     let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
-    let body = engine_body(
+    let mut body = engine_body(
         c,
         EngineParams {
             prompt_ids: ids,
@@ -158,6 +175,10 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             prompt_logprobs: None,
         },
     );
+    if let Some(schema) = forced_tools {
+        // The call's arguments (or the list of calls) are generated under its schema.
+        body["guided_json"] = schema;
+    }
     let role = if add_generation_prompt {
         state.config.response_role.clone()
     } else {
@@ -190,13 +211,19 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         as_token_ids: c
             .return_tokens_as_token_ids
             .unwrap_or(state.config.return_tokens_as_token_ids),
+        tools: tool_plan,
     };
     if c.stream != Some(true) {
         let response = chat.collect(generation).await?;
         return Ok(json_response(StatusCode::OK, &response));
     }
     let (tx, response) = sse_response();
-    let incremental = streams_incrementally(c);
+    // Calls parsed out of the whole output ("required", "auto") come at the end.
+    let incremental = streams_incrementally(c)
+        && chat
+            .tools
+            .as_ref()
+            .is_none_or(|t| matches!(t.choice, ToolChoice::None | ToolChoice::Named(_)));
     tokio::spawn(async move {
         let mut generation = generation;
         if incremental {
@@ -273,11 +300,12 @@ impl Chat {
             .iter()
             .enumerate()
             .map(|(index, r)| {
+                let (message, finish_reason) = self.message(r);
                 json!({
                     "index": index,
-                    "message": {"role": self.role, "content": format!("{}{}", self.echo_text, r.text)},
+                    "message": message,
                     "logprobs": self.logprobs_json(&r.token_ids, r.logprobs.as_deref()),
-                    "finish_reason": r.finish_reason,
+                    "finish_reason": finish_reason,
                     "stop_reason": r.stop_reason,
                 })
             })
@@ -290,6 +318,45 @@ impl Chat {
             "choices": choices,
             "usage": usage(event.usage.prompt_tokens, event.usage.completion_tokens),
         }))
+    }
+
+    /// A finished choice's message and finish reason: its text, or the tool
+    /// calls parsed from it.
+    fn message(&self, r: &SeqOutput) -> (Value, Option<String>) {
+        let text = format!("{}{}", self.echo_text, r.text);
+        let parsed = self.tools.as_ref().map(|t| (t.parse(&text), &t.choice));
+        match parsed {
+            Some(((content, Some(calls)), choice)) => {
+                // A call the request forced by name ends as "stop", as OpenAI's do.
+                let finish = match (choice, r.finish_reason.as_deref()) {
+                    (ToolChoice::Named(_), f) => f.map(str::to_string),
+                    (_, Some("stop")) => Some("tool_calls".to_string()),
+                    (_, f) => f.map(str::to_string),
+                };
+                let message = json!({"role": self.role, "content": content, "tool_calls": calls});
+                (message, finish)
+            }
+            _ => (
+                json!({"role": self.role, "content": text}),
+                r.finish_reason.clone(),
+            ),
+        }
+    }
+
+    /// A named tool's arguments stream as `delta.tool_calls`; the first delta
+    /// names the function.
+    fn content_delta(&self, text: &str, first: bool) -> Value {
+        match self.tools.as_ref().map(|t| &t.choice) {
+            Some(ToolChoice::Named(name)) if first => {
+                let mut call = tools::call(name, text.to_string());
+                call["index"] = json!(0);
+                json!({"tool_calls": [call]})
+            }
+            Some(ToolChoice::Named(_)) => {
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+            }
+            _ => json!({"content": text}),
+        }
     }
 
     fn choice_chunk(
@@ -333,6 +400,7 @@ impl Chat {
     async fn stream(&self, generation: &mut Generation, tx: &mpsc::Sender<Bytes>) {
         self.send(tx, self.opening_chunks()).await;
         let mut finished = vec![false; self.n];
+        let mut started = vec![false; self.n];
         let mut engine_stopped = false;
         let totals = pump(generation, tx, |_, event| {
             if event.is_final() {
@@ -364,7 +432,8 @@ impl Chat {
             } else if event.text.is_empty() && logprobs.is_null() {
                 return Vec::new();
             }
-            let delta = json!({"content": event.text});
+            let first = !std::mem::replace(&mut started[event.index], true);
+            let delta = self.content_delta(&event.text, first);
             let choice = self.choice_chunk(
                 event.index,
                 delta,
@@ -402,10 +471,14 @@ impl Chat {
             .iter()
             .enumerate()
             .map(|(index, r)| {
-                let delta =
-                    json!({"role": self.role, "content": format!("{}{}", self.echo_text, r.text)});
+                let (mut delta, finish_reason) = self.message(r);
+                if let Some(calls) = delta["tool_calls"].as_array_mut() {
+                    for (i, call) in calls.iter_mut().enumerate() {
+                        call["index"] = json!(i);
+                    }
+                }
                 let logprobs = self.logprobs_json(&r.token_ids, r.logprobs.as_deref());
-                self.choice_chunk(index, delta, logprobs, &r.finish_reason, &r.stop_reason)
+                self.choice_chunk(index, delta, logprobs, &finish_reason, &r.stop_reason)
             })
             .collect();
         self.send(tx, vec![self.header.chunk(choices, None)]).await;

@@ -14,8 +14,7 @@ use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{completion_logprobs, TokenText};
 use crate::request::{parse_completion, CompletionRequest};
 use crate::sampling::{
-    check_logprobs_limit, engine_body, max_tokens, refuse_guided_decoding, streams_incrementally,
-    truncate, EngineParams,
+    check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate, EngineParams,
 };
 use crate::state::AppState;
 use crate::stream::{check_stream_options, pump, send_done, send_error, usage, ChunkHeader};
@@ -52,7 +51,6 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         return Err(ApiError::bad_request("suffix is not currently supported"));
     }
     check_stream_options(c)?;
-    refuse_guided_decoding(c)?;
     if req.logprobs.is_some_and(|n| n < 0) {
         return Err(ApiError::bad_request(
             "if passed, `logprobs` must be a positive value.",

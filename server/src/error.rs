@@ -56,11 +56,6 @@ impl ApiError {
         ApiError::not_found(format!("The model `{model}` does not exist."))
     }
 
-    /// A request field that is recognised but whose feature is not built yet.
-    pub fn not_supported(what: &str) -> ApiError {
-        ApiError::bad_request(format!("{what} is not supported yet by this server."))
-    }
-
     pub fn body(&self) -> Value {
         json!({"error": {
             "message": self.message,

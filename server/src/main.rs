@@ -20,6 +20,7 @@ mod state;
 mod stream;
 #[allow(clippy::all)]
 mod sys;
+mod tools;
 
 // The engine library provides the C ABI the bindings in `sys` call; nothing else
 // of it is used from Rust.

@@ -61,43 +61,19 @@ pub fn check_logprobs_limit(requested: Option<i64>, max_logprobs: i64) -> ApiRes
     }
 }
 
-/// Structured output is a separate piece of work (issue 6): until it is built,
-/// asking for it is an error rather than silently unconstrained output.
-pub fn refuse_guided_decoding(c: &CommonFields) -> ApiResult<()> {
-    let kinds = [
-        c.guided_json.is_some(),
-        c.guided_regex.is_some(),
-        c.guided_choice.is_some(),
-    ];
-    if kinds.iter().filter(|&&k| k).count() > 1 {
-        return Err(ApiError::bad_request(
-            "You can only use one kind of guided decoding ('guided_json', 'guided_regex' or \
-             'guided_choice').",
-        ));
-    }
-    let fields = [
-        ("guided_json", &c.guided_json),
-        ("guided_regex", &c.guided_regex),
-        ("guided_choice", &c.guided_choice),
-        ("guided_grammar", &c.guided_grammar),
-        ("guided_decoding_backend", &c.guided_decoding_backend),
-        ("guided_whitespace_pattern", &c.guided_whitespace_pattern),
-    ];
-    if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_some()) {
-        return Err(ApiError::not_supported(&format!(
-            "Guided decoding (`{name}`)"
-        )));
-    }
-    match &c.response_format {
-        None => Ok(()),
-        Some(f) if f.get("type") == Some(&json!("text")) => Ok(()),
-        Some(Value::Object(f)) if f.get("type").is_some() => Err(ApiError::not_supported(
-            &format!("response_format {}", f["type"]),
-        )),
-        Some(_) => Err(ApiError::bad_request(
-            "response_format must be an object with a \"type\": \"text\", \"json_object\" or \"json_schema\".",
-        )),
-    }
+/// Guided decoding with tools: vLLM's rule, one or the other.
+pub fn uses_guided_decoding(c: &CommonFields) -> bool {
+    [
+        &c.guided_json,
+        &c.guided_regex,
+        &c.guided_choice,
+        &c.guided_grammar,
+    ]
+    .iter()
+    .any(|v| v.is_some())
+        || c.response_format
+            .as_ref()
+            .is_some_and(|f| f.get("type").is_some_and(|t| t != "text"))
 }
 
 /// What the endpoint decided beyond the shared fields.
@@ -163,6 +139,18 @@ pub fn engine_body(c: &CommonFields, p: EngineParams) -> Value {
         c.include_stop_str_in_output.map(Value::from),
     );
     put("logit_bias", c.logit_bias.clone().map(Value::Object));
+    // Structured output: the engine compiles and checks these (400 with the
+    // parser's message when they do not compile).
+    put("guided_json", c.guided_json.clone());
+    put("guided_regex", c.guided_regex.clone());
+    put("guided_choice", c.guided_choice.clone());
+    put("guided_grammar", c.guided_grammar.clone());
+    put(
+        "guided_whitespace_pattern",
+        c.guided_whitespace_pattern.clone(),
+    );
+    put("guided_decoding_backend", c.guided_decoding_backend.clone());
+    put("response_format", c.response_format.clone());
     Value::Object(body)
 }
 

@@ -211,12 +211,21 @@ fn chat_errors() {
             "maximum context length is 256",
         ),
         (
-            json!({"model": "demo", "messages": hi(), "tools": []}),
-            "not supported yet",
+            json!({"model": "demo", "messages": hi(), "tools": weather(), "tool_choice": "auto"}),
+            "tool_choice \"auto\" needs a chat template",
         ),
         (
-            json!({"model": "demo", "messages": hi(), "response_format": {"type": "json_object"}}),
-            "not supported yet",
+            json!({"model": "demo", "messages": hi(), "tool_choice": "required"}),
+            "When using `tool_choice`, `tools` must be set.",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "tools": weather(), "tool_choice": "required",
+                   "guided_regex": "a"}),
+            "You can only either use guided decoding or tools, not both.",
+        ),
+        (
+            json!({"model": "demo", "messages": hi(), "response_format": {"type": "xml"}}),
+            "response_format",
         ),
         (
             json!({"model": "demo", "messages": hi(), "stream_options": {"include_usage": true}}),
@@ -232,4 +241,68 @@ fn chat_errors() {
         &s,
         json!({"model": "demo", "messages": hi(), "max_tokens": 1, "response_format": {"type": "text"}}),
     );
+}
+
+fn weather() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+        "required": ["city"], "additionalProperties": false}}}])
+}
+
+#[test]
+fn json_response_format_and_forced_tool_calls() {
+    let s = server();
+    for seed in 0..3 {
+        let v = chat(
+            &s,
+            json!({"model": "demo", "messages": hi(), "max_tokens": 60, "seed": seed,
+                                "response_format": {"type": "json_object"}}),
+        );
+        if v["choices"][0]["finish_reason"] == "stop" {
+            let parsed: Value = serde_json::from_str(&content(&v, 0)).unwrap();
+            assert!(parsed.is_object(), "{parsed}");
+        }
+    }
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "max_tokens": 60, "seed": 3,
+                            "tools": weather(), "tool_choice": named}),
+    );
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert!(call["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{args}");
+    }
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "max_tokens": 80, "seed": 4,
+                            "tools": weather(), "tool_choice": "required"}),
+    );
+    if v["choices"][0]["finish_reason"] == "tool_calls" {
+        let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+        assert!(!calls.is_empty());
+        assert!(calls.iter().all(|c| c["function"]["name"] == "get_weather"));
+    } else {
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    }
+    // Streamed: the arguments arrive as delta.tool_calls pieces.
+    let chunks = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "demo", "messages": hi(), "max_tokens": 60, "seed": 3, "stream": true,
+                    "tools": weather(), "tool_choice": named}),
+        )
+        .chunks();
+    let mut arguments = String::new();
+    for c in &chunks {
+        if let Some(calls) = c["choices"][0]["delta"]["tool_calls"].as_array() {
+            arguments.push_str(calls[0]["function"]["arguments"].as_str().unwrap());
+        }
+    }
+    assert_eq!(arguments, call["function"]["arguments"].as_str().unwrap());
 }

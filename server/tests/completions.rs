@@ -383,8 +383,12 @@ fn validation_errors_read_like_vllm() {
             "`logprobs` must be a positive value",
         ),
         (
-            json!({"model": "demo", "prompt": "x", "guided_regex": "a+"}),
-            "not supported yet",
+            json!({"model": "demo", "prompt": "x", "guided_regex": "(a"}),
+            "guided_regex",
+        ),
+        (
+            json!({"model": "demo", "prompt": "x", "guided_json": {"type": "nonsense"}}),
+            "guided_json",
         ),
         (
             json!({"model": "demo", "prompt": "x", "guided_regex": "a", "guided_choice": ["a"]}),
@@ -406,4 +410,44 @@ fn validation_errors_read_like_vllm() {
     assert_eq!(message, "The model `nope` does not exist.");
     // Still serving.
     complete(&s, json!({"model": "demo", "prompt": "x", "max_tokens": 1}));
+}
+
+#[test]
+fn guided_decoding_constrains_the_output() {
+    let s = server();
+    let base =
+        json!({"model": "demo", "prompt": "Pick one:", "max_tokens": 40, "temperature": 1.0});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        complete(&s, b)
+    };
+    let choices = ["red", "green", "blue"];
+    for seed in 0..5 {
+        let v = with(json!({"guided_choice": choices, "seed": seed}));
+        assert!(choices.contains(&text(&v, 0).as_str()), "{v}");
+        let v = with(json!({"guided_regex": "[0-9]{3}-[a-z]{2}", "seed": seed}));
+        let t = text(&v, 0);
+        assert!(t.len() == 6 && t.as_bytes()[3] == b'-', "{t}");
+    }
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+                        "additionalProperties": false});
+    let v = with(json!({"guided_json": schema, "seed": 1, "max_tokens": 30}));
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let parsed: Value = serde_json::from_str(&text(&v, 0)).unwrap();
+        assert!(parsed["n"].is_i64(), "{parsed}");
+    }
+    // Streaming and n > 1 under a constraint.
+    let chunks = s
+        .post(
+            "/v1/completions",
+            &json!({"model": "demo", "prompt": "Pick:", "max_tokens": 10, "n": 2, "stream": true,
+                    "guided_choice": choices}),
+        )
+        .chunks();
+    for t in streamed_texts(&chunks, 2) {
+        assert!(choices.contains(&t.as_str()), "{t}");
+    }
 }

@@ -117,14 +117,30 @@ def test_out_of_range_sampling_parameters(client):
         assert words in e.value.body["message"], (kw, e.value.body["message"])
 
 
-def test_guided_decoding_and_tools_not_supported_yet(client):
-    with pytest.raises(openai.BadRequestError, match="not supported yet"):
-        chat(client, response_format={"type": "json_object"})
-    with pytest.raises(openai.BadRequestError, match="not supported yet"):
-        complete(client, extra_body={"guided_json": {"type": "object"}})
+def test_guided_decoding_and_tools_errors(client):
+    with pytest.raises(openai.BadRequestError, match="guided_regex"):
+        complete(client, extra_body={"guided_regex": "(unclosed"})
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError, match="not supported yet"):
-        chat(client, tools=[tool])
+    with pytest.raises(openai.BadRequestError, match="needs a chat template"):
+        chat(client, tools=[tool], tool_choice="auto")
+    with pytest.raises(openai.BadRequestError, match="not in `tools`"):
+        chat(client, tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}})
+
+
+def test_structured_output_through_the_client(client):
+    out = chat(client, response_format={"type": "json_object"}, max_tokens=60, seed=2)
+    if out.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(out.choices[0].message.content), dict)
+    picked = complete(client, extra_body={"guided_choice": ["yes", "no"]}, max_tokens=5)
+    assert picked.choices[0].text in ("yes", "no")
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}}
+    out = chat(client, tools=[tool], tool_choice={"type": "function", "function": {"name": "f"}},
+               max_tokens=40, seed=1)
+    call = out.choices[0].message.tool_calls[0]
+    assert call.function.name == "f"
+    if out.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(call.function.arguments)["x"], int)
 
 
 def test_malformed_bodies(server):
