@@ -17,7 +17,9 @@ use crate::sampling::{
     check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate, EngineParams,
 };
 use crate::state::AppState;
-use crate::stream::{check_stream_options, pump, send_done, send_error, usage, ChunkHeader};
+use crate::stream::{
+    check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
+};
 
 /// vLLM's default for completions.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -411,17 +413,8 @@ impl Completion {
             vec![self.header.chunk(vec![choice], Some(seq_usage))]
         })
         .await;
-        let Some(totals) = totals else { return };
-        if engine_stopped {
-            if let Err(e) = self.engine.check() {
-                send_error(tx, &e.into()).await;
-            }
-        }
-        if self.header.include_usage {
-            let chunk = self
-                .header
-                .usage_chunk(totals.prompt_tokens, totals.completion_tokens);
-            let _ = tx.send(sse_event(&chunk)).await;
+        if let Some(totals) = totals {
+            end_stream(&self.header, &self.engine, tx, &totals, engine_stopped).await;
         }
     }
 }

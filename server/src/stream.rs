@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::generation::{Event, Generation};
 use crate::http::{sse_done, sse_event};
@@ -146,6 +147,26 @@ pub async fn pump(
 /// still ends the stream with `[DONE]`).
 pub async fn send_error(tx: &mpsc::Sender<Bytes>, e: &ApiError) {
     let _ = tx.send(sse_event(&e.body())).await;
+}
+
+/// After the last chunk of an incremental stream: an error event if the engine
+/// stopped under the request, then the usage chunk if asked for.
+pub async fn end_stream(
+    header: &ChunkHeader,
+    engine: &Engine,
+    tx: &mpsc::Sender<Bytes>,
+    totals: &Totals,
+    engine_stopped: bool,
+) {
+    if engine_stopped {
+        if let Err(e) = engine.check() {
+            send_error(tx, &e.into()).await;
+        }
+    }
+    if header.include_usage {
+        let chunk = header.usage_chunk(totals.prompt_tokens, totals.completion_tokens);
+        let _ = tx.send(sse_event(&chunk)).await;
+    }
 }
 
 pub async fn send_done(tx: &mpsc::Sender<Bytes>) {
