@@ -20,18 +20,7 @@ pub fn unix_time() -> u64 {
 
 /// A random 32-hex-digit id, as vLLM's `random_uuid()`.
 pub fn random_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::with_capacity(32);
-    for _ in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// 200 with an empty body once the model is loaded and the engine serves; 503
