@@ -312,3 +312,35 @@ fn json_response_format_and_forced_tool_calls() {
     }
     assert_eq!(arguments, call["function"]["arguments"].as_str().unwrap());
 }
+
+#[test]
+fn auto_tool_choice_runs_with_a_template_that_asks_for_tool_call_blocks() {
+    // A Hermes-style template: it lists the tools and asks for <tool_call> JSON.
+    let template = "{% if tools %}Tools: {{ tools | tojson }}. Answer with <tool_call>{\"name\": ..., \
+                    \"arguments\": ...}</tool_call>.\n{% endif %}{% for m in messages %}{{ m.role }}: \
+                    {{ m.content }}\n{% endfor %}assistant:";
+    let s = Server::start(&["--chat-template", template, "--max-model-len", "256"]);
+    let t = s
+        .post(
+            "/tokenize",
+            &json!({"messages": hi(), "add_special_tokens": false}),
+        )
+        .json();
+    let plain = s
+        .post("/detokenize", &json!({"tokens": t["tokens"]}))
+        .json();
+    assert!(!plain["prompt"].as_str().unwrap().contains("<tool_call>"));
+    let v = chat(
+        &s,
+        json!({"model": "demo", "messages": hi(), "max_tokens": 6, "temperature": 0,
+                            "tools": weather()}),
+    );
+    // The random model does not call: its text comes back as content, and the
+    // prompt it saw (longer by the tool list) proves the template got the tools.
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > t["count"].as_u64().unwrap() + 10);
+}
