@@ -11,4 +11,4 @@ cargo test --workspace
 # tests above built).
 scripts/test-python.sh
 # Benches must keep compiling (they run on demand: see bench/RESULTS.md).
-cargo check --benches
+cargo check --workspace --benches
