@@ -134,10 +134,17 @@ fn row(name: &str, mut values: Vec<f64>) {
 fn main() {
     let o = options();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine-server"));
-    cmd.args(["--host", "127.0.0.1", "--port", "0", "--served-model-name", "bench"])
-        .args(["--disable-log-requests", "--max-logprobs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--served-model-name",
+        "bench",
+    ])
+    .args(["--disable-log-requests", "--max-logprobs", "1"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     if let Some(m) = &o.model {
         cmd.args(["--model", m]);
     }
@@ -147,7 +154,11 @@ fn main() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()));
+                let _ = tx.send(
+                    rest.rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok()),
+                );
             }
             if line.contains("model loaded") {
                 let _ = tx.send(None);
@@ -158,7 +169,11 @@ fn main() {
     let _ = rx.recv_timeout(Duration::from_secs(600)); // "model loaded"
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
     let prompts: Vec<Vec<u32>> = (0..o.requests)
-        .map(|_| (0..o.input_len).map(|_| rng.random_range(10..250u32)).collect())
+        .map(|_| {
+            (0..o.input_len)
+                .map(|_| rng.random_range(10..250u32))
+                .collect()
+        })
         .collect();
     // Warm up once (first-touch of the weights and caches).
     run_request(port, &prompts[0], 2);
@@ -172,9 +187,14 @@ fn main() {
             std::thread::sleep(Duration::from_secs_f64(gap));
         }
         let output_len = o.output_len;
-        handles.push(std::thread::spawn(move || run_request(port, &prompt, output_len)));
+        handles.push(std::thread::spawn(move || {
+            run_request(port, &prompt, output_len)
+        }));
     }
-    let results: Vec<Timings> = handles.into_iter().map(|h| h.join().expect("a request")).collect();
+    let results: Vec<Timings> = handles
+        .into_iter()
+        .map(|h| h.join().expect("a request"))
+        .collect();
     let duration = start.elapsed().as_secs_f64();
     let _ = server.kill();
     let _ = server.wait();
