@@ -84,6 +84,19 @@ fn include_usage_adds_a_final_usage_chunk() {
     assert!(chunks[..chunks.len() - 1]
         .iter()
         .all(|c| c["usage"].is_null()));
+    // continuous_usage_stats: every chunk carries its sequence's usage so far.
+    let continuous = s
+        .post(
+            "/v1/completions",
+            &json!({"model": "demo", "prompt": "a", "max_tokens": 3, "stream": true, "ignore_eos": true,
+                    "stream_options": {"include_usage": true, "continuous_usage_stats": true}}),
+        )
+        .chunks();
+    let counts: Vec<u64> = continuous[..continuous.len() - 1]
+        .iter()
+        .map(|c| c["usage"]["completion_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![1, 2, 3]);
     // Choices are numbered prompt by prompt: 0,1 for the first, 2,3 for the second.
     let texts = streamed_texts(&chunks[..chunks.len() - 1], 4);
     assert!(texts.iter().all(|t| !t.is_empty()), "{texts:?}");

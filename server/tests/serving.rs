@@ -310,3 +310,27 @@ fn the_readme_lists_every_flag() {
         );
     }
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_stream_finish() {
+    let s = Server::start(&["--max-model-len", "1024"]);
+    let body = json!({"model": "demo", "prompt": "Keep going", "max_tokens": 300, "ignore_eos": true,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let mut conn = s.post_open("/v1/completions", &body);
+    let mut seen = read_events(&mut conn, 2);
+    let port = s.port;
+    let status = std::thread::spawn(move || s.terminate());
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    seen.push_str(&String::from_utf8_lossy(&rest));
+    assert!(
+        seen.contains("\"completion_tokens\":300"),
+        "the stream ran to its end: {seen}"
+    );
+    assert!(seen.contains("data: [DONE]"));
+    assert!(status.join().unwrap().success());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
+}
