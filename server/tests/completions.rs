@@ -404,6 +404,27 @@ fn validation_errors_read_like_vllm() {
             "guided_json",
         ),
         (
+            json!({"model": "demo", "prompt": "x", "guided_json": "{not json"}),
+            "guided_json",
+        ),
+        (
+            json!({"model": "demo", "prompt": "x", "guided_grammar": "start: ( \"a\""}),
+            "guided_grammar",
+        ),
+        (
+            json!({"model": "demo", "prompt": "x", "guided_choice": []}),
+            "guided_choice",
+        ),
+        (
+            json!({"model": "demo", "prompt": "x", "guided_decoding_backend": "magic"}),
+            "guided_decoding_backend",
+        ),
+        (
+            json!({"model": "demo", "prompt": "x", "response_format": {"type": "json_schema",
+                   "json_schema": {"name": "x", "schema": {"type": 5}}}}),
+            "response_format",
+        ),
+        (
             json!({"model": "demo", "prompt": "x", "guided_regex": "a", "guided_choice": ["a"]}),
             "You can only use one kind of guided decoding",
         ),

@@ -329,6 +329,7 @@ fn take_guided_decoding(f: &mut Fields) -> FfiResult<Option<GuidedDecodingParams
         regex: f.take("guided_regex")?,
         choice: f.take("guided_choice")?,
         grammar: f.take("guided_grammar")?,
+        json_schema: None,
         whitespace_pattern: f.take("guided_whitespace_pattern")?,
         backend: f.take("guided_decoding_backend")?,
         json_object: false,
@@ -354,8 +355,8 @@ fn take_guided_decoding(f: &mut Fields) -> FfiResult<Option<GuidedDecodingParams
                 // No schema: any JSON value (OpenAI makes it optional).
                 let schema: Value = js.take("schema")?.unwrap_or_else(|| Value::Object(Map::new()));
                 js.finish()?;
-                // An explicit guided_json wins, as vLLM's guided_* fields do.
-                g.json.get_or_insert(schema);
+                // Any guided_* field wins, as over json_object.
+                g.json_schema = Some(schema);
             }
             other => {
                 return Err(FfiError::json(format!(
@@ -429,7 +430,11 @@ mod tests {
         )
         .unwrap();
         let g = r.params.guided_decoding.unwrap();
-        assert_eq!(g.json, Some(serde_json::json!({"type": "string"})));
+        assert_eq!(g.json_schema, Some(serde_json::json!({"type": "string"})));
+        assert_eq!(
+            g.json, None,
+            "response_format's schema is not a guided_json"
+        );
         let r = parse_request(r#"{"prompt": "x", "response_format": {"type": "json_object"}}"#)
             .unwrap();
         assert!(r.params.guided_decoding.unwrap().json_object);

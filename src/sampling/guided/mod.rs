@@ -51,6 +51,9 @@ pub struct GuidedDecodingParams {
     pub choice: Option<Vec<String>>,
     /// A Lark-style grammar in llguidance's dialect (see the README).
     pub grammar: Option<String>,
+    /// response_format's `json_schema`: applies, like `json_object`, only when no
+    /// guided_* field is set.
+    pub json_schema: Option<Value>,
     /// Any JSON object.
     pub json_object: bool,
     /// Regex for the whitespace allowed between JSON tokens.
@@ -74,6 +77,7 @@ impl GuidedDecodingParams {
             || self.regex.is_some()
             || self.choice.is_some()
             || self.grammar.is_some()
+            || self.json_schema.is_some()
             || self.json_object
     }
 
@@ -107,7 +111,8 @@ impl GuidedDecodingParams {
     }
 
     /// The grammar to compile, in vLLM's priority order (json, regex, choice,
-    /// grammar, then response_format's json_object); `None` when unconstrained.
+    /// grammar, then response_format's json_schema or json_object); `None` when
+    /// unconstrained.
     pub(crate) fn source(&self) -> Result<Option<GrammarSource>> {
         if let Some(schema) = &self.json {
             return Ok(Some(GrammarSource::Json(self.with_whitespace(schema)?)));
@@ -127,6 +132,9 @@ impl GuidedDecodingParams {
         if let Some(grammar) = &self.grammar {
             return Ok(Some(GrammarSource::Lark(grammar.clone())));
         }
+        if let Some(schema) = &self.json_schema {
+            return Ok(Some(GrammarSource::Json(self.with_whitespace(schema)?)));
+        }
         if self.json_object {
             let schema = json!({"type": "object"});
             return Ok(Some(GrammarSource::Json(self.with_whitespace(&schema)?)));
@@ -141,7 +149,7 @@ impl GuidedDecodingParams {
             Value::Object(_) | Value::Bool(_) => schema.clone(),
             other => {
                 return Err(Error::invalid(format!(
-                    "guided_json must be a JSON schema object, got {other}"
+                    "a JSON schema must be an object or a boolean, got {other}"
                 )))
             }
         };
