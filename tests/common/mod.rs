@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod c_engine;
 pub mod json_schema;
 
 use std::path::PathBuf;
