@@ -8,8 +8,16 @@ use std::path::PathBuf;
 
 pub const FIXTURES: [&str; 3] = ["tiny-llama", "tiny-mistral", "tiny-qwen2"];
 
+/// The repository: `ENGINE_REPO_DIR` when a test binary runs away from the
+/// checkout it was built in (the GPU machine), else the build's.
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("ENGINE_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    repo_dir()
         .join("tests/fixtures")
         .join(name)
 }

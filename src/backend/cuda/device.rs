@@ -1,5 +1,5 @@
 //! The CUDA device: context, stream and cuBLAS handle, opened with a check
-//! that the driver library exists (cudarc's safe API panics without it).
+//! that the driver and cuBLAS libraries exist (cudarc's safe API panics without them).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -51,13 +51,7 @@ impl CudaDevice {
                 "cuda: the CUDA driver (libcuda.so) is not installed on this machine".into(),
             ));
         }
-        // SAFETY: as above.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Device(
-                "cuda: cuBLAS (libcublas.so) was not found: add its directory to LD_LIBRARY_PATH"
-                    .into(),
-            ));
-        }
+        super::libs::load_cublas()?;
         let count = CudaContext::device_count().map_err(|e| device_error("counting GPUs", e))?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::Device(format!(
@@ -68,7 +62,12 @@ impl CudaDevice {
         // One stream orders everything: no events between streams.
         // SAFETY: nothing has been allocated on this context yet.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // Our own non-blocking stream, not the legacy NULL stream, which
+        // serializes with every other stream of the process (a host library's
+        // or a second engine's).
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device_error("creating a stream", e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_error("creating cuBLAS", e))?;
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)

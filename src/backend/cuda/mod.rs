@@ -11,6 +11,7 @@
 
 pub mod attention;
 mod device;
+mod libs;
 #[rustfmt::skip]
 pub mod kernels_sys;
 
@@ -79,6 +80,9 @@ pub struct CudaMeta {
 
 pub struct CudaBackend {
     dev: CudaDevice,
+    /// `ENGINE_CUDA_SYNC=1`: synchronize after every op, so that a device
+    /// fault is reported by the op that caused it (slow; for debugging).
+    sync_each_op: bool,
 }
 
 fn to_i32(what: &str, v: usize) -> Result<i32> {
@@ -90,7 +94,25 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             dev: CudaDevice::open(ordinal)?,
+            sync_each_op: std::env::var("ENGINE_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
+    }
+
+    /// A launcher's status, then (with `ENGINE_CUDA_SYNC=1`) the device's.
+    fn launched(&self, op: &str, status: i32) -> Result<()> {
+        check(op, status)?;
+        self.sync_point(op)
+    }
+
+    /// With `ENGINE_CUDA_SYNC=1`, waits for the device and names `op` in a fault.
+    fn sync_point(&self, op: &str) -> Result<()> {
+        if !self.sync_each_op {
+            return Ok(());
+        }
+        self.dev
+            .stream
+            .synchronize()
+            .map_err(|e| Error::Device(format!("cuda: {op} failed on the device: {e}")))
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -181,7 +203,8 @@ impl CudaBackend {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| device_error("cuBLAS GEMM", e))
+        .map_err(|e| device_error("cuBLAS GEMM", e))?;
+        self.sync_point("cuBLAS GEMM")
     }
 
     /// `x` converted to a 16-bit `dtype` in `scratch`; returns its address.
@@ -194,7 +217,7 @@ impl CudaBackend {
         let mut buf = self.dev.alloc_zeros::<u16>(x.len())?;
         let out = self.pm(&mut buf);
         // SAFETY: both buffers hold x.len() elements.
-        check("convert", unsafe {
+        self.launched("convert", unsafe {
             sys::engine_convert(
                 out,
                 dtype as i32,
@@ -341,7 +364,7 @@ impl Backend for CudaBackend {
             }
             .map_err(|e| device_error("copying a KV block", e))?;
         }
-        Ok(())
+        self.sync_point("copy_blocks")
     }
 
     fn embedding(
@@ -358,7 +381,7 @@ impl Backend for CudaBackend {
         let out = self.pm(out).cast();
         // SAFETY: out holds tokens x width f32; every id is below the table's rows
         // (the validator checks token ids against the vocabulary).
-        check("embedding", unsafe {
+        self.launched("embedding", unsafe {
             sys::engine_embedding(
                 out,
                 ptr,
@@ -382,7 +405,7 @@ impl Backend for CudaBackend {
         let hidden = w.len();
         let out = self.pm(out);
         // SAFETY: x and out hold rows x hidden f32, the weight hidden f32.
-        check("rms_norm", unsafe {
+        self.launched("rms_norm", unsafe {
             sys::engine_rms_norm(
                 out,
                 self.p(x),
@@ -408,7 +431,7 @@ impl Backend for CudaBackend {
         let rows = x.len() / hidden;
         let (xp, rp) = (self.pm(x), self.pm(residual));
         // SAFETY: x and residual hold rows x hidden f32, the weight hidden f32.
-        check("fused_add_rms_norm", unsafe {
+        self.launched("fused_add_rms_norm", unsafe {
             sys::engine_fused_add_rms_norm(
                 xp,
                 rp,
@@ -435,7 +458,7 @@ impl Backend for CudaBackend {
             let cols = b.len();
             let o = self.pm(out);
             // SAFETY: out holds rows x cols f32, the bias cols f32.
-            check("add_bias", unsafe {
+            self.launched("add_bias", unsafe {
                 sys::engine_add_bias(
                     o.cast(),
                     self.p(b).cast(),
@@ -460,7 +483,7 @@ impl Backend for CudaBackend {
         let width = shape.qkv_width() as i64;
         // SAFETY: every token's row holds the q heads then the k heads; the
         // table covers every position (the scheduler bounds them by max_model_len).
-        check("rotary", unsafe {
+        self.launched("rotary", unsafe {
             sys::engine_rotary(
                 base.cast(),
                 base.add(shape.num_heads * hd).cast(),
@@ -494,7 +517,7 @@ impl Backend for CudaBackend {
         let (kp, vp) = (self.pm(k_pool), self.pm(v_pool));
         // SAFETY: k and v heads follow the q heads in every row; every
         // non-negative slot is inside the pools.
-        check("reshape_and_cache", unsafe {
+        self.launched("reshape_and_cache", unsafe {
             sys::engine_reshape_and_cache(
                 base.add(shape.num_heads * hd).cast(),
                 base.add((shape.num_heads + shape.num_kv_heads) * hd).cast(),
@@ -549,7 +572,7 @@ impl Backend for CudaBackend {
         };
         if !meta.decode_only {
             // SAFETY: params describe live buffers of the shapes above.
-            return check("paged_attention_prefill", unsafe {
+            return self.launched("paged_attention_prefill", unsafe {
                 sys::engine_paged_attention_prefill(
                     &params,
                     to_i32("query length", meta.max_query_len)?,
@@ -586,7 +609,7 @@ impl Backend for CudaBackend {
         let status =
             unsafe { sys::engine_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
         drop(workspace);
-        check("paged_attention_decode", status)
+        self.launched("paged_attention_decode", status)
     }
 
     fn silu_mul(
@@ -600,7 +623,7 @@ impl Backend for CudaBackend {
         }
         let o = self.pm(out);
         // SAFETY: gate_up holds rows x 2 width f32, out rows x width.
-        check("silu_and_mul", unsafe {
+        self.launched("silu_and_mul", unsafe {
             sys::engine_silu_and_mul(
                 o,
                 self.p(gate_up),
@@ -629,7 +652,7 @@ impl Backend for CudaBackend {
         let idx = self.dev.upload(&idx)?;
         let o = self.pm(out);
         // SAFETY: every row index is inside x; out holds rows.len() x width f32.
-        check("gather_rows", unsafe {
+        self.launched("gather_rows", unsafe {
             sys::engine_gather_rows(
                 o.cast(),
                 self.p(x).cast(),

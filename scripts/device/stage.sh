@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds, here (no GPU needed), everything the GPU machine runs: the CUDA
+# kernel tests and benches, the backend-parity test and engine-server, all
+# with the `cuda` feature; strips them into DEST (default: .device-cuda/ in
+# this checkout, ignored by git) with the device scripts, and prints the one
+# device `run` call:
+#   run(command="bash .device-cuda/all.sh", carry=[".device-cuda"], timeout_s=480)
+# all.sh runs kernels.sh (tests, sanitizer, benches, peers) then e2e.sh
+# (parity on CUDA, the server on the fixtures against the CPU's answers);
+# each can also run alone. The device tool sends the checkout its session
+# started in: when this runs in another worktree, pass that checkout's
+# .device-cuda as DEST.
+#
+# Device checks build for sm_90 only (ENGINE_CUDA_ARCHS=90, the H200), which
+# halves nvcc's time; set ENGINE_CUDA_ARCHS to build others.
+#
+# usage: scripts/device/stage.sh [DEST]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+dest="${1:-$root/.device-cuda}"
+cd "$root"
+NVCC="$(scripts/install-cuda.sh)/bin/nvcc"
+export NVCC
+export ENGINE_CUDA_ARCHS="${ENGINE_CUDA_ARCHS:-90}"
+
+# One profile (dev: the engine at opt-level 1, dependencies at 3) for every
+# artifact, so csrc/ and the workspace compile once; kernel timings do not
+# depend on how the host code is optimized.
+executable() { # cargo args...: the last executable cargo built
+    cargo "$@" --features cuda --message-format=json | python3 -c 'import json,sys
+last = None
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        last = m["executable"]
+print(last or "")'
+}
+start=$(date +%s)
+kernels_test="$(executable test --no-run --test cuda_kernels)"
+parity_test="$(executable test --no-run --test backend_parity)"
+kernels_bench="$(executable bench --no-run --profile dev --bench cuda_kernels)"
+server="$(executable build -p engine-server --bin engine-server)"
+echo "stage: built in $(($(date +%s) - start)) s" >&2
+
+rm -rf "$dest"
+mkdir -p "$dest"
+cp "$kernels_test" "$dest/cuda_kernels_test"
+cp "$parity_test" "$dest/backend_parity"
+cp "$kernels_bench" "$dest/cuda_kernels_bench"
+cp "$server" "$dest/engine-server"
+strip "$dest"/cuda_kernels_test "$dest"/backend_parity "$dest"/cuda_kernels_bench "$dest"/engine-server
+cp scripts/device/kernels.sh scripts/device/e2e.sh scripts/device/all.sh \
+    scripts/device/env.sh scripts/device/e2e_requests.py bench/sdpa_compare.py "$dest/"
+size=$(du -cb "$dest"/* | tail -n 1 | cut -f1)
+echo "staged $(du -sh "$dest" | cut -f1) in $dest ($size bytes; with the working tree, the limit is 64 MiB)" >&2
+if [ "$size" -gt $((48 * 1024 * 1024)) ]; then
+    echo "stage: $dest is over 48 MiB, which leaves too little for the working tree" >&2
+    exit 1
+fi
+echo 'run(command="bash .device-cuda/all.sh", carry=[".device-cuda"], timeout_s=480)'

@@ -1,0 +1,364 @@
+//! Backend parity: the engine on the backend under test against the engine on
+//! the CPU backend, the reference for every kernel. The backend under test is
+//! `ENGINE_PARITY_BACKEND` (`cpu`, the default, so that CI runs this file and it
+//! cannot rot; `cuda` in a build with the `cuda` feature, on the GPU machine).
+//!
+//! Models: the three reference fixtures and a generated one shaped like the
+//! attention of real models (head_dim 128, GQA 4) with prompts up to ~1.3k
+//! tokens, in float32 and bfloat16. Paths: one-shot and chunked prefill,
+//! prefix caching, n/best_of forks (copy-on-write block copies), beam search,
+//! guided JSON and preemption.
+//!
+//! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 1e-2
+//! (bfloat16); greedy tokens equal up to the first position where the CPU's
+//! top-2 logprob margin is at most 1e-3 (a near-tie either backend may break
+//! either way, after which the sequences legitimately part).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixture_dir, reference, rel_l2, u32s, FIXTURES};
+use engine::backend::cpu::CpuBackend;
+use engine::backend::Backend;
+use engine::config::{Arch, DType};
+use engine::engine::{Prompt, SeqResult};
+use engine::fixture::{write_model_dir, FixtureSpec};
+use engine::generate::{load_engine_core, Completion, Llm, LoadOptions, Request};
+use engine::sampling::{GuidedDecodingParams, SamplingParams};
+use serde_json::json;
+
+/// Teacher-forced logits, relative L2 per row.
+const F32_LOGITS_TOL: f64 = 1e-5;
+const BF16_LOGITS_TOL: f64 = 1e-2;
+/// A CPU top-2 margin at or under this may be broken either way.
+const TIE_MARGIN: f32 = 1e-3;
+/// The generated fixture's longest prompt.
+const LONG_PROMPT: usize = 1300;
+
+/// Runs `$scenario::<B>(make_backend)` on the backend `ENGINE_PARITY_BACKEND` names.
+macro_rules! on_backend_under_test {
+    ($scenario:ident) => {
+        match std::env::var("ENGINE_PARITY_BACKEND").as_deref() {
+            Err(_) | Ok("cpu") => $scenario(|| CpuBackend),
+            #[cfg(feature = "cuda")]
+            Ok("cuda") => $scenario(|| {
+                engine::backend::cuda::CudaBackend::new(0)
+                    .expect("ENGINE_PARITY_BACKEND=cuda needs a GPU")
+            }),
+            Ok(other) => panic!("ENGINE_PARITY_BACKEND={other}: not a backend of this build"),
+        }
+    };
+}
+
+/// The generated fixture: Llama, hidden 512, 8 query heads of 128 over 2 KV
+/// heads (GQA 4), in `dtype`. Written once per test process.
+fn large_fixture(dtype: DType) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "engine-parity-large-{}-{}",
+        dtype.name(),
+        std::process::id()
+    ));
+    if !dir.join("config.json").exists() {
+        let spec = FixtureSpec {
+            hidden_size: 512,
+            intermediate_size: 1024,
+            num_layers: 2,
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: Some(128),
+            dtype,
+            seed: 11,
+            ..FixtureSpec::tiny(Arch::Llama)
+        };
+        let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        write_model_dir(&spec, tmp.path()).unwrap();
+        // Another test of this process may have won the race: either copy is the same.
+        let _ = std::fs::rename(tmp.keep(), &dir);
+    }
+    dir
+}
+
+fn options(dtype: &str) -> LoadOptions {
+    LoadOptions {
+        dtype: dtype.into(),
+        ..LoadOptions::default()
+    }
+}
+
+fn load<B: Backend>(dir: &Path, options: &LoadOptions, backend: B) -> Llm<B> {
+    Llm::from_core(load_engine_core(dir, options, backend, &mut |_, _| {}).unwrap())
+}
+
+/// `len` token ids in `3..vocab`, deterministic in `seed` (a 64-bit LCG).
+fn token_ids(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            3 + ((x >> 33) % (vocab as u64 - 3)) as u32
+        })
+        .collect()
+}
+
+/// Every model of the parity runs, with its dtypes and its longest prompt.
+fn models() -> Vec<(String, PathBuf, &'static str, usize)> {
+    let mut models = Vec::new();
+    for dtype in ["float32", "bfloat16"] {
+        for name in FIXTURES {
+            models.push((name.to_string(), fixture_dir(name), dtype, 300));
+        }
+        let large = large_fixture(if dtype == "float32" {
+            DType::F32
+        } else {
+            DType::BF16
+        });
+        models.push(("large".to_string(), large, dtype, LONG_PROMPT));
+    }
+    models
+}
+
+fn logits_tolerance(dtype: &str) -> f64 {
+    if dtype == "float32" {
+        F32_LOGITS_TOL
+    } else {
+        BF16_LOGITS_TOL
+    }
+}
+
+/// Asserts `got` follows `want` (the CPU's) token for token up to the first
+/// near-tie of the CPU's; returns how many tokens were compared.
+fn assert_same_greedy(what: &str, got: &SeqResult, want: &SeqResult) -> usize {
+    for (i, (g, w)) in got.token_ids.iter().zip(&want.token_ids).enumerate() {
+        if g == w {
+            continue;
+        }
+        let top = &want.logprobs[i].top;
+        let margin = top[0].logprob - top[1].logprob;
+        assert!(
+            margin <= TIE_MARGIN,
+            "{what}: token {i} is {g}, the CPU's is {w} with a top-2 margin of {margin:.2e}"
+        );
+        return i;
+    }
+    assert_eq!(
+        got.token_ids.len(),
+        want.token_ids.len(),
+        "{what}: lengths differ with equal tokens"
+    );
+    got.token_ids.len()
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        logprobs: Some(2),
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    }
+}
+
+fn requests(prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Request> {
+    prompts
+        .iter()
+        .map(|p| Request {
+            prompt: Prompt::Tokens(p.clone()),
+            params: params.clone(),
+        })
+        .collect()
+}
+
+fn compare_completions(what: &str, got: &[Completion], want: &[Completion]) {
+    assert_eq!(got.len(), want.len());
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.outputs.len(), w.outputs.len(), "{what} request {r}");
+        for (s, (gs, ws)) in g.outputs.iter().zip(&w.outputs).enumerate() {
+            assert_same_greedy(&format!("{what} request {r} seq {s}"), gs, ws);
+        }
+    }
+}
+
+fn teacher_forced<B: Backend>(make: impl Fn() -> B) {
+    for (name, dir, dtype, long) in models() {
+        let mut prompts: Vec<Vec<u32>> = if name == "large" {
+            Vec::new()
+        } else {
+            reference(&name)["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|case| u32s(&case["prompt_token_ids"]))
+                .collect()
+        };
+        let mut cpu = load(&dir, &options(dtype), CpuBackend);
+        let vocab = cpu.model().config.vocab_size;
+        prompts.push(token_ids(long, vocab, 7));
+        let mut under_test = load(&dir, &options(dtype), make());
+        let mut worst = 0f64;
+        for prompt in &prompts {
+            let want = cpu.prompt_logits(prompt).unwrap();
+            let got = under_test.prompt_logits(prompt).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                worst = worst.max(rel_l2(g, w));
+            }
+        }
+        println!(
+            "{name} {dtype} on {}: worst relative L2 of the logits {worst:.2e}",
+            under_test.model().backend().name()
+        );
+        assert!(
+            worst < logits_tolerance(dtype),
+            "{name} {dtype}: logits differ from the CPU's by {worst:.2e} (relative L2)"
+        );
+    }
+}
+
+/// Greedy batches of mixed prompt lengths, prefilled in 64-token chunks with
+/// prefix caching on; the second round finds its prefixes cached.
+fn greedy_chunked_and_prefix_cached<B: Backend>(make: impl Fn() -> B) {
+    for (name, dir, dtype, long) in models() {
+        let opts = LoadOptions {
+            max_num_batched_tokens: 64,
+            enable_prefix_caching: true,
+            ..options(dtype)
+        };
+        let mut cpu = load(&dir, &opts, CpuBackend);
+        let mut under_test = load(&dir, &opts, make());
+        let vocab = cpu.model().config.vocab_size;
+        let shared = token_ids(long / 2, vocab, 1);
+        let mut prompts = vec![token_ids(long, vocab, 2), token_ids(5, vocab, 3)];
+        for tail in [4usize, 40] {
+            let mut p = shared.clone();
+            p.extend(token_ids(tail, vocab, tail as u64));
+            prompts.push(p);
+        }
+        for round in 0..2 {
+            let reqs = requests(&prompts, &greedy(12));
+            let want = cpu.generate(&reqs).unwrap();
+            let got = under_test.generate(&reqs).unwrap();
+            compare_completions(&format!("{name} {dtype} round {round}"), &got, &want);
+        }
+        let hits = under_test.stats().prefix_cache_hit_rate.unwrap_or(0.0);
+        assert!(hits > 0.0, "{name} {dtype}: the prefix cache found nothing");
+    }
+}
+
+/// n/best_of forks share prompt blocks and copy the last one on write; beam
+/// search forks and frees every step. float32, where draws and beam scores
+/// are stable across backends.
+fn forks_and_beams<B: Backend>(make: impl Fn() -> B) {
+    for (name, dir, dtype, _) in models().into_iter().filter(|m| m.2 == "float32") {
+        let mut cpu = load(&dir, &options(dtype), CpuBackend);
+        let mut under_test = load(&dir, &options(dtype), make());
+        let vocab = cpu.model().config.vocab_size;
+        // 37 tokens: the forked last block is partly full.
+        let prompts = vec![token_ids(37, vocab, 5)];
+        let sampled = SamplingParams {
+            n: 2,
+            best_of: Some(3),
+            temperature: 0.8,
+            seed: Some(42),
+            ignore_eos: true,
+            max_tokens: Some(16),
+            ..SamplingParams::default()
+        };
+        let beams = SamplingParams {
+            use_beam_search: true,
+            best_of: Some(3),
+            n: 2,
+            temperature: 0.0,
+            ignore_eos: true,
+            ..SamplingParams::greedy(12)
+        };
+        for (what, params) in [("n=2 best_of=3", sampled), ("beam search", beams)] {
+            let reqs = requests(&prompts, &params);
+            let want = cpu.generate(&reqs).unwrap();
+            let got = under_test.generate(&reqs).unwrap();
+            for (s, (g, w)) in got[0].outputs.iter().zip(&want[0].outputs).enumerate() {
+                assert_eq!(
+                    g.token_ids, w.token_ids,
+                    "{name}: {what}: sequence {s} differs from the CPU's"
+                );
+                assert!(
+                    (g.cum_logprob - w.cum_logprob).abs() < 1e-3,
+                    "{name}: {what}: sequence {s} scores {} against the CPU's {}",
+                    g.cum_logprob,
+                    w.cum_logprob
+                );
+            }
+        }
+    }
+}
+
+fn guided_json<B: Backend>(make: impl Fn() -> B) {
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"]
+    });
+    for (name, dir, dtype, _) in models() {
+        let mut cpu = load(&dir, &options(dtype), CpuBackend);
+        let mut under_test = load(&dir, &options(dtype), make());
+        let params = SamplingParams {
+            guided_decoding: Some(GuidedDecodingParams {
+                json: Some(schema.clone()),
+                ..GuidedDecodingParams::default()
+            }),
+            ..greedy(24)
+        };
+        let reqs = vec![Request {
+            prompt: Prompt::Text("A person as JSON:".into()),
+            params,
+        }];
+        let want = cpu.generate(&reqs).unwrap();
+        let got = under_test.generate(&reqs).unwrap();
+        compare_completions(&format!("{name} {dtype} guided_json"), &got, &want);
+    }
+}
+
+/// A KV cache too small for the batch: the scheduler preempts and recomputes.
+fn preemption<B: Backend>(make: impl Fn() -> B) {
+    for (name, dir, dtype, _) in models() {
+        let opts = LoadOptions {
+            num_kv_blocks: Some(12),
+            ..options(dtype)
+        };
+        let mut cpu = load(&dir, &opts, CpuBackend);
+        let mut under_test = load(&dir, &opts, make());
+        let vocab = cpu.model().config.vocab_size;
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| token_ids(20 + i, vocab, 100 + i as u64)).collect();
+        let reqs = requests(&prompts, &greedy(24));
+        let want = cpu.generate(&reqs).unwrap();
+        let got = under_test.generate(&reqs).unwrap();
+        compare_completions(&format!("{name} {dtype} preempted"), &got, &want);
+        let preempted = under_test.stats().num_preemptions;
+        assert!(preempted > 0, "{name} {dtype}: nothing was preempted");
+    }
+}
+
+#[test]
+fn teacher_forced_logits_match_the_cpu() {
+    on_backend_under_test!(teacher_forced);
+}
+
+#[test]
+fn greedy_tokens_match_the_cpu_with_chunked_prefill_and_prefix_caching() {
+    on_backend_under_test!(greedy_chunked_and_prefix_cached);
+}
+
+#[test]
+fn forks_and_beam_search_match_the_cpu() {
+    on_backend_under_test!(forks_and_beams);
+}
+
+#[test]
+fn guided_json_matches_the_cpu() {
+    on_backend_under_test!(guided_json);
+}
+
+#[test]
+fn preempted_requests_match_the_cpu() {
+    on_backend_under_test!(preemption);
+}
