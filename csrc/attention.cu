@@ -399,6 +399,8 @@ using namespace engine;
 
 #define ENGINE_DISPATCH_HEAD_DIM(hd, ...)                      \
   switch (hd) {                                                \
+    case 16: { constexpr int HD = 16; __VA_ARGS__; }           \
+    case 32: { constexpr int HD = 32; __VA_ARGS__; }           \
     case 64: { constexpr int HD = 64; __VA_ARGS__; }           \
     case 80: { constexpr int HD = 80; __VA_ARGS__; }           \
     case 96: { constexpr int HD = 96; __VA_ARGS__; }           \

@@ -94,7 +94,7 @@ typedef struct engine_attn_params {
   int32_t num_seqs;
   int32_t num_heads;
   int32_t num_kv_heads;
-  int32_t head_dim; /* 64, 80, 96, 128 or 256 */
+  int32_t head_dim; /* 16, 32, 64, 80, 96, 128 or 256 */
   int32_t block_size;
   int32_t max_blocks_per_seq;
   int32_t sliding_window; /* 0 = none; else attend to the last w positions (self included) */

@@ -11,8 +11,9 @@
 //!
 //! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 1e-2
 //! (bfloat16); greedy tokens equal up to the first position where the CPU's
-//! top-2 logprob margin is at most 1e-3 (a near-tie either backend may break
-//! either way, after which the sequences legitimately part).
+//! top-2 logprob margin is at most 1e-3 (float32) or 5e-2 (bfloat16): a
+//! near-tie either backend may break either way, after which the sequences
+//! legitimately part.
 
 mod common;
 
@@ -31,8 +32,13 @@ use serde_json::json;
 /// Teacher-forced logits, relative L2 per row.
 const F32_LOGITS_TOL: f64 = 1e-5;
 const BF16_LOGITS_TOL: f64 = 1e-2;
-/// A CPU top-2 margin at or under this may be broken either way.
-const TIE_MARGIN: f32 = 1e-3;
+/// A CPU top-2 logprob margin at or under this may be broken either way: in
+/// float32 the backends' logits differ by ~1e-6 relative; in bfloat16 an
+/// activation on a rounding boundary moves by one bf16 ulp (2^-8), so logits
+/// differ by a few 1e-3 relative (measured on the H200: up to 4.9e-3) and a
+/// margin of 6e-3 was seen to flip.
+const F32_TIE_MARGIN: f32 = 1e-3;
+const BF16_TIE_MARGIN: f32 = 5e-2;
 /// The generated fixture's longest prompt.
 const LONG_PROMPT: usize = 1300;
 
@@ -128,9 +134,18 @@ fn logits_tolerance(dtype: &str) -> f64 {
     }
 }
 
+fn tie_margin(dtype: &str) -> f32 {
+    if dtype == "float32" {
+        F32_TIE_MARGIN
+    } else {
+        BF16_TIE_MARGIN
+    }
+}
+
 /// Asserts `got` follows `want` (the CPU's) token for token up to the first
-/// near-tie of the CPU's; returns how many tokens were compared.
-fn assert_same_greedy(what: &str, got: &SeqResult, want: &SeqResult) -> usize {
+/// near-tie of the CPU's (top-2 margin at most `tie`); returns how many tokens
+/// were compared.
+fn assert_same_greedy(what: &str, got: &SeqResult, want: &SeqResult, tie: f32) -> usize {
     for (i, (g, w)) in got.token_ids.iter().zip(&want.token_ids).enumerate() {
         if g == w {
             continue;
@@ -138,7 +153,7 @@ fn assert_same_greedy(what: &str, got: &SeqResult, want: &SeqResult) -> usize {
         let top = &want.logprobs[i].top;
         let margin = top[0].logprob - top[1].logprob;
         assert!(
-            margin <= TIE_MARGIN,
+            margin <= tie,
             "{what}: token {i} is {g}, the CPU's is {w} with a top-2 margin of {margin:.2e}"
         );
         return i;
@@ -169,12 +184,12 @@ fn requests(prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Request> {
         .collect()
 }
 
-fn compare_completions(what: &str, got: &[Completion], want: &[Completion]) {
+fn compare_completions(what: &str, got: &[Completion], want: &[Completion], tie: f32) {
     assert_eq!(got.len(), want.len());
     for (r, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.outputs.len(), w.outputs.len(), "{what} request {r}");
         for (s, (gs, ws)) in g.outputs.iter().zip(&w.outputs).enumerate() {
-            assert_same_greedy(&format!("{what} request {r} seq {s}"), gs, ws);
+            assert_same_greedy(&format!("{what} request {r} seq {s}"), gs, ws, tie);
         }
     }
 }
@@ -238,7 +253,12 @@ fn greedy_chunked_and_prefix_cached<B: Backend>(make: impl Fn() -> B) {
             let reqs = requests(&prompts, &greedy(12));
             let want = cpu.generate(&reqs).unwrap();
             let got = under_test.generate(&reqs).unwrap();
-            compare_completions(&format!("{name} {dtype} round {round}"), &got, &want);
+            compare_completions(
+                &format!("{name} {dtype} round {round}"),
+                &got,
+                &want,
+                tie_margin(dtype),
+            );
         }
         let hits = under_test.stats().prefix_cache_hit_rate.unwrap_or(0.0);
         assert!(hits > 0.0, "{name} {dtype}: the prefix cache found nothing");
@@ -314,7 +334,12 @@ fn guided_json<B: Backend>(make: impl Fn() -> B) {
         }];
         let want = cpu.generate(&reqs).unwrap();
         let got = under_test.generate(&reqs).unwrap();
-        compare_completions(&format!("{name} {dtype} guided_json"), &got, &want);
+        compare_completions(
+            &format!("{name} {dtype} guided_json"),
+            &got,
+            &want,
+            tie_margin(dtype),
+        );
     }
 }
 
@@ -332,7 +357,12 @@ fn preemption<B: Backend>(make: impl Fn() -> B) {
         let reqs = requests(&prompts, &greedy(24));
         let want = cpu.generate(&reqs).unwrap();
         let got = under_test.generate(&reqs).unwrap();
-        compare_completions(&format!("{name} {dtype} preempted"), &got, &want);
+        compare_completions(
+            &format!("{name} {dtype} preempted"),
+            &got,
+            &want,
+            tie_margin(dtype),
+        );
         let preempted = under_test.stats().num_preemptions;
         assert!(preempted > 0, "{name} {dtype}: nothing was preempted");
     }

@@ -13,6 +13,9 @@ import time
 import urllib.request
 
 FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2"]
+# The device under test (ENGINE_E2E_DEVICE=cpu checks this script without a GPU:
+# two CPU servers must agree).
+DEVICE = os.environ.get("ENGINE_E2E_DEVICE", "cuda")
 
 
 def post(port, path, body, stream=False):
@@ -99,24 +102,25 @@ def main():
     server, fixtures, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     rows, failed = [], 0
     for i, name in enumerate(FIXTURES):
-        procs = {}
-        ports = {"cpu": 18000 + 2 * i, "cuda": 18001 + 2 * i}
+        procs = []
+        # The reference (the CPU) first, then the device under test.
+        servers = [("cpu", 18000 + 2 * i), (DEVICE, 18001 + 2 * i)]
         try:
-            for device, port in ports.items():
-                log = open(os.path.join(out_dir, f"server-{name}-{device}.log"), "w")
-                procs[device] = subprocess.Popen(
+            for device, port in servers:
+                log = open(os.path.join(out_dir, f"server-{name}-{port}-{device}.log"), "w")
+                procs.append(subprocess.Popen(
                     [server, "--model", os.path.join(fixtures, name), "--device", device,
                      "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
                      "--served-model-name", name, "--return-tokens-as-token-ids"],
-                    stdout=log, stderr=subprocess.STDOUT)
-            for device, port in ports.items():
-                wait_ready(port, procs[device])
+                    stdout=log, stderr=subprocess.STDOUT))
+            for (device, port), proc in zip(servers, procs):
+                wait_ready(port, proc)
             for what, path, body in requests_for(name):
                 try:
-                    cpu = answer(ports["cpu"], path, body)
-                    gpu = answer(ports["cuda"], path, body)
-                    same = cpu == gpu and all(t for _, t, _ in cpu)
-                    detail = "same tokens" if same else f"cpu {cpu} cuda {gpu}"
+                    want = answer(servers[0][1], path, body)
+                    got = answer(servers[1][1], path, body)
+                    same = want == got and all(t for _, t, _ in want)
+                    detail = "same tokens" if same else f"cpu {want} {DEVICE} {got}"
                 except Exception as e:  # a failed request is a failed check, not a crash
                     same, detail = False, f"error: {e}"
                 failed += not same
@@ -126,9 +130,9 @@ def main():
             failed += 1
             rows.append(f"| {name} | FAILED | {e} |")
         finally:
-            for p in procs.values():
+            for p in procs:
                 p.terminate()
-            for p in procs.values():
+            for p in procs:
                 try:
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:

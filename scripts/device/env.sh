@@ -1,18 +1,21 @@
 # Sourced by the device scripts on the GPU machine: where the output goes,
-# where cuBLAS is, and the repository the staged binaries read fixtures from.
+# the staged binaries, and the repository they read fixtures from. No
+# LD_LIBRARY_PATH: the engine finds the driver and cuBLAS itself (putting
+# PyTorch's nvidia-* wheel folders on it left cuInit failing with
+# CUDA_ERROR_STUB_LIBRARY on the H200 machine).
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${OUT:-/tmp/device-out}"
 mkdir -p "$out"
 export ENGINE_REPO_DIR="$(cd "$here/.." && pwd)"
-# cuBLAS on LD_LIBRARY_PATH (the toolkit's, or PyTorch's wheels'); the
-# engine finds it without this too, which the server check relies on.
-with_cublas_path() {
-    local libs
-    libs=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib \
-        $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) \
-        -name 'libcublas.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
-}
+# The staged binaries, unpacked once per machine.
+bin=/tmp/engine-device-bin
+if [ ! -f "$bin/.unpacked" ]; then
+    mkdir -p "$bin"
+    for f in "$here"/bin/*.gz; do
+        gunzip -c "$f" >"$bin/$(basename "$f" .gz)" && chmod +x "$bin/$(basename "$f" .gz)"
+    done
+    touch "$bin/.unpacked"
+fi
 # A step that runs past its share of the 8 minutes is stopped, not waited for.
 step() { # seconds log command...
     local secs="$1" log="$2"

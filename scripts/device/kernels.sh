@@ -4,13 +4,12 @@
 # bench with GB/s against the copy bandwidth measured in the same run, and
 # the paged-decode shape beside torch's SDPA. Logs in $OUT; a table last.
 source "$(cd "$(dirname "$0")" && pwd)/env.sh"
-with_cublas_path
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/gpu.txt"
 rows=()
 row() { rows+=("| $1 | $2 |"); }
 
 echo "== kernel tests"
-ENGINE_REQUIRE_GPU=1 step 120 tests.log "$here/cuda_kernels_test" --test-threads=1
+ENGINE_REQUIRE_GPU=1 step 60 tests.log "$bin/cuda_kernels_test" --test-threads=1
 rc=$?
 row "kernel tests" "exit $rc: $(grep -h '^test result' "$out/tests.log" | head -n 1)"
 status=$rc
@@ -27,8 +26,8 @@ for tool in memcheck racecheck; do
         filters=(paged_attention rms_norm)
     fi
     echo "== compute-sanitizer --tool $tool"
-    ENGINE_REQUIRE_GPU=1 step 100 "sanitizer-$tool.log" "$sanitizer" --tool "$tool" \
-        --error-exitcode 3 "$here/cuda_kernels_test" --test-threads=1 "${filters[@]}"
+    ENGINE_REQUIRE_GPU=1 step 75 "sanitizer-$tool.log" "$sanitizer" --tool "$tool" \
+        --error-exitcode 3 "$bin/cuda_kernels_test" --test-threads=1 "${filters[@]}"
     rc=$?
     summary=$(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY\|not supported' "$out/sanitizer-$tool.log" | tail -n 1)
     row "sanitizer $tool" "exit $rc: ${summary:-no summary}"
@@ -36,10 +35,15 @@ for tool in memcheck racecheck; do
 done
 
 echo "== kernel benches"
-CARGO_TARGET_DIR=/tmp/criterion-target step 150 bench.log "$here/cuda_kernels_bench" --bench cuda/
+CARGO_TARGET_DIR=/tmp/criterion-target step 180 bench.log "$bin/cuda_kernels_bench" --bench cuda/
 copy=$(sed -n 's/.*% of copy (\([0-9.]*\) GB\/s).*/\1/p' "$out/bench.log" | head -n 1)
 echo "== torch sdpa"
-PYTHONUNBUFFERED=1 step 60 sdpa.log python3 "$here/sdpa_compare.py" "${copy:-0}"
+PYTHONUNBUFFERED=1 step 30 sdpa.log python3 "$here/sdpa_compare.py" "${copy:-0}"
+echo "== flashinfer decode beside ours"
+step 30 flashinfer.log "$bin/flashinfer_decode" "${copy:-0}"
+rc=$?
+row "flashinfer vs ours" "exit $rc"
+[ "$rc" -eq 0 ] || status=1
 
 echo
 echo "== kernels summary ($(cat "$out/gpu.txt"))"
@@ -47,4 +51,5 @@ printf '%s\n' "${rows[@]}"
 grep -h 'FAILED\|panicked' "$out/tests.log" | head -n 10
 sed -n '/^| kernel/,$p' "$out/bench.log"
 grep -h '^| torch' "$out/sdpa.log"
+grep -h '^|' "$out/flashinfer.log"
 exit "$status"

@@ -5,6 +5,9 @@ use super::sys;
 /// Tokens per partition of the split-K decode kernel (csrc/kernels.h).
 pub const PARTITION_SIZE: usize = sys::ENGINE_ATTN_PARTITION_SIZE as usize;
 
+/// The head widths csrc/attention.cu is instantiated for.
+pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
+
 /// Query heads one decode block serves, as the launcher picks it for a GQA
 /// group of `group` query heads per KV head.
 fn heads_per_block(group: usize) -> usize {

@@ -38,8 +38,7 @@ pub struct CudaDevice {
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen libcuda; nothing is called through it.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    super::libs::pin_driver()
 }
 
 impl CudaDevice {
@@ -51,7 +50,6 @@ impl CudaDevice {
                 "cuda: the CUDA driver (libcuda.so) is not installed on this machine".into(),
             ));
         }
-        super::libs::load_cublas()?;
         let count = CudaContext::device_count().map_err(|e| device_error("counting GPUs", e))?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::Device(format!(
@@ -68,6 +66,7 @@ impl CudaDevice {
         let stream = ctx
             .new_stream()
             .map_err(|e| device_error("creating a stream", e))?;
+        super::libs::load_cublas()?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_error("creating cuBLAS", e))?;
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)

@@ -1,28 +1,55 @@
-//! Finds cuBLAS where CUDA installs usually put it, not only where the dynamic
-//! loader looks (LD_LIBRARY_PATH, ld.so.cache): `CUDA_HOME`/`CUDA_PATH`,
-//! /usr/local/cuda, and the nvidia-cublas wheels of Python environments.
-//! cudarc opens the libraries by name; once a copy is loaded by path, a later
-//! open by its soname returns that copy.
+//! Loads the CUDA libraries once, for the life of the process, before cudarc
+//! probes them:
+//! - the driver, because cudarc's presence checks open and close it, and a
+//!   driver unloaded and loaded again in one process fails every call after
+//!   (cuInit answered CUDA_ERROR_STUB_LIBRARY on the H200 machine);
+//! - cuBLAS where CUDA installs usually put it, not only where the dynamic
+//!   loader looks (LD_LIBRARY_PATH, ld.so.cache): `CUDA_HOME`/`CUDA_PATH`,
+//!   /usr/local/cuda, and the nvidia-cublas wheels of Python environments.
+//!
+//! cudarc opens the libraries by name; once a copy is loaded, a later open of
+//! the same file or by its soname returns that copy.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
+/// The driver's soname first: the toolkit's `libcuda.so` may be a link stub.
+const DRIVER: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
+
+/// Loads the CUDA driver and keeps it loaded; false where it is not installed.
+pub(crate) fn pin_driver() -> bool {
+    static PINNED: OnceLock<Option<libloading::Library>> = OnceLock::new();
+    PINNED
+        .get_or_init(|| {
+            DRIVER.iter().find_map(|name| {
+                // SAFETY: loading the driver runs only its initializers.
+                unsafe { libloading::Library::new(*name) }.ok()
+            })
+        })
+        .is_some()
+}
+
 /// cuBLASLt first: cuBLAS needs it, and its own RUNPATH may not reach it.
 const LIBS: [&str; 2] = ["libcublasLt.so.13", "libcublas.so.13"];
 
-/// The libraries loaded by path, kept for the life of the process.
+/// cuBLAS and cuBLASLt, kept loaded for the life of the process.
 static LOADED: OnceLock<std::result::Result<Vec<libloading::Library>, String>> = OnceLock::new();
 
-/// Makes cuBLAS loadable for cudarc, or says what to install.
+/// Loads cuBLAS for cudarc and keeps it loaded, or says what to install.
 pub(crate) fn load_cublas() -> Result<()> {
-    // SAFETY: only tries to dlopen cuBLAS; nothing is called through it.
-    if unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Ok(());
-    }
     LOADED
         .get_or_init(|| {
+            // Where the loader finds it by itself.
+            // SAFETY: loading cuBLAS runs only its initializers.
+            let by_name: Vec<libloading::Library> = LIBS
+                .iter()
+                .map_while(|lib| unsafe { libloading::Library::new(*lib) }.ok())
+                .collect();
+            if by_name.len() == LIBS.len() {
+                return Ok(by_name);
+            }
             let searched = candidate_dirs();
             let dir = searched
                 .iter()

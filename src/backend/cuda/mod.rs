@@ -295,6 +295,13 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<CudaSlice<f32>> {
+        if !attention::HEAD_DIMS.contains(&shape.head_dim) {
+            return Err(Error::invalid(format!(
+                "cuda: the attention kernels take head_dim {:?}; this model's is {}",
+                attention::HEAD_DIMS,
+                shape.head_dim
+            )));
+        }
         self.dev.alloc_zeros(shape.len())
     }
 
