@@ -7,7 +7,7 @@
 //! outputs written once), decimal GB/s, against `roofline/copy` (a
 //! device-to-device copy counting bytes read plus written) measured in the
 //! same run. After criterion's report, a table of each kernel's median time,
-//! GB/s and percent of the copy bandwidth is printed (what scripts/device-check.sh shows).
+//! GB/s and percent of the copy bandwidth is printed (what scripts/device/kernels.sh shows).
 //!
 //! `cargo bench --features cuda --bench cuda_kernels -- cuda/` (GPU);
 //! `cargo bench --features cuda --bench cuda_kernels -- cpu/` (CPU).

@@ -1,5 +1,5 @@
 """Paged-attention decode next to torch's scaled_dot_product_attention on the
-same shapes (run on the GPU machine, which has PyTorch; scripts/device-check.sh
+same shapes (run on the GPU machine, which has PyTorch; scripts/device/kernels.sh
 runs it in the same call as the kernel benches).
 
 Shapes: batch 64, context 4096, 32 query heads / 8 KV heads, head_dim 128,

@@ -57,7 +57,7 @@
  * ONNX Runtime's C API), so a program compiled against version V works with
  * any library whose `engine_abi_version()` is V or more.
  */
-#define ENGINE_ABI_VERSION 3
+#define ENGINE_ABI_VERSION 4
 
 /**
  * A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
@@ -469,6 +469,12 @@ typedef struct engine_model_info_t {
     uint64_t num_kv_blocks;
     uint64_t max_num_seqs;
     uint64_t max_num_batched_tokens;
+    /**
+     * Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
+     * when the "device" option was "auto".
+     */
+    const char *device;
+    size_t device_len;
 } engine_model_info_t;
 
 /**
@@ -769,15 +775,22 @@ engine_status engine_options_new(struct engine_options_t **out);
  *
  * - "model": the Hugging Face model directory to load (required).
  * - "served_model_name": the name `engine_model_info_get` reports [the "model" value].
- * - "device": where to run; only "cpu" in this build, anything else fails with
- *   ENGINE_ERR_UNSUPPORTED ["cpu"].
+ * - "device": where to run: "cpu", "cuda" (GPU 0; only in a build with the `cuda`
+ *   feature) or "auto" (GPU 0 where the build has CUDA and the machine a GPU, else
+ *   the CPU; `engine_model_info_get`'s `device` says which and why); anything else
+ *   fails with ENGINE_ERR_UNSUPPORTED ["cpu"].
  * - "dtype": "auto" (the config's), "float32"/"float", "float16"/"half", "bfloat16" ["auto"].
  * - "max_model_len": longest sequence, prompt plus output [the config's
  *   max_position_embeddings].
  * - "block_size": tokens per KV cache block: 8, 16 or 32 [16].
- * - "num_kv_blocks": KV cache size in blocks [enough for max_model_len tokens four times].
+ * - "num_kv_blocks": KV cache size in blocks [on the CPU, enough for max_model_len
+ *   tokens four times; on a GPU, see "gpu_memory_utilization"].
  * - "kv_cache_bytes": KV cache size in bytes, instead of "num_kv_blocks" (the last one
  *   set wins).
+ * - "gpu_memory_utilization": on a GPU, when neither size above is set, the share of
+ *   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
+ *   one at load) and the KV cache, which takes the rest; a model that leaves no room
+ *   for one block fails to load with the numbers [0.9]. No effect on the CPU.
  * - "max_num_seqs": sequences in one batch at most [256].
  * - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
  *   in chunks [2048].

@@ -10,6 +10,7 @@ use crate::backend::Backend;
 use crate::config::{resolve_dtype, ModelConfig};
 use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqResult};
 use crate::error::{Error, Result};
+use crate::kv_cache::sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
 use crate::model::Model;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
@@ -29,6 +30,10 @@ pub struct LoadOptions {
     pub num_kv_blocks: Option<usize>,
     /// KV cache size in bytes (an alternative to `num_kv_blocks`).
     pub kv_cache_memory: Option<usize>,
+    /// On a GPU, when neither size above is given: the share of the device's
+    /// memory the engine may use, the KV cache taking what the weights and the
+    /// largest step leave (default 0.9, as vLLM). Unused on the CPU.
+    pub gpu_memory_utilization: Option<f64>,
     pub max_num_seqs: usize,
     /// Tokens one step may run (prompts longer than this are prefilled in chunks).
     pub max_num_batched_tokens: usize,
@@ -45,6 +50,7 @@ impl Default for LoadOptions {
             block_size: 16,
             num_kv_blocks: None,
             kv_cache_memory: None,
+            gpu_memory_utilization: None,
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: false,
@@ -77,7 +83,20 @@ pub fn load_engine_core<B: Backend>(
     let num_blocks = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => n,
         (None, Some(bytes)) => bytes / bytes_per_block,
-        (None, None) => 4 * model.max_positions.div_ceil(options.block_size),
+        (None, None) => {
+            let utilization = options
+                .gpu_memory_utilization
+                .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+            match kv_blocks_for_device(
+                &model,
+                options.block_size,
+                options.max_num_batched_tokens,
+                utilization,
+            )? {
+                Some(blocks) => blocks,
+                None => 4 * model.max_positions.div_ceil(options.block_size),
+            }
+        }
     };
     if num_blocks == 0 {
         return Err(Error::invalid(format!(

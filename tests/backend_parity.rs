@@ -85,9 +85,12 @@ fn large_fixture(dtype: DType) -> PathBuf {
     dir
 }
 
+/// A fixed KV cache: several engines share the GPU at once, so none may take
+/// the default share of its memory.
 fn options(dtype: &str) -> LoadOptions {
     LoadOptions {
         dtype: dtype.into(),
+        num_kv_blocks: Some(1024),
         ..LoadOptions::default()
     }
 }
@@ -348,6 +351,7 @@ fn preemption<B: Backend>(make: impl Fn() -> B) {
     for (name, dir, dtype, _) in models() {
         let opts = LoadOptions {
             num_kv_blocks: Some(12),
+            max_model_len: Some(128),
             ..options(dtype)
         };
         let mut cpu = load(&dir, &opts, CpuBackend);

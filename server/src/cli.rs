@@ -79,7 +79,8 @@ pub struct Args {
     /// KV cache size in blocks (instead of --kv-cache-memory).
     #[arg(long)]
     pub num_kv_blocks: Option<u64>,
-    /// vLLM's share of GPU memory (0 to 1, default 0.9) for weights and KV cache.
+    /// Share of the GPU's memory (0 to 1, default 0.9, as vLLM) for the weights,
+    /// the largest step and the KV cache, which takes what the other two leave.
     /// No effect on the CPU device (a warning says so): size the cache there with
     /// --kv-cache-memory or --num-kv-blocks.
     #[arg(long, value_parser = parse_fraction)]
@@ -90,7 +91,8 @@ pub struct Args {
     /// Seed for requests that do not give one.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to run: auto picks the CPU in this build.
+    /// Where to run: auto picks GPU 0 in a build with CUDA on a machine with a
+    /// GPU, else the CPU (the log says which and why).
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
     /// Most logprobs a request may ask for (at most 20).
@@ -133,15 +135,10 @@ impl Args {
 
     /// The engine's options (engine.h's `engine_options_set` keys).
     pub fn engine_options(&self) -> Vec<(&'static str, String)> {
-        let device = if self.device == "auto" {
-            "cpu"
-        } else {
-            &self.device
-        };
         let mut o = vec![
             ("model", self.model_dir()),
             ("served_model_name", self.served_model_names()[0].clone()),
-            ("device", device.to_string()),
+            ("device", self.device.clone()),
             ("dtype", self.dtype.clone()),
             ("block_size", self.block_size.to_string()),
             ("max_num_seqs", self.max_num_seqs.to_string()),
@@ -163,6 +160,9 @@ impl Args {
         }
         if let Some(n) = self.num_kv_blocks {
             o.push(("num_kv_blocks", n.to_string()));
+        }
+        if let Some(f) = self.gpu_memory_utilization {
+            o.push(("gpu_memory_utilization", f.to_string()));
         }
         if let Some(t) = &self.chat_template {
             o.push(("chat_template", t.clone()));

@@ -68,6 +68,8 @@ pub struct ModelInfo {
     pub dtype: String,
     pub block_size: usize,
     pub num_kv_blocks: usize,
+    /// Where the model runs, and why when the device was "auto".
+    pub device: String,
 }
 
 /// One event of a request, as the engine's JSON (see `engine_event_t.json`),
@@ -316,12 +318,15 @@ fn model_info(handle: NonNull<sys::engine_t>) -> Result<ModelInfo> {
     check(unsafe { sys::engine_model_info_get(handle.as_ptr(), &mut info) })?;
     // SAFETY: the strings are valid until engine_free.
     let dtype = unsafe { text(info.dtype, info.dtype_len) };
+    // SAFETY: as above.
+    let device = unsafe { text(info.device, info.device_len) };
     Ok(ModelInfo {
         max_model_len: info.max_model_len as usize,
         vocab_size: info.vocab_size as usize,
         dtype,
         block_size: info.block_size as usize,
         num_kv_blocks: info.num_kv_blocks as usize,
+        device,
     })
 }
 

@@ -68,12 +68,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
-    if args.gpu_memory_utilization.is_some() && args.device != "cuda" {
-        tracing::warn!(
-            "--gpu-memory-utilization has no effect on the CPU device; size the KV cache with \
-             --kv-cache-memory or --num-kv-blocks"
-        );
-    }
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
@@ -117,9 +111,17 @@ async fn serve(args: Args) -> Result<(), String> {
                 loaded = true;
                 let engine = result.map_err(|e| format!("model loading stopped: {e}"))??;
                 let info = engine.info();
+                tracing::info!("device: {}", info.device);
+                if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
+                    tracing::warn!(
+                        "--gpu-memory-utilization has no effect on the CPU device; size the KV \
+                         cache with --kv-cache-memory or --num-kv-blocks"
+                    );
+                }
                 tracing::info!(
-                    "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens)",
-                    state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks, info.block_size
+                    "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens: {} tokens)",
+                    state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks,
+                    info.block_size, info.num_kv_blocks * info.block_size
                 );
                 state.set_engine(Arc::new(engine));
             }

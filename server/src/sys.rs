@@ -4,7 +4,7 @@
 //! `UPDATE_BINDINGS=1 cargo test -p engine-server --test bindings` rewrites it.
 #![allow(non_camel_case_types, non_upper_case_globals, dead_code)]
 
-pub const ENGINE_ABI_VERSION: u32 = 3;
+pub const ENGINE_ABI_VERSION: u32 = 4;
 pub const ENGINE_OK: engine_status = 0;
 pub const ENGINE_ERR_NULL: engine_status = 1;
 pub const ENGINE_ERR_UTF8: engine_status = 2;
@@ -112,6 +112,8 @@ pub struct engine_model_info_t {
     pub num_kv_blocks: u64,
     pub max_num_seqs: u64,
     pub max_num_batched_tokens: u64,
+    pub device: *const ::std::os::raw::c_char,
+    pub device_len: usize,
 }
 pub type engine_progress_fn = ::std::option::Option<
     unsafe extern "C" fn(user_data: *mut ::std::os::raw::c_void, done: u64, total: u64),

@@ -84,6 +84,13 @@ impl KvPoolShape {
     }
 }
 
+/// A device's memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free: usize,
+    pub total: usize,
+}
+
 /// A compute device. Every op checks nothing a caller controls: the model builds
 /// shapes from a validated config, and the scheduler builds [`StepMeta`].
 pub trait Backend: Send + Sync + 'static {
@@ -97,6 +104,10 @@ pub trait Backend: Send + Sync + 'static {
     type Meta: Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// The device for logs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)").
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
 
     // Memory.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
@@ -106,6 +117,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
     fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Self::KvPool>;
+    /// Free and total bytes of the device's own memory, after everything
+    /// allocated so far (freed buffers the backend keeps for reuse count as
+    /// used); `None` where the backend has no memory of its own (the CPU).
+    fn memory_info(&self) -> Result<Option<DeviceMemory>> {
+        Ok(None)
+    }
     fn prepare_step(&self, meta: StepMeta) -> Result<Self::Meta>;
     /// The host copy of what was prepared (the scheduler reads it back to sample).
     fn step_meta<'a>(&self, meta: &'a Self::Meta) -> &'a StepMeta;

@@ -55,6 +55,7 @@ struct ModelInfo {
     num_kv_blocks: u64,
     max_num_seqs: u64,
     max_num_batched_tokens: u64,
+    device: Vec<u8>,
 }
 
 /// Facts about the loaded model and the engine's sizing. Strings are UTF-8 with
@@ -92,6 +93,10 @@ pub struct engine_model_info_t {
     pub num_kv_blocks: u64,
     pub max_num_seqs: u64,
     pub max_num_batched_tokens: u64,
+    /// Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
+    /// when the "device" option was "auto".
+    pub device: *const c_char,
+    pub device_len: usize,
 }
 
 /// The engine's counters (vLLM's metrics). Grows at the end like
@@ -163,11 +168,12 @@ impl engine_t {
                 unsafe { f(user_data, done as u64, total as u64) }
             }
         };
-        match options.device {
-            Device::Cpu => {
+        let (device, why) = options.device.resolve();
+        match device {
+            Device::Cpu | Device::Auto => {
                 let core = load_engine_core(Path::new(dir), &options.load, CpuBackend, &mut report)
                     .map_err(|e| load_error(dir, e))?;
-                engine_t::start(core, options, dir)
+                engine_t::start(core, options, dir, why)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {
@@ -175,7 +181,7 @@ impl engine_t {
                     crate::backend::cuda::CudaBackend::new(0).map_err(|e| load_error(dir, e))?;
                 let core = load_engine_core(Path::new(dir), &options.load, backend, &mut report)
                     .map_err(|e| load_error(dir, e))?;
-                engine_t::start(core, options, dir)
+                engine_t::start(core, options, dir, why)
             }
         }
     }
@@ -185,10 +191,16 @@ impl engine_t {
         core: EngineCore<B>,
         options: &engine_options_t,
         dir: &str,
+        device_choice: Option<String>,
     ) -> FfiResult<engine_t> {
         let model = core.model();
         let tokenizer = core.tokenizer();
+        let device = match device_choice {
+            Some(why) => format!("{} ({why})", model.backend().describe()),
+            None => model.backend().describe(),
+        };
         let info = ModelInfo {
+            device: nul_terminated(&device),
             served_model_name: nul_terminated(options.served_model_name.as_deref().unwrap_or(dir)),
             architecture: nul_terminated(model.config.arch.hf_name()),
             dtype: nul_terminated(model.dtype.name()),
@@ -300,6 +312,7 @@ impl engine_t {
         let (served_model_name, served_model_name_len) = text(&i.served_model_name);
         let (architecture, architecture_len) = text(&i.architecture);
         let (dtype, dtype_len) = text(&i.dtype);
+        let (device, device_len) = text(&i.device);
         engine_model_info_t {
             struct_size: std::mem::size_of::<engine_model_info_t>() as u32,
             has_tokenizer: i.has_tokenizer,
@@ -323,6 +336,8 @@ impl engine_t {
             num_kv_blocks: i.num_kv_blocks,
             max_num_seqs: i.max_num_seqs,
             max_num_batched_tokens: i.max_num_batched_tokens,
+            device,
+            device_len,
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::error::Error;
 /// signatures, struct fields their offsets and enum constants their values (as in
 /// ONNX Runtime's C API), so a program compiled against version V works with
 /// any library whose `engine_abi_version()` is V or more.
-pub const ENGINE_ABI_VERSION: u32 = 3;
+pub const ENGINE_ABI_VERSION: u32 = 4;
 
 /// A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
 /// success, anything else an error whose message `engine_last_error` returns.

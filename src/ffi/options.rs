@@ -27,13 +27,37 @@ pub struct engine_options_t {
     pub(crate) device: Device,
 }
 
-/// The "device" option: the CPU, or (built with the `cuda` feature) GPU 0.
+/// The "device" option: the CPU, (built with the `cuda` feature) GPU 0, or
+/// "auto": GPU 0 where this build has CUDA and the machine a GPU, else the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Device {
     #[default]
     Cpu,
     #[cfg(feature = "cuda")]
     Cuda,
+    Auto,
+}
+
+impl Device {
+    /// What "auto" picks, with why (for the log); other choices stand.
+    pub(crate) fn resolve(self) -> (Device, Option<String>) {
+        if self != Device::Auto {
+            return (self, None);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            match crate::backend::cuda::gpu_count() {
+                Ok(n) if n > 0 => (Device::Cuda, Some(format!("auto: {n} CUDA GPU(s) found"))),
+                Ok(_) => (Device::Cpu, Some("auto: the CUDA driver sees no GPU".into())),
+                Err(e) => (Device::Cpu, Some(format!("auto: no usable GPU ({e})"))),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        (
+            Device::Cpu,
+            Some("auto: this build has no CUDA backend".into()),
+        )
+    }
 }
 
 /// The keys `engine_options_set` takes, for the "unknown option" message.
@@ -46,6 +70,7 @@ const KEYS: &[&str] = &[
     "block_size",
     "num_kv_blocks",
     "kv_cache_bytes",
+    "gpu_memory_utilization",
     "max_num_seqs",
     "max_num_batched_tokens",
     "enable_prefix_caching",
@@ -76,6 +101,15 @@ fn positive(key: &str, value: &str) -> FfiResult<usize> {
     }
 }
 
+fn fraction(key: &str, value: &str) -> FfiResult<f64> {
+    match value.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(FfiError::invalid(format!(
+            "option \"{key}\": expected a fraction in (0, 1], got \"{value}\""
+        ))),
+    }
+}
+
 fn boolean(key: &str, value: &str) -> FfiResult<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -99,12 +133,13 @@ impl engine_options_t {
                     "cpu" => Device::Cpu,
                     #[cfg(feature = "cuda")]
                     "cuda" => Device::Cuda,
+                    "auto" => Device::Auto,
                     _ => {
                         return Err(FfiError::new(
                             engine_status::ENGINE_ERR_UNSUPPORTED,
                             format!(
                                 "option \"device\": \"{value}\" is not supported in this build (only {} {})",
-                                if cfg!(feature = "cuda") { "\"cpu\" and \"cuda\"" } else { "\"cpu\"" },
+                                if cfg!(feature = "cuda") { "\"auto\", \"cpu\" and \"cuda\"" } else { "\"auto\" and \"cpu\"" },
                                 if cfg!(feature = "cuda") { "are" } else { "is" },
                             ),
                         ))
@@ -136,6 +171,9 @@ impl engine_options_t {
             "kv_cache_bytes" => {
                 load.kv_cache_memory = Some(positive(key, value)?);
                 load.num_kv_blocks = None;
+            }
+            "gpu_memory_utilization" => {
+                load.gpu_memory_utilization = Some(fraction(key, value)?)
             }
             "max_num_seqs" => load.max_num_seqs = positive(key, value)?,
             "max_num_batched_tokens" => load.max_num_batched_tokens = positive(key, value)?,
@@ -186,15 +224,22 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///
 /// - "model": the Hugging Face model directory to load (required).
 /// - "served_model_name": the name `engine_model_info_get` reports [the "model" value].
-/// - "device": where to run; only "cpu" in this build, anything else fails with
-///   ENGINE_ERR_UNSUPPORTED ["cpu"].
+/// - "device": where to run: "cpu", "cuda" (GPU 0; only in a build with the `cuda`
+///   feature) or "auto" (GPU 0 where the build has CUDA and the machine a GPU, else
+///   the CPU; `engine_model_info_get`'s `device` says which and why); anything else
+///   fails with ENGINE_ERR_UNSUPPORTED ["cpu"].
 /// - "dtype": "auto" (the config's), "float32"/"float", "float16"/"half", "bfloat16" ["auto"].
 /// - "max_model_len": longest sequence, prompt plus output [the config's
 ///   max_position_embeddings].
 /// - "block_size": tokens per KV cache block: 8, 16 or 32 [16].
-/// - "num_kv_blocks": KV cache size in blocks [enough for max_model_len tokens four times].
+/// - "num_kv_blocks": KV cache size in blocks [on the CPU, enough for max_model_len
+///   tokens four times; on a GPU, see "gpu_memory_utilization"].
 /// - "kv_cache_bytes": KV cache size in bytes, instead of "num_kv_blocks" (the last one
 ///   set wins).
+/// - "gpu_memory_utilization": on a GPU, when neither size above is set, the share of
+///   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
+///   one at load) and the KV cache, which takes the rest; a model that leaves no room
+///   for one block fails to load with the numbers [0.9]. No effect on the CPU.
 /// - "max_num_seqs": sequences in one batch at most [256].
 /// - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
 ///   in chunks [2048].
@@ -290,8 +335,16 @@ mod tests {
         let e = o.set("device", "tpu").unwrap_err();
         assert_eq!(e.status, engine_status::ENGINE_ERR_UNSUPPORTED);
         assert!(e.message.contains("not supported in this build"), "{e:?}");
-        // "cuda" is taken exactly when the backend is built in.
+        // "cuda" is taken exactly when the backend is built in; "auto" always.
         assert_eq!(o.set("device", "cuda").is_ok(), cfg!(feature = "cuda"));
+        o.set("device", "auto").unwrap();
+        assert_eq!(o.device, Device::Auto);
+        o.set("gpu-memory-utilization", "0.5").unwrap();
+        assert_eq!(o.load.gpu_memory_utilization, Some(0.5));
+        for bad in ["0", "1.5", "-1", "nan", "x"] {
+            let e = o.set("gpu_memory_utilization", bad).unwrap_err();
+            assert!(e.message.contains("a fraction in (0, 1]"), "{e:?}");
+        }
         let e = o.set("max_model_len", "0").unwrap_err();
         assert!(e.message.contains("positive integer"), "{e:?}");
     }

@@ -4,6 +4,7 @@
 
 pub mod block_manager;
 pub mod prefix_cache;
+pub mod sizing;
 
 use crate::backend::{Backend, KvPoolShape};
 use crate::error::{Error, Result};

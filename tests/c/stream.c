@@ -224,6 +224,8 @@ static void check_model_info(const char *model_dir) {
     EXPECT(info.has_tokenizer && info.has_chat_template);
     EXPECT(info.bos_token_id >= 0 && info.num_eos_token_ids >= 1);
     EXPECT(info.eos_token_ids != NULL);
+    EXPECT(strcmp(info.device, "cpu (auto: this build has no CUDA backend)") == 0);
+    EXPECT(info.device_len == strlen(info.device));
 
     /* A caller built against an older, smaller struct gets only what it knows. */
     engine_model_info_t old;
@@ -281,6 +283,7 @@ int main(int argc, char **argv) {
     CHECK(engine_options_set_progress(options, on_progress, &progress_calls));
     EXPECT(engine_options_set(options, "colour", "blue") == ENGINE_ERR_INVALID_ARGUMENT);
     EXPECT(engine_options_set(options, "device", "cuda") == ENGINE_ERR_UNSUPPORTED);
+    CHECK(engine_options_set(options, "device", "auto")); /* the CPU in this build */
     CHECK(engine_new(options, &engine));
     engine_options_free(options);
     EXPECT(progress_calls >= 2 && progress_done == progress_total && progress_total > 0);

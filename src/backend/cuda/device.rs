@@ -41,17 +41,23 @@ pub fn driver_present() -> bool {
     super::libs::pin_driver()
 }
 
+/// How many GPUs the driver sees (an error where there is no driver).
+pub fn gpu_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::Device(
+            "cuda: the CUDA driver (libcuda.so) is not installed on this machine".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(|e| device_error("counting GPUs", e))?;
+    Ok(n.max(0) as usize)
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal`. A machine without the driver (or without a GPU)
     /// gets an error, never a panic.
     pub fn open(ordinal: usize) -> Result<CudaDevice> {
-        if !driver_present() {
-            return Err(Error::Device(
-                "cuda: the CUDA driver (libcuda.so) is not installed on this machine".into(),
-            ));
-        }
-        let count = CudaContext::device_count().map_err(|e| device_error("counting GPUs", e))?;
-        if ordinal >= count.max(0) as usize {
+        let count = gpu_count()?;
+        if ordinal >= count {
             return Err(Error::Device(format!(
                 "cuda: GPU {ordinal} does not exist ({count} found)"
             )));
@@ -66,6 +72,7 @@ impl CudaDevice {
         let stream = ctx
             .new_stream()
             .map_err(|e| device_error("creating a stream", e))?;
+        keep_freed_memory(&ctx)?;
         super::libs::load_cublas()?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_error("creating cuBLAS", e))?;
         let sm_count = ctx
@@ -78,6 +85,24 @@ impl CudaDevice {
             blas,
             sm_count,
         })
+    }
+
+    /// "cuda:0 (NVIDIA H200, 140 GiB)".
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unnamed GPU".into());
+        let total = self.memory_info().map_or(0, |(_, t)| t);
+        format!(
+            "cuda:{} ({name}, {:.0} GiB)",
+            self.ctx.ordinal(),
+            total as f64 / (1u64 << 30) as f64
+        )
+    }
+
+    /// Free and total bytes of the GPU's memory.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| device_error("reading the free memory", e))
     }
 
     /// The stream as the launchers take it.
@@ -126,6 +151,31 @@ impl CudaDevice {
         self.stream
             .synchronize()
             .map_err(|e| device_error("synchronizing", e))
+    }
+}
+
+/// Keeps memory freed to the device's default pool (where stream-ordered
+/// allocations come from) instead of returning it to the driver at each
+/// synchronization: steps reuse it without new allocations, and the pool's
+/// size after a profiling step is that step's peak, which sizes the KV cache.
+fn keep_freed_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the context is current (bound above); both out-pointers are live.
+    unsafe {
+        ctx.bind_to_thread()
+            .map_err(|e| device_error("binding the context", e))?;
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| device_error("reading the memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| device_error("setting the memory pool's release threshold", e))
     }
 }
 

@@ -25,10 +25,10 @@ use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 
 pub use cudarc;
-pub use device::{driver_present, ptr, ptr_mut, CudaDevice};
+pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
 
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
-use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
+use crate::backend::{AttnShape, Backend, DeviceMemory, KvPoolShape, StepMeta};
 use crate::config::DType;
 use crate::error::{Error, Result};
 use crate::model::weights::HostTensor;
@@ -257,6 +257,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn describe(&self) -> String {
+        self.dev.describe()
+    }
+
     fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.dev.alloc_zeros(len)
     }
@@ -303,6 +307,12 @@ impl Backend for CudaBackend {
             )));
         }
         self.dev.alloc_zeros(shape.len())
+    }
+
+    fn memory_info(&self) -> Result<Option<DeviceMemory>> {
+        self.dev.synchronize()?;
+        let (free, total) = self.dev.memory_info()?;
+        Ok(Some(DeviceMemory { free, total }))
     }
 
     fn prepare_step(&self, meta: StepMeta) -> Result<CudaMeta> {

@@ -1,0 +1,91 @@
+//! How many KV blocks fit on a device (vLLM's `--gpu-memory-utilization`):
+//! run the largest step the scheduler can form once, read what the device
+//! has used since (weights, that step's peak, anything else on the GPU), and
+//! give the KV cache what is left of `utilization × total`.
+
+use crate::backend::{Backend, StepMeta};
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+use super::KvCache;
+
+/// vLLM's default share of the GPU's memory.
+pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
+
+/// Blocks of `block_size` tokens that fit in `utilization` of the device's
+/// memory next to the model and a step of `max_tokens` tokens; `None` on a
+/// backend without memory of its own.
+pub fn kv_blocks_for_device<B: Backend>(
+    model: &Model<B>,
+    block_size: usize,
+    max_tokens: usize,
+    utilization: f64,
+) -> Result<Option<usize>> {
+    if model.backend().memory_info()?.is_none() {
+        return Ok(None);
+    }
+    let profile_kv_bytes = profile_step(model, block_size, max_tokens)?;
+    let Some(memory) = model.backend().memory_info()? else {
+        return Ok(None);
+    };
+    // The profiling step's KV cache is free again, and the real one reuses it.
+    let used = (memory.total - memory.free).saturating_sub(profile_kv_bytes);
+    let allowed = (utilization * memory.total as f64) as usize;
+    let budget = allowed.saturating_sub(used);
+    let per_block = model.kv_bytes_per_block(block_size);
+    // Block ids are int32 on the device.
+    let num_blocks = (budget / per_block).min(i32::MAX as usize);
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    if num_blocks == 0 {
+        return Err(Error::invalid(format!(
+            "the model does not fit with a KV cache: weights and a step of {max_tokens} tokens \
+             use {:.2} GiB of the {:.2} GiB that a GPU memory utilization of {utilization} \
+             allows ({:.2} GiB in all), leaving less than one KV block ({per_block} bytes); \
+             raise --gpu-memory-utilization, or lower --max-num-batched-tokens or \
+             --max-model-len",
+            gib(used),
+            gib(allowed),
+            gib(memory.total),
+        )));
+    }
+    Ok(Some(num_blocks))
+}
+
+/// Runs one step of `max_tokens` prompt tokens (as many sequences as the
+/// model's length allows each), every row's logits asked for (prompt
+/// logprobs), over a KV cache of its own; returns that cache's bytes.
+fn profile_step<B: Backend>(model: &Model<B>, block_size: usize, max_tokens: usize) -> Result<usize> {
+    let tokens = max_tokens.max(1);
+    let per_seq = model.max_positions.clamp(1, tokens);
+    let lens: Vec<usize> = (0..tokens.div_ceil(per_seq))
+        .map(|s| per_seq.min(tokens - s * per_seq))
+        .collect();
+    let blocks_per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(block_size)).collect();
+    let num_blocks: usize = blocks_per_seq.iter().sum();
+    let mut kv = KvCache::new(model, num_blocks, block_size)?;
+    let mut meta = StepMeta {
+        block_size,
+        query_start: vec![0],
+        ..StepMeta::default()
+    };
+    let mut next_block = 0u32;
+    for (&len, &blocks) in lens.iter().zip(&blocks_per_seq) {
+        let table: Vec<u32> = (next_block..next_block + blocks as u32).collect();
+        next_block += blocks as u32;
+        for p in 0..len {
+            let block = table[p / block_size] as i64;
+            meta.token_ids.push(0);
+            meta.positions.push(p as u32);
+            meta.slot_mapping.push(block * block_size as i64 + (p % block_size) as i64);
+        }
+        meta.query_start.push(meta.token_ids.len());
+        meta.context_lens.push(len);
+        meta.block_tables.push(table);
+    }
+    meta.logits_rows = (0..tokens).collect();
+    let be = model.backend();
+    let meta = be.prepare_step(meta)?;
+    let logits = model.forward(&meta, &mut kv)?;
+    drop(logits);
+    Ok(model.kv_bytes_per_block(block_size) * num_blocks)
+}
