@@ -101,7 +101,9 @@ fn load<B: Backend>(dir: &Path, options: &LoadOptions, backend: B) -> Llm<B> {
 
 /// `len` token ids in `3..vocab`, deterministic in `seed` (a 64-bit LCG).
 fn token_ids(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x = x
@@ -357,7 +359,9 @@ fn preemption<B: Backend>(make: impl Fn() -> B) {
         let mut cpu = load(&dir, &opts, CpuBackend);
         let mut under_test = load(&dir, &opts, make());
         let vocab = cpu.model().config.vocab_size;
-        let prompts: Vec<Vec<u32>> = (0..6).map(|i| token_ids(20 + i, vocab, 100 + i as u64)).collect();
+        let prompts: Vec<Vec<u32>> = (0..6)
+            .map(|i| token_ids(20 + i, vocab, 100 + i as u64))
+            .collect();
         let reqs = requests(&prompts, &greedy(24));
         let want = cpu.generate(&reqs).unwrap();
         let got = under_test.generate(&reqs).unwrap();

@@ -48,7 +48,10 @@ impl Device {
         {
             match crate::backend::cuda::gpu_count() {
                 Ok(n) if n > 0 => (Device::Cuda, Some(format!("auto: {n} CUDA GPU(s) found"))),
-                Ok(_) => (Device::Cpu, Some("auto: the CUDA driver sees no GPU".into())),
+                Ok(_) => (
+                    Device::Cpu,
+                    Some("auto: the CUDA driver sees no GPU".into()),
+                ),
                 Err(e) => (Device::Cpu, Some(format!("auto: no usable GPU ({e})"))),
             }
         }

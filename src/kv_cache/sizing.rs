@@ -54,7 +54,11 @@ pub fn kv_blocks_for_device<B: Backend>(
 /// Runs one step of `max_tokens` prompt tokens (as many sequences as the
 /// model's length allows each), every row's logits asked for (prompt
 /// logprobs), over a KV cache of its own; returns that cache's bytes.
-fn profile_step<B: Backend>(model: &Model<B>, block_size: usize, max_tokens: usize) -> Result<usize> {
+fn profile_step<B: Backend>(
+    model: &Model<B>,
+    block_size: usize,
+    max_tokens: usize,
+) -> Result<usize> {
     let tokens = max_tokens.max(1);
     let per_seq = model.max_positions.clamp(1, tokens);
     let lens: Vec<usize> = (0..tokens.div_ceil(per_seq))
@@ -76,7 +80,8 @@ fn profile_step<B: Backend>(model: &Model<B>, block_size: usize, max_tokens: usi
             let block = table[p / block_size] as i64;
             meta.token_ids.push(0);
             meta.positions.push(p as u32);
-            meta.slot_mapping.push(block * block_size as i64 + (p % block_size) as i64);
+            meta.slot_mapping
+                .push(block * block_size as i64 + (p % block_size) as i64);
         }
         meta.query_start.push(meta.token_ids.len());
         meta.context_lens.push(len);

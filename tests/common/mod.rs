@@ -17,9 +17,7 @@ pub fn repo_dir() -> PathBuf {
 }
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    repo_dir()
-        .join("tests/fixtures")
-        .join(name)
+    repo_dir().join("tests/fixtures").join(name)
 }
 
 pub fn reference(name: &str) -> serde_json::Value {

@@ -77,7 +77,11 @@ pub(crate) fn load_cublas() -> Result<()> {
 }
 
 fn display(dirs: &[PathBuf]) -> String {
-    let shown: Vec<String> = dirs.iter().take(8).map(|d| d.display().to_string()).collect();
+    let shown: Vec<String> = dirs
+        .iter()
+        .take(8)
+        .map(|d| d.display().to_string())
+        .collect();
     let more = dirs.len().saturating_sub(shown.len());
     if more > 0 {
         format!("{} and {more} more", shown.join(", "))
