@@ -420,7 +420,7 @@ fn reshape_and_cache_writes_only_mapped_slots() {
                 sliding_window: None,
                 scale: 1.0,
             };
-            let blocks = (tokens as usize).div_ceil(bs) + 3;
+            let blocks = usize::div_ceil(tokens, bs) + 3;
             let mut slots: Vec<i64> = (0..(blocks * bs) as i64).collect();
             // A random distinct slot per token, every third one skipped.
             for i in (1..slots.len()).rev() {

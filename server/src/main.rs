@@ -167,7 +167,7 @@ fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine
             bar.set_position(done);
         }
         None => {
-            let quarter = if total == 0 { 4 } else { done * 4 / total };
+            let quarter = (done * 4).checked_div(total).unwrap_or(4);
             if last_quarter != Some(quarter) {
                 last_quarter = Some(quarter);
                 tracing::info!("loading weights: {done}/{total}");

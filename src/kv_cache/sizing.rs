@@ -3,7 +3,7 @@
 //! has used since (weights, that step's peak, anything else on the GPU), and
 //! give the KV cache what is left of `utilization × total`.
 
-use crate::backend::{Backend, StepMeta};
+use crate::backend::{Backend, DeviceMemory, StepMeta};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -30,11 +30,23 @@ pub fn kv_blocks_for_device<B: Backend>(
     };
     // The profiling step's KV cache is free again, and the real one reuses it.
     let used = (memory.total - memory.free).saturating_sub(profile_kv_bytes);
+    let per_block = model.kv_bytes_per_block(block_size);
+    blocks_in_budget(memory, used, utilization, per_block, max_tokens).map(Some)
+}
+
+/// Blocks of `per_block` bytes in what `utilization` of the device's memory
+/// leaves after `used` bytes (weights and a step of `max_tokens` tokens).
+fn blocks_in_budget(
+    memory: DeviceMemory,
+    used: usize,
+    utilization: f64,
+    per_block: usize,
+    max_tokens: usize,
+) -> Result<usize> {
     let allowed = (utilization * memory.total as f64) as usize;
     let budget = allowed.saturating_sub(used);
-    let per_block = model.kv_bytes_per_block(block_size);
     // Block ids are int32 on the device.
-    let num_blocks = (budget / per_block).min(i32::MAX as usize);
+    let num_blocks = (budget / per_block.max(1)).min(i32::MAX as usize);
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     if num_blocks == 0 {
         return Err(Error::invalid(format!(
@@ -48,7 +60,7 @@ pub fn kv_blocks_for_device<B: Backend>(
             gib(memory.total),
         )));
     }
-    Ok(Some(num_blocks))
+    Ok(num_blocks)
 }
 
 /// Runs one step of `max_tokens` prompt tokens (as many sequences as the
@@ -93,4 +105,52 @@ fn profile_step<B: Backend>(
     let logits = model.forward(&meta, &mut kv)?;
     drop(logits);
     Ok(model.kv_bytes_per_block(block_size) * num_blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::config::{Arch, DType};
+    use crate::fixture::{write_model_dir, FixtureSpec};
+
+    const GIB: usize = 1 << 30;
+
+    #[test]
+    fn the_kv_cache_gets_what_the_share_leaves() {
+        let memory = DeviceMemory {
+            free: 60 * GIB,
+            total: 100 * GIB,
+        };
+        // 90 GiB allowed, 30 used: 60 GiB of 1 MiB blocks.
+        let blocks = blocks_in_budget(memory, 30 * GIB, 0.9, 1 << 20, 2048).unwrap();
+        assert_eq!(blocks, 60 * 1024);
+        let e = blocks_in_budget(memory, 95 * GIB, 0.9, 1 << 20, 2048).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("use 95.00 GiB of the 90.00 GiB")
+                && message.contains("raise --gpu-memory-utilization"),
+            "{message}"
+        );
+    }
+
+    /// The profiling step runs on the CPU too (the reference for the GPU's),
+    /// also when it spans several sequences of the model's length.
+    #[test]
+    fn the_profiling_step_runs_and_counts_its_kv_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = FixtureSpec {
+            max_position_embeddings: 40,
+            ..FixtureSpec::tiny(Arch::Llama)
+        };
+        write_model_dir(&spec, dir.path()).unwrap();
+        let model = Model::load(dir.path(), DType::F32, None, CpuBackend, &mut |_, _| {}).unwrap();
+        // 100 tokens: sequences of 40, 40 and 20 tokens, 3 + 3 + 2 blocks of 16.
+        let bytes = profile_step(&model, 16, 100).unwrap();
+        assert_eq!(bytes, 8 * model.kv_bytes_per_block(16));
+        // No device memory on the CPU: the caller keeps its own rule.
+        assert!(kv_blocks_for_device(&model, 16, 100, 0.9)
+            .unwrap()
+            .is_none());
+    }
 }

@@ -1,8 +1,8 @@
 //! Loads the CUDA libraries once, for the life of the process, before cudarc
 //! probes them:
-//! - the driver, because cudarc's presence checks open and close it, and a
-//!   driver unloaded and loaded again in one process fails every call after
-//!   (cuInit answered CUDA_ERROR_STUB_LIBRARY on the H200 machine);
+//! - the driver, by its soname (`libcuda.so.1`, which toolkits never ship as a
+//!   link stub), so that cudarc's presence checks, which open and close it,
+//!   never unload and reload it;
 //! - cuBLAS where CUDA installs usually put it, not only where the dynamic
 //!   loader looks (LD_LIBRARY_PATH, ld.so.cache): `CUDA_HOME`/`CUDA_PATH`,
 //!   /usr/local/cuda, and the nvidia-cublas wheels of Python environments.

@@ -99,7 +99,7 @@ impl Guide {
         let mut mask: TokenBitmask = vob.as_slice().iter().copied().take(words).collect();
         mask.resize(words, 0);
         // Clear the bits past the vocabulary in the last word.
-        if self.vocab_size % 32 != 0 {
+        if !self.vocab_size.is_multiple_of(32) {
             if let Some(last) = mask.last_mut() {
                 *last &= (1u32 << (self.vocab_size % 32)) - 1;
             }
