@@ -1,6 +1,6 @@
 //! Without the `cuda` feature this does nothing. With it, compiles csrc/*.cu
-//! with nvcc into a static library (cudart linked statically) holding machine
-//! code for each target architecture plus PTX for the newest. With
+//! with nvcc into static libraries, one per file (cudart linked statically),
+//! holding machine code for each target architecture plus PTX for the newest. With
 //! `kernel-bindings`, regenerates the Rust bindings of csrc/kernels.h and
 //! fails if they differ from the checked-in src/backend/cuda/kernels_sys.rs.
 //!
@@ -94,7 +94,20 @@ mod cuda {
         build.flag(format!(
             "-gencode=arch=compute_{newest},code=compute_{newest}"
         ));
-        build.files(&sources).compile("engine_kernels");
+        // One library per file: cc compiles several .cu files of one build as
+        // relocatable device code and device-links them, which keeps only the
+        // cubins (no PTX, so no GPU newer than the newest arch could load them).
+        // The files share no device code, so whole-program objects do.
+        for source in &sources {
+            let stem = source
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("csrc/ file names are UTF-8");
+            build
+                .clone()
+                .file(source)
+                .compile(&format!("engine_kernels_{stem}"));
+        }
 
         // libcudart_static.a: next to nvcc's bin/ in the wheel layout or a toolkit.
         if let Some(prefix) = nvcc.parent().and_then(Path::parent) {
