@@ -244,37 +244,113 @@ fn readme_example_compiles_with_the_command_shown_and_runs() {
     assert!(out.contains(" tokens]"), "{out}");
 }
 
-#[test]
-fn install_script_writes_a_pkg_config_file_that_builds_the_example() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("prefix");
+/// The functions include/engine.h declares: the whole C ABI.
+fn header_functions() -> Vec<String> {
+    let header = std::fs::read_to_string(Path::new(ROOT).join("include/engine.h")).unwrap();
+    let names = regex_automata::meta::Regex::new(r"\bengine_[a-z_]+\(").unwrap();
+    let mut found: Vec<String> = names
+        .find_iter(&header)
+        .map(|m| header[m.start()..m.end() - 1].to_string())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Installs the library into a fresh prefix, as `scripts/install-lib.sh` does.
+fn install(dir: &Path) -> PathBuf {
+    let prefix = dir.join("prefix");
     run(Command::new(Path::new(ROOT).join("scripts/install-lib.sh"))
         .arg(&prefix)
         .env("LIB_DIR", lib_dir()));
-    let pc = std::fs::read_to_string(prefix.join("lib/pkgconfig/engine.pc")).unwrap();
-    assert!(pc.contains("Libs: -L${libdir} -lengine"), "{pc}");
+    prefix
+}
+
+#[test]
+fn installed_library_exports_the_c_abi_alone_under_its_soname() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = install(dir.path());
+    let lib = prefix.join("lib");
     assert!(prefix.join("include/engine.h").exists());
-    if Command::new("pkg-config")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("pkg-config is not installed: not building with it");
-        return;
-    }
-    let flags = run(Command::new("pkg-config")
-        .args(["--cflags", "--libs", "engine"])
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));
+    let target = std::fs::read_link(lib.join("libengine.so")).unwrap();
+    assert_eq!(target, Path::new("libengine.so.1"));
+    let shared = std::fs::read_link(lib.join("libengine.so.1")).unwrap();
+    let abi = engine::ffi::ENGINE_ABI_VERSION;
+    assert_eq!(shared, PathBuf::from(format!("libengine.so.1.{abi}")));
+    let dynamic = run(Command::new("objdump").arg("-p").arg(lib.join(&shared)));
+    assert!(
+        dynamic
+            .lines()
+            .any(|l| l.split_whitespace().eq(["SONAME", "libengine.so.1"])),
+        "{dynamic}"
+    );
+    let symbols = run(Command::new("nm")
+        .args(["-D", "--defined-only", "--format=just-symbols"])
+        .arg(lib.join(&shared)));
+    let mut exported: Vec<&str> = symbols.lines().collect();
+    exported.sort();
+    assert_eq!(exported, header_functions());
+}
+
+#[test]
+fn installed_library_builds_the_readme_example_with_pkg_config_shared_and_static() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = install(dir.path());
     let (code, _) = readme_example();
     std::fs::write(dir.path().join("example.c"), code).unwrap();
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cc -std=c11 -Wall -Wextra -pedantic -Werror example.c {} -Wl,-rpath,{}/lib -o example",
-            flags.trim(),
-            prefix.display()
-        ))
-        .current_dir(dir.path()));
-    let out = run(Command::new(dir.path().join("example")).arg(fixture_dir("tiny-llama")));
-    assert!(out.contains(" tokens]"), "{out}");
+    let pkg_config = |args: &[&str]| {
+        run(Command::new("pkg-config")
+            .args(args)
+            .arg("engine")
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")))
+        .trim()
+        .to_string()
+    };
+    let shared = pkg_config(&["--cflags", "--libs"]);
+    let fully_static = pkg_config(&["--static", "--cflags", "--libs"]);
+    for (name, flags) in [
+        ("shared", format!("{shared} -Wl,-rpath,{}/lib", prefix.display())),
+        ("static", format!("-static {fully_static}")),
+    ] {
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cc -std=c11 -Wall -Wextra -pedantic -Werror example.c {flags} -o {name}"
+            ))
+            .current_dir(dir.path()));
+        let out = run(Command::new(dir.path().join(name)).arg(fixture_dir("tiny-llama")));
+        assert!(out.contains(" tokens]"), "{name}: {out}");
+    }
+    let needed = run(Command::new("objdump").arg("-p").arg(dir.path().join("static")));
+    assert!(!needed.contains("libengine"), "{needed}");
+}
+
+#[test]
+fn installed_library_builds_the_cpp_example_with_cmake() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = install(dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("CMakeLists.txt"),
+        format!(
+            "cmake_minimum_required(VERSION 3.16)\n\
+             project(example CXX)\n\
+             set(CMAKE_CXX_STANDARD 17)\n\
+             find_package(engine 0.1 REQUIRED)\n\
+             add_executable(example {ROOT}/tests/c/example.cpp)\n\
+             target_link_libraries(example PRIVATE engine::engine)\n"
+        ),
+    )
+    .unwrap();
+    let build = dir.path().join("build");
+    run(Command::new("cmake")
+        .arg("-S")
+        .arg(&project)
+        .arg("-B")
+        .arg(&build)
+        .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
+    run(Command::new("cmake").arg("--build").arg(&build));
+    let out = run(Command::new(build.join("example")).arg(fixture_dir("tiny-llama")));
+    assert!(out.ends_with("OK\n"), "{out}");
 }
