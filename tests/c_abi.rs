@@ -210,13 +210,15 @@ fn readme_example() -> (String, String) {
     let section = &readme[readme
         .find("## The C library")
         .expect("README has a C library section")..];
-    let block = |fence: &str| {
-        let start = section.find(fence).expect("the code block") + fence.len();
+    // The first block of each kind from `from` on: the command follows the program.
+    let block = |fence: &str, from: usize| {
+        let start = from + section[from..].find(fence).expect("the code block") + fence.len();
         let end = start + section[start..].find("\n```").expect("the block ends");
-        section[start..end].to_string()
+        (section[start..end].to_string(), end)
     };
-    let code = block("```c\n");
-    let command = block("```sh\n")
+    let (code, code_end) = block("```c\n", 0);
+    let command = block("```sh\n", code_end)
+        .0
         .lines()
         .find(|l| l.starts_with("cc "))
         .expect("a cc command")
