@@ -311,7 +311,10 @@ fn installed_library_builds_the_readme_example_with_pkg_config_shared_and_static
     let shared = pkg_config(&["--cflags", "--libs"]);
     let fully_static = pkg_config(&["--static", "--cflags", "--libs"]);
     for (name, flags) in [
-        ("shared", format!("{shared} -Wl,-rpath,{}/lib", prefix.display())),
+        (
+            "shared",
+            format!("{shared} -Wl,-rpath,{}/lib", prefix.display()),
+        ),
         ("static", format!("-static {fully_static}")),
     ] {
         run(Command::new("sh")
@@ -323,7 +326,9 @@ fn installed_library_builds_the_readme_example_with_pkg_config_shared_and_static
         let out = run(Command::new(dir.path().join(name)).arg(fixture_dir("tiny-llama")));
         assert!(out.contains(" tokens]"), "{name}: {out}");
     }
-    let needed = run(Command::new("objdump").arg("-p").arg(dir.path().join("static")));
+    let needed = run(Command::new("objdump")
+        .arg("-p")
+        .arg(dir.path().join("static")));
     assert!(!needed.contains("libengine"), "{needed}");
 }
 
