@@ -75,7 +75,10 @@ pub enum ModelPath {
 
 impl ModelPath {
     pub fn resolve(path: &Path) -> Result<ModelPath> {
-        let is_gguf = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf = |p: &Path| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        };
         if path.is_file() {
             return if is_gguf(path) {
                 Ok(ModelPath::Gguf(path.to_path_buf()))
@@ -174,7 +177,9 @@ pub fn load_engine_core<B: Backend>(
         }
     };
     let tokenizer = match (tokenizer, &options.chat_template) {
-        (Some(t), Some(arg)) => Some(t.with_chat_template(crate::tokenizer::load_chat_template_arg(arg)?)?),
+        (Some(t), Some(arg)) => {
+            Some(t.with_chat_template(crate::tokenizer::load_chat_template_arg(arg)?)?)
+        }
         (t, _) => t,
     }
     .map(Arc::new);

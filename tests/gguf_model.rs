@@ -108,7 +108,8 @@ fn permute(rows: &[f32], heads: usize, cols: usize) -> Vec<f32> {
         for i in 0..half {
             for j in 0..2 {
                 let (dst, src) = (h * hd + 2 * i + j, h * hd + j * half + i);
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&rows[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&rows[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -132,38 +133,104 @@ fn tiny_llama_gguf(arch: &str) -> (Vec<(&'static str, Meta)>, Vec<Tensor>) {
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
         if gguf == "token_embd.weight" {
             let data = t.bytes.as_slice().to_vec();
-            tensors.push(Tensor { name: gguf, dims, ty: 30, data });
+            tensors.push(Tensor {
+                name: gguf,
+                dims,
+                ty: 30,
+                data,
+            });
             return;
         }
         let mut v: Vec<f32> = bf16.iter().map(|x| x.to_f32()).collect();
         if let Some(h) = permute_heads {
             v = permute(&v, h, shape[1]);
         }
-        tensors.push(Tensor { name: gguf, dims, ty: 0, data: f32_bytes(&v) });
+        tensors.push(Tensor {
+            name: gguf,
+            dims,
+            ty: 0,
+            data: f32_bytes(&v),
+        });
     };
     let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-    add("model.embed_tokens.weight", "token_embd.weight".into(), &[c.vocab_size, h], None);
+    add(
+        "model.embed_tokens.weight",
+        "token_embd.weight".into(),
+        &[c.vocab_size, h],
+        None,
+    );
     for l in 0..c.num_layers {
         let p = format!("model.layers.{l}");
         let b = format!("blk.{l}");
         let q = c.num_heads * hd;
         let kv = c.num_kv_heads * hd;
-        add(&format!("{p}.input_layernorm.weight"), format!("{b}.attn_norm.weight"), &[h], None);
-        add(&format!("{p}.self_attn.q_proj.weight"), format!("{b}.attn_q.weight"), &[q, h], Some(c.num_heads));
-        add(&format!("{p}.self_attn.k_proj.weight"), format!("{b}.attn_k.weight"), &[kv, h], Some(c.num_kv_heads));
-        add(&format!("{p}.self_attn.v_proj.weight"), format!("{b}.attn_v.weight"), &[kv, h], None);
-        add(&format!("{p}.self_attn.o_proj.weight"), format!("{b}.attn_output.weight"), &[h, q], None);
-        add(&format!("{p}.post_attention_layernorm.weight"), format!("{b}.ffn_norm.weight"), &[h], None);
-        add(&format!("{p}.mlp.gate_proj.weight"), format!("{b}.ffn_gate.weight"), &[i, h], None);
-        add(&format!("{p}.mlp.up_proj.weight"), format!("{b}.ffn_up.weight"), &[i, h], None);
-        add(&format!("{p}.mlp.down_proj.weight"), format!("{b}.ffn_down.weight"), &[h, i], None);
+        add(
+            &format!("{p}.input_layernorm.weight"),
+            format!("{b}.attn_norm.weight"),
+            &[h],
+            None,
+        );
+        add(
+            &format!("{p}.self_attn.q_proj.weight"),
+            format!("{b}.attn_q.weight"),
+            &[q, h],
+            Some(c.num_heads),
+        );
+        add(
+            &format!("{p}.self_attn.k_proj.weight"),
+            format!("{b}.attn_k.weight"),
+            &[kv, h],
+            Some(c.num_kv_heads),
+        );
+        add(
+            &format!("{p}.self_attn.v_proj.weight"),
+            format!("{b}.attn_v.weight"),
+            &[kv, h],
+            None,
+        );
+        add(
+            &format!("{p}.self_attn.o_proj.weight"),
+            format!("{b}.attn_output.weight"),
+            &[h, q],
+            None,
+        );
+        add(
+            &format!("{p}.post_attention_layernorm.weight"),
+            format!("{b}.ffn_norm.weight"),
+            &[h],
+            None,
+        );
+        add(
+            &format!("{p}.mlp.gate_proj.weight"),
+            format!("{b}.ffn_gate.weight"),
+            &[i, h],
+            None,
+        );
+        add(
+            &format!("{p}.mlp.up_proj.weight"),
+            format!("{b}.ffn_up.weight"),
+            &[i, h],
+            None,
+        );
+        add(
+            &format!("{p}.mlp.down_proj.weight"),
+            format!("{b}.ffn_down.weight"),
+            &[h, i],
+            None,
+        );
     }
     add("model.norm.weight", "output_norm.weight".into(), &[h], None);
-    add("lm_head.weight", "output.weight".into(), &[c.vocab_size, h], None);
+    add(
+        "lm_head.weight",
+        "output.weight".into(),
+        &[c.vocab_size, h],
+        None,
+    );
 
     // The tokenizer, as llama.cpp's converter writes a GPT-2-style BPE vocabulary.
     let tj: Json =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
     let mut tokens = vec![String::new(); c.vocab_size];
     let mut types = vec![1i32; c.vocab_size];
     for (tok, id) in tj["model"]["vocab"].as_object().unwrap() {
@@ -172,7 +239,11 @@ fn tiny_llama_gguf(arch: &str) -> (Vec<(&'static str, Meta)>, Vec<Tensor>) {
     for a in tj["added_tokens"].as_array().unwrap() {
         let id = a["id"].as_u64().unwrap() as usize;
         tokens[id] = a["content"].as_str().unwrap().to_string();
-        types[id] = if a["special"].as_bool().unwrap() { 3 } else { 4 };
+        types[id] = if a["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
     }
     let merges = tj["model"]["merges"]
         .as_array()
@@ -193,17 +264,26 @@ fn tiny_llama_gguf(arch: &str) -> (Vec<(&'static str, Meta)>, Vec<Tensor>) {
         (a("embedding_length"), Meta::U32(h as u32)),
         (a("feed_forward_length"), Meta::U32(i as u32)),
         (a("attention.head_count"), Meta::U32(c.num_heads as u32)),
-        (a("attention.head_count_kv"), Meta::U32(c.num_kv_heads as u32)),
-        (a("attention.layer_norm_rms_epsilon"), Meta::F32(c.rms_norm_eps as f32)),
+        (
+            a("attention.head_count_kv"),
+            Meta::U32(c.num_kv_heads as u32),
+        ),
+        (
+            a("attention.layer_norm_rms_epsilon"),
+            Meta::F32(c.rms_norm_eps as f32),
+        ),
         (a("rope.freq_base"), Meta::F32(c.rope_theta as f32)),
-        (a("context_length"), Meta::U32(c.max_position_embeddings as u32)),
+        (
+            a("context_length"),
+            Meta::U32(c.max_position_embeddings as u32),
+        ),
         ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
         ("tokenizer.ggml.pre", Meta::Str("llama-bpe".into())),
         ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
         ("tokenizer.ggml.token_type", Meta::I32s(types)),
         ("tokenizer.ggml.merges", Meta::Strs(merges)),
         ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
-        ("tokenizer.ggml.eos_token_id", Meta::U32(2)),
+        ("tokenizer.ggml.eos_token_id", Meta::U32(4)),
         ("tokenizer.ggml.add_bos_token", Meta::Bool(true)),
     ];
     if let Some(t) = template {
@@ -275,7 +355,10 @@ fn the_gguf_tokenizer_matches_the_hugging_face_one() {
             );
         }
         let ids = hf.encode(text, false).unwrap();
-        assert_eq!(ours.decode(&ids, false, true).unwrap(), hf.decode(&ids, false, true).unwrap());
+        assert_eq!(
+            ours.decode(&ids, false, true).unwrap(),
+            hf.decode(&ids, false, true).unwrap()
+        );
     }
     assert_eq!(ours.bos_token_id(), hf.bos_token_id());
     assert_eq!(ours.eos_token_id(), hf.eos_token_id());
@@ -290,7 +373,10 @@ fn bad_files_are_clear_errors() {
 
     let path = save(tmp.path(), "truncated.gguf", &good[..good.len() - 1000]);
     let e = load_err(&path);
-    assert!(e.contains("truncated.gguf") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("truncated.gguf") && e.contains("truncated"),
+        "{e}"
+    );
     // Cut inside the metadata, too: still an error, never a panic.
     for cut in [0, 3, 7, 20, 200, 5000] {
         let path = save(tmp.path(), "cut.gguf", &good[..cut]);
@@ -309,27 +395,54 @@ fn bad_files_are_clear_errors() {
 
     let (meta, mut tensors) = tiny_llama_gguf("llama");
     tensors[1].data.truncate(8);
-    let e = load_err(&save(tmp.path(), "small.gguf", &write_gguf(&meta, &tensors)));
-    assert!(e.contains("blk.0.attn_norm.weight") || e.contains("truncated"), "{e}");
+    let e = load_err(&save(
+        tmp.path(),
+        "small.gguf",
+        &write_gguf(&meta, &tensors),
+    ));
+    assert!(
+        e.contains("blk.0.attn_norm.weight") || e.contains("truncated"),
+        "{e}"
+    );
 
     let (meta, mut tensors) = tiny_llama_gguf("llama");
     tensors[2].dims[0] += 1;
-    let e = load_err(&save(tmp.path(), "shape.gguf", &write_gguf(&meta, &tensors)));
-    assert!(e.contains("shape.gguf") && e.contains("blk.0.attn_q.weight"), "{e}");
+    let e = load_err(&save(
+        tmp.path(),
+        "shape.gguf",
+        &write_gguf(&meta, &tensors),
+    ));
+    assert!(
+        e.contains("shape.gguf") && e.contains("blk.0.attn_q.weight"),
+        "{e}"
+    );
 
     let (meta, tensors) = tiny_llama_gguf("gpt2");
     let e = load_err(&save(tmp.path(), "arch.gguf", &write_gguf(&meta, &tensors)));
-    assert!(e.contains("arch.gguf") && e.contains("unsupported architecture \"gpt2\""), "{e}");
+    assert!(
+        e.contains("arch.gguf") && e.contains("unsupported architecture \"gpt2\""),
+        "{e}"
+    );
 
     let (meta, mut tensors) = tiny_llama_gguf("llama");
     tensors[3].ty = 10; // Q2_K
     let e = load_err(&save(tmp.path(), "q2k.gguf", &write_gguf(&meta, &tensors)));
-    assert!(e.contains("blk.0.attn_k.weight") && e.contains("Q2_K"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_k.weight") && e.contains("Q2_K"),
+        "{e}"
+    );
 
     let (mut meta, tensors) = tiny_llama_gguf("llama");
     meta.retain(|(k, _)| *k != "tokenizer.ggml.merges");
-    let e = load_err(&save(tmp.path(), "nomerges.gguf", &write_gguf(&meta, &tensors)));
-    assert!(e.contains("nomerges.gguf") && e.contains("no merges"), "{e}");
+    let e = load_err(&save(
+        tmp.path(),
+        "nomerges.gguf",
+        &write_gguf(&meta, &tensors),
+    ));
+    assert!(
+        e.contains("nomerges.gguf") && e.contains("no merges"),
+        "{e}"
+    );
 
     let path = save(tmp.path(), "notgguf.gguf", b"{\"hello\": 1}");
     let e = load_err(&path);

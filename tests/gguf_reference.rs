@@ -54,11 +54,20 @@ fn logprobs_and_greedy_tokens_match_transformers() {
         let prompt = u32s(&case["prompt_token_ids"]);
         let logits = llm.prompt_logits(&prompt).unwrap();
         // Prompt logprobs: log P(token i | before it).
-        for (i, want) in case["prompt_logprobs"].as_array().unwrap().iter().enumerate().skip(1) {
+        for (i, want) in case["prompt_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .skip(1)
+        {
             let got = log_softmax(&logits[i - 1])[prompt[i] as usize];
             let want = want.as_f64().unwrap() as f32;
             worst = worst.max((got - want).abs());
-            assert!((got - want).abs() < 1e-4, "{name} position {i}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{name} position {i}: {got} vs {want}"
+            );
         }
         for top in case["top_logprobs"].as_array().unwrap() {
             let p = top["position"].as_u64().unwrap() as usize;
@@ -66,7 +75,10 @@ fn logprobs_and_greedy_tokens_match_transformers() {
             for (id, want) in u32s(&top["ids"]).iter().zip(f32s(&top["logprobs"])) {
                 let got = lp[*id as usize];
                 worst = worst.max((got - want).abs());
-                assert!((got - want).abs() < 1e-4, "{name} position {p} token {id}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{name} position {p} token {id}: {got} vs {want}"
+                );
             }
         }
     }
@@ -114,7 +126,9 @@ fn the_gguf_tokenizer_gives_transformers_ids() {
             case["greedy_text"].as_str().unwrap()
         );
     }
-    let template = tokenizer.chat_template().expect("the GGUF has a chat template");
+    let template = tokenizer
+        .chat_template()
+        .expect("the GGUF has a chat template");
     let _ = template;
 }
 

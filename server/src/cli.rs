@@ -17,7 +17,10 @@ pub const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub fn demo_model() -> (String, String) {
     if let Some(m) = std::env::var_os("ENGINE_DEMO_MODEL").filter(|m| !m.is_empty()) {
         let m = m.to_string_lossy().into_owned();
-        return (m.clone(), format!("demo model {m} (from ENGINE_DEMO_MODEL)"));
+        return (
+            m.clone(),
+            format!("demo model {m} (from ENGINE_DEMO_MODEL)"),
+        );
     }
     let cache = std::env::var_os("ENGINE_CACHE_DIR")
         .filter(|d| !d.is_empty())
@@ -28,7 +31,10 @@ pub fn demo_model() -> (String, String) {
     if let Some(gguf) = cache.map(|c| c.join("demo").join(DEMO_GGUF)) {
         if gguf.is_file() {
             let path = gguf.display().to_string();
-            return (path.clone(), format!("demo model SmolLM2-135M-Instruct ({path})"));
+            return (
+                path.clone(),
+                format!("demo model SmolLM2-135M-Instruct ({path})"),
+            );
         }
     }
     let fixture = std::fs::canonicalize(DEMO_MODEL)

@@ -277,9 +277,9 @@ impl<'a> Reader<'a> {
 
 fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let mut r = Reader { bytes, pos: 0 };
-    let magic = r.take(4, "the magic number").map_err(|_| {
-        "not a GGUF file: shorter than its 4-byte magic number".to_string()
-    })?;
+    let magic = r
+        .take(4, "the magic number")
+        .map_err(|_| "not a GGUF file: shorter than its 4-byte magic number".to_string())?;
     if magic != MAGIC {
         return Err(format!(
             "not a GGUF file: starts with {magic:02x?}, not \"GGUF\""
@@ -374,6 +374,17 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
             offset: start as usize,
             size: (end - start) as usize,
         });
+    }
+    // A size that disagrees with the type and shape shows as tensors that overlap.
+    let mut order: Vec<&TensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    order.sort_by_key(|t| t.offset);
+    for pair in order.windows(2) {
+        if pair[0].offset + pair[0].size > pair[1].offset {
+            return Err(format!(
+                "tensor `{}` ({} bytes for its type and shape) overlaps tensor `{}`: its data is smaller than its type and shape say",
+                pair[0].name, pair[0].size, pair[1].name
+            ));
+        }
     }
     Ok((version, metadata, tensors))
 }

@@ -55,8 +55,7 @@ impl GgufSource<'_> {
         }
         if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
             Some(self.config.num_heads)
-        } else if hf.ends_with("self_attn.k_proj.weight") || hf.ends_with("self_attn.k_proj.bias")
-        {
+        } else if hf.ends_with("self_attn.k_proj.weight") || hf.ends_with("self_attn.k_proj.bias") {
             Some(self.config.num_kv_heads)
         } else {
             None
@@ -70,8 +69,10 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let gname = gguf_name(name)
-            .ok_or_else(|| self.file.error(format!("no GGUF tensor stands for `{name}`")))?;
+        let gname = gguf_name(name).ok_or_else(|| {
+            self.file
+                .error(format!("no GGUF tensor stands for `{name}`"))
+        })?;
         let info = self
             .file
             .tensor(&gname)

@@ -38,9 +38,7 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>> {
 
 /// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`.
 fn pre_tokenizer(pre: &str) -> Json {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -62,7 +60,11 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let model = file
         .get("tokenizer.ggml.model")
         .and_then(Value::as_str)
-        .ok_or_else(|| file.error("no tokenizer in the metadata (`tokenizer.ggml.model`); pass --tokenizer DIR"))?;
+        .ok_or_else(|| {
+            file.error(
+                "no tokenizer in the metadata (`tokenizer.ggml.model`); pass --tokenizer DIR",
+            )
+        })?;
     if model != "gpt2" {
         return Err(file.error(format!(
             "tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); pass a Hugging Face tokenizer with --tokenizer DIR"
@@ -70,9 +72,8 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?
         .ok_or_else(|| file.error("no `tokenizer.ggml.tokens`"))?;
-    let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
-        file.error("the BPE vocabulary has no merges (`tokenizer.ggml.merges`)")
-    })?;
+    let merges = strings(file, "tokenizer.ggml.merges")?
+        .ok_or_else(|| file.error("the BPE vocabulary has no merges (`tokenizer.ggml.merges`)"))?;
     let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(v) => v
@@ -93,8 +94,10 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         vocab.insert(tok.to_string(), json!(id));
         if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
             let special = ty == TOKEN_CONTROL;
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": !special, "special": special}));
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": !special, "special": special}),
+            );
         }
     }
     let merge_pairs = merges
@@ -128,7 +131,9 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
                          {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": Json::Object(Map::from_iter([(t.to_string(), json!({"id": t, "ids": [b], "tokens": [t]}))]))})
         }
-        None => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+        }
     };
     let pre = file
         .get("tokenizer.ggml.pre")
@@ -147,8 +152,11 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
             "vocab": vocab, "merges": merge_pairs},
     });
-    let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
-        .map_err(|e| file.error(format!("cannot build the tokenizer from the vocabulary: {e}")))?;
+    let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| {
+        file.error(format!(
+            "cannot build the tokenizer from the vocabulary: {e}"
+        ))
+    })?;
 
     let name = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string());
     let special_tokens = SpecialTokens {
