@@ -15,6 +15,9 @@
 //! Keeping weights quantized with kernels that read them directly is later work;
 //! for now every tensor becomes f32 at load.
 
+// Block layouts read most plainly with the element index written out.
+#![allow(clippy::needless_range_loop)]
+
 use half::{bf16, f16};
 
 /// The ggml tensor types this engine reads.
