@@ -121,7 +121,7 @@ pub fn unpermute_rows(
 ) -> std::result::Result<Vec<f32>, String> {
     let rows = shape[0];
     let cols = shape.get(1).copied().unwrap_or(1);
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(format!("{rows} rows do not split into {heads} heads"));
     }
     let head_dim = rows / heads;
