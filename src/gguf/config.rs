@@ -73,9 +73,11 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
     let head_dim = match opt_uint("attention.key_length")? {
         Some(d) => d,
         None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-        None => return Err(file.error(format!(
+        None => {
+            return Err(file.error(format!(
             "embedding_length {hidden_size} is not divisible by attention.head_count {num_heads}"
-        ))),
+        )))
+        }
     };
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(file.error(format!("head dimension must be even, got {head_dim}")));
@@ -92,9 +94,11 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
         .ok_or_else(|| file.error("missing tensor `token_embd.weight`"))?;
     let vocab_size = match embd.dims.as_slice() {
         [h, v] if *h as usize == hidden_size => *v as usize,
-        dims => return Err(file.error(format!(
+        dims => {
+            return Err(file.error(format!(
             "tensor `token_embd.weight` has dimensions {dims:?}, expected [{hidden_size}, vocab]"
-        ))),
+        )))
+        }
     };
     let rope_scaling = match file.get(&key("rope.scaling.type")).and_then(Value::as_str) {
         None | Some("none") => RopeScaling::None,
