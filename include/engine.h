@@ -773,7 +773,9 @@ engine_status engine_options_new(struct engine_options_t **out);
  * UTF-8; keys may also be spelled with '-' for '_' (as vLLM's flags). Setting a
  * key again replaces its value. The keys (defaults in brackets):
  *
- * - "model": the Hugging Face model directory to load (required).
+ * - "model": what to load (required): a Hugging Face model directory
+ *   (config.json, safetensors), a GGUF file, or a directory holding exactly one
+ *   .gguf file and no config.json.
  * - "served_model_name": the name `engine_model_info_get` reports [the "model" value].
  * - "device": where to run: "cpu", "cuda" (GPU 0; only in a build with the `cuda`
  *   feature) or "auto" (GPU 0 where the build has CUDA and the machine a GPU, else
@@ -799,6 +801,8 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   own one, in submission order (vLLM's --seed) [0].
  * - "chat_template": a chat template replacing the model's: a file path, or the
  *   template itself (as vLLM's --chat-template) [the model's].
+ * - "tokenizer": a Hugging Face tokenizer directory (tokenizer.json, ...) used
+ *   instead of the model's own tokenizer (as vLLM's --tokenizer) [the model's].
  *
  * Values are checked here where they can be (numbers, "device", "dtype",
  * "block_size"); the rest when `engine_new` loads the model.

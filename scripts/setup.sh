@@ -19,3 +19,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: no cargo on PATH; install Rust (https://rustup.rs) and run again" >&2
     exit 1
 fi
+
+# The demo model (SmolLM2-135M-Instruct, GGUF) the server serves by default and
+# tests/gguf_reference.rs checks; cached, so this downloads once.
+"$(dirname "$0")/fetch-demo-model.sh" >/dev/null

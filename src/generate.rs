@@ -2,7 +2,7 @@
 //! completion. The same engine core as the server, driven step by step on the
 //! caller's thread.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
@@ -10,6 +10,8 @@ use crate::backend::Backend;
 use crate::config::{resolve_dtype, ModelConfig};
 use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqResult};
 use crate::error::{Error, Result};
+use crate::gguf::source::GgufSource;
+use crate::gguf::GgufFile;
 use crate::kv_cache::sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
 use crate::model::Model;
 use crate::sampling::{SamplingParams, TokenLogprobs};
@@ -40,6 +42,8 @@ pub struct LoadOptions {
     pub enable_prefix_caching: bool,
     /// A chat template (file path or inline, as vLLM's `--chat-template`) replacing the model's.
     pub chat_template: Option<String>,
+    /// A Hugging Face tokenizer directory replacing the model's tokenizer (vLLM's `--tokenizer`).
+    pub tokenizer: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -55,30 +59,130 @@ impl Default for LoadOptions {
             max_num_batched_tokens: 2048,
             enable_prefix_caching: false,
             chat_template: None,
+            tokenizer: None,
         }
     }
 }
 
-/// Loads a model directory into an engine core on `backend`.
+/// What `--model` names: a Hugging Face directory (config.json + safetensors), or a
+/// GGUF file (given directly, or as a directory holding exactly one `.gguf` and no
+/// config.json).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+impl ModelPath {
+    pub fn resolve(path: &Path) -> Result<ModelPath> {
+        let is_gguf = |p: &Path| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        };
+        if path.is_file() {
+            return if is_gguf(path) {
+                Ok(ModelPath::Gguf(path.to_path_buf()))
+            } else {
+                Err(Error::bad_file(
+                    path,
+                    "is a file but not a .gguf; give a GGUF file or a Hugging Face model directory",
+                ))
+            };
+        }
+        if !path.join("config.json").exists() && path.is_dir() {
+            let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_gguf(p))
+                .collect();
+            ggufs.sort();
+            match ggufs.len() {
+                0 => {}
+                1 => return Ok(ModelPath::Gguf(ggufs.remove(0))),
+                n => {
+                    return Err(Error::bad_file(
+                        path,
+                        format!("holds {n} .gguf files and no config.json: name the one to load"),
+                    ))
+                }
+            }
+        }
+        Ok(ModelPath::HfDir(path.to_path_buf()))
+    }
+}
+
+fn tokenizer_from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
+    if dir.join("tokenizer.json").exists() {
+        Tokenizer::from_model_dir(dir).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Loads a model (a Hugging Face directory or a GGUF file, see [`ModelPath`]) into an
+/// engine core on `backend`.
 pub fn load_engine_core<B: Backend>(
     dir: &Path,
     options: &LoadOptions,
     backend: B,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EngineCore<B>> {
-    let config = ModelConfig::from_model_dir(dir)?;
-    let dtype = resolve_dtype(&options.dtype, &config)?;
-    let tokenizer = if dir.join("tokenizer.json").exists() {
-        let t = Tokenizer::from_model_dir(dir)?;
-        let t = match &options.chat_template {
-            Some(arg) => t.with_chat_template(crate::tokenizer::load_chat_template_arg(arg)?)?,
-            None => t,
-        };
-        Some(Arc::new(t))
-    } else {
-        None
+    let override_tokenizer = match &options.tokenizer {
+        Some(t) => {
+            let t = Path::new(t);
+            if !t.join("tokenizer.json").is_file() {
+                return Err(Error::bad_file(
+                    t,
+                    "--tokenizer: no tokenizer.json in this directory",
+                ));
+            }
+            tokenizer_from_dir(t)?
+        }
+        None => None,
     };
-    let model = Model::load(dir, dtype, options.max_model_len, backend, progress)?;
+    let (model, tokenizer) = match ModelPath::resolve(dir)? {
+        ModelPath::HfDir(dir) => {
+            let config = ModelConfig::from_model_dir(&dir)?;
+            let dtype = resolve_dtype(&options.dtype, &config)?;
+            let tokenizer = match override_tokenizer {
+                Some(t) => Some(t),
+                None => tokenizer_from_dir(&dir)?,
+            };
+            let model = Model::load(&dir, dtype, options.max_model_len, backend, progress)?;
+            (model, tokenizer)
+        }
+        ModelPath::Gguf(path) => {
+            let file = GgufFile::open(&path)?;
+            let config = crate::gguf::config::model_config(&file)?;
+            let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
+            let dtype = resolve_dtype(&options.dtype, &config)?;
+            let tokenizer = match override_tokenizer {
+                Some(t) => t,
+                None => Tokenizer::from_gguf(&file)?,
+            };
+            let source = GgufSource {
+                file: &file,
+                config: &config,
+                permuted_qk,
+            };
+            let model = Model::from_source(
+                config.clone(),
+                &source,
+                dtype,
+                options.max_model_len,
+                backend,
+                progress,
+            )?;
+            (model, Some(tokenizer))
+        }
+    };
+    let tokenizer = match (tokenizer, &options.chat_template) {
+        (Some(t), Some(arg)) => {
+            Some(t.with_chat_template(crate::tokenizer::load_chat_template_arg(arg)?)?)
+        }
+        (t, _) => t,
+    }
+    .map(Arc::new);
     let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     let num_blocks = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => n,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ffi;
 pub mod fixture;
 pub mod generate;
+pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;

@@ -3,9 +3,48 @@
 
 use clap::{Parser, ValueEnum};
 
-/// The demo model bundled with the repository: a tiny random-weight Llama, so
-/// the server runs with no download (its output is gibberish).
+/// The fallback demo model bundled with the repository: a tiny random-weight
+/// Llama, so the server runs with no download (its output is gibberish).
 pub const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama");
+
+/// The real demo model scripts/fetch-demo-model.sh puts in the cache.
+pub const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where the demo model is: `$ENGINE_DEMO_MODEL` when set (the test harnesses pin
+/// the fixture with it), else the fetched SmolLM2 GGUF in the cache
+/// (`$ENGINE_CACHE_DIR/demo`, default `~/.cache/engine/demo`), else the bundled
+/// random fixture. The second value says why, for the log.
+pub fn demo_model() -> (String, String) {
+    if let Some(m) = std::env::var_os("ENGINE_DEMO_MODEL").filter(|m| !m.is_empty()) {
+        let m = m.to_string_lossy().into_owned();
+        return (
+            m.clone(),
+            format!("demo model {m} (from ENGINE_DEMO_MODEL)"),
+        );
+    }
+    let cache = std::env::var_os("ENGINE_CACHE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/engine"))
+        });
+    if let Some(gguf) = cache.map(|c| c.join("demo").join(DEMO_GGUF)) {
+        if gguf.is_file() {
+            let path = gguf.display().to_string();
+            return (
+                path.clone(),
+                format!("demo model SmolLM2-135M-Instruct ({path})"),
+            );
+        }
+    }
+    let fixture = std::fs::canonicalize(DEMO_MODEL)
+        .map_or_else(|_| DEMO_MODEL.to_string(), |p| p.display().to_string());
+    let why = format!(
+        "the demo model SmolLM2-135M-Instruct is not downloaded (run scripts/fetch-demo-model.sh); \
+         serving the bundled random-weight fixture {fixture}, whose text is gibberish"
+    );
+    (fixture, why)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -36,10 +75,15 @@ impl LogLevel {
     about = "OpenAI-compatible API server (vLLM's flags and endpoints) over engine's C ABI."
 )]
 pub struct Args {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
-    /// Without it, the bundled demo model (a tiny random-weight Llama, served as "demo").
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), a
+    /// GGUF file, or a directory holding one .gguf. Without it, the demo model served
+    /// as "demo": SmolLM2-135M-Instruct once scripts/fetch-demo-model.sh has fetched
+    /// it, else the bundled tiny random-weight Llama.
     #[arg(long)]
     pub model: Option<String>,
+    /// Hugging Face tokenizer directory used instead of the model's tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
@@ -114,12 +158,11 @@ pub struct Args {
 }
 
 impl Args {
-    /// The model directory to load.
+    /// The model to load.
     pub fn model_dir(&self) -> String {
         match &self.model {
             Some(m) => m.clone(),
-            None => std::fs::canonicalize(DEMO_MODEL)
-                .map_or_else(|_| DEMO_MODEL.to_string(), |p| p.display().to_string()),
+            None => demo_model().0,
         }
     }
 
@@ -166,6 +209,9 @@ impl Args {
         }
         if let Some(t) = &self.chat_template {
             o.push(("chat_template", t.clone()));
+        }
+        if let Some(t) = &self.tokenizer {
+            o.push(("tokenizer", t.clone()));
         }
         o
     }

@@ -90,6 +90,9 @@ async fn serve(args: Args) -> Result<(), String> {
     // The port answers (/health: 503) while the weights load.
     let options = args.engine_options();
     let model = args.model_dir();
+    if args.model.is_none() {
+        tracing::info!("no --model: serving {}", cli::demo_model().1);
+    }
     let mut loading = tokio::task::spawn_blocking(move || load_engine(&model, &options));
     let mut loaded = false;
     let graceful = GracefulShutdown::new();

@@ -11,7 +11,7 @@ use crate::config::{DType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 
-use weights::{Checkpoint, HostTensor};
+use weights::{Checkpoint, HostTensor, TensorSource};
 
 struct Layer<B: Backend> {
     input_norm: B::Weight,
@@ -45,7 +45,7 @@ pub struct Model<B: Backend> {
 /// Loads `{prefix}.{part}.{suffix}` for each `(part, rows)` and stacks them, so
 /// q/k/v (and gate/up) run as one matmul.
 fn stacked(
-    ckpt: &Checkpoint,
+    ckpt: &dyn TensorSource,
     prefix: &str,
     parts: &[(&str, usize)],
     suffix: &str,
@@ -62,7 +62,7 @@ fn stacked(
 }
 
 fn load_layer<B: Backend>(
-    ckpt: &Checkpoint,
+    ckpt: &dyn TensorSource,
     c: &ModelConfig,
     i: usize,
     up: &dyn Fn(HostTensor) -> Result<B::Weight>,
@@ -118,6 +118,19 @@ impl<B: Backend> Model<B> {
     ) -> Result<Model<B>> {
         let config = ModelConfig::from_model_dir(dir)?;
         let ckpt = Checkpoint::open(dir)?;
+        Model::from_source(config, &ckpt, dtype, max_positions, backend, progress)
+    }
+
+    /// Builds the model from `config` and tensors named as in Hugging Face
+    /// checkpoints, whatever file they come from (safetensors or GGUF).
+    pub fn from_source(
+        config: ModelConfig,
+        ckpt: &dyn TensorSource,
+        dtype: DType,
+        max_positions: Option<usize>,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model<B>> {
         let c = &config;
         let hidden = c.hidden_size;
         let up = |t: HostTensor| backend.upload_weight(t, dtype);
@@ -127,7 +140,7 @@ impl<B: Backend> Model<B> {
         let embed = up(ckpt.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            layers.push(load_layer(&ckpt, c, i, &|t| {
+            layers.push(load_layer(ckpt, c, i, &|t| {
                 backend.upload_weight(t, dtype)
             })?);
             progress(i + 1, total);

@@ -87,6 +87,25 @@ struct Entry {
     range: Range<usize>,
 }
 
+/// Where the model's tensors come from, by their Hugging Face names
+/// (`model.layers.0.self_attn.q_proj.weight`, ...): a safetensors checkpoint, or a
+/// GGUF file whose names and layouts are mapped (see `crate::gguf::source`).
+pub trait TensorSource {
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor `name`, which must have `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor>;
+}
+
+impl TensorSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        Checkpoint::get(self, name, shape)
+    }
+}
+
 /// All tensors of a checkpoint, by name.
 pub struct Checkpoint {
     files: Vec<(PathBuf, Arc<Mmap>)>,

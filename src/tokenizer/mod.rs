@@ -8,6 +8,7 @@
 
 mod chat_template;
 mod detokenizer;
+mod gguf;
 mod load;
 mod python;
 

@@ -25,6 +25,12 @@ impl Server {
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env_remove("VLLM_API_KEY")
+            // The tests expect the bundled fixture as the default model, not the
+            // downloaded demo model.
+            .env(
+                "ENGINE_DEMO_MODEL",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama"),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -52,6 +52,8 @@ class Server:
             cmd += ["--api-key", api_key]
         env = dict(os.environ)
         env.pop("VLLM_API_KEY", None)  # the key is given only by --api-key
+        # The suite expects the bundled fixture as the default model.
+        env["ENGINE_DEMO_MODEL"] = str(REPO / "tests" / "fixtures" / "tiny-llama")
         self.proc = subprocess.Popen(
             cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
