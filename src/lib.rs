@@ -13,6 +13,7 @@ pub mod ffi;
 pub mod fixture;
 pub mod generate;
 pub mod kv_cache;
+pub mod memory;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;

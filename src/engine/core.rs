@@ -60,6 +60,9 @@ pub struct RequestValidator {
     /// No single sequence may need more blocks than the whole KV cache has.
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Most sequences the scheduler runs at once: no request may need more
+    /// (`n`, `best_of`, the beam width).
+    pub max_num_seqs: usize,
     /// Compiles `guided_decoding` constraints (shared, with its grammar cache).
     pub guided: Arc<LazyGuidedCompiler>,
 }
@@ -67,7 +70,7 @@ pub struct RequestValidator {
 impl RequestValidator {
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            Error::invalid("this model has no tokenizer.json: give prompts as token ids")
+            Error::invalid("this engine has no tokenizer (the model has no tokenizer.json, or skip_tokenizer_init is set): give prompts as token ids")
         })?;
         tok.encode(text, true)
     }
@@ -79,6 +82,8 @@ impl RequestValidator {
     ) -> Result<EngineRequest> {
         params.verify()?;
         params.verify_for_model(self.vocab_size, self.max_logprobs)?;
+        // Before anything is allocated per sequence.
+        check_width(&params, self.max_num_seqs)?;
         let params = params.normalized();
         if let Some(k) = params.truncate_prompt_tokens {
             // vLLM keeps the last k tokens.
@@ -111,9 +116,11 @@ impl RequestValidator {
                 self.num_blocks
             )));
         }
-        // Last, as it is the costly check: compiled here, on the submitting thread.
+        self.check_capacity(n, &params)?;
+        // Last, as it is the costly check: compiled on a thread of its own, with
+        // a large stack and a time limit (see `LazyGuidedCompiler::compile_bounded`).
         let guide = match &params.guided_decoding {
-            Some(g) if g.is_active() => self.guided.get()?.compile(g, &params.stop_token_ids)?,
+            Some(g) if g.is_active() => self.guided.compile_bounded(g, &params.stop_token_ids)?,
             _ => None,
         };
         Ok(EngineRequest {
@@ -122,6 +129,60 @@ impl RequestValidator {
             guide,
         })
     }
+
+    /// A request whose sequences can never fit the whole KV cache together,
+    /// even with their prompt blocks shared, is refused up front (it would
+    /// otherwise be cut short). Without `max_tokens` only the prompt counts:
+    /// such a request runs until the cache is full and ends with "length".
+    fn check_capacity(&self, prompt_len: usize, params: &SamplingParams) -> Result<()> {
+        let Some(max_tokens) = params.max_tokens else {
+            return Ok(());
+        };
+        let width = params.best_of();
+        let bs = self.block_size;
+        // The last sampled token is never fed back, so it needs no slot.
+        let total = prompt_len
+            .saturating_add(max_tokens)
+            .min(self.max_model_len);
+        let positions = total.saturating_sub(1).max(prompt_len);
+        let shared = prompt_len / bs;
+        let own = positions.div_ceil(bs) - shared;
+        let needed = own.saturating_mul(width).saturating_add(shared);
+        if needed <= self.num_blocks {
+            return Ok(());
+        }
+        let sequences = if width > 1 {
+            format!("{width} sequences (n/best_of/beam width) of")
+        } else {
+            "a sequence of".to_string()
+        };
+        Err(Error::OutOfBlocks(format!(
+            "this request needs {needed} KV cache blocks ({sequences} up to {total} tokens: \
+             a prompt of {prompt_len} tokens plus max_tokens {max_tokens}) but the whole cache \
+             has {} blocks of {bs} tokens ({} tokens); lower max_tokens{}",
+            self.num_blocks,
+            self.num_blocks.saturating_mul(bs),
+            if width > 1 { ", n or best_of" } else { "" },
+        )))
+    }
+}
+
+/// `n`, `best_of` and the beam width are bounded by `max_num_seqs`: the
+/// scheduler never runs more sequences at once.
+fn check_width(params: &SamplingParams, max_num_seqs: usize) -> Result<()> {
+    let width = params.best_of();
+    if width <= max_num_seqs {
+        return Ok(());
+    }
+    let what = match (params.use_beam_search, params.best_of) {
+        (true, _) => "the beam width (best_of)",
+        (false, Some(_)) => "best_of",
+        (false, None) => "n",
+    };
+    Err(Error::invalid(format!(
+        "{what} must be at most max_num_seqs ({max_num_seqs}), the most sequences the engine \
+         runs at once; got {width}"
+    )))
 }
 
 pub struct EngineCore<B: Backend> {
@@ -199,6 +260,7 @@ impl<B: Backend> EngineCore<B> {
             max_model_len: self.model.max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,
+            max_num_seqs: self.config.max_num_seqs,
             guided: self.guided.clone(),
         }
     }
@@ -329,6 +391,35 @@ impl<B: Backend> EngineCore<B> {
         Some(self.final_output(group, Vec::new()))
     }
 
+    /// Ends a request the KV cache cannot hold any longer: its unfinished
+    /// sequences finish with "length", keeping what they generated.
+    fn finish_at_capacity(&mut self, request_id: u64) -> Option<RequestOutput> {
+        let mut group = self.groups.remove(&request_id)?;
+        self.scheduler.remove(request_id);
+        let mut deltas = Vec::new();
+        for (index, s) in group.seqs.iter_mut().enumerate() {
+            self.blocks.free(s.id);
+            if s.finish.is_none() {
+                s.finish = Some(FinishReason::Length);
+                s.text.finish();
+                deltas.push(SeqDelta {
+                    index,
+                    token_ids: Vec::new(),
+                    text: s.text.take_delta(&group.params),
+                    logprobs: Vec::new(),
+                    finish_reason: s.finish,
+                    stop_reason: None,
+                });
+            }
+        }
+        for s in &group.seqs {
+            self.stats
+                .finished(s.finish.unwrap_or(FinishReason::Length));
+        }
+        self.stats.record_latency(&group);
+        Some(self.final_output(group, deltas))
+    }
+
     /// Logits at every position of `tokens` (one row per token), outside the
     /// batch: for scoring and tests. Must not be called while requests run.
     pub fn prompt_logits(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
@@ -390,10 +481,11 @@ impl<B: Backend> EngineCore<B> {
             .schedule(sched_config, &mut self.groups, &mut self.blocks);
         if plan.is_empty() {
             // With nothing running, the head of the queue can never fit (its forks
-            // outgrew the whole cache): it ends alone instead of stalling the queue.
+            // outgrew the whole cache): it ends alone, with "length" as a sequence
+            // cut by the model's length, instead of stalling the queue.
             if self.scheduler.running.is_empty() {
                 if let Some(&id) = self.scheduler.waiting.front() {
-                    return Ok(self.abort(id).into_iter().collect());
+                    return Ok(self.finish_at_capacity(id).into_iter().collect());
                 }
             }
             return Ok(Vec::new());
