@@ -82,6 +82,7 @@ fn large_json_schemas_never_take_the_process_down() {
         .unwrap()
         .join()
         .expect("the submitting thread survives");
+    eprintln!("outcomes: {:?}", outcomes.iter().map(|o| o.as_ref().err().map(|e| e.1.chars().take(200).collect::<String>())).collect::<Vec<_>>());
     for outcome in &outcomes[..4] {
         if let Err((status, message)) = outcome {
             assert_eq!(*status, ENGINE_ERR_INVALID_ARGUMENT, "{message}");

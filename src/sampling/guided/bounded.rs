@@ -14,7 +14,7 @@ use super::{Guide, GuidedDecodingParams};
 use crate::error::{Error, Result};
 
 /// Stack of a compile thread (address space; pages are used only as touched).
-pub const COMPILE_STACK_BYTES: usize = 512 << 20;
+pub const COMPILE_STACK_BYTES: usize = 64 << 20;
 /// Longest a request waits for its constraint to compile (a queue for a
 /// compile slot included).
 pub const COMPILE_TIME_LIMIT: Duration = Duration::from_secs(10);
