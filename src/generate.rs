@@ -121,7 +121,13 @@ pub fn load_engine_core<B: Backend>(
             }
         }
     };
-    check_kv_size(&model, num_blocks, bytes_per_block, options.block_size, &asked)?;
+    check_kv_size(
+        &model,
+        num_blocks,
+        bytes_per_block,
+        options.block_size,
+        &asked,
+    )?;
     if num_blocks == 0 {
         return Err(Error::invalid(format!(
             "the KV cache holds no block: one block of {} tokens takes {bytes_per_block} bytes",

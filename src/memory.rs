@@ -51,10 +51,8 @@ pub fn checked_host_bytes(
         (Some(b), Some(m)) if b <= m => Ok(b),
         (Some(b), None) => Ok(b),
         (bytes, memory) => {
-            let needs = bytes.map_or_else(
-                || format!("more than {} bytes", usize::MAX),
-                human_bytes,
-            );
+            let needs =
+                bytes.map_or_else(|| format!("more than {} bytes", usize::MAX), human_bytes);
             let fits = memory.map_or(String::new(), |m| {
                 format!(
                     ", more than the {} of memory this machine has (at most {} {unit} of {} fit)",
@@ -103,7 +101,10 @@ mod tests {
         let e = checked_host_bytes(usize::MAX, 2, "the KV cache", "blocks", "lower it")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("18446744073709551615 blocks") && e.contains("lower it"), "{e}");
+        assert!(
+            e.contains("18446744073709551615 blocks") && e.contains("lower it"),
+            "{e}"
+        );
         let e = checked_host_bytes(1 << 50, 1 << 10, "the KV cache", "blocks", "x")
             .unwrap_err()
             .to_string();

@@ -77,12 +77,14 @@ fn large_json_schemas_never_take_the_process_down() {
         .stack_size(1 << 20)
         .spawn(move || {
             let e = std::mem::ManuallyDrop::new(Engine(engine_ptr as *mut engine_t));
-            bodies.iter().map(|b| e.run(&b.to_string()).map(|_| ())).collect()
+            bodies
+                .iter()
+                .map(|b| e.run(&b.to_string()).map(|_| ()))
+                .collect()
         })
         .unwrap()
         .join()
         .expect("the submitting thread survives");
-    eprintln!("outcomes: {:?}", outcomes.iter().map(|o| o.as_ref().err().map(|e| e.1.chars().take(200).collect::<String>())).collect::<Vec<_>>());
     for outcome in &outcomes[..4] {
         if let Err((status, message)) = outcome {
             assert_eq!(*status, ENGINE_ERR_INVALID_ARGUMENT, "{message}");
@@ -106,10 +108,22 @@ fn large_json_schemas_never_take_the_process_down() {
 fn huge_n_and_best_of_are_refused_naming_max_num_seqs() {
     let e = Engine::with(&[("max_num_seqs", "8")]);
     for (body, needle) in [
-        (r#"{"prompt": "x", "n": 4294967296, "temperature": 1}"#, "n must be at most max_num_seqs (8)"),
-        (r#"{"prompt": "x", "n": 10000000, "temperature": 1}"#, "got 10000000"),
-        (r#"{"prompt": "x", "best_of": 1000000000, "temperature": 1}"#, "best_of must be at most max_num_seqs (8)"),
-        (r#"{"prompt": "x", "n": 9, "best_of": 9, "use_beam_search": true, "temperature": 0}"#, "beam width"),
+        (
+            r#"{"prompt": "x", "n": 4294967296, "temperature": 1}"#,
+            "n must be at most max_num_seqs (8)",
+        ),
+        (
+            r#"{"prompt": "x", "n": 10000000, "temperature": 1}"#,
+            "got 10000000",
+        ),
+        (
+            r#"{"prompt": "x", "best_of": 1000000000, "temperature": 1}"#,
+            "best_of must be at most max_num_seqs (8)",
+        ),
+        (
+            r#"{"prompt": "x", "n": 9, "best_of": 9, "use_beam_search": true, "temperature": 0}"#,
+            "beam width",
+        ),
     ] {
         let (s, _, _) = e.submit(body);
         assert_error(s, ENGINE_ERR_INVALID_ARGUMENT, needle);
@@ -128,21 +142,32 @@ fn requests_the_cache_cannot_hold_are_refused_or_end_with_length() {
     let e = Engine::with(&[("num_kv_blocks", "20")]);
     let prompt: Vec<u32> = (0..200).map(|i| 3 + i % 50).collect();
     let body = |extra: &str| {
-        format!(r#"{{"prompt": {prompt:?}, "ignore_eos": true, "temperature": 1, "seed": 1{extra}}}"#)
+        format!(
+            r#"{{"prompt": {prompt:?}, "ignore_eos": true, "temperature": 1, "seed": 1{extra}}}"#
+        )
     };
     let (s, _, _) = e.submit(&body(r#", "max_tokens": 200"#));
     assert_error(s, ENGINE_ERR_CAPACITY, "needs 25 KV cache blocks");
-    assert!(last_error().contains("20 blocks of 16 tokens (320 tokens)"), "{}", last_error());
+    assert!(
+        last_error().contains("20 blocks of 16 tokens (320 tokens)"),
+        "{}",
+        last_error()
+    );
     let (s, _, _) = e.submit(&body(r#", "max_tokens": 60, "n": 4"#));
     assert_error(s, ENGINE_ERR_CAPACITY, "4 sequences");
-    let (s, _, _) = e.submit(&body(r#", "max_tokens": 60, "n": 2, "best_of": 3, "use_beam_search": true, "temperature": 0"#));
+    let (s, _, _) = e.submit(&body(
+        r#", "max_tokens": 60, "n": 2, "best_of": 3, "use_beam_search": true, "temperature": 0"#,
+    ));
     assert_error(s, ENGINE_ERR_CAPACITY, "3 sequences");
     // What fits runs to its max_tokens.
     let ev = e.generate(&body(r#", "max_tokens": 100"#));
     assert_eq!(ev["finish_reason"], "length", "{ev}");
     assert_eq!(ev["usage"]["completion_tokens"], 100, "{ev}");
     // No max_tokens: the forks grow until the cache is full, then end "length".
-    for extra in [r#", "max_tokens": null, "n": 4"#, r#", "max_tokens": null, "n": 1, "best_of": 3"#] {
+    for extra in [
+        r#", "max_tokens": null, "n": 4"#,
+        r#", "max_tokens": null, "n": 1, "best_of": 3"#,
+    ] {
         let ev = e.generate(&body(extra));
         for r in ev["results"].as_array().unwrap() {
             assert_eq!(r["finish_reason"], "length", "{ev}");
@@ -172,7 +197,10 @@ fn absurd_sizes_fail_engine_new_cleanly() {
     assert!(m.contains("the KV cache") && m.contains("fit"), "{m}");
     let (s, m) = try_new(&[("max_model_len", "2000000000")]);
     assert_eq!(s, ENGINE_ERR_INVALID_ARGUMENT, "{m}");
-    assert!(m.contains("2000000000") && m.contains("max_position_embeddings=2048"), "{m}");
+    assert!(
+        m.contains("2000000000") && m.contains("max_position_embeddings=2048"),
+        "{m}"
+    );
     let huge = model_copy(|dir| {
         let path = dir.join("config.json");
         let mut config: serde_json::Value =
@@ -184,7 +212,11 @@ fn absurd_sizes_fail_engine_new_cleanly() {
     let (s, m) = try_new(&[("model", &model)]);
     assert_eq!(s, ENGINE_ERR_INVALID_ARGUMENT, "{m}");
     assert!(m.contains("1099511627776"), "{m}");
-    let (s, m) = try_new(&[("model", &model), ("max_model_len", "512"), ("num_kv_blocks", "64")]);
+    let (s, m) = try_new(&[
+        ("model", &model),
+        ("max_model_len", "512"),
+        ("num_kv_blocks", "64"),
+    ]);
     assert_eq!(s, ENGINE_OK, "{m}");
 }
 
@@ -195,9 +227,15 @@ fn a_second_abort_of_the_same_request_is_unknown() {
     let e = Engine::new();
     let (s, id, rx) = e.submit(r#"{"prompt": "x", "max_tokens": 1000, "ignore_eos": true}"#);
     assert_eq!(s, ENGINE_OK, "{}", last_error());
-    rx.recv_timeout(Duration::from_secs(60)).expect("a first delta");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("a first delta");
     // SAFETY (both): a live engine.
-    assert_eq!(unsafe { engine_abort(e.0, id) }, ENGINE_OK, "{}", last_error());
+    assert_eq!(
+        unsafe { engine_abort(e.0, id) },
+        ENGINE_OK,
+        "{}",
+        last_error()
+    );
     let s = unsafe { engine_abort(e.0, id) };
     assert_error(s, ENGINE_ERR_UNKNOWN_REQUEST, &format!("request {id}"));
     let last = rx
@@ -216,7 +254,10 @@ fn a_model_without_tokenizer_json_needs_skip_tokenizer_init() {
     let model = dir.path().display().to_string();
     let (s, m) = try_new(&[("model", &model)]);
     assert_eq!(s, ENGINE_ERR_MODEL, "{m}");
-    assert!(m.contains("tokenizer.json") && m.contains("skip_tokenizer_init"), "{m}");
+    assert!(
+        m.contains("tokenizer.json") && m.contains("skip_tokenizer_init"),
+        "{m}"
+    );
     let e = Engine::with(&[("model", &model), ("skip-tokenizer-init", "true")]);
     let ev = e.generate(r#"{"prompt": [1, 5, 9], "max_tokens": 3, "ignore_eos": true}"#);
     assert_eq!(ev["usage"]["completion_tokens"], 3, "{ev}");

@@ -142,8 +142,18 @@ fn failed_start(args: &[&str]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     (status.code(), out)
 }
 
@@ -151,8 +161,14 @@ fn failed_start(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn absurd_sizes_exit_1_naming_the_size() {
     for (args, needle) in [
-        (vec!["--kv-cache-memory", "1000GB"], "of memory this machine has"),
-        (vec!["--max-model-len", "2000000000"], "max_position_embeddings=2048"),
+        (
+            vec!["--kv-cache-memory", "1000GB"],
+            "of memory this machine has",
+        ),
+        (
+            vec!["--max-model-len", "2000000000"],
+            "max_position_embeddings=2048",
+        ),
         (
             vec!["--num-kv-blocks", "18446744073709551615"],
             "18446744073709551615 blocks",

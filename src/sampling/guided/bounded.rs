@@ -79,7 +79,12 @@ fn field(params: &GuidedDecodingParams) -> &'static str {
 /// Cheap checks of the constraint's size before anything is compiled.
 fn check_size(params: &GuidedDecodingParams) -> Result<()> {
     let field = field(params);
-    let bytes = match (&params.json, &params.json_schema, &params.regex, &params.grammar) {
+    let bytes = match (
+        &params.json,
+        &params.json_schema,
+        &params.regex,
+        &params.grammar,
+    ) {
         (Some(schema), ..) | (None, Some(schema), ..) => {
             let names = count_property_names(schema);
             if names > MAX_SCHEMA_PROPERTIES {
@@ -188,6 +193,9 @@ mod tests {
             ..Default::default()
         };
         let e = check_size(&p).unwrap_err().to_string();
-        assert!(e.contains("guided_json") && e.contains("limit of 5000"), "{e}");
+        assert!(
+            e.contains("guided_json") && e.contains("limit of 5000"),
+            "{e}"
+        );
     }
 }
