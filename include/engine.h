@@ -658,8 +658,9 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * ENGINE_ERR_CHAT_TEMPLATE, ENGINE_ERR_CAPACITY (the request can never fit in
  * the KV cache: its prompt, or its best_of sequences of prompt plus
  * "max_tokens" tokens with the prompt's full blocks shared; the message names
- * the sizes), ENGINE_ERR_STOPPED. A request without "max_tokens" (null) that
- * outgrows the whole cache ends with finish reason LENGTH.
+ * the sizes), ENGINE_ERR_STOPPED. A request without "max_tokens" (null), or
+ * with one that reaches the model's length, that outgrows the whole cache ends
+ * with finish reason LENGTH.
  *
  * # Safety
  * `engine` must be NULL or a live engine; `request_json` NULL or

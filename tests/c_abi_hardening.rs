@@ -163,10 +163,12 @@ fn requests_the_cache_cannot_hold_are_refused_or_end_with_length() {
     let ev = e.generate(&body(r#", "max_tokens": 100"#));
     assert_eq!(ev["finish_reason"], "length", "{ev}");
     assert_eq!(ev["usage"]["completion_tokens"], 100, "{ev}");
-    // No max_tokens: the forks grow until the cache is full, then end "length".
+    // No max_tokens (or the whole context, as an OpenAI server fills it in):
+    // the forks grow until the cache is full, then end "length".
     for extra in [
         r#", "max_tokens": null, "n": 4"#,
         r#", "max_tokens": null, "n": 1, "best_of": 3"#,
+        r#", "max_tokens": 1848, "n": 2"#,
     ] {
         let ev = e.generate(&body(extra));
         for r in ev["results"].as_array().unwrap() {

@@ -132,18 +132,21 @@ impl RequestValidator {
 
     /// A request whose sequences can never fit the whole KV cache together,
     /// even with their prompt blocks shared, is refused up front (it would
-    /// otherwise be cut short). Without `max_tokens` only the prompt counts:
-    /// such a request runs until the cache is full and ends with "length".
+    /// otherwise be cut short). Without `max_tokens`, or with one that reaches
+    /// the model's length (what an OpenAI server fills in for "no max_tokens"),
+    /// only the prompt counts: such a request runs until the cache or the
+    /// context is full and ends with "length".
     fn check_capacity(&self, prompt_len: usize, params: &SamplingParams) -> Result<()> {
         let Some(max_tokens) = params.max_tokens else {
             return Ok(());
         };
+        if prompt_len.saturating_add(max_tokens) >= self.max_model_len {
+            return Ok(());
+        }
         let width = params.best_of();
         let bs = self.block_size;
         // The last sampled token is never fed back, so it needs no slot.
-        let total = prompt_len
-            .saturating_add(max_tokens)
-            .min(self.max_model_len);
+        let total = prompt_len + max_tokens;
         let positions = total.saturating_sub(1).max(prompt_len);
         let shared = prompt_len / bs;
         let own = positions.div_ceil(bs) - shared;
