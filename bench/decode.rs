@@ -48,6 +48,8 @@ fn run() -> engine::Result<()> {
     let t = Instant::now();
     let options = LoadOptions {
         max_model_len: Some(1024),
+        // The bench model has no tokenizer.json: token ids only.
+        skip_tokenizer_init: true,
         ..LoadOptions::default()
     };
     let mut llm = Llm::load(&dir, &options)?;

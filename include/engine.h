@@ -122,8 +122,8 @@ enum engine_status
      */
     ENGINE_ERR_CHAT_TEMPLATE = 9,
     /**
-     * The KV cache cannot ever hold the request (its prompt needs more blocks
-     * than the whole cache has).
+     * The KV cache cannot ever hold the request (its prompt, or its sequences
+     * of prompt plus max_tokens, need more blocks than the whole cache has).
      */
     ENGINE_ERR_CAPACITY = 10,
     /**
@@ -573,7 +573,9 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * name, meaning, default and checks:
  * - "n" (integer >= 1, default 1): sequences returned.
  * - "best_of" (integer >= n, default n): sequences generated; the n most likely
- *   are returned (the FINAL event's "results", best first).
+ *   are returned (the FINAL event's "results", best first). It (the beam width
+ *   with beam search) may be at most the "max_num_seqs" option
+ *   (ENGINE_ERR_INVALID_ARGUMENT naming the limit).
  * - "presence_penalty", "frequency_penalty" (numbers in [-2, 2], default 0).
  * - "repetition_penalty" (number in (0, 2], default 1).
  * - "temperature" (number >= 0, default 1; below 1e-5 is greedy).
@@ -616,10 +618,12 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  *   "json_schema": {"name": ..., "description": ..., "schema": {...},
  *   "strict": ...}}; a guided_* field takes precedence over it.
  *
- * A constraint is compiled inside `engine_submit`, on the calling thread
- * (compiled grammars are cached by their text): a bad schema, regex or grammar
- * fails with ENGINE_ERR_INVALID_ARGUMENT and the parser's message, naming the
- * field. Under a constraint EOS is allowed only where the output is complete;
+ * A constraint is compiled inside `engine_submit`, on a thread of the library's
+ * with a large stack while the calling thread waits (compiled grammars are
+ * cached by their text): a bad schema, regex or grammar fails with
+ * ENGINE_ERR_INVALID_ARGUMENT and the parser's message, naming the field; so
+ * does one too large (over 4 MiB of text, or a JSON schema with over 5000
+ * property names) or too slow to compile (10 s), naming the limit. Under a constraint EOS is allowed only where the output is complete;
  * reported logprobs are those of the constrained distribution (-9999.0 for
  * disallowed tokens, never -inf). A sequence whose constraint can go no further
  * (e.g. "min_tokens" forbids the only allowed EOS) ends with finish reason STOP.
@@ -651,8 +655,12 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * (except `engine_free`).
  * Errors: ENGINE_ERR_NULL, ENGINE_ERR_UTF8, ENGINE_ERR_JSON,
  * ENGINE_ERR_INVALID_ARGUMENT, ENGINE_ERR_TOKENIZER (text given, no tokenizer),
- * ENGINE_ERR_CHAT_TEMPLATE, ENGINE_ERR_CAPACITY (the prompt cannot fit in the
- * KV cache), ENGINE_ERR_STOPPED.
+ * ENGINE_ERR_CHAT_TEMPLATE, ENGINE_ERR_CAPACITY (the request can never fit in
+ * the KV cache: its prompt, or its best_of sequences of prompt plus
+ * "max_tokens" tokens with the prompt's full blocks shared; the message names
+ * the sizes), ENGINE_ERR_STOPPED. A request without "max_tokens" (null), or
+ * with one that reaches the model's length, that outgrows the whole cache ends
+ * with finish reason LENGTH.
  *
  * # Safety
  * `engine` must be NULL or a live engine; `request_json` NULL or
@@ -803,6 +811,16 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   template itself (as vLLM's --chat-template) [the model's].
  * - "tokenizer": a Hugging Face tokenizer directory (tokenizer.json, ...) used
  *   instead of the model's own tokenizer (as vLLM's --tokenizer) [the model's].
+ * - "skip_tokenizer_init": "true"/"false": load no tokenizer (vLLM's
+ *   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
+ *   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
+ *   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+ *
+ * Sizes are checked when `engine_new` loads the model: a KV cache or a
+ * max_model_len larger than the memory (the device's, or the machine's on the
+ * CPU) or than ids can address fails with ENGINE_ERR_INVALID_ARGUMENT naming the
+ * size and what fits, as does a max_model_len above the config's
+ * max_position_embeddings (vLLM's rule).
  *
  * Values are checked here where they can be (numbers, "device", "dtype",
  * "block_size"); the rest when `engine_new` loads the model.

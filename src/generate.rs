@@ -44,6 +44,10 @@ pub struct LoadOptions {
     pub chat_template: Option<String>,
     /// A Hugging Face tokenizer directory replacing the model's tokenizer (vLLM's `--tokenizer`).
     pub tokenizer: Option<String>,
+    /// Load no tokenizer (vLLM's `--skip-tokenizer-init`): prompts are token
+    /// ids and outputs have no text. Without it, a model directory without
+    /// tokenizer.json is an error.
+    pub skip_tokenizer_init: bool,
 }
 
 impl Default for LoadOptions {
@@ -60,6 +64,7 @@ impl Default for LoadOptions {
             enable_prefix_caching: false,
             chat_template: None,
             tokenizer: None,
+            skip_tokenizer_init: false,
         }
     }
 }
@@ -128,6 +133,7 @@ pub fn load_engine_core<B: Backend>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EngineCore<B>> {
     let override_tokenizer = match &options.tokenizer {
+        _ if options.skip_tokenizer_init => None,
         Some(t) => {
             let t = Path::new(t);
             if !t.join("tokenizer.json").is_file() {
@@ -145,8 +151,16 @@ pub fn load_engine_core<B: Backend>(
             let config = ModelConfig::from_model_dir(&dir)?;
             let dtype = resolve_dtype(&options.dtype, &config)?;
             let tokenizer = match override_tokenizer {
+                _ if options.skip_tokenizer_init => None,
                 Some(t) => Some(t),
-                None => tokenizer_from_dir(&dir)?,
+                None => Some(tokenizer_from_dir(&dir)?.ok_or_else(|| {
+                    Error::Tokenizer(format!(
+                        "{} has no tokenizer.json: add one, give one with --tokenizer, or load \
+                         the model without a tokenizer (--skip-tokenizer-init, option \
+                         \"skip_tokenizer_init\") to serve token-id prompts only",
+                        dir.display()
+                    ))
+                })?),
             };
             let model = Model::load(&dir, dtype, options.max_model_len, backend, progress)?;
             (model, tokenizer)
@@ -157,8 +171,9 @@ pub fn load_engine_core<B: Backend>(
             let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
             let dtype = resolve_dtype(&options.dtype, &config)?;
             let tokenizer = match override_tokenizer {
-                Some(t) => t,
-                None => Tokenizer::from_gguf(&file)?,
+                _ if options.skip_tokenizer_init => None,
+                Some(t) => Some(t),
+                None => Some(Tokenizer::from_gguf(&file)?),
             };
             let source = GgufSource {
                 file: &file,
@@ -173,7 +188,7 @@ pub fn load_engine_core<B: Backend>(
                 backend,
                 progress,
             )?;
-            (model, Some(tokenizer))
+            (model, tokenizer)
         }
     };
     let tokenizer = match (tokenizer, &options.chat_template) {
@@ -184,9 +199,12 @@ pub fn load_engine_core<B: Backend>(
     }
     .map(Arc::new);
     let bytes_per_block = model.kv_bytes_per_block(options.block_size);
-    let num_blocks = match (options.num_kv_blocks, options.kv_cache_memory) {
-        (Some(n), _) => n,
-        (None, Some(bytes)) => bytes / bytes_per_block,
+    let (num_blocks, asked) = match (options.num_kv_blocks, options.kv_cache_memory) {
+        (Some(n), _) => (n, format!("--num-kv-blocks {n}")),
+        (None, Some(bytes)) => (
+            bytes / bytes_per_block,
+            format!("--kv-cache-memory {}", crate::memory::human_bytes(bytes)),
+        ),
         (None, None) => {
             let utilization = options
                 .gpu_memory_utilization
@@ -197,11 +215,27 @@ pub fn load_engine_core<B: Backend>(
                 options.max_num_batched_tokens,
                 utilization,
             )? {
-                Some(blocks) => blocks,
-                None => 4 * model.max_positions.div_ceil(options.block_size),
+                Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
+                None => (
+                    model
+                        .max_positions
+                        .div_ceil(options.block_size)
+                        .saturating_mul(4),
+                    format!(
+                        "the default (four times max_model_len {})",
+                        model.max_positions
+                    ),
+                ),
             }
         }
     };
+    check_kv_size(
+        &model,
+        num_blocks,
+        bytes_per_block,
+        options.block_size,
+        &asked,
+    )?;
     if num_blocks == 0 {
         return Err(Error::invalid(format!(
             "the KV cache holds no block: one block of {} tokens takes {bytes_per_block} bytes",
@@ -216,6 +250,45 @@ pub fn load_engine_core<B: Backend>(
         enable_prefix_caching: options.enable_prefix_caching,
     };
     EngineCore::new(model, tokenizer, engine_config)
+}
+
+/// A KV cache of `num_blocks` must be addressable (int32 block ids on the
+/// device) and fit: in the device's memory, or the machine's on the CPU.
+fn check_kv_size<B: Backend>(
+    model: &Model<B>,
+    num_blocks: usize,
+    bytes_per_block: usize,
+    block_size: usize,
+    asked: &str,
+) -> Result<()> {
+    let hint = "lower --num-kv-blocks, --kv-cache-memory or --max-model-len";
+    let what = format!("the KV cache ({asked})");
+    let limit = i32::MAX as usize;
+    if num_blocks > limit {
+        return Err(Error::invalid(format!(
+            "{what}: {num_blocks} blocks are more than block ids can address ({limit}); {hint}"
+        )));
+    }
+    match model.backend().memory_info()? {
+        None => {
+            crate::memory::checked_host_bytes(num_blocks, bytes_per_block, &what, "blocks", hint)?;
+        }
+        Some(memory) => {
+            let fits = memory.free / bytes_per_block.max(1);
+            if num_blocks > fits {
+                return Err(Error::invalid(format!(
+                    "{what}: {num_blocks} blocks of {block_size} tokens ({} each) need {}, more \
+                     than the {} free on the device (at most {fits} blocks fit); {hint}",
+                    crate::memory::human_bytes(bytes_per_block),
+                    num_blocks
+                        .checked_mul(bytes_per_block)
+                        .map_or_else(|| "more than 16 EiB".into(), crate::memory::human_bytes),
+                    crate::memory::human_bytes(memory.free),
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod memory;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;

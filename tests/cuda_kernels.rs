@@ -312,7 +312,7 @@ fn llama3_table(head_dim: usize, positions: usize) -> Vec<f32> {
         head_dim * heads
     );
     let config = ModelConfig::from_json_str(&text).unwrap();
-    engine::model::rope::cos_sin_table(&config, positions)
+    engine::model::rope::cos_sin_table(&config, positions).unwrap()
 }
 
 /// GPT-J style: pairs (2i, 2i + 1) rotated by the table's i-th cos/sin.

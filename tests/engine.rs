@@ -375,8 +375,26 @@ fn a_request_that_outgrows_the_whole_cache_ends_alone() {
         ignore_eos: true,
         ..SamplingParams::greedy(30)
     };
+    // With max_tokens, it can never fit: refused up front, naming the sizes.
+    let err = engine
+        .submit(
+            Prompt::Tokens(vec![7; 40]),
+            params.clone(),
+            Box::new(|_| {}),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs 14 KV cache blocks") && err.contains("has 3 blocks of 16 tokens"),
+        "{err}"
+    );
+    // Without, it runs until the cache is full and ends "length", never "abort".
+    let params = SamplingParams {
+        max_tokens: None,
+        ..params
+    };
     let out = run(&engine, vec![7; 40], params);
-    assert_eq!(out.results.unwrap()[0].finish_reason, FinishReason::Abort);
+    assert_eq!(out.results.unwrap()[0].finish_reason, FinishReason::Length);
     engine.check_serving().expect("the engine keeps serving");
     let out = run(&engine, vec![1, 2, 3], SamplingParams::greedy(2));
     assert_eq!(out.results.unwrap()[0].token_ids.len(), 2);

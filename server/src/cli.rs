@@ -132,6 +132,10 @@ pub struct Args {
     /// Reuse the KV cache of shared prompt prefixes.
     #[arg(long)]
     pub enable_prefix_caching: bool,
+    /// Load no tokenizer (vLLM's flag): prompts must be token ids. Without it, a
+    /// model directory with no tokenizer.json is refused at start-up.
+    #[arg(long)]
+    pub skip_tokenizer_init: bool,
     /// Seed for requests that do not give one.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -212,6 +216,9 @@ impl Args {
         }
         if let Some(t) = &self.tokenizer {
             o.push(("tokenizer", t.clone()));
+        }
+        if self.skip_tokenizer_init {
+            o.push(("skip_tokenizer_init", "true".into()));
         }
         o
     }

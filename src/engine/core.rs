@@ -21,6 +21,9 @@ use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 mod beam;
 mod guided;
 mod logprob_text;
+mod validate;
+
+pub use validate::RequestValidator;
 
 use guided::GuideMasks;
 
@@ -47,81 +50,6 @@ pub struct EngineRequest {
     pub params: SamplingParams,
     /// The compiled output constraint, at its start state.
     pub guide: Option<Guide>,
-}
-
-/// Checks requests before they reach the engine thread (it only ever sees valid ones).
-#[derive(Clone)]
-pub struct RequestValidator {
-    pub tokenizer: Option<Arc<Tokenizer>>,
-    pub vocab_size: usize,
-    /// Most top logprobs a request may ask for (vLLM's `max_logprobs`).
-    pub max_logprobs: usize,
-    pub max_model_len: usize,
-    /// No single sequence may need more blocks than the whole KV cache has.
-    pub num_blocks: usize,
-    pub block_size: usize,
-    /// Compiles `guided_decoding` constraints (shared, with its grammar cache).
-    pub guided: Arc<LazyGuidedCompiler>,
-}
-
-impl RequestValidator {
-    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            Error::invalid("this model has no tokenizer.json: give prompts as token ids")
-        })?;
-        tok.encode(text, true)
-    }
-
-    pub fn validate(
-        &self,
-        mut prompt_token_ids: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<EngineRequest> {
-        params.verify()?;
-        params.verify_for_model(self.vocab_size, self.max_logprobs)?;
-        let params = params.normalized();
-        if let Some(k) = params.truncate_prompt_tokens {
-            // vLLM keeps the last k tokens.
-            let drop = prompt_token_ids.len().saturating_sub(k);
-            prompt_token_ids.drain(..drop);
-        }
-        let n = prompt_token_ids.len();
-        if n == 0 {
-            return Err(Error::invalid("the prompt is empty"));
-        }
-        if let Some(bad) = prompt_token_ids
-            .iter()
-            .find(|&&t| t as usize >= self.vocab_size)
-        {
-            return Err(Error::invalid(format!(
-                "token id {bad} is out of range for a vocabulary of {}",
-                self.vocab_size
-            )));
-        }
-        if n > self.max_model_len {
-            return Err(Error::invalid(format!(
-                "the prompt has {n} tokens, more than the maximum model length {}",
-                self.max_model_len
-            )));
-        }
-        let needed = n.div_ceil(self.block_size);
-        if needed > self.num_blocks {
-            return Err(Error::OutOfBlocks(format!(
-                "a prompt of {n} tokens needs {needed} blocks but the cache has {}",
-                self.num_blocks
-            )));
-        }
-        // Last, as it is the costly check: compiled here, on the submitting thread.
-        let guide = match &params.guided_decoding {
-            Some(g) if g.is_active() => self.guided.get()?.compile(g, &params.stop_token_ids)?,
-            _ => None,
-        };
-        Ok(EngineRequest {
-            prompt_token_ids,
-            params,
-            guide,
-        })
-    }
 }
 
 pub struct EngineCore<B: Backend> {
@@ -199,6 +127,7 @@ impl<B: Backend> EngineCore<B> {
             max_model_len: self.model.max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,
+            max_num_seqs: self.config.max_num_seqs,
             guided: self.guided.clone(),
         }
     }
@@ -329,6 +258,35 @@ impl<B: Backend> EngineCore<B> {
         Some(self.final_output(group, Vec::new()))
     }
 
+    /// Ends a request the KV cache cannot hold any longer: its unfinished
+    /// sequences finish with "length", keeping what they generated.
+    fn finish_at_capacity(&mut self, request_id: u64) -> Option<RequestOutput> {
+        let mut group = self.groups.remove(&request_id)?;
+        self.scheduler.remove(request_id);
+        let mut deltas = Vec::new();
+        for (index, s) in group.seqs.iter_mut().enumerate() {
+            self.blocks.free(s.id);
+            if s.finish.is_none() {
+                s.finish = Some(FinishReason::Length);
+                s.text.finish();
+                deltas.push(SeqDelta {
+                    index,
+                    token_ids: Vec::new(),
+                    text: s.text.take_delta(&group.params),
+                    logprobs: Vec::new(),
+                    finish_reason: s.finish,
+                    stop_reason: None,
+                });
+            }
+        }
+        for s in &group.seqs {
+            self.stats
+                .finished(s.finish.unwrap_or(FinishReason::Length));
+        }
+        self.stats.record_latency(&group);
+        Some(self.final_output(group, deltas))
+    }
+
     /// Logits at every position of `tokens` (one row per token), outside the
     /// batch: for scoring and tests. Must not be called while requests run.
     pub fn prompt_logits(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
@@ -390,10 +348,11 @@ impl<B: Backend> EngineCore<B> {
             .schedule(sched_config, &mut self.groups, &mut self.blocks);
         if plan.is_empty() {
             // With nothing running, the head of the queue can never fit (its forks
-            // outgrew the whole cache): it ends alone instead of stalling the queue.
+            // outgrew the whole cache): it ends alone, with "length" as a sequence
+            // cut by the model's length, instead of stalling the queue.
             if self.scheduler.running.is_empty() {
                 if let Some(&id) = self.scheduler.waiting.front() {
-                    return Ok(self.abort(id).into_iter().collect());
+                    return Ok(self.finish_at_capacity(id).into_iter().collect());
                 }
             }
             return Ok(Vec::new());

@@ -8,7 +8,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stats;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -51,8 +51,9 @@ enum Command {
 /// State the engine thread shares with the handle.
 #[derive(Default)]
 struct Shared {
-    /// Requests submitted and not yet finished.
-    live: Mutex<HashSet<u64>>,
+    /// Requests submitted and not yet finished, and whether an abort was sent
+    /// for each (a second abort of the same request is refused).
+    live: Mutex<HashMap<u64, bool>>,
     stats: Mutex<EngineStats>,
     /// Why the engine stopped serving, if it did.
     failure: Mutex<Option<String>>,
@@ -113,7 +114,7 @@ impl Engine {
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id);
+            .insert(id, false);
         if self
             .commands
             .send(Command::Submit {
@@ -136,16 +137,25 @@ impl Engine {
     /// Aborts a live request: its blocks are freed and its callback gets a final
     /// output with finish reason `abort`.
     pub fn abort(&self, request_id: u64) -> Result<()> {
-        if !self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&request_id)
         {
-            return Err(Error::invalid(format!(
-                "request {request_id} is unknown or already finished"
-            )));
+            let mut live = self
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match live.get_mut(&request_id) {
+                Some(aborting @ false) => *aborting = true,
+                Some(true) => {
+                    return Err(Error::invalid(format!(
+                        "request {request_id} is already aborted"
+                    )))
+                }
+                None => {
+                    return Err(Error::invalid(format!(
+                        "request {request_id} is unknown or already finished"
+                    )))
+                }
+            }
         }
         self.commands
             .send(Command::Abort(request_id))

@@ -229,7 +229,7 @@ impl engine_t {
         self.engine.validator().tokenizer.as_ref().ok_or_else(|| {
             FfiError::new(
                 ENGINE_ERR_TOKENIZER,
-                "this model has no tokenizer.json: give prompts as token ids",
+                "this engine has no tokenizer (the model has no tokenizer.json, or skip_tokenizer_init is set): give prompts as token ids",
             )
         })
     }
@@ -399,7 +399,9 @@ pub unsafe extern "C" fn engine_new(
 /// name, meaning, default and checks:
 /// - "n" (integer >= 1, default 1): sequences returned.
 /// - "best_of" (integer >= n, default n): sequences generated; the n most likely
-///   are returned (the FINAL event's "results", best first).
+///   are returned (the FINAL event's "results", best first). It (the beam width
+///   with beam search) may be at most the "max_num_seqs" option
+///   (ENGINE_ERR_INVALID_ARGUMENT naming the limit).
 /// - "presence_penalty", "frequency_penalty" (numbers in [-2, 2], default 0).
 /// - "repetition_penalty" (number in (0, 2], default 1).
 /// - "temperature" (number >= 0, default 1; below 1e-5 is greedy).
@@ -442,10 +444,12 @@ pub unsafe extern "C" fn engine_new(
 ///   "json_schema": {"name": ..., "description": ..., "schema": {...},
 ///   "strict": ...}}; a guided_* field takes precedence over it.
 ///
-/// A constraint is compiled inside `engine_submit`, on the calling thread
-/// (compiled grammars are cached by their text): a bad schema, regex or grammar
-/// fails with ENGINE_ERR_INVALID_ARGUMENT and the parser's message, naming the
-/// field. Under a constraint EOS is allowed only where the output is complete;
+/// A constraint is compiled inside `engine_submit`, on a thread of the library's
+/// with a large stack while the calling thread waits (compiled grammars are
+/// cached by their text): a bad schema, regex or grammar fails with
+/// ENGINE_ERR_INVALID_ARGUMENT and the parser's message, naming the field; so
+/// does one too large (over 4 MiB of text, or a JSON schema with over 5000
+/// property names) or too slow to compile (10 s), naming the limit. Under a constraint EOS is allowed only where the output is complete;
 /// reported logprobs are those of the constrained distribution (-9999.0 for
 /// disallowed tokens, never -inf). A sequence whose constraint can go no further
 /// (e.g. "min_tokens" forbids the only allowed EOS) ends with finish reason STOP.
@@ -477,8 +481,12 @@ pub unsafe extern "C" fn engine_new(
 /// (except `engine_free`).
 /// Errors: ENGINE_ERR_NULL, ENGINE_ERR_UTF8, ENGINE_ERR_JSON,
 /// ENGINE_ERR_INVALID_ARGUMENT, ENGINE_ERR_TOKENIZER (text given, no tokenizer),
-/// ENGINE_ERR_CHAT_TEMPLATE, ENGINE_ERR_CAPACITY (the prompt cannot fit in the
-/// KV cache), ENGINE_ERR_STOPPED.
+/// ENGINE_ERR_CHAT_TEMPLATE, ENGINE_ERR_CAPACITY (the request can never fit in
+/// the KV cache: its prompt, or its best_of sequences of prompt plus
+/// "max_tokens" tokens with the prompt's full blocks shared; the message names
+/// the sizes), ENGINE_ERR_STOPPED. A request without "max_tokens" (null), or
+/// with one that reaches the model's length, that outgrows the whole cache ends
+/// with finish reason LENGTH.
 ///
 /// # Safety
 /// `engine` must be NULL or a live engine; `request_json` NULL or

@@ -72,8 +72,8 @@ pub enum engine_status {
     /// The model has no chat template, or the template failed to compile or
     /// raised an error while rendering.
     ENGINE_ERR_CHAT_TEMPLATE = 9,
-    /// The KV cache cannot ever hold the request (its prompt needs more blocks
-    /// than the whole cache has).
+    /// The KV cache cannot ever hold the request (its prompt, or its sequences
+    /// of prompt plus max_tokens, need more blocks than the whole cache has).
     ENGINE_ERR_CAPACITY = 10,
     /// The engine has been shut down (`engine_shutdown`), or a step failed and it
     /// stopped serving; the message says which.

@@ -80,6 +80,7 @@ const KEYS: &[&str] = &[
     "seed",
     "chat_template",
     "tokenizer",
+    "skip_tokenizer_init",
 ];
 
 impl Default for engine_options_t {
@@ -191,6 +192,7 @@ impl engine_options_t {
             }
             "chat_template" => load.chat_template = Some(value.to_string()),
             "tokenizer" => load.tokenizer = Some(value.to_string()),
+            "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -257,6 +259,16 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   template itself (as vLLM's --chat-template) [the model's].
 /// - "tokenizer": a Hugging Face tokenizer directory (tokenizer.json, ...) used
 ///   instead of the model's own tokenizer (as vLLM's --tokenizer) [the model's].
+/// - "skip_tokenizer_init": "true"/"false": load no tokenizer (vLLM's
+///   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
+///   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
+///   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+///
+/// Sizes are checked when `engine_new` loads the model: a KV cache or a
+/// max_model_len larger than the memory (the device's, or the machine's on the
+/// CPU) or than ids can address fails with ENGINE_ERR_INVALID_ARGUMENT naming the
+/// size and what fits, as does a max_model_len above the config's
+/// max_position_embeddings (vLLM's rule).
 ///
 /// Values are checked here where they can be (numbers, "device", "dtype",
 /// "block_size"); the rest when `engine_new` loads the model.

@@ -105,6 +105,44 @@ fn load_layer<B: Backend>(
     })
 }
 
+/// The longest sequence: `max_model_len`, else the config's
+/// `max_position_embeddings`. As vLLM, more than the config's is an error; a
+/// rotary table larger than the machine's memory (or than int32 positions) is
+/// one too.
+fn checked_max_positions(c: &ModelConfig, max_model_len: Option<usize>) -> Result<usize> {
+    let n = match max_model_len {
+        Some(n) if n > c.max_position_embeddings => {
+            return Err(Error::invalid(format!(
+                "User-specified max_model_len ({n}) is greater than the derived max_model_len \
+                 (max_position_embeddings={} in the model's config.json); set --max-model-len \
+                 to at most {}",
+                c.max_position_embeddings, c.max_position_embeddings
+            )))
+        }
+        Some(n) => n,
+        None => c.max_position_embeddings,
+    };
+    if n == 0 {
+        return Err(Error::invalid("max_model_len must be positive"));
+    }
+    let limit = i32::MAX as usize;
+    if n > limit {
+        return Err(Error::invalid(format!(
+            "max_model_len {n} (config.json's max_position_embeddings unless --max-model-len \
+             is given) is more than positions can address ({limit}); set --max-model-len lower"
+        )));
+    }
+    let row = c.head_dim.max(1).saturating_mul(std::mem::size_of::<f32>());
+    crate::memory::checked_host_bytes(
+        n,
+        row,
+        &format!("max_model_len {n}: the rotary embedding table"),
+        "positions",
+        "set --max-model-len lower",
+    )?;
+    Ok(n)
+}
+
 impl<B: Backend> Model<B> {
     /// Loads `config.json` and the safetensors weights of `dir`, converting them to
     /// `dtype`. `max_positions` (default: the config's `max_position_embeddings`)
@@ -131,6 +169,8 @@ impl<B: Backend> Model<B> {
         backend: B,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model<B>> {
+        // Checked before the weights load: the sizes come from a user or a file.
+        let max_positions = checked_max_positions(&config, max_positions)?;
         let c = &config;
         let hidden = c.hidden_size;
         let up = |t: HostTensor| backend.upload_weight(t, dtype);
@@ -153,11 +193,7 @@ impl<B: Backend> Model<B> {
         };
         progress(total, total);
 
-        let max_positions = max_positions.unwrap_or(c.max_position_embeddings);
-        if max_positions == 0 {
-            return Err(Error::invalid("max_model_len must be positive"));
-        }
-        let cos_sin = backend.upload(&rope::cos_sin_table(c, max_positions))?;
+        let cos_sin = backend.upload(&rope::cos_sin_table(c, max_positions)?)?;
         Ok(Model {
             config,
             dtype,

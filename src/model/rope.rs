@@ -45,10 +45,13 @@ pub fn inv_freq(config: &ModelConfig) -> Vec<f32> {
 }
 
 /// `[positions, head_dim]`: for each position `head_dim / 2` cosines, then as many sines.
-pub fn cos_sin_table(config: &ModelConfig, positions: usize) -> Vec<f32> {
+pub fn cos_sin_table(config: &ModelConfig, positions: usize) -> crate::Result<Vec<f32>> {
     let freqs = inv_freq(config);
     let half = freqs.len();
-    let mut table = vec![0f32; positions * 2 * half];
+    let len = positions.checked_mul(2 * half).ok_or_else(|| {
+        crate::Error::invalid(format!("{positions} positions overflow the rotary table"))
+    })?;
+    let mut table = crate::memory::try_zeroed_f32(len, "the rotary embedding table")?;
     for (pos, row) in table.chunks_mut(2 * half).enumerate() {
         for (i, &f) in freqs.iter().enumerate() {
             let angle = (pos as f32 * f) as f64;
@@ -56,7 +59,7 @@ pub fn cos_sin_table(config: &ModelConfig, positions: usize) -> Vec<f32> {
             row[half + i] = angle.sin() as f32;
         }
     }
-    table
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -120,7 +123,7 @@ mod tests {
     fn table_rows_are_cos_then_sin_of_position_times_frequency() {
         let c = config(RopeScaling::None);
         let freqs = inv_freq(&c);
-        let table = cos_sin_table(&c, 10);
+        let table = cos_sin_table(&c, 10).unwrap();
         let half = c.head_dim / 2;
         let row = &table[7 * c.head_dim..8 * c.head_dim];
         for i in [0, 1, half - 1] {

@@ -46,7 +46,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Vec<f32>> {
-        Ok(vec![0.0; shape.len()])
+        crate::memory::try_zeroed_f32(shape.len(), "the KV cache")
     }
 
     fn prepare_step(&self, meta: StepMeta) -> Result<StepMeta> {

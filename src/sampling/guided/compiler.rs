@@ -11,6 +11,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
 use toktrie::{ApproximateTokEnv, TokRxInfo, TokTrie, INVALID_TOKEN};
 
+use super::bounded::CompileSlots;
 use super::guide::Guide;
 use super::{GrammarSource, GuidedDecodingParams};
 use crate::error::{Error, Result};
@@ -212,6 +213,7 @@ pub struct LazyGuidedCompiler {
     vocab_size: usize,
     eos_token_ids: Vec<u32>,
     compiler: OnceLock<std::result::Result<GuidedCompiler, String>>,
+    slots: Arc<CompileSlots>,
 }
 
 impl std::fmt::Debug for LazyGuidedCompiler {
@@ -234,7 +236,12 @@ impl LazyGuidedCompiler {
             vocab_size,
             eos_token_ids,
             compiler: OnceLock::new(),
+            slots: Arc::default(),
         }
+    }
+
+    pub(crate) fn slots(&self) -> &Arc<CompileSlots> {
+        &self.slots
     }
 
     /// The compiler, built on first use. Without a tokenizer there is nothing to

@@ -13,6 +13,7 @@
 //!   bitmask each step, advances with each sampled token and forks with the
 //!   sequence.
 
+mod bounded;
 mod compiler;
 mod guide;
 mod token_bytes;
@@ -21,6 +22,10 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
+pub use bounded::{
+    COMPILE_STACK_BYTES, COMPILE_TIME_LIMIT, MAX_CONCURRENT_COMPILES, MAX_CONSTRAINT_BYTES,
+    MAX_SCHEMA_PROPERTIES,
+};
 pub use compiler::{GuidedCompiler, LazyGuidedCompiler, COMPILED_GRAMMAR_CACHE_SIZE};
 pub use guide::{apply_token_bitmask, Guide, TokenBitmask};
 pub use token_bytes::token_bytes;
