@@ -143,16 +143,19 @@ pub struct Lingering {
 
 impl Lingering {
     fn stream(&mut self) -> Pin<&mut TcpStream> {
-        Pin::new(self.stream.as_mut().expect("the stream is only taken on drop"))
+        Pin::new(
+            self.stream
+                .as_mut()
+                .expect("the stream is only taken on drop"),
+        )
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let (Some(stream), Ok(runtime)) = (
-            self.stream.take(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let (Some(stream), Ok(runtime)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
         let permit = self.permit.take();

@@ -29,8 +29,20 @@ const NORMALIZER_FACTOR: usize = 4;
 const EXTRA_IDS: u32 = 4096;
 /// Texts that deleting normalizers and fused unknown tokens shrink.
 const PROBES: [&str; 14] = [
-    " ", "\t", "\n", "\r\n", "\u{a0}", "\u{301}", "\u{200b}", "\u{7}", "\u{feff}", "\u{ad}", "a",
-    "\u{10fffd}", "\u{30bb3}", "\u{ff71}",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\u{a0}",
+    "\u{301}",
+    "\u{200b}",
+    "\u{7}",
+    "\u{feff}",
+    "\u{ad}",
+    "a",
+    "\u{10fffd}",
+    "\u{30bb3}",
+    "\u{ff71}",
 ];
 const PROBE_REPEAT: usize = 2048;
 

@@ -107,7 +107,8 @@ fn http_errors_are_openai_shaped_and_harmless() {
     s.request("POST", "/v1/completions", &json, b"{not json")
         .error(400);
     s.request("POST", "/v1/completions", &json, b"").error(400);
-    s.request("POST", "/v1/completions", &json, b"[1]").error(400);
+    s.request("POST", "/v1/completions", &json, b"[1]")
+        .error(400);
     let big = vec![b' '; 17 * 1024 * 1024];
     let message = s.request("POST", "/v1/completions", &json, &big).error(413);
     assert!(message.contains("16777216 bytes"), "{message}");
