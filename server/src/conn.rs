@@ -85,6 +85,7 @@ pub fn default_max_connections() -> u64 {
 }
 
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
 fn fd_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
