@@ -220,7 +220,8 @@ fn concurrent_streams_equal_their_solo_greedy_outputs() {
                 use std::io::Write;
                 write!(
                     conn,
-                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 )
                 .unwrap();
