@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives engine-server with the official `openai` Python client (pytest suite in
 # server/tests/python). Builds nothing: it needs target/debug/engine-server
-# (`cargo build -p engine-server`), or the binary named by $ENGINE_SERVER.
+# (`cargo build -p engine-server`; $CARGO_TARGET_DIR/debug/… when that is set), or
+# the binary named by $ENGINE_SERVER.
 # Installs its Python packages with scripts/install-python-deps.sh. Extra
 # arguments go to pytest (e.g. `-k chat`, `-x`). Fails when any test fails, and
 # when no test ran at all.
@@ -9,7 +10,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-ENGINE_SERVER="${ENGINE_SERVER:-$root/target/debug/engine-server}"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+ENGINE_SERVER="${ENGINE_SERVER:-$target_dir/debug/engine-server}"
 case "$ENGINE_SERVER" in /*) ;; *) ENGINE_SERVER="$PWD/$ENGINE_SERVER" ;; esac
 if [ ! -x "$ENGINE_SERVER" ]; then
     echo "test-python: no engine-server binary at $ENGINE_SERVER" >&2

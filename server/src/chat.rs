@@ -14,6 +14,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::generation::{Event, Generation, SeqOutput, TokenLogprobs};
 use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{chat_logprobs, TokenText};
+use crate::offload;
+use crate::prompt_bound::PromptBound;
 use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest};
 use crate::sampling::{
     check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate,
@@ -154,16 +156,25 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     }
     let logprobs = chat_logprobs_param(&req, state.config.max_logprobs)?;
     let add_generation_prompt = req.own.add_generation_prompt.unwrap_or(true);
-    let rendered = render_chat(
-        &engine,
-        &req.own.messages,
-        add_generation_prompt,
-        Some(&req.own),
-    )?;
+    // A prompt certain not to fit is refused before it is tokenized, unless it
+    // is to be truncated.
+    let bound = c
+        .truncate_prompt_tokens
+        .is_none()
+        .then(|| state.prompt_bound());
+    let (req, prepared) = {
+        let engine = engine.clone();
+        offload::run(&state.large_jobs, body.len(), move || {
+            let prepared = render_and_tokenize(&engine, &req, add_generation_prompt, bound);
+            (req, prepared)
+        })
+        .await?
+    };
+    let (rendered, mut ids) = prepared?;
+    let c = &req.common;
     if let Some(plan) = &tool_plan {
         tools::check_auto(plan, &rendered.prompt)?;
     }
-    let mut ids = engine.tokenize(&rendered.prompt, c.add_special_tokens.unwrap_or(false))?;
     truncate(&mut ids, c.truncate_prompt_tokens)?;
     let requested_max = c.max_tokens.flatten();
     let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
@@ -239,6 +250,27 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         send_done(&tx).await;
     });
     Ok(response)
+}
+
+/// The rendered conversation and its token ids (on the blocking pool).
+fn render_and_tokenize(
+    engine: &Engine,
+    req: &ChatRequest,
+    add_generation_prompt: bool,
+    bound: Option<PromptBound>,
+) -> ApiResult<(RenderedChat, Vec<u32>)> {
+    let rendered = render_chat(
+        engine,
+        &req.own.messages,
+        add_generation_prompt,
+        Some(&req.own),
+    )?;
+    if let Some(bound) = bound {
+        bound.check(&rendered.prompt, engine.info().max_model_len)?;
+    }
+    let add_special_tokens = req.common.add_special_tokens.unwrap_or(false);
+    let ids = engine.tokenize(&rendered.prompt, add_special_tokens)?;
+    Ok((rendered, ids))
 }
 
 /// `logprobs` (bool) and `top_logprobs` (int) to the engine's logprobs count.

@@ -159,6 +159,16 @@ pub struct Args {
     /// Seconds to let in-flight requests finish on SIGINT/SIGTERM before aborting them.
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// Seconds a connection may take to send a request's head, counted from
+    /// its opening or from its previous response: an idle keep-alive connection
+    /// closes after it (uvicorn's --timeout-keep-alive, vLLM's env variable).
+    #[arg(long, env = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_keep_alive: u64,
+    /// Most connections open at once; past it a connection gets a 503 and is
+    /// closed. Default: 4096, or less to stay under the descriptor limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
 }
 
 impl Args {

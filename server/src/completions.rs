@@ -12,6 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::generation::{Event, Generation, SeqOutput, TokenLogprobs};
 use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{completion_logprobs, TokenText};
+use crate::offload;
 use crate::request::{parse_completion, CompletionRequest};
 use crate::sampling::{
     check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate, EngineParams,
@@ -59,7 +60,22 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         ));
     }
     check_logprobs_limit(req.logprobs, state.config.max_logprobs)?;
-    let (prompts, bodies) = prepare(&engine, &req)?;
+    if c.truncate_prompt_tokens.is_none() {
+        let bound = state.prompt_bound();
+        for text in prompt_texts(&req.prompt) {
+            bound.check(text, engine.info().max_model_len)?;
+        }
+    }
+    let (req, prepared) = {
+        let engine = engine.clone();
+        offload::run(&state.large_jobs, body.len(), move || {
+            let prepared = prepare(&engine, &req);
+            (req, prepared)
+        })
+        .await?
+    };
+    let (prompts, bodies) = prepared?;
+    let c = &req.common;
     let id = format!("cmpl-{}", random_id());
     let generation = Generation::start(state.clone(), engine.clone(), id.clone(), &bodies)?;
     let echo = c.echo == Some(true);
@@ -156,6 +172,15 @@ fn prepare(engine: &Engine, req: &CompletionRequest) -> ApiResult<(Vec<Prompt>, 
         prompts.push(Prompt { ids, echo_text });
     }
     Ok((prompts, bodies))
+}
+
+/// The text prompts of a request (none when it gives token ids).
+fn prompt_texts(prompt: &Value) -> Vec<&str> {
+    match prompt {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
 }
 
 enum PromptInput {

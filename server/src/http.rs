@@ -1,16 +1,17 @@
-//! Routing, the API key, body limits and the response helpers. Every error a
+//! Routing, the API key, the content type, body limits and the response helpers. Every error a
 //! handler returns becomes an OpenAI-shaped JSON body; nothing a client sends
 //! can make a handler panic or leave a request behind.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
@@ -21,12 +22,18 @@ use tokio_stream::StreamExt;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::{chat, completions, endpoints};
+use crate::{chat, completions, endpoints, offload};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted (413 beyond it).
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest a request body may take to arrive (408 beyond it).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Paths open without the API key; every other route needs it.
+const OPEN_PATHS: [&str; 3] = ["/health", "/metrics", "/version"];
 
 /// Routes one request. Never fails: errors are responses.
 pub async fn handle(
@@ -35,7 +42,19 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let response = match route(state, req).await {
         Ok(r) => r,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            let mut r = error_response(&e);
+            if matches!(
+                e.status,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            ) {
+                // The rest of the body is not read: the connection closes
+                // (gracefully, see `conn`) after the error.
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
     };
     Ok(response)
 }
@@ -43,7 +62,7 @@ pub async fn handle(
 async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    if path == "/v1" || path.starts_with("/v1/") {
+    if !OPEN_PATHS.contains(&path.as_str()) {
         authorize(&state, &req)?;
     }
     let allowed: &[Method] = match path.as_str() {
@@ -62,6 +81,9 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
             .insert(ALLOW, HeaderValue::from_static(allowed[0].as_str()));
         return Ok(r);
     }
+    if method == Method::POST {
+        check_json(&req)?;
+    }
     match path.as_str() {
         "/health" => Ok(endpoints::health(&state)),
         "/version" => Ok(json_response(StatusCode::OK, &endpoints::version())),
@@ -71,19 +93,20 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
             let card = endpoints::model(&state, &p["/v1/models/".len()..])?;
             Ok(json_response(StatusCode::OK, &card))
         }
-        "/tokenize" => {
+        "/tokenize" | "/detokenize" => {
             let body = read_body(req).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &endpoints::tokenize(&state, &body)?,
-            ))
-        }
-        "/detokenize" => {
-            let body = read_body(req).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &endpoints::detokenize(&state, &body)?,
-            ))
+            let size = body.len();
+            let tokenize = path == "/tokenize";
+            let s = state.clone();
+            let value = offload::run(&state.large_jobs, size, move || {
+                if tokenize {
+                    endpoints::tokenize(&s, &body)
+                } else {
+                    endpoints::detokenize(&s, &body)
+                }
+            })
+            .await??;
+            Ok(json_response(StatusCode::OK, &value))
         }
         "/v1/completions" => {
             let body = read_body(req).await?;
@@ -94,6 +117,29 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
             chat::create(state, &body).await
         }
     }
+}
+
+/// 415 unless the body is declared JSON (`application/json`, parameters such as
+/// `charset` allowed): a web page cannot send that cross-origin without a
+/// preflight, so another site cannot post to a server without a key.
+fn check_json(req: &Request<Incoming>) -> ApiResult<()> {
+    let media_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    if media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!(
+            "Unsupported Media Type: the body must be JSON sent as `Content-Type: \
+             application/json`, not {}.",
+            media_type.map_or_else(|| "no content type".to_string(), |m| format!("`{m}`"))
+        ),
+    ))
 }
 
 /// `Authorization: Bearer <key>` when the server has a key; compared in constant
@@ -135,15 +181,21 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!(
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
             "Could not read the request body: {e}"
         ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!(
+                "The request body did not arrive within {} s.",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 

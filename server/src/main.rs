@@ -7,6 +7,7 @@
 mod chat;
 mod cli;
 mod completions;
+mod conn;
 mod endpoints;
 mod engine;
 mod error;
@@ -14,6 +15,8 @@ mod generation;
 mod http;
 mod logprobs;
 mod metrics;
+mod offload;
+mod prompt_bound;
 mod request;
 mod sampling;
 mod state;
@@ -34,7 +37,7 @@ use std::time::Duration;
 use clap::Parser;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -93,7 +96,23 @@ async fn serve(args: Args) -> Result<(), String> {
     if args.model.is_none() {
         tracing::info!("no --model: serving {}", cli::demo_model().1);
     }
-    let mut loading = tokio::task::spawn_blocking(move || load_engine(&model, &options));
+    let mut loading = tokio::task::spawn_blocking(move || {
+        let engine = load_engine(&model, &options)?;
+        let bound = prompt_bound::PromptBound::measure(&engine);
+        Ok::<_, String>((engine, bound))
+    });
+    let limiter = conn::Limiter::new(
+        args.max_connections
+            .unwrap_or_else(conn::default_max_connections) as usize,
+    );
+    tracing::info!(
+        "at most {} connections; {} s to send a request head (idle keep-alive)",
+        limiter.max_connections,
+        args.timeout_keep_alive
+    );
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(args.timeout_keep_alive));
     let mut loaded = false;
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
@@ -101,10 +120,19 @@ async fn serve(args: Args) -> Result<(), String> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors (or the like): wait rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(stream) = limiter.admit(stream) else { continue };
                 let state = state.clone();
                 let service = service_fn(move |req| http::handle(state.clone(), req));
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = http.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -112,7 +140,7 @@ async fn serve(args: Args) -> Result<(), String> {
             }
             result = &mut loading, if !loaded => {
                 loaded = true;
-                let engine = result.map_err(|e| format!("model loading stopped: {e}"))??;
+                let (engine, bound) = result.map_err(|e| format!("model loading stopped: {e}"))??;
                 let info = engine.info();
                 tracing::info!("device: {}", info.device);
                 if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
@@ -126,7 +154,8 @@ async fn serve(args: Args) -> Result<(), String> {
                     state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks,
                     info.block_size, info.num_kv_blocks * info.block_size
                 );
-                state.set_engine(Arc::new(engine));
+                tracing::info!("{}", bound.describe());
+                state.set_engine(Arc::new(engine), bound);
             }
             _ = &mut shutdown => break,
         }

@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::offload;
+use crate::prompt_bound::PromptBound;
 
 /// The server's settings (the engine's own are passed to it at load).
 #[derive(Debug, Clone)]
@@ -25,7 +27,9 @@ pub struct Config {
 pub struct AppState {
     pub config: Config,
     pub metrics: Metrics,
-    engine: OnceLock<Arc<Engine>>,
+    /// Slots for tokenizing large texts (see `offload`).
+    pub large_jobs: tokio::sync::Semaphore,
+    engine: OnceLock<(Arc<Engine>, PromptBound)>,
 }
 
 impl AppState {
@@ -33,25 +37,33 @@ impl AppState {
         AppState {
             config,
             metrics: Metrics::default(),
+            large_jobs: offload::large_job_slots(),
             engine: OnceLock::new(),
         }
     }
 
     /// Called once, when the model has loaded.
-    pub fn set_engine(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
+    pub fn set_engine(&self, engine: Arc<Engine>, bound: PromptBound) {
+        let _ = self.engine.set((engine, bound));
+    }
+
+    /// The bound on prompt lengths checked before tokenizing.
+    pub fn prompt_bound(&self) -> PromptBound {
+        self.engine
+            .get()
+            .map_or_else(|| PromptBound::off("loading"), |(_, b)| b.clone())
     }
 
     /// The engine, or 503 while the model is still loading.
     pub fn engine(&self) -> ApiResult<Arc<Engine>> {
         self.engine
             .get()
-            .cloned()
+            .map(|(e, _)| e.clone())
             .ok_or_else(|| ApiError::unavailable("The model is still loading; try again shortly."))
     }
 
     pub fn loaded_engine(&self) -> Option<&Arc<Engine>> {
-        self.engine.get()
+        self.engine.get().map(|(e, _)| e)
     }
 
     /// The name responses report.

@@ -103,18 +103,20 @@ fn http_errors_are_openai_shaped_and_harmless() {
     let r = s.get("/v1/completions");
     r.error(405);
     assert_eq!(r.header("allow"), Some("POST"));
-    s.request("POST", "/v1/completions", &[], b"{not json")
+    let json = [("Content-Type", "application/json")];
+    s.request("POST", "/v1/completions", &json, b"{not json")
         .error(400);
-    s.request("POST", "/v1/completions", &[], b"").error(400);
-    s.request("POST", "/v1/completions", &[], b"[1]").error(400);
+    s.request("POST", "/v1/completions", &json, b"").error(400);
+    s.request("POST", "/v1/completions", &json, b"[1]")
+        .error(400);
     let big = vec![b' '; 17 * 1024 * 1024];
-    let message = s.request("POST", "/v1/completions", &[], &big).error(413);
+    let message = s.request("POST", "/v1/completions", &json, &big).error(413);
     assert!(message.contains("16777216 bytes"), "{message}");
     assert_eq!(s.get("/health").status, 200);
 }
 
 #[test]
-fn the_api_key_guards_only_v1() {
+fn the_api_key_guards_v1() {
     let s = Server::start(&["--api-key", "sk-test"]);
     let body = json!({"model": "demo", "prompt": "x", "max_tokens": 1}).to_string();
     let post = |auth: Option<&str>| {
@@ -218,7 +220,8 @@ fn concurrent_streams_equal_their_solo_greedy_outputs() {
                 use std::io::Write;
                 write!(
                     conn,
-                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 )
                 .unwrap();

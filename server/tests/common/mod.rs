@@ -21,7 +21,11 @@ impl Server {
     /// Starts `engine-server` with `args` (the demo model unless `--model` is
     /// given) and waits until /health answers 200.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_engine-server"))
+        // ENGINE_SERVER_UNDER_TEST runs the tests against another build (an
+        // older one, to see a test fail before its fix).
+        let binary = std::env::var("ENGINE_SERVER_UNDER_TEST")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_engine-server").to_string());
+        let mut child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env_remove("VLLM_API_KEY")
@@ -84,7 +88,7 @@ impl Server {
         let _ = stream
             .write_all(head.as_bytes())
             .and_then(|_| stream.write_all(body));
-        read_response(&mut stream)
+        read_response_from(&mut stream)
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -231,7 +235,8 @@ pub fn sse_events(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_response(stream: &mut TcpStream) -> Response {
+/// Reads one response (the connection is then done with).
+pub fn read_response_from(stream: &mut TcpStream) -> Response {
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();

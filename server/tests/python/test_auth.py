@@ -1,4 +1,5 @@
-"""--api-key: /v1/* needs `Authorization: Bearer <key>`; the other endpoints do not."""
+"""--api-key: every route needs `Authorization: Bearer <key>` but /health, /metrics
+and /version."""
 
 import json
 
@@ -67,5 +68,13 @@ def test_open_endpoints_need_no_key(key_server):
     assert b"vllm:" in body
     status, _, body = key_server.http("GET", "/version")
     assert status == 200
+
+
+def test_tokenize_needs_the_key(key_server):
     status, body = key_server.post_json("/tokenize", {"prompt": "Hi"})
+    assert status == 401 and body["error"]["type"] == "AuthenticationError"
+    status, body = key_server.post_json("/detokenize", {"tokens": [5]})
+    assert status == 401
+    status, body = key_server.post_json("/tokenize", {"prompt": "Hi"},
+                                        headers={"Authorization": f"Bearer {API_KEY}"})
     assert status == 200 and body["count"] > 0
