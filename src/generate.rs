@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::config::{resolve_dtype, ModelConfig};
+use crate::config::{resolve_dtype, resolve_kv_dtype, ModelConfig};
 use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqResult};
 use crate::error::{Error, Result};
 use crate::kv_cache::sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub num_kv_blocks: Option<usize>,
     /// KV cache size in bytes (an alternative to `num_kv_blocks`).
     pub kv_cache_memory: Option<usize>,
+    /// vLLM's `--kv-cache-dtype`: `auto` (the weights' dtype where the backend
+    /// keeps such a cache, else float32), `float32`, `bfloat16` or `float16`.
+    pub kv_cache_dtype: String,
     /// On a GPU, when neither size above is given: the share of the device's
     /// memory the engine may use, the KV cache taking what the weights and the
     /// largest step leave (default 0.9, as vLLM). Unused on the CPU.
@@ -50,6 +53,7 @@ impl Default for LoadOptions {
             block_size: 16,
             num_kv_blocks: None,
             kv_cache_memory: None,
+            kv_cache_dtype: "auto".into(),
             gpu_memory_utilization: None,
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
@@ -78,7 +82,9 @@ pub fn load_engine_core<B: Backend>(
     } else {
         None
     };
-    let model = Model::load(dir, dtype, options.max_model_len, backend, progress)?;
+    let mut model = Model::load(dir, dtype, options.max_model_len, backend, progress)?;
+    let kv_dtype = resolve_kv_dtype(&options.kv_cache_dtype, dtype, model.backend().kv_dtypes())?;
+    model.set_kv_dtype(kv_dtype)?;
     let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     let num_blocks = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => n,
