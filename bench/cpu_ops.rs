@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use engine::backend::cpu::{CpuBackend, CpuWeight};
+use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
 use engine::config::DType;
 use engine::model::weights::{HostTensor, TensorBytes};
@@ -75,14 +75,17 @@ fn meta(tokens: usize, context: usize) -> StepMeta {
     }
 }
 
-fn kv_pool(context: usize, seed: u64) -> Vec<f32> {
+fn kv_pool(context: usize, seed: u64, dtype: DType) -> CpuKvPool {
     let shape = KvPoolShape {
         num_blocks: context.div_ceil(BLOCK),
         num_kv_heads: KV_HEADS,
         block_size: BLOCK,
         head_dim: HEAD_DIM,
+        dtype,
     };
-    random(shape.len(), seed)
+    let mut pool = CpuKvPool::zeros(shape).expect("a small pool");
+    pool.write(0, &random(shape.len(), seed));
+    pool
 }
 
 fn group<'a>(c: &'a mut Criterion, name: &str) -> Group<'a> {
@@ -189,7 +192,10 @@ fn row_ops(c: &mut Criterion) {
             b.iter(|| be.silu_mul(&gate_up, INTERMEDIATE, &mut act))
         });
 
-        let (mut k_pool, mut v_pool) = (kv_pool(tokens, 10), kv_pool(tokens, 11));
+        let (mut k_pool, mut v_pool) = (
+            kv_pool(tokens, 10, DType::F32),
+            kv_pool(tokens, 11, DType::F32),
+        );
         g.throughput(Throughput::BytesDecimal(
             (tokens * 2 * KV_HEADS * HEAD_DIM * 8) as u64,
         ));
@@ -202,19 +208,22 @@ fn row_ops(c: &mut Criterion) {
 fn attention(c: &mut Criterion) {
     let be = CpuBackend;
     let mut g = group(c, "paged_attention");
-    // (new tokens, context): decode over 512 and 2048 cached tokens, a 128-token prefill.
+    // (new tokens, context): decode over 512 and 2048 cached tokens, a 128-token
+    // prefill; with the KV cache in f32 and in bf16 (--kv-cache-dtype).
     for (tokens, context) in [(1, 512), (1, 2048), (PREFILL, PREFILL)] {
-        let m = meta(tokens, context);
-        let qkv = random(tokens * QKV, 12);
-        let (k_pool, v_pool) = (kv_pool(context, 13), kv_pool(context, 14));
-        let mut out = vec![0f32; tokens * HEADS * HEAD_DIM];
-        // The K and V of the context, each read at least once.
-        g.throughput(Throughput::BytesDecimal(
-            (context * 2 * KV_HEADS * HEAD_DIM * 4) as u64,
-        ));
-        g.bench_function(format!("t{tokens}_ctx{context}"), |b| {
-            b.iter(|| be.paged_attention(&qkv, &k_pool, &v_pool, &m, SHAPE, &mut out))
-        });
+        for (kv, kv_name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
+            let m = meta(tokens, context);
+            let qkv = random(tokens * QKV, 12);
+            let (k_pool, v_pool) = (kv_pool(context, 13, kv), kv_pool(context, 14, kv));
+            let mut out = vec![0f32; tokens * HEADS * HEAD_DIM];
+            // The K and V of the context, each read at least once.
+            g.throughput(Throughput::BytesDecimal(
+                (context * 2 * KV_HEADS * HEAD_DIM * kv.size_in_bytes()) as u64,
+            ));
+            g.bench_function(format!("t{tokens}_ctx{context}_kv{kv_name}"), |b| {
+                b.iter(|| be.paged_attention(&qkv, &k_pool, &v_pool, &m, SHAPE, &mut out))
+            });
+        }
     }
 }
 

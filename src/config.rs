@@ -58,6 +58,31 @@ pub fn resolve_dtype(requested: &str, config: &ModelConfig) -> Result<DType> {
     })
 }
 
+/// vLLM's `--kv-cache-dtype`: `auto` keeps the KV cache in the model's dtype
+/// where the backend can (`supported`), else in float32; a named dtype must be
+/// one the backend keeps.
+pub fn resolve_kv_dtype(requested: &str, model: DType, supported: &[DType]) -> Result<DType> {
+    let name = requested.trim().to_ascii_lowercase();
+    if name == "auto" {
+        return Ok(if supported.contains(&model) {
+            model
+        } else {
+            DType::F32
+        });
+    }
+    if name.starts_with("fp8") {
+        return Err(Error::invalid(format!(
+            "kv_cache_dtype {requested:?} is not implemented: an fp8 KV cache is not served yet \
+             (auto, float32, bfloat16 and float16 are)"
+        )));
+    }
+    DType::parse(&name).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown kv_cache_dtype {requested:?}: expected auto, float32, bfloat16 or float16"
+        ))
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Llama,
@@ -367,6 +392,25 @@ mod tests {
         "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
         "original_max_position_embeddings":8192},"rope_theta":500000.0,"torch_dtype":"bfloat16",
         "eos_token_id":[128001,128009]}"#;
+
+    #[test]
+    fn kv_cache_dtype_follows_vllm() {
+        let all = [DType::F32, DType::BF16, DType::F16];
+        let r = |name, model, supported: &[DType]| resolve_kv_dtype(name, model, supported);
+        assert_eq!(r("auto", DType::BF16, &all).unwrap(), DType::BF16);
+        assert_eq!(r("auto", DType::F32, &all).unwrap(), DType::F32);
+        // A backend without 16-bit pools keeps the reference f32 cache.
+        assert_eq!(r("auto", DType::BF16, &[DType::F32]).unwrap(), DType::F32);
+        assert_eq!(r("float16", DType::BF16, &all).unwrap(), DType::F16);
+        assert_eq!(r("BFloat16", DType::F32, &all).unwrap(), DType::BF16);
+        let fp8 = r("fp8_e4m3", DType::BF16, &all).unwrap_err().to_string();
+        assert!(fp8.contains("not implemented"), "{fp8}");
+        let unknown = r("int4", DType::BF16, &all).unwrap_err().to_string();
+        assert!(
+            unknown.contains("expected auto, float32, bfloat16 or float16"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn classic_layout() {

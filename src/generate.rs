@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::config::{resolve_dtype, ModelConfig};
+use crate::config::{resolve_dtype, resolve_kv_dtype, ModelConfig};
 use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqResult};
 use crate::error::{Error, Result};
 use crate::gguf::source::GgufSource;
@@ -32,6 +32,9 @@ pub struct LoadOptions {
     pub num_kv_blocks: Option<usize>,
     /// KV cache size in bytes (an alternative to `num_kv_blocks`).
     pub kv_cache_memory: Option<usize>,
+    /// vLLM's `--kv-cache-dtype`: `auto` (the weights' dtype where the backend
+    /// keeps such a cache, else float32), `float32`, `bfloat16` or `float16`.
+    pub kv_cache_dtype: String,
     /// On a GPU, when neither size above is given: the share of the device's
     /// memory the engine may use, the KV cache taking what the weights and the
     /// largest step leave (default 0.9, as vLLM). Unused on the CPU.
@@ -58,6 +61,7 @@ impl Default for LoadOptions {
             block_size: 16,
             num_kv_blocks: None,
             kv_cache_memory: None,
+            kv_cache_dtype: "auto".into(),
             gpu_memory_utilization: None,
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
@@ -146,7 +150,7 @@ pub fn load_engine_core<B: Backend>(
         }
         None => None,
     };
-    let (model, tokenizer) = match ModelPath::resolve(dir)? {
+    let (mut model, tokenizer) = match ModelPath::resolve(dir)? {
         ModelPath::HfDir(dir) => {
             let config = ModelConfig::from_model_dir(&dir)?;
             let dtype = resolve_dtype(&options.dtype, &config)?;
@@ -198,6 +202,12 @@ pub fn load_engine_core<B: Backend>(
         (t, _) => t,
     }
     .map(Arc::new);
+    let kv_dtype = resolve_kv_dtype(
+        &options.kv_cache_dtype,
+        model.dtype,
+        model.backend().kv_dtypes(),
+    )?;
+    model.set_kv_dtype(kv_dtype)?;
     let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     let (num_blocks, asked) = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => (n, format!("--num-kv-blocks {n}")),

@@ -71,25 +71,18 @@ pub fn checked_host_bytes(
 /// A zeroed `Vec<f32>` of `len` values, or an error instead of an abort when
 /// the memory is not there (the pages are only touched as they are used).
 pub fn try_zeroed_f32(len: usize, what: &str) -> Result<Vec<f32>> {
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let too_big = || {
+    try_zeroed(len, what)
+}
+
+/// [`try_zeroed_f32`] for any type whose all-zero bytes are a value (f16, bf16).
+pub fn try_zeroed<T: bytemuck::Zeroable>(len: usize, what: &str) -> Result<Vec<T>> {
+    bytemuck::allocation::try_zeroed_vec(len).map_err(|()| {
         Error::invalid(format!(
             "{what}: cannot allocate {len} values ({})",
-            len.checked_mul(4)
+            len.checked_mul(std::mem::size_of::<T>())
                 .map_or_else(|| "more than the address space".into(), human_bytes)
         ))
-    };
-    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| too_big())?;
-    // SAFETY: the layout has a non-zero size (len > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
-    if ptr.is_null() {
-        return Err(too_big());
-    }
-    // SAFETY: `ptr` comes from the global allocator with the layout of `len` f32s,
-    // all zero bytes, which is 0.0 for every f32.
-    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+    })
 }
 
 #[cfg(test)]

@@ -86,11 +86,14 @@ fn large_fixture(dtype: DType) -> PathBuf {
 }
 
 /// A fixed KV cache: several engines share the GPU at once, so none may take
-/// the default share of its memory.
+/// the default share of its memory. Float32 on every backend, so the kernels
+/// are compared on the same cache ("auto" is bfloat16 on the CPU for a bfloat16
+/// model and float32 on CUDA).
 fn options(dtype: &str) -> LoadOptions {
     LoadOptions {
         dtype: dtype.into(),
         num_kv_blocks: Some(1024),
+        kv_cache_dtype: "float32".into(),
         ..LoadOptions::default()
     }
 }

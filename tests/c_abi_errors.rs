@@ -497,6 +497,35 @@ fn bad_options_are_named() {
 }
 
 #[test]
+fn kv_cache_dtypes_not_served_are_named() {
+    let model = fixture_dir("tiny-llama").display().to_string();
+    let o = options(&[("model", model.as_str())]);
+    let set = |k: &str, v: &str| {
+        let (k, v) = (CString::new(k).unwrap(), CString::new(v).unwrap());
+        // SAFETY: a live options object and NUL-terminated strings.
+        unsafe { engine_options_set(o, k.as_ptr(), v.as_ptr()) }
+    };
+    assert_error(
+        set("kv_cache_dtype", "int4"),
+        ENGINE_ERR_INVALID_ARGUMENT,
+        "unknown dtype \"int4\"",
+    );
+    assert_eq!(set("kv-cache-dtype", "fp8_e4m3"), ENGINE_OK);
+    let mut e = null_mut();
+    // SAFETY: a live options object and a writable pointer.
+    let s = unsafe { engine_new(o, &mut e) };
+    assert_error(
+        s,
+        ENGINE_ERR_INVALID_ARGUMENT,
+        "fp8 KV cache is not served yet",
+    );
+    assert!(e.is_null(), "no engine on failure");
+    // SAFETY: live, freed once.
+    unsafe { engine_options_free(o) };
+    Engine::with(&[("kv_cache_dtype", "bfloat16")]).assert_serves();
+}
+
+#[test]
 fn small_buffers_and_unset_struct_sizes_are_errors() {
     let e = Engine::new();
     let text = "Hello, world";

@@ -60,6 +60,29 @@ fn half_precision_final_logits_within_tolerance() {
     }
 }
 
+/// Float32 weights and compute over a 16-bit KV cache (`--kv-cache-dtype`): the
+/// cache rounds each K and V value once, so the tolerance is that of the
+/// half-precision weights above; the float32 cache stays exact.
+#[test]
+fn a_16_bit_kv_cache_stays_within_tolerance() {
+    for (kv, tolerance) in [("bfloat16", 1e-2), ("float16", 2e-3), ("float32", 1e-4)] {
+        for name in FIXTURES {
+            let options = LoadOptions {
+                dtype: "float32".into(),
+                kv_cache_dtype: kv.into(),
+                ..LoadOptions::default()
+            };
+            let mut llm = Llm::load(&fixture_dir(name), &options).expect("fixture loads");
+            let err = worst_final_logits_error(&mut llm, name);
+            println!("{name} float32 weights, {kv} KV: worst relative L2 {err:.2e}");
+            assert!(
+                err < tolerance,
+                "{name} {kv} KV: relative L2 {err:.2e} over {tolerance:.0e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn prompt_logprobs_match_transformers() {
     for name in FIXTURES {

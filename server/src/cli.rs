@@ -120,6 +120,11 @@ pub struct Args {
     /// KV cache size in bytes (suffixes KiB, MiB, GiB, KB, MB, GB accepted).
     #[arg(long, value_parser = parse_bytes)]
     pub kv_cache_memory: Option<u64>,
+    /// KV cache dtype: auto (the weights' dtype where the device keeps such a
+    /// cache, else float32), float32, bfloat16 or float16. A 16-bit cache halves
+    /// what attention reads; the CUDA kernels keep float32 only.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: String,
     /// KV cache size in blocks (instead of --kv-cache-memory).
     #[arg(long)]
     pub num_kv_blocks: Option<u64>,
@@ -198,6 +203,7 @@ impl Args {
             ("device", self.device.clone()),
             ("dtype", self.dtype.clone()),
             ("block_size", self.block_size.to_string()),
+            ("kv_cache_dtype", self.kv_cache_dtype.clone()),
             ("max_num_seqs", self.max_num_seqs.to_string()),
             (
                 "max_num_batched_tokens",

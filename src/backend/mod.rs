@@ -6,7 +6,8 @@
 //! - activations `[tokens, features]`;
 //! - weights `[out_features, in_features]` in their stored dtype (as Hugging Face keeps them);
 //! - the fused projection `qkv` row is `[q heads | k heads | v heads] x head_dim`;
-//! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`.
+//! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`
+//!   in the KV cache's dtype (f32, or 16-bit where the backend stores it: see [`Backend::kv_dtypes`]).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -65,18 +66,25 @@ impl AttnShape {
     }
 }
 
-/// Geometry of a KV pool: `[num_blocks, num_kv_heads, block_size, head_dim]`.
+/// Geometry of a KV pool: `[num_blocks, num_kv_heads, block_size, head_dim]` of `dtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvPoolShape {
     pub num_blocks: usize,
     pub num_kv_heads: usize,
     pub block_size: usize,
     pub head_dim: usize,
+    pub dtype: DType,
 }
 
 impl KvPoolShape {
+    /// Values in the pool.
     pub fn len(&self) -> usize {
         self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Values in one block of the pool.
+    pub fn block_len(&self) -> usize {
+        self.num_kv_heads * self.block_size * self.head_dim
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,7 +106,7 @@ pub trait Backend: Send + Sync + 'static {
     type Buffer: Send + Sync;
     /// A weight tensor in its stored dtype on the device.
     type Weight: Send + Sync;
-    /// One layer's K or V pool.
+    /// One layer's K or V pool, in the dtype of its [`KvPoolShape`].
     type KvPool: Send + Sync;
     /// [`StepMeta`] as the device reads it.
     type Meta: Send + Sync;
@@ -117,6 +125,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
     fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Self::KvPool>;
+    /// The dtypes this backend keeps a KV cache in.
+    fn kv_dtypes(&self) -> &'static [DType] {
+        &[DType::F32]
+    }
     /// Free and total bytes of the device's own memory, after everything
     /// allocated so far (freed buffers the backend keeps for reuse count as
     /// used); `None` where the backend has no memory of its own (the CPU).

@@ -73,6 +73,7 @@ const KEYS: &[&str] = &[
     "block_size",
     "num_kv_blocks",
     "kv_cache_bytes",
+    "kv_cache_dtype",
     "gpu_memory_utilization",
     "max_num_seqs",
     "max_num_batched_tokens",
@@ -177,6 +178,15 @@ impl engine_options_t {
                 load.kv_cache_memory = Some(positive(key, value)?);
                 load.num_kv_blocks = None;
             }
+            "kv_cache_dtype" => {
+                let name = value.trim().to_ascii_lowercase();
+                if name != "auto" && !name.starts_with("fp8") && DType::parse(&name).is_none() {
+                    return Err(FfiError::invalid(format!(
+                        "option \"kv_cache_dtype\": unknown dtype \"{value}\": expected auto, float32, bfloat16 or float16"
+                    )));
+                }
+                load.kv_cache_dtype = name;
+            }
             "gpu_memory_utilization" => {
                 load.gpu_memory_utilization = Some(fraction(key, value)?)
             }
@@ -245,6 +255,12 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   tokens four times; on a GPU, see "gpu_memory_utilization"].
 /// - "kv_cache_bytes": KV cache size in bytes, instead of "num_kv_blocks" (the last one
 ///   set wins).
+/// - "kv_cache_dtype": the KV cache's dtype, as vLLM's --kv-cache-dtype: "auto" (the
+///   weights' dtype where the device keeps such a cache, else float32), "float32",
+///   "bfloat16" or "float16"; a 16-bit cache halves the bytes attention reads. The CPU
+///   keeps all three; the CUDA kernels keep float32 only, so "auto" means float32 there
+///   and a 16-bit name fails `engine_new`. "fp8", "fp8_e4m3", "fp8_e5m2": fail
+///   `engine_new` with "not implemented" ["auto"].
 /// - "gpu_memory_utilization": on a GPU, when neither size above is set, the share of
 ///   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
 ///   one at load) and the KV cache, which takes the rest; a model that leaves no room

@@ -31,6 +31,8 @@ struct Layer<B: Backend> {
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     pub dtype: DType,
+    /// The KV cache's dtype (f32 until [`Model::set_kv_dtype`] says otherwise).
+    pub kv_dtype: DType,
     /// Positions the rotary table covers: the longest sequence this model runs.
     pub max_positions: usize,
     backend: B,
@@ -197,6 +199,7 @@ impl<B: Backend> Model<B> {
         Ok(Model {
             config,
             dtype,
+            kv_dtype: DType::F32,
             max_positions,
             backend,
             embed,
@@ -211,6 +214,21 @@ impl<B: Backend> Model<B> {
         &self.backend
     }
 
+    /// Keeps the KV cache in `dtype`, where the backend can.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !self.backend.kv_dtypes().contains(&dtype) {
+            let served: Vec<&str> = self.backend.kv_dtypes().iter().map(|d| d.name()).collect();
+            return Err(Error::invalid(format!(
+                "the {} backend keeps its KV cache in {}, not {}",
+                self.backend.name(),
+                served.join(" or "),
+                dtype.name()
+            )));
+        }
+        self.kv_dtype = dtype;
+        Ok(())
+    }
+
     /// Shape of one layer's KV pool holding `num_blocks` blocks of `block_size` tokens.
     pub fn kv_pool_shape(&self, num_blocks: usize, block_size: usize) -> KvPoolShape {
         KvPoolShape {
@@ -218,14 +236,15 @@ impl<B: Backend> Model<B> {
             num_kv_heads: self.config.num_kv_heads,
             block_size,
             head_dim: self.config.head_dim,
+            dtype: self.kv_dtype,
         }
     }
 
-    /// Bytes of KV cache one block takes across all layers (K and V, f32).
+    /// Bytes of KV cache one block takes across all layers (K and V).
     pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
         2 * self.config.num_layers
             * self.kv_pool_shape(1, block_size).len()
-            * std::mem::size_of::<f32>()
+            * self.kv_dtype.size_in_bytes()
     }
 
     /// Runs one step: writes the step's K/V into `kv` and returns the logits of

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::kv_pool::CpuKvPool;
 use crate::backend::{AttnShape, StepMeta};
 
 /// Key positions scored together, one per SIMD lane.
@@ -20,8 +21,8 @@ const CHUNKS_AT_ONCE: usize = 4;
 
 pub fn paged_attention(
     qkv: &[f32],
-    k_pool: &[f32],
-    v_pool: &[f32],
+    k_pool: &CpuKvPool,
+    v_pool: &CpuKvPool,
     meta: &StepMeta,
     shape: AttnShape,
     out: &mut [f32],
@@ -32,8 +33,8 @@ pub fn paged_attention(
 fn attention_with(
     attend: fn(&Task) -> Vec<f32>,
     qkv: &[f32],
-    k_pool: &[f32],
-    v_pool: &[f32],
+    k_pool: &CpuKvPool,
+    v_pool: &CpuKvPool,
     meta: &StepMeta,
     shape: AttnShape,
     out: &mut [f32],
@@ -71,8 +72,8 @@ fn attention_with(
 /// What one (sequence, KV head) task reads.
 struct Task<'a> {
     qkv: &'a [f32],
-    k_pool: &'a [f32],
-    v_pool: &'a [f32],
+    k_pool: &'a CpuKvPool,
+    v_pool: &'a CpuKvPool,
     meta: &'a StepMeta,
     shape: AttnShape,
     seq: usize,
@@ -195,8 +196,11 @@ fn attend<'a>(
 
     // Where each visible position's K and V rows are in the pools.
     let start = lowest(first);
-    let rows: Vec<usize> = (start..context).map(slot).collect();
-    let row = |pool: &'a [f32], j: usize| &pool[rows[j - start]..rows[j - start] + hd];
+    let offsets: Vec<usize> = (start..context).map(slot).collect();
+    let (k_rows, v_rows) = (
+        Rows::new(task.k_pool, &offsets, hd),
+        Rows::new(task.v_pool, &offsets, hd),
+    );
 
     // Keys of positions `start..context`, transposed: chunk c, dimension d,
     // lane l holds k[start + c·LANES + l][d]; zero past the context, and
@@ -207,7 +211,7 @@ fn attend<'a>(
     let zeros = vec![0f32; hd];
     for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
         let chunk_rows = std::array::from_fn(|l| match start + c * LANES + l {
-            j if j < context => row(task.k_pool, j),
+            j if j < context => k_rows.get(j - start, hd),
             _ => &zeros[..],
         });
         transpose(&chunk_rows, dst);
@@ -242,10 +246,42 @@ fn attend<'a>(
             for p in probs.iter_mut() {
                 *p /= sum;
             }
-            weighted_values(o, probs, |j| row(task.v_pool, lo + j));
+            weighted_values(o, probs, |j| v_rows.get(lo - start + j, hd));
         }
     }
     out
+}
+
+/// The K or V rows of a task's visible positions as f32: views into an f32
+/// pool, or one widened copy of a 16-bit pool's rows (exact: every 16-bit
+/// value is an f32).
+enum Rows<'a> {
+    View(&'a [f32], &'a [usize]),
+    Widened(Vec<f32>),
+}
+
+impl<'a> Rows<'a> {
+    fn new(pool: &'a CpuKvPool, offsets: &'a [usize], hd: usize) -> Rows<'a> {
+        match pool.as_f32() {
+            Some(values) => Rows::View(values, offsets),
+            None => {
+                let mut rows = vec![0f32; offsets.len() * hd];
+                for (dst, &at) in rows.chunks_exact_mut(hd).zip(offsets) {
+                    pool.read(at, dst);
+                }
+                Rows::Widened(rows)
+            }
+        }
+    }
+
+    /// Row `i` (position `start + i`).
+    #[inline(always)]
+    fn get(&self, i: usize, hd: usize) -> &[f32] {
+        match self {
+            Rows::View(pool, offsets) => &pool[offsets[i]..offsets[i] + hd],
+            Rows::Widened(rows) => &rows[i * hd..(i + 1) * hd],
+        }
+    }
 }
 
 /// `o[d] = Σⱼ weights[j] · v(j)[d]`, summed in `j` order for every `d`, in
@@ -404,6 +440,7 @@ mod tests {
             let (k, v) = (random(pool, &mut rng), random(pool, &mut rng));
             let qkv = random(meta.num_tokens() * shape.qkv_width(), &mut rng);
             let want = plain(&qkv, &k, &v, &meta, shape);
+            let (k, v) = (CpuKvPool::F32(k), CpuKvPool::F32(v));
             let portable: fn(&Task) -> Vec<f32> = |task| attend(task, transpose);
             for (name, kernel) in [("this CPU's", kernel()), ("portable", portable)] {
                 let mut out = vec![f32::NAN; meta.num_tokens() * shape.num_heads * hd];
@@ -417,6 +454,66 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod sixteen_bit {
+    use half::{bf16, f16};
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    /// A 16-bit pool gives exactly what an f32 pool holding the same rounded
+    /// values gives: the widening is exact and the arithmetic is the f32 one.
+    #[test]
+    fn a_16_bit_pool_equals_an_f32_pool_of_its_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let shape = AttnShape {
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 80,
+            sliding_window: None,
+            scale: 0.1,
+        };
+        let (bs, blocks) = (16, 6);
+        let meta = StepMeta {
+            token_ids: vec![0; 4],
+            query_start: vec![0, 1, 4],
+            context_lens: vec![50, 40],
+            block_tables: vec![vec![5, 0, 3, 1], vec![2, 4, 5]],
+            block_size: bs,
+            ..StepMeta::default()
+        };
+        let len = blocks * shape.num_kv_heads * bs * shape.head_dim;
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() - 0.5).collect() };
+        let (k, v, qkv) = (random(len), random(len), random(4 * shape.qkv_width()));
+        let run = |k: &CpuKvPool, v: &CpuKvPool| {
+            let mut out = vec![f32::NAN; 4 * shape.num_heads * shape.head_dim];
+            paged_attention(&qkv, k, v, &meta, shape, &mut out);
+            out
+        };
+        let bf = |x: &[f32]| x.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+        let hf = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+        let wide_bf = |x: &[f32]| x.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        let wide_hf = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        let got = run(&CpuKvPool::BF16(bf(&k)), &CpuKvPool::BF16(bf(&v)));
+        let want = run(&CpuKvPool::F32(wide_bf(&k)), &CpuKvPool::F32(wide_bf(&v)));
+        assert_eq!(got, want, "bfloat16");
+        let got = run(&CpuKvPool::F16(hf(&k)), &CpuKvPool::F16(hf(&v)));
+        let want = run(&CpuKvPool::F32(wide_hf(&k)), &CpuKvPool::F32(wide_hf(&v)));
+        assert_eq!(got, want, "float16");
+        let exact = run(&CpuKvPool::F32(k.clone()), &CpuKvPool::F32(v.clone()));
+        let err = got
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err > 0.0 && err < 2e-3,
+            "float16 KV moves the output by {err}"
+        );
     }
 }
 
@@ -477,7 +574,10 @@ mod paged_vs_dense {
         table.sort_by_key(|&b| b.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995);
         table.truncate(len.div_ceil(block_size));
         let pool_len = num_blocks * shape.num_kv_heads * block_size * shape.head_dim;
-        let (mut k_pool, mut v_pool) = (vec![f32::NAN; pool_len], vec![f32::NAN; pool_len]);
+        let (mut k_pool, mut v_pool) = (
+            CpuKvPool::F32(vec![f32::NAN; pool_len]),
+            CpuKvPool::F32(vec![f32::NAN; pool_len]),
+        );
         let (w, out_w) = (shape.qkv_width(), shape.num_heads * shape.head_dim);
         let mut out = vec![0f32; len * out_w];
         for start in (0..len).step_by(chunk) {

@@ -1,6 +1,7 @@
 //! The CPU backend (rayon): the reference implementation of every op.
 
 mod attention;
+pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
 pub mod weight;
@@ -10,6 +11,7 @@ use crate::config::DType;
 use crate::error::Result;
 use crate::model::weights::HostTensor;
 
+pub use kv_pool::CpuKvPool;
 pub use weight::CpuWeight;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -18,7 +20,7 @@ pub struct CpuBackend;
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
     type Weight = CpuWeight;
-    type KvPool = Vec<f32>;
+    type KvPool = CpuKvPool;
     type Meta = StepMeta;
 
     fn name(&self) -> &'static str {
@@ -45,8 +47,12 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::from_host(tensor, dtype))
     }
 
-    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Vec<f32>> {
-        crate::memory::try_zeroed_f32(shape.len(), "the KV cache")
+    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<CpuKvPool> {
+        CpuKvPool::zeros(shape)
+    }
+
+    fn kv_dtypes(&self) -> &'static [DType] {
+        &[DType::F32, DType::BF16, DType::F16]
     }
 
     fn prepare_step(&self, meta: StepMeta) -> Result<StepMeta> {
@@ -59,14 +65,13 @@ impl Backend for CpuBackend {
 
     fn copy_blocks(
         &self,
-        pool: &mut Vec<f32>,
+        pool: &mut CpuKvPool,
         shape: KvPoolShape,
         pairs: &[(u32, u32)],
     ) -> Result<()> {
-        let block = shape.num_kv_heads * shape.block_size * shape.head_dim;
+        let block = shape.block_len();
         for &(src, dst) in pairs {
-            let (src, dst) = (src as usize * block, dst as usize * block);
-            pool.copy_within(src..src + block, dst);
+            pool.copy_within(src as usize * block, dst as usize * block, block);
         }
         Ok(())
     }
@@ -124,8 +129,8 @@ impl Backend for CpuBackend {
     fn reshape_and_cache(
         &self,
         qkv: &Vec<f32>,
-        k_pool: &mut Vec<f32>,
-        v_pool: &mut Vec<f32>,
+        k_pool: &mut CpuKvPool,
+        v_pool: &mut CpuKvPool,
         meta: &StepMeta,
         shape: AttnShape,
     ) -> Result<()> {
@@ -136,8 +141,8 @@ impl Backend for CpuBackend {
     fn paged_attention(
         &self,
         qkv: &Vec<f32>,
-        k_pool: &Vec<f32>,
-        v_pool: &Vec<f32>,
+        k_pool: &CpuKvPool,
+        v_pool: &CpuKvPool,
         meta: &StepMeta,
         shape: AttnShape,
         out: &mut Vec<f32>,

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::backend::{AttnShape, StepMeta};
 
+use super::kv_pool::CpuKvPool;
 use super::weight::CpuWeight;
 
 /// Rows below this many elements of work are not worth a rayon task each.
@@ -102,8 +103,8 @@ pub fn gather_rows(x: &[f32], rows: &[usize], width: usize, out: &mut [f32]) {
 /// Writes each token's k and v heads into its cache slot.
 pub fn reshape_and_cache(
     qkv: &[f32],
-    k_pool: &mut [f32],
-    v_pool: &mut [f32],
+    k_pool: &mut CpuKvPool,
+    v_pool: &mut CpuKvPool,
     meta: &StepMeta,
     shape: AttnShape,
 ) {
@@ -117,8 +118,8 @@ pub fn reshape_and_cache(
         let (block, offset) = (slot as usize / bs, slot as usize % bs);
         for g in 0..kvh {
             let dst = ((block * kvh + g) * bs + offset) * hd;
-            k_pool[dst..dst + hd].copy_from_slice(&row[k_off + g * hd..k_off + (g + 1) * hd]);
-            v_pool[dst..dst + hd].copy_from_slice(&row[v_off + g * hd..v_off + (g + 1) * hd]);
+            k_pool.write(dst, &row[k_off + g * hd..k_off + (g + 1) * hd]);
+            v_pool.write(dst, &row[v_off + g * hd..v_off + (g + 1) * hd]);
         }
     }
 }

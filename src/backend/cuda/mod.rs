@@ -299,6 +299,12 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<CudaSlice<f32>> {
+        if shape.dtype != DType::F32 {
+            return Err(Error::invalid(format!(
+                "cuda: the KV cache is kept in float32 for now, not {}",
+                shape.dtype.name()
+            )));
+        }
         if !attention::HEAD_DIMS.contains(&shape.head_dim) {
             return Err(Error::invalid(format!(
                 "cuda: the attention kernels take head_dim {:?}; this model's is {}",
