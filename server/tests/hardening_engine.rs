@@ -125,6 +125,11 @@ fn failed_start(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine-server"))
         .args(["--host", "127.0.0.1", "--port", "0"])
         .args(args)
+        // The bundled fixture, not the downloaded demo model (as common::Server).
+        .env(
+            "ENGINE_DEMO_MODEL",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama"),
+        )
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

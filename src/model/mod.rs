@@ -116,7 +116,7 @@ fn checked_max_positions(c: &ModelConfig, max_model_len: Option<usize>) -> Resul
         Some(n) if n > c.max_position_embeddings => {
             return Err(Error::invalid(format!(
                 "User-specified max_model_len ({n}) is greater than the derived max_model_len \
-                 (max_position_embeddings={} in the model's config.json); set --max-model-len \
+                 (max_position_embeddings={} in the model's config); set --max-model-len \
                  to at most {}",
                 c.max_position_embeddings, c.max_position_embeddings
             )))
@@ -130,7 +130,7 @@ fn checked_max_positions(c: &ModelConfig, max_model_len: Option<usize>) -> Resul
     let limit = i32::MAX as usize;
     if n > limit {
         return Err(Error::invalid(format!(
-            "max_model_len {n} (config.json's max_position_embeddings unless --max-model-len \
+            "max_model_len {n} (the config's max_position_embeddings unless --max-model-len \
              is given) is more than positions can address ({limit}); set --max-model-len lower"
         )));
     }
