@@ -176,7 +176,7 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         tools::check_auto(plan, &rendered.prompt)?;
     }
     truncate(&mut ids, c.truncate_prompt_tokens)?;
-    let requested_max = c.max_tokens.flatten();
+    let requested_max = req.own.max_completion_tokens.or(c.max_tokens.flatten());
     let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
     let mut body = engine_body(
         c,

@@ -162,6 +162,8 @@ pub struct ChatFields {
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<Value>,
+    /// OpenAI's newer name for `max_tokens`; it wins where both are given (as vLLM).
+    pub max_completion_tokens: Option<i64>,
 }
 
 const CHAT_FIELDS: &[&str] = &[
@@ -175,6 +177,7 @@ const CHAT_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "max_completion_tokens",
 ];
 
 /// `POST /tokenize`: a prompt, or chat messages rendered with the template.

@@ -191,6 +191,36 @@ fn streaming_options_and_fallbacks() {
 }
 
 #[test]
+fn max_completion_tokens_is_openais_name_for_max_tokens() {
+    let s = server();
+    let tokens = |body: Value| chat(&s, body)["usage"]["completion_tokens"].clone();
+    let base = json!({"model": "demo", "messages": hi(), "temperature": 0, "ignore_eos": true});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    assert_eq!(tokens(with(json!({"max_completion_tokens": 3}))), 3);
+    // Both given: max_completion_tokens wins, as vLLM.
+    assert_eq!(
+        tokens(with(json!({"max_completion_tokens": 2, "max_tokens": 5}))),
+        2
+    );
+    let message = s
+        .post(
+            "/v1/chat/completions",
+            &with(json!({"max_completion_tokens": 1000})),
+        )
+        .error(400);
+    assert!(
+        message.contains("maximum context length is 256"),
+        "{message}"
+    );
+}
+
+#[test]
 fn chat_errors() {
     let s = server();
     let cases: Vec<(Value, &str)> = vec![
