@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use engine::backend::cpu::CpuBackend;
 use engine::fixture::{write_model_dir, FixtureSpec};
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::model::Model;
 use engine::sampling::SamplingParams;
 use rayon::prelude::*;
