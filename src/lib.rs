@@ -21,3 +21,6 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod architecture;
