@@ -3,6 +3,7 @@
 //! HTTP status as `code`. Request-validation failures read like vLLM's (FastAPI +
 //! pydantic): a Python-style list of `{'type', 'loc', 'msg', 'input'}` entries.
 
+use engine_api::python::json_repr;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
@@ -96,7 +97,7 @@ pub fn validation_error(errors: &[FieldError]) -> ApiError {
         .iter()
         .map(|e| {
             let loc: Vec<String> = std::iter::once("'body'".to_string())
-                .chain(e.loc.iter().map(py_repr))
+                .chain(e.loc.iter().map(json_repr))
                 .collect();
             let loc = if loc.len() == 1 {
                 format!("({},)", loc[0])
@@ -106,78 +107,17 @@ pub fn validation_error(errors: &[FieldError]) -> ApiError {
             format!(
                 "{{'type': '{}', 'loc': {loc}, 'msg': {}, 'input': {}}}",
                 e.kind,
-                py_str(&e.msg),
-                py_repr(&e.input)
+                json_repr(&Value::from(e.msg.as_str())),
+                json_repr(&e.input)
             )
         })
         .collect();
     ApiError::bad_request(format!("[{}]", entries.join(", ")))
 }
 
-/// A JSON value as Python's `repr` writes the equivalent object.
-pub fn py_repr(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => py_str(s),
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
-        ),
-        Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// A string as Python's `repr`: single quotes unless the text has a single quote
-/// and no double quote.
-fn py_str(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_reprs() {
-        assert_eq!(py_repr(&json!(null)), "None");
-        assert_eq!(py_repr(&json!([true, 1, 1.5])), "[True, 1, 1.5]");
-        assert_eq!(py_repr(&json!("it's")), "\"it's\"");
-        assert_eq!(py_repr(&json!("a'\"b")), "'a\\'\"b'");
-        assert_eq!(py_repr(&json!({"k": "v\n"})), "{'k': 'v\\n'}");
-    }
 
     #[test]
     fn validation_messages_read_like_fastapi() {

@@ -22,7 +22,6 @@ pub mod guided;
 pub mod logprobs;
 pub mod params;
 pub mod processors;
-mod pyfloat;
 pub mod sampler;
 pub mod stop;
 mod truncation;

@@ -3,9 +3,9 @@
 //! printed as Python prints them).
 
 use super::params::{EarlyStopping, SamplingParams};
-use super::pyfloat::py_float;
 use super::SAMPLING_EPS;
 use crate::error::{Error, Result};
+use engine_api::python::float_repr as py_float;
 
 fn invalid(message: String) -> Error {
     Error::invalid(message)

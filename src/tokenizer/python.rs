@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use engine_api::python::{float_repr, str_repr};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error as JinjaError, ErrorKind};
 
@@ -32,54 +33,6 @@ pub fn universal_newlines(text: String) -> String {
         return text;
     }
     text.replace("\r\n", "\n").replace('\r', "\n")
-}
-
-/// Python's `repr(float)`: the shortest digits that round-trip (as Rust's formatting
-/// also produces), laid out as Python does — positional between 1e-4 and 1e16 with a
-/// mandatory fractional part, scientific with a signed two-digit exponent outside it.
-pub fn float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "nan".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let sci = format!("{f:e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i64 = exponent.parse().unwrap_or(0);
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    // The value is 0.DIGITS × 10^decpt.
-    let decpt = exponent + 1;
-    let mut out = String::new();
-    if negative {
-        out.push('-');
-    }
-    let ndigits = digits.len() as i64;
-    if -4 < decpt && decpt <= 16 {
-        if decpt <= 0 {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-decpt) as usize));
-            out.push_str(&digits);
-        } else if decpt >= ndigits {
-            out.push_str(&digits);
-            out.extend(std::iter::repeat_n('0', (decpt - ndigits) as usize));
-            out.push_str(".0");
-        } else {
-            let (int, frac) = digits.split_at(decpt as usize);
-            let _ = write!(out, "{int}.{frac}");
-        }
-    } else {
-        let (first, rest) = digits.split_at(1);
-        out.push_str(first);
-        if !rest.is_empty() {
-            out.push('.');
-            out.push_str(rest);
-        }
-        let e = decpt - 1;
-        let _ = write!(out, "e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
-    }
-    out
 }
 
 /// Options of Python's `json.dumps` that transformers' `tojson` filter exposes.
@@ -264,7 +217,7 @@ fn write_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
 /// Python's `repr()` of a value, as Jinja2 prints lists, dicts and floats.
 pub fn py_repr(out: &mut String, value: &Value) {
     match value.kind() {
-        ValueKind::String => py_str_repr(out, value.as_str().unwrap_or_default()),
+        ValueKind::String => str_repr(out, value.as_str().unwrap_or_default()),
         ValueKind::Number if !value.is_integer() => match f64::try_from(value.clone()) {
             Ok(f) => out.push_str(&float_repr(f)),
             Err(_) => out.push_str(&value.to_string()),
@@ -293,51 +246,6 @@ pub fn py_repr(out: &mut String, value: &Value) {
         }
         _ => out.push_str(&value.to_string()),
     }
-}
-
-/// Python's `repr(str)`: single quotes unless the text has `'` but no `"`.
-fn py_str_repr(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if !is_py_printable(c) => {
-                let n = c as u32;
-                let _ = match n {
-                    0..=0xff => write!(out, "\\x{n:02x}"),
-                    0x100..=0xffff => write!(out, "\\u{n:04x}"),
-                    _ => write!(out, "\\U{n:08x}"),
-                };
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-}
-
-/// Python's `str.isprintable()` for one character: false for control, format,
-/// separator (other than the space), private-use and unassigned characters. Without
-/// the Unicode tables this covers the control and separator blocks and the format
-/// characters met in practice.
-fn is_py_printable(c: char) -> bool {
-    let n = c as u32;
-    !matches!(n,
-        0x00..=0x1f | 0x7f..=0xa0 | 0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f
-        | 0x1680 | 0x180e | 0x2000..=0x200f | 0x2028..=0x202f | 0x205f..=0x2064
-        | 0x2066..=0x206f | 0x3000 | 0xd800..=0xf8ff | 0xfeff | 0xfff9..=0xfffb
-        | 0xe0001 | 0xe0020..=0xe007f | 0xf0000..)
 }
 
 /// Python's `codecs.decode(text, "unicode_escape")`, which vLLM applies to an inline
@@ -431,29 +339,6 @@ pub fn decode_unicode_escape(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn float_repr_matches_python() {
-        let cases = [
-            (1.0, "1.0"),
-            (-0.0, "-0.0"),
-            (0.0, "0.0"),
-            (2.5e-3, "0.0025"),
-            (1e-4, "0.0001"),
-            (1e-5, "1e-05"),
-            (1.5e-7, "1.5e-07"),
-            (1e15, "1000000000000000.0"),
-            (1e16, "1e+16"),
-            (1.2345e100, "1.2345e+100"),
-            (123.456, "123.456"),
-            (0.1, "0.1"),
-            (1.0 / 3.0, "0.3333333333333333"),
-            (f64::INFINITY, "inf"),
-        ];
-        for (f, want) in cases {
-            assert_eq!(float_repr(f), want, "{f:e}");
-        }
-    }
 
     #[test]
     fn unicode_escape_matches_python() {
