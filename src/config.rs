@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::backend::DType;
@@ -133,8 +134,12 @@ struct RawConfig {
     vocab_size: Option<usize>,
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
+    /// The classic layout's scaling; anything but an object counts as none.
+    #[serde(default, deserialize_with = "object_or_none")]
+    rope_scaling: Option<RawRope>,
+    /// transformers 5: `rope_theta` and the scaling in one object.
+    #[serde(default, deserialize_with = "object_or_none")]
+    rope_parameters: Option<RawRope>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -148,6 +153,56 @@ struct RawConfig {
     dtype: Option<String>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
+}
+
+/// `rope_scaling` (classic layout) or `rope_parameters` (transformers 5). A key
+/// of the wrong type counts as absent, as transformers reads them with `.get`:
+/// the checks in [`parse_rope_scaling`] name what is missing.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRope {
+    /// `Some(None)`: present but not a string (which means "default", whatever `type` says).
+    #[serde(deserialize_with = "loose")]
+    rope_type: Option<Option<String>>,
+    /// The older name of `rope_type`.
+    #[serde(rename = "type", deserialize_with = "loose")]
+    legacy_type: Option<Option<String>>,
+    #[serde(deserialize_with = "lenient")]
+    rope_theta: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    low_freq_factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    high_freq_factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    original_max_position_embeddings: Option<f64>,
+}
+
+/// A value of type `T`, or none when it has another type.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+/// A present key: `Some(value)` when it has type `T`, `Some(None)` otherwise.
+fn loose<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    lenient(d).map(Some)
+}
+
+/// A JSON object read as `T`; any other value as none.
+fn object_or_none<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(if v.is_object() {
+        serde_json::from_value(v).ok()
+    } else {
+        None
+    })
 }
 
 impl ModelConfig {
@@ -285,21 +340,13 @@ impl RawConfig {
         max_position_embeddings: usize,
     ) -> std::result::Result<(f64, RopeScaling), String> {
         // transformers 5 moved rope_theta and the scaling into `rope_parameters`.
-        let rope_params = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_params = self.rope_parameters.as_ref();
         let rope_theta = self
             .rope_theta
-            .or_else(|| {
-                rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
+            .or_else(|| rope_params.and_then(|p| p.rope_theta))
             .unwrap_or(10000.0);
-        let scaling_json = self
-            .rope_scaling
-            .as_ref()
-            .filter(|v| v.is_object())
-            .or(rope_params);
-        let rope_scaling = parse_rope_scaling(scaling_json, max_position_embeddings)?;
+        let scaling = self.rope_scaling.as_ref().or(rope_params);
+        let rope_scaling = parse_rope_scaling(scaling, max_position_embeddings)?;
         Ok((rope_theta, rope_scaling))
     }
 
@@ -375,29 +422,32 @@ pub fn token_id_list(v: &Value) -> Option<Vec<u32>> {
 }
 
 fn parse_rope_scaling(
-    v: Option<&Value>,
+    v: Option<&RawRope>,
     max_pos: usize,
 ) -> std::result::Result<RopeScaling, String> {
     let Some(v) = v else {
         return Ok(RopeScaling::None);
     };
     let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(Value::as_str)
+        .rope_type
+        .as_ref()
+        .or(v.legacy_type.as_ref())
+        .and_then(|t| t.as_deref())
         .unwrap_or("default");
-    let num = |key: &str| v.get(key).and_then(Value::as_f64);
-    let need = |key: &str| num(key).ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"));
+    let need = |key: &str, value: Option<f64>| {
+        value.ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"))
+    };
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear {
-            factor: need("factor")?,
+            factor: need("factor", v.factor)?,
         }),
         "llama3" => Ok(RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")
+            factor: need("factor", v.factor)?,
+            low_freq_factor: need("low_freq_factor", v.low_freq_factor)?,
+            high_freq_factor: need("high_freq_factor", v.high_freq_factor)?,
+            original_max_position_embeddings: v
+                .original_max_position_embeddings
                 .unwrap_or(max_pos as f64),
         }),
         other => Err(format!(
@@ -458,6 +508,27 @@ mod tests {
         assert_eq!(c.dtype, Some(DType::F16));
         assert_eq!(c.head_dim, 32);
         assert!(c.qkv_bias && !c.o_bias);
+    }
+
+    #[test]
+    fn rope_keys_read_as_transformers_does() {
+        // A scaling that is not an object is no scaling; a wrongly typed key is absent.
+        let text = LLAMA3.replace("\"rope_scaling\":{", "\"rope_scaling\":\"llama3\",\"x\":{");
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        let e = ModelConfig::from_json_str(&LLAMA3.replace("\"factor\":8.0", "\"factor\":\"8\""))
+            .unwrap_err();
+        assert_eq!(e, "rope scaling \"llama3\" needs `factor`");
+        // `rope_type` wins over the older `type`, even when it is not a string.
+        let text = LLAMA3.replace(
+            "\"rope_type\":\"llama3\"",
+            "\"rope_type\":null,\"type\":\"linear\"",
+        );
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        let text = LLAMA3.replace("\"rope_type\":\"llama3\"", "\"type\":\"linear\"");
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
     }
 
     #[test]
