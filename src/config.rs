@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::backend::DType;
@@ -133,8 +134,12 @@ struct RawConfig {
     vocab_size: Option<usize>,
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
+    /// The classic layout's scaling; anything but an object counts as none.
+    #[serde(default, deserialize_with = "object_or_none")]
+    rope_scaling: Option<RawRope>,
+    /// transformers 5: `rope_theta` and the scaling in one object.
+    #[serde(default, deserialize_with = "object_or_none")]
+    rope_parameters: Option<RawRope>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -148,6 +153,56 @@ struct RawConfig {
     dtype: Option<String>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
+}
+
+/// `rope_scaling` (classic layout) or `rope_parameters` (transformers 5). A key
+/// of the wrong type counts as absent, as transformers reads them with `.get`:
+/// the checks in [`parse_rope_scaling`] name what is missing.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRope {
+    /// `Some(None)`: present but not a string (which means "default", whatever `type` says).
+    #[serde(deserialize_with = "loose")]
+    rope_type: Option<Option<String>>,
+    /// The older name of `rope_type`.
+    #[serde(rename = "type", deserialize_with = "loose")]
+    legacy_type: Option<Option<String>>,
+    #[serde(deserialize_with = "lenient")]
+    rope_theta: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    low_freq_factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    high_freq_factor: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    original_max_position_embeddings: Option<f64>,
+}
+
+/// A value of type `T`, or none when it has another type.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+/// A present key: `Some(value)` when it has type `T`, `Some(None)` otherwise.
+fn loose<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    lenient(d).map(Some)
+}
+
+/// A JSON object read as `T`; any other value as none.
+fn object_or_none<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(if v.is_object() {
+        serde_json::from_value(v).ok()
+    } else {
+        None
+    })
 }
 
 impl ModelConfig {
@@ -166,31 +221,84 @@ impl ModelConfig {
     }
 
     fn from_raw(raw: RawConfig) -> std::result::Result<ModelConfig, String> {
-        let arch_names = raw.architectures.clone().unwrap_or_default();
-        let arch = arch_names
+        let arch = raw.arch()?;
+        let dims = raw.dims()?;
+        raw.check_activation()?;
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
+        let (rope_theta, rope_scaling) = raw.rope(max_position_embeddings)?;
+        let sliding_window = raw.sliding_window(arch, dims.num_layers)?;
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        Ok(ModelConfig {
+            arch,
+            hidden_size: dims.hidden_size,
+            intermediate_size: dims.intermediate_size,
+            num_layers: dims.num_layers,
+            num_heads: dims.num_heads,
+            num_kv_heads: dims.num_kv_heads,
+            head_dim: dims.head_dim,
+            vocab_size: dims.vocab_size,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2 || attention_bias,
+            o_bias: arch != Arch::Qwen2 && attention_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            sliding_window,
+            dtype: raw.dtype()?,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: raw.eos_token_ids()?,
+        })
+    }
+
+    /// Heads of queries that share one KV head.
+    pub fn group_size(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+/// The model's shape, checked for consistency.
+struct Dims {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_layers: usize,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    vocab_size: usize,
+}
+
+impl RawConfig {
+    fn arch(&self) -> std::result::Result<Arch, String> {
+        let arch_names = self.architectures.clone().unwrap_or_default();
+        arch_names
             .iter()
             .find_map(|n| Arch::from_hf_name(n))
             .ok_or_else(|| {
                 format!(
                     "unsupported architecture {:?} (model_type {:?}); supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM",
                     arch_names,
-                    raw.model_type.as_deref().unwrap_or("?")
+                    self.model_type.as_deref().unwrap_or("?")
                 )
-            })?;
+            })
+    }
+
+    fn dims(&self) -> std::result::Result<Dims, String> {
         let need =
             |v: Option<usize>, name: &str| v.ok_or_else(|| format!("missing field `{name}`"));
-        let hidden_size = need(raw.hidden_size, "hidden_size")?;
-        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
-        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
-        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let vocab_size = need(raw.vocab_size, "vocab_size")?;
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        let hidden_size = need(self.hidden_size, "hidden_size")?;
+        let intermediate_size = need(self.intermediate_size, "intermediate_size")?;
+        let num_layers = need(self.num_hidden_layers, "num_hidden_layers")?;
+        let num_heads = need(self.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = need(self.vocab_size, "vocab_size")?;
+        let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!(
                 "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
             ));
         }
-        let head_dim = match raw.head_dim {
+        let head_dim = match self.head_dim {
             Some(d) => d,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => return Err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} and no head_dim is given")),
@@ -206,51 +314,67 @@ impl ModelConfig {
                     .into(),
             );
         }
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" && act != "swish" {
-                return Err(format!(
-                    "unsupported hidden_act {act:?}: only silu is supported"
-                ));
-            }
+        Ok(Dims {
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+        })
+    }
+
+    fn check_activation(&self) -> std::result::Result<(), String> {
+        match &self.hidden_act {
+            Some(act) if act != "silu" && act != "swish" => Err(format!(
+                "unsupported hidden_act {act:?}: only silu is supported"
+            )),
+            _ => Ok(()),
         }
+    }
 
+    /// `rope_theta` and the frequency scaling, from either layout.
+    fn rope(
+        &self,
+        max_position_embeddings: usize,
+    ) -> std::result::Result<(f64, RopeScaling), String> {
         // transformers 5 moved rope_theta and the scaling into `rope_parameters`.
-        let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
-        let rope_theta = raw
+        let rope_params = self.rope_parameters.as_ref();
+        let rope_theta = self
             .rope_theta
-            .or_else(|| {
-                rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
+            .or_else(|| rope_params.and_then(|p| p.rope_theta))
             .unwrap_or(10000.0);
-        let scaling_json = raw
-            .rope_scaling
-            .as_ref()
-            .filter(|v| v.is_object())
-            .or(rope_params);
-        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
-        let rope_scaling = parse_rope_scaling(scaling_json, max_position_embeddings)?;
+        let scaling = self.rope_scaling.as_ref().or(rope_params);
+        let rope_scaling = parse_rope_scaling(scaling, max_position_embeddings)?;
+        Ok((rope_theta, rope_scaling))
+    }
 
+    /// Per layer, the attention window if the layer slides.
+    fn sliding_window(
+        &self,
+        arch: Arch,
+        num_layers: usize,
+    ) -> std::result::Result<Vec<Option<usize>>, String> {
         let sliding_window = match arch {
-            Arch::Mistral => vec![raw.sliding_window; num_layers],
+            Arch::Mistral => vec![self.sliding_window; num_layers],
             Arch::Llama | Arch::Qwen2 => {
-                let window = raw
+                let window = self
                     .sliding_window
-                    .filter(|_| raw.use_sliding_window.unwrap_or(false));
-                match (&raw.layer_types, window) {
+                    .filter(|_| self.use_sliding_window.unwrap_or(false));
+                match (&self.layer_types, window) {
                     (Some(types), _) if types.len() == num_layers => types
                         .iter()
                         .map(|t| {
                             if t == "sliding_attention" {
-                                raw.sliding_window
+                                self.sliding_window
                             } else {
                                 None
                             }
                         })
                         .collect(),
                     (_, Some(w)) => {
-                        let first = raw.max_window_layers.unwrap_or(num_layers);
+                        let first = self.max_window_layers.unwrap_or(num_layers);
                         (0..num_layers).map(|i| (i >= first).then_some(w)).collect()
                     }
                     _ => vec![None; num_layers],
@@ -260,46 +384,27 @@ impl ModelConfig {
         if sliding_window.contains(&Some(0)) {
             return Err("sliding_window must be positive".into());
         }
-
-        let dtype_name = raw.torch_dtype.as_deref().or(raw.dtype.as_deref());
-        let dtype = match dtype_name {
-            None => None,
-            Some(n) => Some(DType::parse(n).ok_or_else(|| format!("unsupported dtype {n:?}"))?),
-        };
-        let eos_token_ids = match &raw.eos_token_id {
-            Some(v) => {
-                token_id_list(v).ok_or("eos_token_id must be an integer or a list of integers")?
-            }
-            None => vec![],
-        };
-        let attention_bias = raw.attention_bias.unwrap_or(false);
-        Ok(ModelConfig {
-            arch,
-            hidden_size,
-            intermediate_size,
-            num_layers,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            max_position_embeddings,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: arch == Arch::Qwen2 || attention_bias,
-            o_bias: arch != Arch::Qwen2 && attention_bias,
-            mlp_bias: raw.mlp_bias.unwrap_or(false),
-            sliding_window,
-            dtype,
-            bos_token_id: raw.bos_token_id,
-            eos_token_ids,
-        })
+        Ok(sliding_window)
     }
 
-    /// Heads of queries that share one KV head.
-    pub fn group_size(&self) -> usize {
-        self.num_heads / self.num_kv_heads
+    fn dtype(&self) -> std::result::Result<Option<DType>, String> {
+        let dtype_name = self.torch_dtype.as_deref().or(self.dtype.as_deref());
+        match dtype_name {
+            None => Ok(None),
+            Some(n) => Ok(Some(
+                DType::parse(n).ok_or_else(|| format!("unsupported dtype {n:?}"))?,
+            )),
+        }
+    }
+
+    fn eos_token_ids(&self) -> std::result::Result<Vec<u32>, String> {
+        match &self.eos_token_id {
+            Some(v) => {
+                Ok(token_id_list(v)
+                    .ok_or("eos_token_id must be an integer or a list of integers")?)
+            }
+            None => Ok(vec![]),
+        }
     }
 }
 
@@ -317,29 +422,32 @@ pub fn token_id_list(v: &Value) -> Option<Vec<u32>> {
 }
 
 fn parse_rope_scaling(
-    v: Option<&Value>,
+    v: Option<&RawRope>,
     max_pos: usize,
 ) -> std::result::Result<RopeScaling, String> {
     let Some(v) = v else {
         return Ok(RopeScaling::None);
     };
     let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(Value::as_str)
+        .rope_type
+        .as_ref()
+        .or(v.legacy_type.as_ref())
+        .and_then(|t| t.as_deref())
         .unwrap_or("default");
-    let num = |key: &str| v.get(key).and_then(Value::as_f64);
-    let need = |key: &str| num(key).ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"));
+    let need = |key: &str, value: Option<f64>| {
+        value.ok_or_else(|| format!("rope scaling {kind:?} needs `{key}`"))
+    };
     match kind {
         "default" => Ok(RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear {
-            factor: need("factor")?,
+            factor: need("factor", v.factor)?,
         }),
         "llama3" => Ok(RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")
+            factor: need("factor", v.factor)?,
+            low_freq_factor: need("low_freq_factor", v.low_freq_factor)?,
+            high_freq_factor: need("high_freq_factor", v.high_freq_factor)?,
+            original_max_position_embeddings: v
+                .original_max_position_embeddings
                 .unwrap_or(max_pos as f64),
         }),
         other => Err(format!(
@@ -400,6 +508,27 @@ mod tests {
         assert_eq!(c.dtype, Some(DType::F16));
         assert_eq!(c.head_dim, 32);
         assert!(c.qkv_bias && !c.o_bias);
+    }
+
+    #[test]
+    fn rope_keys_read_as_transformers_does() {
+        // A scaling that is not an object is no scaling; a wrongly typed key is absent.
+        let text = LLAMA3.replace("\"rope_scaling\":{", "\"rope_scaling\":\"llama3\",\"x\":{");
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        let e = ModelConfig::from_json_str(&LLAMA3.replace("\"factor\":8.0", "\"factor\":\"8\""))
+            .unwrap_err();
+        assert_eq!(e, "rope scaling \"llama3\" needs `factor`");
+        // `rope_type` wins over the older `type`, even when it is not a string.
+        let text = LLAMA3.replace(
+            "\"rope_type\":\"llama3\"",
+            "\"rope_type\":null,\"type\":\"linear\"",
+        );
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        let text = LLAMA3.replace("\"rope_type\":\"llama3\"", "\"type\":\"linear\"");
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
     }
 
     #[test]

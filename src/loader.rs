@@ -132,64 +132,10 @@ pub fn load_engine_core<B: Backend>(
     backend: B,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EngineCore<B>> {
-    let override_tokenizer = match &options.tokenizer {
-        _ if options.skip_tokenizer_init => None,
-        Some(t) => {
-            let t = Path::new(t);
-            if !t.join("tokenizer.json").is_file() {
-                return Err(Error::bad_file(
-                    t,
-                    "--tokenizer: no tokenizer.json in this directory",
-                ));
-            }
-            tokenizer_from_dir(t)?
-        }
-        None => None,
-    };
+    let override_tokenizer = override_tokenizer(options)?;
     let (mut model, tokenizer) = match ModelPath::resolve(dir)? {
-        ModelPath::HfDir(dir) => {
-            let config = ModelConfig::from_model_dir(&dir)?;
-            let dtype = resolve_dtype(&options.dtype, &config)?;
-            let tokenizer = match override_tokenizer {
-                _ if options.skip_tokenizer_init => None,
-                Some(t) => Some(t),
-                None => Some(tokenizer_from_dir(&dir)?.ok_or_else(|| {
-                    Error::Tokenizer(format!(
-                        "{} has no tokenizer.json: add one, give one with --tokenizer, or load \
-                         the model without a tokenizer (--skip-tokenizer-init, option \
-                         \"skip_tokenizer_init\") to serve token-id prompts only",
-                        dir.display()
-                    ))
-                })?),
-            };
-            let model = Model::load(&dir, dtype, options.max_model_len, backend, progress)?;
-            (model, tokenizer)
-        }
-        ModelPath::Gguf(path) => {
-            let file = GgufFile::open(&path)?;
-            let config = crate::gguf::config::model_config(&file)?;
-            let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
-            let dtype = resolve_dtype(&options.dtype, &config)?;
-            let tokenizer = match override_tokenizer {
-                _ if options.skip_tokenizer_init => None,
-                Some(t) => Some(t),
-                None => Some(Tokenizer::from_gguf(&file)?),
-            };
-            let source = GgufSource {
-                file: &file,
-                config: &config,
-                permuted_qk,
-            };
-            let model = Model::from_source(
-                config.clone(),
-                &source,
-                dtype,
-                options.max_model_len,
-                backend,
-                progress,
-            )?;
-            (model, tokenizer)
-        }
+        ModelPath::HfDir(dir) => load_hf_dir(&dir, options, override_tokenizer, backend, progress)?,
+        ModelPath::Gguf(path) => load_gguf(&path, options, override_tokenizer, backend, progress)?,
     };
     let tokenizer = match (tokenizer, &options.chat_template) {
         (Some(t), Some(arg)) => {
@@ -198,6 +144,97 @@ pub fn load_engine_core<B: Backend>(
         (t, _) => t,
     }
     .map(Arc::new);
+    let num_blocks = size_kv_cache(&mut model, options)?;
+    let engine_config = EngineConfig {
+        max_num_seqs: options.max_num_seqs,
+        max_num_batched_tokens: options.max_num_batched_tokens,
+        block_size: options.block_size,
+        num_blocks,
+        enable_prefix_caching: options.enable_prefix_caching,
+    };
+    EngineCore::new(model, tokenizer, engine_config)
+}
+
+/// The tokenizer `--tokenizer` names, unless `--skip-tokenizer-init`.
+fn override_tokenizer(options: &LoadOptions) -> Result<Option<Tokenizer>> {
+    match &options.tokenizer {
+        _ if options.skip_tokenizer_init => Ok(None),
+        Some(t) => {
+            let t = Path::new(t);
+            if !t.join("tokenizer.json").is_file() {
+                return Err(Error::bad_file(
+                    t,
+                    "--tokenizer: no tokenizer.json in this directory",
+                ));
+            }
+            tokenizer_from_dir(t)
+        }
+        None => Ok(None),
+    }
+}
+
+/// A Hugging Face directory's model and tokenizer (the override's if given).
+fn load_hf_dir<B: Backend>(
+    dir: &Path,
+    options: &LoadOptions,
+    override_tokenizer: Option<Tokenizer>,
+    backend: B,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Model<B>, Option<Tokenizer>)> {
+    let config = ModelConfig::from_model_dir(dir)?;
+    let dtype = resolve_dtype(&options.dtype, &config)?;
+    let tokenizer = match override_tokenizer {
+        _ if options.skip_tokenizer_init => None,
+        Some(t) => Some(t),
+        None => Some(tokenizer_from_dir(dir)?.ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{} has no tokenizer.json: add one, give one with --tokenizer, or load \
+                 the model without a tokenizer (--skip-tokenizer-init, option \
+                 \"skip_tokenizer_init\") to serve token-id prompts only",
+                dir.display()
+            ))
+        })?),
+    };
+    let model = Model::load(dir, dtype, options.max_model_len, backend, progress)?;
+    Ok((model, tokenizer))
+}
+
+/// A GGUF file's model and tokenizer (the override's if given).
+fn load_gguf<B: Backend>(
+    path: &Path,
+    options: &LoadOptions,
+    override_tokenizer: Option<Tokenizer>,
+    backend: B,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Model<B>, Option<Tokenizer>)> {
+    let file = GgufFile::open(path)?;
+    let config = crate::gguf::config::model_config(&file)?;
+    let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
+    let dtype = resolve_dtype(&options.dtype, &config)?;
+    let tokenizer = match override_tokenizer {
+        _ if options.skip_tokenizer_init => None,
+        Some(t) => Some(t),
+        None => Some(Tokenizer::from_gguf(&file)?),
+    };
+    let source = GgufSource {
+        file: &file,
+        config: &config,
+        permuted_qk,
+    };
+    let model = Model::from_source(
+        config.clone(),
+        &source,
+        dtype,
+        options.max_model_len,
+        backend,
+        progress,
+    )?;
+    Ok((model, tokenizer))
+}
+
+/// Sets the KV cache's dtype and returns its size in blocks: as asked, or
+/// what the device leaves, or four times `max_model_len`; checked to fit.
+fn size_kv_cache<B: Backend>(model: &mut Model<B>, options: &LoadOptions) -> Result<usize> {
     let kv_dtype = resolve_kv_dtype(
         &options.kv_cache_dtype,
         model.dtype,
@@ -211,32 +248,10 @@ pub fn load_engine_core<B: Backend>(
             bytes / bytes_per_block,
             format!("--kv-cache-memory {}", crate::memory::human_bytes(bytes)),
         ),
-        (None, None) => {
-            let utilization = options
-                .gpu_memory_utilization
-                .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
-            match kv_blocks_for_device(
-                &model,
-                options.block_size,
-                options.max_num_batched_tokens,
-                utilization,
-            )? {
-                Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
-                None => (
-                    model
-                        .max_positions
-                        .div_ceil(options.block_size)
-                        .saturating_mul(4),
-                    format!(
-                        "the default (four times max_model_len {})",
-                        model.max_positions
-                    ),
-                ),
-            }
-        }
+        (None, None) => default_kv_blocks(model, options)?,
     };
     check_kv_size(
-        &model,
+        model,
         num_blocks,
         bytes_per_block,
         options.block_size,
@@ -248,14 +263,38 @@ pub fn load_engine_core<B: Backend>(
             options.block_size
         )));
     }
-    let engine_config = EngineConfig {
-        max_num_seqs: options.max_num_seqs,
-        max_num_batched_tokens: options.max_num_batched_tokens,
-        block_size: options.block_size,
-        num_blocks,
-        enable_prefix_caching: options.enable_prefix_caching,
-    };
-    EngineCore::new(model, tokenizer, engine_config)
+    Ok(num_blocks)
+}
+
+/// Without a size asked for: what the device's memory leaves (a GPU), else
+/// four times `max_model_len`; with how the size was chosen, for errors.
+fn default_kv_blocks<B: Backend>(
+    model: &Model<B>,
+    options: &LoadOptions,
+) -> Result<(usize, String)> {
+    let utilization = options
+        .gpu_memory_utilization
+        .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+    Ok(
+        match kv_blocks_for_device(
+            model,
+            options.block_size,
+            options.max_num_batched_tokens,
+            utilization,
+        )? {
+            Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
+            None => (
+                model
+                    .max_positions
+                    .div_ceil(options.block_size)
+                    .saturating_mul(4),
+                format!(
+                    "the default (four times max_model_len {})",
+                    model.max_positions
+                ),
+            ),
+        },
+    )
 }
 
 /// A KV cache of `num_blocks` must be addressable (int32 block ids on the

@@ -22,7 +22,9 @@ use crate::sampling::SamplingParams;
 
 pub use sequence::{FinishReason, RequestOutput, SeqDelta, SeqResult, StopReason};
 pub use stats::EngineStats;
-pub use step::{EngineConfig, EngineCore, EngineRequest, RequestValidator};
+pub use step::{
+    EngineConfig, EngineCore, EngineRequest, RequestError, RequestValidator, WidthParam,
+};
 
 /// Receives a request's outputs, on the engine thread: copy what you need and return quickly.
 pub type OutputCallback = Box<dyn FnMut(RequestOutput) + Send>;

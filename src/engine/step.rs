@@ -22,7 +22,7 @@ mod guided;
 mod logprob_text;
 mod validate;
 
-pub use validate::RequestValidator;
+pub use validate::{RequestError, RequestValidator, WidthParam};
 
 use guided::GuideMasks;
 
@@ -409,35 +409,14 @@ impl<B: Backend> EngineCore<B> {
             if !touched.contains(&p.request_id) {
                 touched.push(p.request_id);
             }
-            let Some(group) = self.groups.get_mut(&p.request_id) else {
+            let Some(sample_row) = self.record_chunk(p, first, logits)? else {
                 continue;
             };
-            let s = &mut group.seqs[p.seq_index];
-            s.computed = p.end;
-            self.blocks.register_computed(s.id, &s.tokens, p.end);
-            let mut sample_row = first;
-            if wants_prompt_logprobs(group) {
-                // This chunk's rows predict prompt tokens start+1 ..= end.
-                let prompt = &group.seqs[0].tokens[..group.seqs[0].prompt_len];
-                let upto = (p.end + 1).min(prompt.len());
-                let rows = &logits[first * vocab..(first + upto - p.start - 1) * vocab];
-                let scored = prompt_logprobs(rows, vocab, &prompt[p.start..upto], &group.params);
-                if let Some(pl) = group.prompt_logprobs.as_mut() {
-                    pl.extend(scored.into_iter().skip(1));
-                    let complete = pl.len() == prompt.len();
-                    if let (true, true, Some(t)) =
-                        (complete, group.params.detokenize, self.tokenizer.as_deref())
-                    {
-                        let skip = group.params.skip_special_tokens;
-                        logprob_text::decode_prompt(pl, prompt, t, skip)?;
-                    }
-                }
-                sample_row = first + (p.end - p.start) - 1;
-            }
-            if p.end < group.seqs[p.seq_index].tokens.len() {
-                continue; // a prompt chunk: nothing to sample yet
-            }
-            if group.params.use_beam_search {
+            let beam = self
+                .groups
+                .get(&p.request_id)
+                .is_some_and(|g| g.params.use_beam_search);
+            if beam {
                 // Beams advance together once every live beam has its row.
                 beam_rows
                     .entry(p.request_id)
@@ -445,38 +424,8 @@ impl<B: Backend> EngineCore<B> {
                     .push((p.seq_index, sample_row));
                 continue;
             }
-            let logits_row = row(sample_row);
-            // The first sample of a best_of group forks it: every sequence draws
-            // its first token from the prompt's logits.
-            let first_sample = !group.has_output();
-            if first_sample && group.width > 1 && !group.params.use_beam_search {
-                self.fork_group(p.request_id)?;
-            }
-            let Some(group) = self.groups.get_mut(&p.request_id) else {
-                continue;
-            };
-            group.first_token_at.get_or_insert_with(Instant::now);
-            let indices = if first_sample {
-                0..group.seqs.len()
-            } else {
-                p.seq_index..p.seq_index + 1
-            };
-            for i in indices {
-                let stop =
-                    StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
-                // Forks of the first sample share sequence 0's mask (same state).
-                let mask = guided::mask_for(&group.seqs[i], masks, (p.request_id, p.seq_index));
-                let delta = step_sequence(
-                    &mut group.seqs[i],
-                    i,
-                    logits_row,
-                    mask,
-                    &stop,
-                    self.tokenizer.as_deref(),
-                )?;
-                self.stats.generation_tokens += delta.token_ids.len() as u64;
-                deltas.entry(p.request_id).or_default().push(delta);
-            }
+            let sampled = self.sample_chunk(p, row(sample_row), masks)?;
+            deltas.entry(p.request_id).or_default().extend(sampled);
         }
         for (id, rows) in beam_rows {
             let rows: Vec<(usize, &[f32])> = rows.into_iter().map(|(i, r)| (i, row(r))).collect();
@@ -484,35 +433,126 @@ impl<B: Backend> EngineCore<B> {
         }
         let mut outputs = Vec::new();
         for id in touched {
-            let Some(group) = self.groups.get_mut(&id) else {
-                continue;
-            };
-            for s in group.seqs.iter().filter(|s| s.is_finished()) {
-                self.blocks.free(s.id);
-            }
             let d = deltas.remove(&id).unwrap_or_default();
-            if group.is_finished() {
-                let Some(group) = self.groups.remove(&id) else {
-                    continue;
-                };
-                self.scheduler.remove(id);
-                for s in &group.seqs {
-                    self.stats
-                        .finished(s.finish.unwrap_or(FinishReason::Length));
-                }
-                self.stats.record_latency(&group);
-                outputs.push(self.final_output(group, d));
-            } else if !d.is_empty() {
-                outputs.push(RequestOutput {
-                    request_id: id,
-                    prompt_token_ids_len: group.seqs[0].prompt_len,
-                    prompt_logprobs: take_prompt_logprobs(group),
-                    deltas: d,
-                    results: None,
-                });
-            }
+            outputs.extend(self.output_for(id, d));
         }
         Ok(outputs)
+    }
+
+    /// Marks a planned chunk computed (collecting its prompt logprobs) and
+    /// returns the logits row to sample from, or `None` for a prompt chunk that
+    /// samples nothing yet.
+    fn record_chunk(
+        &mut self,
+        p: &Scheduled,
+        first: usize,
+        logits: &[f32],
+    ) -> Result<Option<usize>> {
+        let vocab = self.model.config.vocab_size;
+        let Some(group) = self.groups.get_mut(&p.request_id) else {
+            return Ok(None);
+        };
+        let s = &mut group.seqs[p.seq_index];
+        s.computed = p.end;
+        self.blocks.register_computed(s.id, &s.tokens, p.end);
+        let mut sample_row = first;
+        if wants_prompt_logprobs(group) {
+            // This chunk's rows predict prompt tokens start+1 ..= end.
+            let prompt = &group.seqs[0].tokens[..group.seqs[0].prompt_len];
+            let upto = (p.end + 1).min(prompt.len());
+            let rows = &logits[first * vocab..(first + upto - p.start - 1) * vocab];
+            let scored = prompt_logprobs(rows, vocab, &prompt[p.start..upto], &group.params);
+            if let Some(pl) = group.prompt_logprobs.as_mut() {
+                pl.extend(scored.into_iter().skip(1));
+                let complete = pl.len() == prompt.len();
+                if let (true, true, Some(t)) =
+                    (complete, group.params.detokenize, self.tokenizer.as_deref())
+                {
+                    let skip = group.params.skip_special_tokens;
+                    logprob_text::decode_prompt(pl, prompt, t, skip)?;
+                }
+            }
+            sample_row = first + (p.end - p.start) - 1;
+        }
+        if p.end < group.seqs[p.seq_index].tokens.len() {
+            return Ok(None); // a prompt chunk: nothing to sample yet
+        }
+        Ok(Some(sample_row))
+    }
+
+    /// Samples the next token of a (non-beam) chunk's sequence, or of every
+    /// sequence of the group on its first sample.
+    fn sample_chunk(
+        &mut self,
+        p: &Scheduled,
+        logits_row: &[f32],
+        masks: &GuideMasks,
+    ) -> Result<Vec<SeqDelta>> {
+        let Some(group) = self.groups.get(&p.request_id) else {
+            return Ok(Vec::new());
+        };
+        // The first sample of a best_of group forks it: every sequence draws
+        // its first token from the prompt's logits.
+        let first_sample = !group.has_output();
+        if first_sample && group.width > 1 && !group.params.use_beam_search {
+            self.fork_group(p.request_id)?;
+        }
+        let Some(group) = self.groups.get_mut(&p.request_id) else {
+            return Ok(Vec::new());
+        };
+        group.first_token_at.get_or_insert_with(Instant::now);
+        let indices = if first_sample {
+            0..group.seqs.len()
+        } else {
+            p.seq_index..p.seq_index + 1
+        };
+        let mut deltas = Vec::new();
+        for i in indices {
+            let stop =
+                StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
+            // Forks of the first sample share sequence 0's mask (same state).
+            let mask = guided::mask_for(&group.seqs[i], masks, (p.request_id, p.seq_index));
+            let delta = step_sequence(
+                &mut group.seqs[i],
+                i,
+                logits_row,
+                mask,
+                &stop,
+                self.tokenizer.as_deref(),
+            )?;
+            self.stats.generation_tokens += delta.token_ids.len() as u64;
+            deltas.push(delta);
+        }
+        Ok(deltas)
+    }
+
+    /// What a request touched this step reports: its final output when it has
+    /// finished (freeing the request), else its deltas if it gained any.
+    fn output_for(&mut self, id: u64, d: Vec<SeqDelta>) -> Option<RequestOutput> {
+        let group = self.groups.get_mut(&id)?;
+        for s in group.seqs.iter().filter(|s| s.is_finished()) {
+            self.blocks.free(s.id);
+        }
+        if group.is_finished() {
+            let group = self.groups.remove(&id)?;
+            self.scheduler.remove(id);
+            for s in &group.seqs {
+                self.stats
+                    .finished(s.finish.unwrap_or(FinishReason::Length));
+            }
+            self.stats.record_latency(&group);
+            Some(self.final_output(group, d))
+        } else if !d.is_empty() {
+            Some(RequestOutput {
+                request_id: id,
+                prompt_token_ids_len: group.seqs[0].prompt_len,
+                prompt_logprobs: take_prompt_logprobs(group),
+                deltas: d,
+                results: None,
+            })
+        } else {
+            None
+        }
     }
 
     /// After its prompt, a group sampling `best_of` sequences forks into them,

@@ -277,20 +277,7 @@ impl<'a> Reader<'a> {
 
 fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let mut r = Reader { bytes, pos: 0 };
-    let magic = r
-        .take(4, "the magic number")
-        .map_err(|_| "not a GGUF file: shorter than its 4-byte magic number".to_string())?;
-    if magic != MAGIC {
-        return Err(format!(
-            "not a GGUF file: starts with {magic:02x?}, not \"GGUF\""
-        ));
-    }
-    let version = r.u32("the version")?;
-    if !(2..=3).contains(&version) {
-        return Err(format!(
-            "unsupported GGUF version {version} (supported: 2 and 3)"
-        ));
-    }
+    let version = read_header(&mut r)?;
     // A tensor info is at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset) bytes.
     let tensor_count = r.count("the tensor count", 24)?;
     // A key/value is at least 8 (key length) + 4 (type) + 1 bytes.
@@ -311,25 +298,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     };
     let mut infos = Vec::with_capacity(tensor_count);
     for i in 0..tensor_count {
-        let name = r.string(&format!("the name of tensor #{i}"))?;
-        let n_dims = r.u32(&format!("the dimension count of `{name}`"))?;
-        if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(format!(
-                "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
-            ));
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(r.u64(&format!("the dimensions of `{name}`"))?);
-        }
-        let ty = r.u32(&format!("the type of `{name}`"))?;
-        let offset = r.u64(&format!("the offset of `{name}`"))?;
-        if offset % alignment != 0 {
-            return Err(format!(
-                "tensor `{name}` starts at offset {offset}, not a multiple of the alignment {alignment}"
-            ));
-        }
-        infos.push((name, dims, ty, offset));
+        infos.push(read_tensor_info(&mut r, i, alignment)?);
     }
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
     let file_len = bytes.len() as u64;
@@ -339,43 +308,108 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
         if !seen.insert(name.clone()) {
             return Err(format!("tensor `{name}` appears twice"));
         }
-        let numel = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= file_len.saturating_mul(8))
-            .ok_or_else(|| format!("tensor `{name}` has absurd dimensions {dims:?}"))?;
-        // Size is checked here only for types we know; unknown types are reported
-        // when the tensor is used (naming it and the type).
-        let size = match GgmlType::from_u32(ty) {
-            Some(t) => {
-                if dims[0] % t.block_elems() as u64 != 0 {
-                    return Err(format!(
-                        "tensor `{name}` of type {} has a row of {} elements, not a multiple of its block size {}",
-                        t.name(),
-                        dims[0],
-                        t.block_elems()
-                    ));
-                }
-                numel / t.block_elems() as u64 * t.block_bytes() as u64
-            }
-            None => 0,
-        };
-        let start = data_start + offset;
-        let end = start.checked_add(size).filter(|&e| e <= file_len).ok_or_else(|| {
-            format!(
-                "truncated: tensor `{name}` needs bytes {start}..{} but the file is {file_len} bytes",
-                start.saturating_add(size)
-            )
-        })?;
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type: ty,
-            offset: start as usize,
-            size: (end - start) as usize,
-        });
+        tensors.push(place_tensor(name, dims, ty, data_start + offset, file_len)?);
     }
-    // A size that disagrees with the type and shape shows as tensors that overlap.
+    check_overlaps(&tensors)?;
+    Ok((version, metadata, tensors))
+}
+
+/// The magic number and the version.
+fn read_header(r: &mut Reader) -> std::result::Result<u32, String> {
+    let magic = r
+        .take(4, "the magic number")
+        .map_err(|_| "not a GGUF file: shorter than its 4-byte magic number".to_string())?;
+    if magic != MAGIC {
+        return Err(format!(
+            "not a GGUF file: starts with {magic:02x?}, not \"GGUF\""
+        ));
+    }
+    let version = r.u32("the version")?;
+    if !(2..=3).contains(&version) {
+        return Err(format!(
+            "unsupported GGUF version {version} (supported: 2 and 3)"
+        ));
+    }
+    Ok(version)
+}
+
+/// Tensor info #`i`: (name, dims, type, offset in the data section).
+fn read_tensor_info(
+    r: &mut Reader,
+    i: usize,
+    alignment: u64,
+) -> std::result::Result<(String, Vec<u64>, u32, u64), String> {
+    let name = r.string(&format!("the name of tensor #{i}"))?;
+    let n_dims = r.u32(&format!("the dimension count of `{name}`"))?;
+    if n_dims == 0 || n_dims > MAX_DIMS {
+        return Err(format!(
+            "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+        ));
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(r.u64(&format!("the dimensions of `{name}`"))?);
+    }
+    let ty = r.u32(&format!("the type of `{name}`"))?;
+    let offset = r.u64(&format!("the offset of `{name}`"))?;
+    if offset % alignment != 0 {
+        return Err(format!(
+            "tensor `{name}` starts at offset {offset}, not a multiple of the alignment {alignment}"
+        ));
+    }
+    Ok((name, dims, ty, offset))
+}
+
+/// A tensor at file offset `start`, its size from its type and shape, checked
+/// to lie within the file.
+fn place_tensor(
+    name: String,
+    dims: Vec<u64>,
+    ty: u32,
+    start: u64,
+    file_len: u64,
+) -> std::result::Result<TensorInfo, String> {
+    let numel = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= file_len.saturating_mul(8))
+        .ok_or_else(|| format!("tensor `{name}` has absurd dimensions {dims:?}"))?;
+    // Size is checked here only for types we know; unknown types are reported
+    // when the tensor is used (naming it and the type).
+    let size = match GgmlType::from_u32(ty) {
+        Some(t) => {
+            if !dims[0].is_multiple_of(t.block_elems() as u64) {
+                return Err(format!(
+                    "tensor `{name}` of type {} has a row of {} elements, not a multiple of its block size {}",
+                    t.name(),
+                    dims[0],
+                    t.block_elems()
+                ));
+            }
+            numel / t.block_elems() as u64 * t.block_bytes() as u64
+        }
+        None => 0,
+    };
+    let end = start
+        .checked_add(size)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| {
+            format!(
+            "truncated: tensor `{name}` needs bytes {start}..{} but the file is {file_len} bytes",
+            start.saturating_add(size)
+        )
+        })?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ggml_type: ty,
+        offset: start as usize,
+        size: (end - start) as usize,
+    })
+}
+
+/// A size that disagrees with the type and shape shows as tensors that overlap.
+fn check_overlaps(tensors: &[TensorInfo]) -> std::result::Result<(), String> {
     let mut order: Vec<&TensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
     order.sort_by_key(|t| t.offset);
     for pair in order.windows(2) {
@@ -386,5 +420,5 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
             ));
         }
     }
-    Ok((version, metadata, tensors))
+    Ok(())
 }

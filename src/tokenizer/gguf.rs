@@ -57,49 +57,13 @@ fn pre_tokenizer(pre: &str) -> Json {
 }
 
 pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-    let model = file
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            file.error(
-                "no tokenizer in the metadata (`tokenizer.ggml.model`); pass --tokenizer DIR",
-            )
-        })?;
-    if model != "gpt2" {
-        return Err(file.error(format!(
-            "tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); pass a Hugging Face tokenizer with --tokenizer DIR"
-        )));
-    }
+    check_model(file)?;
     let tokens = strings(file, "tokenizer.ggml.tokens")?
         .ok_or_else(|| file.error("no `tokenizer.ggml.tokens`"))?;
     let merges = strings(file, "tokenizer.ggml.merges")?
         .ok_or_else(|| file.error("the BPE vocabulary has no merges (`tokenizer.ggml.merges`)"))?;
-    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(v) => v
-            .as_array()
-            .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
-            .ok_or_else(|| file.error("`tokenizer.ggml.token_type` is not an array"))?,
-    };
-    if types.len() != tokens.len() {
-        return Err(file.error(format!(
-            "{} token types for {} tokens",
-            types.len(),
-            tokens.len()
-        )));
-    }
-    let mut vocab = Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (id, (&tok, &ty)) in tokens.iter().zip(&types).enumerate() {
-        vocab.insert(tok.to_string(), json!(id));
-        if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
-            let special = ty == TOKEN_CONTROL;
-            added.push(
-                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": !special, "special": special}),
-            );
-        }
-    }
+    let types = token_types(file, tokens.len())?;
+    let (vocab, added) = vocab_and_added(&tokens, &types);
     let merge_pairs = merges
         .iter()
         .map(|m| {
@@ -122,19 +86,6 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let post_processor = match bos.filter(|_| add_bos) {
-        Some(b) => {
-            let t = tokens[b as usize];
-            json!({"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": Json::Object(Map::from_iter([(t.to_string(), json!({"id": t, "ids": [b], "tokens": [t]}))]))})
-        }
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
-        }
-    };
     let pre = file
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
@@ -146,7 +97,7 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer(pre),
-        "post_processor": post_processor,
+        "post_processor": post_processor(&tokens, bos.filter(|_| add_bos)),
         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
@@ -175,20 +126,7 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .filter(|(_, t)| t.special)
         .map(|(id, _)| id)
         .collect();
-    let chat_templates = match file.get("tokenizer.chat_template") {
-        None => vec![],
-        Some(Value::String(text)) => vec![NamedTemplate {
-            name: "default".into(),
-            compiled: ChatTemplate::new(text.clone(), special_tokens.clone()).map_err(|e| {
-                format!(
-                    "{} (tokenizer.chat_template): {}",
-                    file.path.display(),
-                    super::load::chat_template_message(&e)
-                )
-            }),
-        }],
-        Some(_) => return Err(file.error("`tokenizer.chat_template` is not a string")),
-    };
+    let chat_templates = chat_templates(file, &special_tokens)?;
     Ok(Tokenizer {
         inner,
         special_tokens,
@@ -199,6 +137,96 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         chat_templates,
         model_dir: file.path.clone(),
     })
+}
+
+/// Only GPT-2-style byte-level BPE vocabularies are built.
+fn check_model(file: &GgufFile) -> Result<()> {
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            file.error(
+                "no tokenizer in the metadata (`tokenizer.ggml.model`); pass --tokenizer DIR",
+            )
+        })?;
+    if model != "gpt2" {
+        return Err(file.error(format!(
+            "tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); pass a Hugging Face tokenizer with --tokenizer DIR"
+        )));
+    }
+    Ok(())
+}
+
+/// Each token's llama.cpp type (normal when the file gives none).
+fn token_types(file: &GgufFile, num_tokens: usize) -> Result<Vec<u64>> {
+    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
+        None => vec![1; num_tokens],
+        Some(v) => v
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
+            .ok_or_else(|| file.error("`tokenizer.ggml.token_type` is not an array"))?,
+    };
+    if types.len() != num_tokens {
+        return Err(file.error(format!(
+            "{} token types for {} tokens",
+            types.len(),
+            num_tokens
+        )));
+    }
+    Ok(types)
+}
+
+/// The BPE vocabulary, and the control and user-defined tokens as added tokens.
+fn vocab_and_added(tokens: &[&str], types: &[u64]) -> (Map<String, Json>, Vec<Json>) {
+    let mut vocab = Map::with_capacity(tokens.len());
+    let mut added = Vec::new();
+    for (id, (&tok, &ty)) in tokens.iter().zip(types).enumerate() {
+        vocab.insert(tok.to_string(), json!(id));
+        if ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED {
+            let special = ty == TOKEN_CONTROL;
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": !special, "special": special}),
+            );
+        }
+    }
+    (vocab, added)
+}
+
+/// Prepends BOS when the file asks for it (`add_bos`), else byte-level only.
+fn post_processor(tokens: &[&str], add_bos: Option<u32>) -> Json {
+    match add_bos {
+        Some(b) => {
+            let t = tokens[b as usize];
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": Json::Object(Map::from_iter([(t.to_string(), json!({"id": t, "ids": [b], "tokens": [t]}))]))})
+        }
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
+        }
+    }
+}
+
+/// `tokenizer.chat_template`, compiled (a template that fails to compile is
+/// an error only when used).
+fn chat_templates(file: &GgufFile, special_tokens: &SpecialTokens) -> Result<Vec<NamedTemplate>> {
+    match file.get("tokenizer.chat_template") {
+        None => Ok(vec![]),
+        Some(Value::String(text)) => Ok(vec![NamedTemplate {
+            name: "default".into(),
+            compiled: ChatTemplate::new(text.clone(), special_tokens.clone()).map_err(|e| {
+                format!(
+                    "{} (tokenizer.chat_template): {}",
+                    file.path.display(),
+                    super::load::chat_template_message(&e)
+                )
+            }),
+        }]),
+        Some(_) => Err(file.error("`tokenizer.chat_template` is not a string")),
+    }
 }
 
 impl Tokenizer {

@@ -25,14 +25,7 @@ const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}
 
 pub(super) fn from_model_dir(dir: &Path) -> Result<Tokenizer> {
     let tokenizer_path = dir.join("tokenizer.json");
-    let mut inner: tokenizers::Tokenizer = read_to_string(&tokenizer_path)?
-        .parse()
-        .map_err(|e| Error::bad_file(&tokenizer_path, format!("not a valid tokenizer: {e}")))?;
-    // transformers and vLLM encode without the truncation/padding a tokenizer.json may carry.
-    inner
-        .with_truncation(None)
-        .map_err(|e| Error::bad_file(&tokenizer_path, format!("cannot disable truncation: {e}")))?;
-    inner.with_padding(None);
+    let mut inner = read_tokenizer_json(&tokenizer_path)?;
 
     let config_path = dir.join("tokenizer_config.json");
     let config = read_optional_json(&config_path)?.unwrap_or(Json::Null);
@@ -42,47 +35,13 @@ pub(super) fn from_model_dir(dir: &Path) -> Result<Tokenizer> {
     let generation = read_optional_json(&generation_path)?.unwrap_or(Json::Null);
     let model_config = read_optional_json(&dir.join("config.json"))?.unwrap_or(Json::Null);
 
-    let model_type = model_config
-        .get("model_type")
-        .and_then(Json::as_str)
-        .unwrap_or_default();
-    let tokenizer_class = config
-        .get("tokenizer_class")
-        .and_then(Json::as_str)
-        .unwrap_or_default();
-    if QWEN2_MODEL_TYPES.contains(&model_type) || QWEN2_TOKENIZER_CLASSES.contains(&tokenizer_class)
-    {
+    if uses_qwen2_tokenizer(&model_config, &config) {
         use_qwen2_pipeline(&mut inner).map_err(|m| Error::bad_file(&tokenizer_path, m))?;
     }
     add_declared_tokens(&mut inner, &config, &config_path)?;
-
-    // As in transformers: special_tokens_map.json wins over tokenizer_config.json.
-    let token = |key: &str| -> Result<Option<String>> {
-        match token_field(&special_map, key).map_err(|m| Error::bad_file(&map_path, m))? {
-            Some(t) => Ok(Some(t)),
-            None => token_field(&config, key).map_err(|m| Error::bad_file(&config_path, m)),
-        }
-    };
-    let special_tokens = SpecialTokens {
-        bos_token: token("bos_token")?,
-        eos_token: token("eos_token")?,
-        unk_token: token("unk_token")?,
-        pad_token: token("pad_token")?,
-    };
-
-    let id_field = |key: &str| -> Result<Vec<u32>> {
-        match generation.get(key) {
-            None => Ok(vec![]),
-            Some(v) => token_id_list(v).ok_or_else(|| {
-                Error::bad_file(
-                    &generation_path,
-                    format!("`{key}` must be an integer or a list of integers"),
-                )
-            }),
-        }
-    };
-    let generation_eos = id_field("eos_token_id")?;
-    let generation_bos = id_field("bos_token_id")?;
+    let special_tokens = special_tokens((&special_map, &map_path), (&config, &config_path))?;
+    let generation_eos = generation_ids(&generation, &generation_path, "eos_token_id")?;
+    let generation_bos = generation_ids(&generation, &generation_path, "bos_token_id")?;
 
     let id_of = |t: &Option<String>| t.as_deref().and_then(|t| inner.token_to_id(t));
     let bos_token_id = id_of(&special_tokens.bos_token).or(generation_bos.first().copied());
@@ -111,6 +70,65 @@ pub(super) fn from_model_dir(dir: &Path) -> Result<Tokenizer> {
         chat_templates,
         model_dir: dir.to_path_buf(),
     })
+}
+
+/// tokenizer.json, without the truncation and padding it may carry
+/// (transformers and vLLM encode without them).
+fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let mut inner: tokenizers::Tokenizer = read_to_string(path)?
+        .parse()
+        .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer: {e}")))?;
+    inner
+        .with_truncation(None)
+        .map_err(|e| Error::bad_file(path, format!("cannot disable truncation: {e}")))?;
+    inner.with_padding(None);
+    Ok(inner)
+}
+
+/// transformers 5 picks `Qwen2Tokenizer` by the model type or the declared class.
+fn uses_qwen2_tokenizer(model_config: &Json, tokenizer_config: &Json) -> bool {
+    let model_type = model_config
+        .get("model_type")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    let tokenizer_class = tokenizer_config
+        .get("tokenizer_class")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    QWEN2_MODEL_TYPES.contains(&model_type) || QWEN2_TOKENIZER_CLASSES.contains(&tokenizer_class)
+}
+
+/// The special tokens; as in transformers, special_tokens_map.json wins over
+/// tokenizer_config.json. Each file comes with its path, for errors.
+fn special_tokens(
+    (special_map, map_path): (&Json, &Path),
+    (config, config_path): (&Json, &Path),
+) -> Result<SpecialTokens> {
+    let token = |key: &str| -> Result<Option<String>> {
+        match token_field(special_map, key).map_err(|m| Error::bad_file(map_path, m))? {
+            Some(t) => Ok(Some(t)),
+            None => token_field(config, key).map_err(|m| Error::bad_file(config_path, m)),
+        }
+    };
+    Ok(SpecialTokens {
+        bos_token: token("bos_token")?,
+        eos_token: token("eos_token")?,
+        unk_token: token("unk_token")?,
+        pad_token: token("pad_token")?,
+    })
+}
+
+/// generation_config.json's token ids under `key` (one or a list).
+fn generation_ids(generation: &Json, path: &Path, key: &str) -> Result<Vec<u32>> {
+    match generation.get(key) {
+        None => Ok(vec![]),
+        Some(v) => token_id_list(v).ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!("`{key}` must be an integer or a list of integers"),
+            )
+        }),
+    }
 }
 
 /// Gives a byte-level BPE tokenizer the normalizer and pre-tokenizer of transformers'

@@ -256,12 +256,6 @@ pub fn decode_unicode_escape(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(bytes.len());
     let mut i = 0;
-    let err = |start: usize, end: usize, why: &str| {
-        format!(
-            "'unicodeescape' codec can't decode bytes in position {start}-{}: {why}",
-            end.max(start + 1) - 1
-        )
-    };
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'\\' {
@@ -271,7 +265,7 @@ pub fn decode_unicode_escape(text: &str) -> Result<String, String> {
         }
         let start = i;
         let Some(&e) = bytes.get(i + 1) else {
-            return Err(err(start, start + 1, "\\ at end of string"));
+            return Err(escape_error(start, start + 1, "\\ at end of string"));
         };
         i += 2;
         match e {
@@ -286,46 +280,9 @@ pub fn decode_unicode_escape(text: &str) -> Result<String, String> {
             b'r' => out.push('\r'),
             b't' => out.push('\t'),
             b'v' => out.push('\u{b}'),
-            b'0'..=b'7' => {
-                let mut n = u32::from(e - b'0');
-                for _ in 0..2 {
-                    match bytes.get(i) {
-                        Some(&d @ b'0'..=b'7') => {
-                            n = n * 8 + u32::from(d - b'0');
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push(char::from_u32(n).unwrap_or('\u{fffd}'));
-            }
-            b'x' | b'u' | b'U' => {
-                let (width, name) = match e {
-                    b'x' => (2, "truncated \\xXX escape"),
-                    b'u' => (4, "truncated \\uXXXX escape"),
-                    _ => (8, "truncated \\UXXXXXXXX escape"),
-                };
-                let hex = bytes
-                    .get(i..i + width)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-                let Some(hex) = hex else {
-                    let end = i + bytes[i.min(bytes.len())..]
-                        .iter()
-                        .take(width)
-                        .take_while(|h| h.is_ascii_hexdigit())
-                        .count();
-                    return Err(err(start, end, name));
-                };
-                i += width;
-                let n =
-                    u32::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16).unwrap_or(0);
-                match char::from_u32(n) {
-                    Some(c) => out.push(c),
-                    None if n > 0x10ffff => return Err(err(start, i, "illegal Unicode character")),
-                    None => return Err(err(start, i, "lone surrogates cannot be represented")),
-                }
-            }
-            b'N' => return Err(err(start, i, "\\N{...} escapes are not supported")),
+            b'0'..=b'7' => out.push(octal_escape(bytes, &mut i, e)),
+            b'x' | b'u' | b'U' => out.push(hex_escape(bytes, &mut i, start, e)?),
+            b'N' => return Err(escape_error(start, i, "\\N{...} escapes are not supported")),
             other => {
                 // Python keeps unknown escapes verbatim (with a DeprecationWarning).
                 out.push('\\');
@@ -334,6 +291,62 @@ pub fn decode_unicode_escape(text: &str) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Python's message for a bad escape in bytes `start..end`.
+fn escape_error(start: usize, end: usize, why: &str) -> String {
+    format!(
+        "'unicodeescape' codec can't decode bytes in position {start}-{}: {why}",
+        end.max(start + 1) - 1
+    )
+}
+
+/// `\ooo`: `first` and up to two more octal digits from `bytes[*i..]`.
+fn octal_escape(bytes: &[u8], i: &mut usize, first: u8) -> char {
+    let mut n = u32::from(first - b'0');
+    for _ in 0..2 {
+        match bytes.get(*i) {
+            Some(&d @ b'0'..=b'7') => {
+                n = n * 8 + u32::from(d - b'0');
+                *i += 1;
+            }
+            _ => break,
+        }
+    }
+    char::from_u32(n).unwrap_or('\u{fffd}')
+}
+
+/// `\xXX`, `\uXXXX` or `\UXXXXXXXX` (`kind` the letter), its digits from
+/// `bytes[*i..]`; the escape began at `start`.
+fn hex_escape(bytes: &[u8], i: &mut usize, start: usize, kind: u8) -> Result<char, String> {
+    let (width, name) = match kind {
+        b'x' => (2, "truncated \\xXX escape"),
+        b'u' => (4, "truncated \\uXXXX escape"),
+        _ => (8, "truncated \\UXXXXXXXX escape"),
+    };
+    let hex = bytes
+        .get(*i..*i + width)
+        .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+    let Some(hex) = hex else {
+        let end = *i
+            + bytes[(*i).min(bytes.len())..]
+                .iter()
+                .take(width)
+                .take_while(|h| h.is_ascii_hexdigit())
+                .count();
+        return Err(escape_error(start, end, name));
+    };
+    *i += width;
+    let n = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16).unwrap_or(0);
+    match char::from_u32(n) {
+        Some(c) => Ok(c),
+        None if n > 0x10ffff => Err(escape_error(start, *i, "illegal Unicode character")),
+        None => Err(escape_error(
+            start,
+            *i,
+            "lone surrogates cannot be represented",
+        )),
+    }
 }
 
 #[cfg(test)]
