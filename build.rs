@@ -78,7 +78,10 @@ mod cuda {
             .expect("sources lie under csrc/")
             .with_extension("");
         let stem = relative.to_str().expect("csrc/ file names are UTF-8");
-        format!("engine_kernels_{}", stem.replace(std::path::MAIN_SEPARATOR, "_"))
+        format!(
+            "engine_kernels_{}",
+            stem.replace(std::path::MAIN_SEPARATOR, "_")
+        )
     }
 
     pub fn build() {

@@ -882,13 +882,7 @@ fn penalties_temperature_and_truncation_match_the_cpu_sampler() {
             );
             ok(
                 "temperature",
-                sys::ek_apply_temperature(
-                    lp,
-                    rows as i64,
-                    vocab as i64,
-                    p(&gpu, &td).cast(),
-                    s,
-                ),
+                sys::ek_apply_temperature(lp, rows as i64, vocab as i64, p(&gpu, &td).cast(), s),
             );
             ok(
                 "top_k_top_p_min_p",
