@@ -1,4 +1,4 @@
-//! Without the `cuda` feature this does nothing. With it, compiles csrc/*.cu
+//! Without the `cuda` feature this does nothing. With it, compiles csrc/**/*.cu
 //! with nvcc into static libraries, one per file (cudart linked statically),
 //! holding machine code for each target architecture plus PTX for the newest. With
 //! `kernel-bindings`, regenerates the Rust bindings of csrc/kernels.h and
@@ -57,6 +57,33 @@ mod cuda {
         }
     }
 
+    /// The .cu files under `dir` and its family folders (csrc/attention/); every
+    /// file and folder met (headers too) is a rerun trigger.
+    fn collect_sources(dir: &Path, sources: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("csrc/ is readable") {
+            let path = entry.expect("csrc/ is readable").path();
+            println!("cargo:rerun-if-changed={}", path.display());
+            if path.is_dir() {
+                collect_sources(&path, sources);
+            } else if path.extension().is_some_and(|e| e == "cu") {
+                sources.push(path);
+            }
+        }
+    }
+
+    /// `engine_kernels_attention_decode` for csrc/attention/decode.cu: unique per file.
+    fn library_name(csrc: &Path, source: &Path) -> String {
+        let relative = source
+            .strip_prefix(csrc)
+            .expect("sources lie under csrc/")
+            .with_extension("");
+        let stem = relative.to_str().expect("csrc/ file names are UTF-8");
+        format!(
+            "engine_kernels_{}",
+            stem.replace(std::path::MAIN_SEPARATOR, "_")
+        )
+    }
+
     pub fn build() {
         let root =
             PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -66,13 +93,7 @@ mod cuda {
         env::set_var("NVCC", &nvcc);
 
         let mut sources = Vec::new();
-        for entry in std::fs::read_dir(&csrc).expect("csrc/ exists") {
-            let path = entry.expect("csrc/ is readable").path();
-            println!("cargo:rerun-if-changed={}", path.display());
-            if path.extension().is_some_and(|e| e == "cu") {
-                sources.push(path);
-            }
-        }
+        collect_sources(&csrc, &mut sources);
         sources.sort();
 
         let archs = archs();
@@ -97,16 +118,13 @@ mod cuda {
         // One library per file: cc compiles several .cu files of one build as
         // relocatable device code and device-links them, which keeps only the
         // cubins (no PTX, so no GPU newer than the newest arch could load them).
-        // The files share no device code, so whole-program objects do.
+        // The files share device code only through headers (inlined into each),
+        // so whole-program objects do.
         for source in &sources {
-            let stem = source
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .expect("csrc/ file names are UTF-8");
             build
                 .clone()
                 .file(source)
-                .compile(&format!("engine_kernels_{stem}"));
+                .compile(&library_name(&csrc, source));
         }
 
         // libcudart_static.a: next to nvcc's bin/ in the wheel layout or a toolkit.
@@ -141,9 +159,9 @@ mod bindings {
             .raw_line("//! `ENGINE_WRITE_KERNEL_BINDINGS=1 cargo check --features kernel-bindings`")
             .raw_line("//! (CI checks that this file matches the header).")
             .raw_line("#![allow(non_camel_case_types, dead_code)]")
-            .allowlist_function("engine_.*")
-            .allowlist_type("engine_.*")
-            .allowlist_var("ENGINE_.*")
+            .allowlist_function("ek_.*")
+            .allowlist_type("ek_.*")
+            .allowlist_var("EK_.*")
             .use_core()
             .layout_tests(false)
             .generate_comments(false)

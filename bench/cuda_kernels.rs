@@ -129,8 +129,8 @@ fn decode_tables(seed: u64) -> (Vec<i32>, usize, usize) {
 
 fn gpu_benches(c: &mut Criterion, g: &Gpu) {
     let s = g.s();
-    let bf = sys::ENGINE_DTYPE_BF16 as i32;
-    let f32c = sys::ENGINE_DTYPE_F32 as i32;
+    let bf = sys::EK_DTYPE_BF16 as i32;
+    let f32c = sys::EK_DTYPE_F32 as i32;
 
     // The roofline: 1 GiB device-to-device copy, bytes read plus written.
     let n = 1 << 28;
@@ -164,7 +164,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "rms_norm",
-                    sys::engine_rms_norm(op, xp, wp, code, ROWS as i64, HIDDEN as i64, 1e-5, s),
+                    sys::ek_rms_norm(op, xp, wp, code, ROWS as i64, HIDDEN as i64, 1e-5, s),
                 );
             },
         );
@@ -175,7 +175,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "fused",
-                    sys::engine_fused_add_rms_norm(
+                    sys::ek_fused_add_rms_norm(
                         op,
                         rp,
                         wp,
@@ -203,7 +203,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "rotary",
-                    sys::engine_rotary(
+                    sys::ek_rotary(
                         base.cast(),
                         base.add(HEADS * HD * size).cast(),
                         g.p(&pos).cast(),
@@ -236,7 +236,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "cache",
-                    sys::engine_reshape_and_cache(
+                    sys::ek_reshape_and_cache(
                         base.add(HEADS * HD * size).cast(),
                         base.add((HEADS + KV_HEADS) * HD * size).cast(),
                         kp,
@@ -267,7 +267,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "silu",
-                    sys::engine_silu_and_mul(ap, gp, code, rows as i64, INTER as i64, s),
+                    sys::ek_silu_and_mul(ap, gp, code, rows as i64, INTER as i64, s),
                 );
             },
         );
@@ -282,7 +282,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         let (tables, ctx) = (g.up(&tables), g.up(&vec![CONTEXT as i32; BATCH]));
         let qs: Vec<i32> = (0..=BATCH as i32).collect();
         let qs = g.up(&qs);
-        let params = sys::engine_attn_params {
+        let params = sys::ek_attn_params {
             out: g.pm(&mut out),
             q: g.p(&q),
             k_cache: g.p(&kc),
@@ -307,7 +307,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             cuda::attention::decode_partitions(BATCH, HEADS, KV_HEADS, CONTEXT, g.dev.sm_count);
         let all_parts = CONTEXT.div_ceil(cuda::attention::PARTITION_SIZE);
         let bytes = unsafe {
-            sys::engine_paged_attention_workspace_bytes(
+            sys::ek_paged_attention_workspace_bytes(
                 BATCH as i32,
                 HEADS as i32,
                 HD as i32,
@@ -326,7 +326,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             g.bench(c, &name, kv_bytes, || unsafe {
                 ok(
                     "decode",
-                    sys::engine_paged_attention_decode(&params, parts as i32, wsp, s),
+                    sys::ek_paged_attention_decode(&params, parts as i32, wsp, s),
                 );
             });
         }
@@ -343,7 +343,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         let (tables, ctx) = (g.up(&tables), g.up(&vec![len as i32; seqs]));
         let qs: Vec<i32> = (0..=seqs as i32).map(|s| s * len as i32).collect();
         let qs = g.up(&qs);
-        let params = sys::engine_attn_params {
+        let params = sys::ek_attn_params {
             out: g.pm(&mut out),
             q: g.p(&q),
             k_cache: g.p(&kc),
@@ -364,7 +364,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             || unsafe {
                 ok(
                     "prefill",
-                    sys::engine_paged_attention_prefill(&params, len as i32, s),
+                    sys::ek_paged_attention_prefill(&params, len as i32, s),
                 );
             },
         );
@@ -388,7 +388,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         || unsafe {
             ok(
                 "log_softmax",
-                sys::engine_log_softmax(opp.cast(), lp.cast(), rows as i64, VOCAB as i64, s),
+                sys::ek_log_softmax(opp.cast(), lp.cast(), rows as i64, VOCAB as i64, s),
             );
         },
     );
@@ -398,14 +398,14 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
     g.bench(c, &format!("argmax/{rows}x{VOCAB}"), row_bytes, || unsafe {
         ok(
             "argmax",
-            sys::engine_argmax(ip.cast(), lp.cast(), rows as i64, VOCAB as i64, s),
+            sys::ek_argmax(ip.cast(), lp.cast(), rows as i64, VOCAB as i64, s),
         );
     });
     let seeds = g.up(&(0..rows as u64).collect::<Vec<_>>());
     g.bench(c, &format!("sample/{rows}x{VOCAB}"), row_bytes, || unsafe {
         ok(
             "sample",
-            sys::engine_sample(
+            sys::ek_sample(
                 ip.cast(),
                 opp.cast(),
                 rows as i64,
@@ -423,7 +423,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         || unsafe {
             ok(
                 "top_logprobs",
-                sys::engine_top_logprobs(
+                sys::ek_top_logprobs(
                     ip.cast(),
                     vp.cast(),
                     opp.cast(),
@@ -457,7 +457,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             .expect("copy");
             ok(
                 "truncation",
-                sys::engine_apply_top_k_top_p_min_p(
+                sys::ek_apply_top_k_top_p_min_p(
                     opp.cast(),
                     rows as i64,
                     VOCAB as i64,
@@ -482,7 +482,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         || unsafe {
             ok(
                 "penalties",
-                sys::engine_apply_penalties(
+                sys::ek_apply_penalties(
                     opp.cast(),
                     rows as i64,
                     VOCAB as i64,
@@ -497,7 +497,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             );
             ok(
                 "temperature",
-                sys::engine_apply_temperature(
+                sys::ek_apply_temperature(
                     opp.cast(),
                     rows as i64,
                     VOCAB as i64,

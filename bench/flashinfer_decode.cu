@@ -1,4 +1,4 @@
-// Paged-attention decode: our kernel (csrc/attention.cu, through its C API in
+// Paged-attention decode: our kernel (csrc/attention/decode.cu, through its C API in
 // csrc/kernels.h) next to FlashInfer's BatchDecodeWithPagedKVCache (the CUDA-core
 // decode kernel of the flashinfer-python wheel, header-only) on one shape, in one
 // process, on the same random K/V/Q and the same shuffled page table.
@@ -349,7 +349,7 @@ int run(int argc, char **argv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
 
   // ---- Ours.
-  engine_attn_params p{};
+  ek_attn_params p{};
   p.out = out_ours;
   p.q = qkv;
   p.k_cache = k_cache;
@@ -366,10 +366,10 @@ int run(int argc, char **argv) {
   p.block_size = BS;
   p.max_blocks_per_seq = PAGES_PER_SEQ;
   p.sliding_window = 0;
-  p.dtype = ENGINE_DTYPE_BF16;
+  p.dtype = EK_DTYPE_BF16;
   p.scale = scale;
-  const int all_parts = (CONTEXT + ENGINE_ATTN_PARTITION_SIZE - 1) / ENGINE_ATTN_PARTITION_SIZE;
-  const int64_t ws_bytes = engine_paged_attention_workspace_bytes(BATCH, HEADS, HD, all_parts);
+  const int all_parts = (CONTEXT + EK_ATTN_PARTITION_SIZE - 1) / EK_ATTN_PARTITION_SIZE;
+  const int64_t ws_bytes = ek_paged_attention_workspace_bytes(BATCH, HEADS, HD, all_parts);
   void *ws = nullptr;
   CK(cudaMalloc(&ws, static_cast<size_t>(ws_bytes)));
 
@@ -434,7 +434,7 @@ int run(int argc, char **argv) {
     CK((flashinfer::BatchDecodeWithPagedKVCacheDispatched<HD, FI_POS_ENCODING_MODE, FiVariant>(
         fp, tmp_v, tmp_s, enable_pdl, s)));
   };
-  auto run_ours = [&](int parts) { CK_ENGINE(engine_paged_attention_decode(&p, parts, ws, s)); };
+  auto run_ours = [&](int parts) { CK_ENGINE(ek_paged_attention_decode(&p, parts, ws, s)); };
 
   std::printf("flashinfer plan: split_kv=%d padded_batch_size=%lld kv_chunk=%d tokens, float ws %zu B, int ws %zu B, pdl=%d\n",
               int(plan.split_kv), static_cast<long long>(plan.padded_batch_size), fi_chunk_tokens,

@@ -1,5 +1,6 @@
 // Shared helpers for the kernels: element types, conversions to and from
-// float, 16-byte vector access, and warp/block reductions.
+// float, 16-byte vector access, warp/block reductions, launch geometry and
+// the dtype dispatch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,17 +10,23 @@
 
 #include "kernels.h"
 
-namespace engine {
+namespace ek {
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
+template <> __device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
 template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat162float(v);
 }
 
 template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
 template <> __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
@@ -53,13 +60,15 @@ __host__ __device__ __forceinline__ bool aligned16(const void *p) {
 
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -69,7 +78,8 @@ template <typename T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   v = warp_sum(v);
   __syncthreads();
-  if (lane == 0) scratch[warp] = v;
+  if (lane == 0)
+    scratch[warp] = v;
   __syncthreads();
   T total = lane < warps ? scratch[lane] : T(0);
   return warp_sum(total);
@@ -79,35 +89,50 @@ __device__ __forceinline__ float block_max(float v, float *scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   v = warp_max(v);
   __syncthreads();
-  if (lane == 0) scratch[warp] = v;
+  if (lane == 0)
+    scratch[warp] = v;
   __syncthreads();
   float m = lane < warps ? scratch[lane] : -INFINITY;
   return warp_max(m);
 }
 
-inline int32_t launch_status() { return static_cast<int32_t>(cudaGetLastError()); }
+inline unsigned grid_for(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
 
-}  // namespace engine
+inline int threads_for(int64_t work, int max_threads = 256) {
+  int t = 32;
+  while (t < max_threads && t < work)
+    t *= 2;
+  return t;
+}
 
-// Runs BODY with `scalar_t` bound to the C++ type of an ENGINE_DTYPE_* value;
+inline int32_t launch_status() {
+  return static_cast<int32_t>(cudaGetLastError());
+}
+
+} // namespace ek
+
+// Runs BODY with `scalar_t` bound to the C++ type of an EK_DTYPE_* value;
 // an unknown dtype returns cudaErrorInvalidValue from the enclosing launcher.
-#define ENGINE_DISPATCH_DTYPE(dtype, ...)                                \
-  switch (dtype) {                                                       \
-    case ENGINE_DTYPE_F32: {                                             \
-      using scalar_t = float;                                            \
-      __VA_ARGS__;                                                       \
-      break;                                                             \
-    }                                                                    \
-    case ENGINE_DTYPE_F16: {                                             \
-      using scalar_t = __half;                                           \
-      __VA_ARGS__;                                                       \
-      break;                                                             \
-    }                                                                    \
-    case ENGINE_DTYPE_BF16: {                                            \
-      using scalar_t = __nv_bfloat16;                                    \
-      __VA_ARGS__;                                                       \
-      break;                                                             \
-    }                                                                    \
-    default:                                                             \
-      return static_cast<int32_t>(cudaErrorInvalidValue);                \
+#define EK_DISPATCH_DTYPE(dtype, ...)                                                              \
+  switch (dtype) {                                                                                 \
+  case EK_DTYPE_F32: {                                                                             \
+    using scalar_t = float;                                                                        \
+    __VA_ARGS__;                                                                                   \
+    break;                                                                                         \
+  }                                                                                                \
+  case EK_DTYPE_F16: {                                                                             \
+    using scalar_t = __half;                                                                       \
+    __VA_ARGS__;                                                                                   \
+    break;                                                                                         \
+  }                                                                                                \
+  case EK_DTYPE_BF16: {                                                                            \
+    using scalar_t = __nv_bfloat16;                                                                \
+    __VA_ARGS__;                                                                                   \
+    break;                                                                                         \
+  }                                                                                                \
+  default:                                                                                         \
+    return static_cast<int32_t>(cudaErrorInvalidValue);                                            \
   }

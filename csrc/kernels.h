@@ -6,13 +6,23 @@
  * and every launcher returns a cudaError_t as an int32_t (0 = success). A
  * launcher only enqueues work on its stream; it never synchronizes.
  *
+ * Names: `ek_` ("engine kernels") for launchers and types, `EK_` for
+ * constants, never the public C ABI's `engine_` / `ENGINE_` (include/engine.h),
+ * so a symbol table of libengine never mixes the two.
+ *
+ * The launchers live by op family (as vLLM's csrc/): rotary.cu, cache.cu,
+ * activation.cu, norm.cu, attention/ (decode.cu: paged decode and the split-K
+ * reduce; prefill.cu), sampling.cu, embedding.cu (embedding lookup, row
+ * gather), linear.cu (dtype conversion before, bias after the cuBLAS GEMM);
+ * common.cuh holds the helpers they share.
+ *
  * Layouts are the CPU backend's (src/backend/mod.rs): row-major activations
  * [tokens, features]; KV pools [num_blocks, num_kv_heads, block_size, head_dim];
  * block tables [num_seqs, max_blocks_per_seq] of int32 block ids; slot
  * mapping int64 (block * block_size + offset, negative = skip).
  */
-#ifndef ENGINE_KERNELS_H
-#define ENGINE_KERNELS_H
+#ifndef EK_KERNELS_H
+#define EK_KERNELS_H
 
 #include <stdint.h>
 
@@ -21,22 +31,22 @@ extern "C" {
 #endif
 
 /* Element types of the tensors a launcher reads and writes. */
-#define ENGINE_DTYPE_F32 0
-#define ENGINE_DTYPE_F16 1
-#define ENGINE_DTYPE_BF16 2
+#define EK_DTYPE_F32 0
+#define EK_DTYPE_F16 1
+#define EK_DTYPE_BF16 2
 
 /* Tokens per partition of the split-K (flash-decoding) paged attention. */
-#define ENGINE_ATTN_PARTITION_SIZE 512
+#define EK_ATTN_PARTITION_SIZE 512
 /* Query heads one attention block serves (more share a KV head: split). */
-#define ENGINE_ATTN_MAX_GROUP 8
+#define EK_ATTN_MAX_GROUP 8
 
 /* out[r] = x[r] / rms(x[r]) * weight; x, weight, out in `dtype`. */
-int32_t engine_rms_norm(void *out, const void *x, const void *weight, int32_t dtype, int64_t rows,
-                        int64_t hidden, float eps, void *stream);
+int32_t ek_rms_norm(void *out, const void *x, const void *weight, int32_t dtype, int64_t rows,
+                    int64_t hidden, float eps, void *stream);
 
 /* residual[r] += x[r]; x[r] = residual[r] / rms(residual[r]) * weight. */
-int32_t engine_fused_add_rms_norm(void *x, void *residual, const void *weight, int32_t dtype,
-                                  int64_t rows, int64_t hidden, float eps, void *stream);
+int32_t ek_fused_add_rms_norm(void *x, void *residual, const void *weight, int32_t dtype,
+                              int64_t rows, int64_t hidden, float eps, void *stream);
 
 /*
  * Rotary embedding in place on the first `rot_dim` dims of every q and k head.
@@ -47,44 +57,43 @@ int32_t engine_fused_add_rms_norm(void *x, void *residual, const void *weight, i
  * halves (x[i], x[i + rot_dim / 2]); neox == 0 rotates pairs (x[2i], x[2i + 1])
  * (GPT-J). positions int32 [tokens].
  */
-int32_t engine_rotary(void *q, void *k, const int32_t *positions, const float *cos_sin,
-                      int32_t dtype, int64_t tokens, int32_t num_q_heads, int32_t num_k_heads,
-                      int32_t head_dim, int32_t rot_dim, int64_t q_stride, int64_t k_stride,
-                      int32_t neox, void *stream);
+int32_t ek_rotary(void *q, void *k, const int32_t *positions, const float *cos_sin, int32_t dtype,
+                  int64_t tokens, int32_t num_q_heads, int32_t num_k_heads, int32_t head_dim,
+                  int32_t rot_dim, int64_t q_stride, int64_t k_stride, int32_t neox, void *stream);
 
 /*
  * Writes token t's K and V heads (key + t * key_stride, value + t * value_stride,
  * each num_kv_heads * head_dim contiguous) into slot slot_mapping[t] of the pools.
  */
-int32_t engine_reshape_and_cache(const void *key, const void *value, void *k_cache, void *v_cache,
-                                 const int64_t *slot_mapping, int32_t dtype, int64_t tokens,
-                                 int64_t key_stride, int64_t value_stride, int32_t num_kv_heads,
-                                 int32_t head_dim, int32_t block_size, void *stream);
+int32_t ek_reshape_and_cache(const void *key, const void *value, void *k_cache, void *v_cache,
+                             const int64_t *slot_mapping, int32_t dtype, int64_t tokens,
+                             int64_t key_stride, int64_t value_stride, int32_t num_kv_heads,
+                             int32_t head_dim, int32_t block_size, void *stream);
 
 /* out[r, i] = silu(input[r, i]) * input[r, width + i]. */
-int32_t engine_silu_and_mul(void *out, const void *input, int32_t dtype, int64_t rows,
-                            int64_t width, void *stream);
+int32_t ek_silu_and_mul(void *out, const void *input, int32_t dtype, int64_t rows, int64_t width,
+                        void *stream);
 
 /* out[i] = (dst dtype) in[i] for n elements (dtype conversions, e.g. f32 -> bf16). */
-int32_t engine_convert(void *out, int32_t out_dtype, const void *in, int32_t in_dtype, int64_t n,
-                       void *stream);
+int32_t ek_convert(void *out, int32_t out_dtype, const void *in, int32_t in_dtype, int64_t n,
+                   void *stream);
 
 /* out[t] (float32, width) = table[ids[t]] (table in `dtype`); ids int32. */
-int32_t engine_embedding(float *out, const void *table, int32_t dtype, const int32_t *ids,
-                         int64_t tokens, int64_t width, void *stream);
+int32_t ek_embedding(float *out, const void *table, int32_t dtype, const int32_t *ids,
+                     int64_t tokens, int64_t width, void *stream);
 
 /* out[i] = x[rows[i]] for float32 rows of `width`; rows int32. */
-int32_t engine_gather_rows(float *out, const float *x, const int32_t *rows, int64_t count,
-                           int64_t width, void *stream);
+int32_t ek_gather_rows(float *out, const float *x, const int32_t *rows, int64_t count,
+                       int64_t width, void *stream);
 
 /* x[r, c] += bias[c] (float32). */
-int32_t engine_add_bias(float *x, const float *bias, int64_t rows, int64_t cols, void *stream);
+int32_t ek_add_bias(float *x, const float *bias, int64_t rows, int64_t cols, void *stream);
 
 /* Attention over the paged KV cache: what decode and prefill launchers read. */
-typedef struct engine_attn_params {
-  void *out;             /* [tokens, num_heads * head_dim] at out_stride per token */
-  const void *q;         /* [tokens, num_heads * head_dim] at q_stride per token */
-  const void *k_cache;   /* [num_blocks, num_kv_heads, block_size, head_dim] */
+typedef struct ek_attn_params {
+  void *out;           /* [tokens, num_heads * head_dim] at out_stride per token */
+  const void *q;       /* [tokens, num_heads * head_dim] at q_stride per token */
+  const void *k_cache; /* [num_blocks, num_kv_heads, block_size, head_dim] */
   const void *v_cache;
   const int32_t *block_tables; /* [num_seqs, max_blocks_per_seq] */
   const int32_t *context_lens; /* [num_seqs]: tokens in the cache, this step's included */
@@ -100,20 +109,20 @@ typedef struct engine_attn_params {
   int32_t sliding_window; /* 0 = none; else attend to the last w positions (self included) */
   int32_t dtype;
   float scale;
-} engine_attn_params;
+} ek_attn_params;
 
 /*
  * Decode: one query per sequence (query row s of sequence s), the last
  * position of its context. num_partitions == 0 runs one pass per (sequence,
  * head group); num_partitions > 0 splits each context into partitions of
- * ENGINE_ATTN_PARTITION_SIZE tokens (num_partitions >= the most any sequence
+ * EK_ATTN_PARTITION_SIZE tokens (num_partitions >= the most any sequence
  * needs) and reduces them, using `workspace` of
- * engine_paged_attention_workspace_bytes(...) bytes.
+ * ek_paged_attention_workspace_bytes(...) bytes.
  */
-int32_t engine_paged_attention_decode(const engine_attn_params *p, int32_t num_partitions,
-                                      void *workspace, void *stream);
-int64_t engine_paged_attention_workspace_bytes(int32_t num_seqs, int32_t num_heads,
-                                               int32_t head_dim, int32_t num_partitions);
+int32_t ek_paged_attention_decode(const ek_attn_params *p, int32_t num_partitions, void *workspace,
+                                  void *stream);
+int64_t ek_paged_attention_workspace_bytes(int32_t num_seqs, int32_t num_heads, int32_t head_dim,
+                                           int32_t num_partitions);
 
 /*
  * Prefill, chunked prefill and mixed batches: sequence s's query rows are
@@ -121,8 +130,7 @@ int64_t engine_paged_attention_workspace_bytes(int32_t num_seqs, int32_t num_hea
  * attending causally to the cached prefix and the new tokens before it (all
  * already written to the cache). max_query_len bounds the rows of any sequence.
  */
-int32_t engine_paged_attention_prefill(const engine_attn_params *p, int32_t max_query_len,
-                                       void *stream);
+int32_t ek_paged_attention_prefill(const ek_attn_params *p, int32_t max_query_len, void *stream);
 
 /*
  * Sampling, on float32 logits [rows, vocab] in place unless said otherwise.
@@ -133,14 +141,14 @@ int32_t engine_paged_attention_prefill(const engine_attn_params *p, int32_t max_
  * to every listed token (positive logits divided, others multiplied), then
  * frequency * count + presence is subtracted where count > 0.
  */
-int32_t engine_apply_penalties(float *logits, int64_t rows, int64_t vocab,
-                               const int32_t *row_offsets, const int32_t *token_ids,
-                               const int32_t *output_counts, const float *repetition,
-                               const float *frequency, const float *presence, void *stream);
+int32_t ek_apply_penalties(float *logits, int64_t rows, int64_t vocab, const int32_t *row_offsets,
+                           const int32_t *token_ids, const int32_t *output_counts,
+                           const float *repetition, const float *frequency, const float *presence,
+                           void *stream);
 
 /* logits[r] /= temperatures[r] (values below 1e-5 divide by 1, as vLLM). */
-int32_t engine_apply_temperature(float *logits, int64_t rows, int64_t vocab,
-                                 const float *temperatures, void *stream);
+int32_t ek_apply_temperature(float *logits, int64_t rows, int64_t vocab, const float *temperatures,
+                             void *stream);
 
 /*
  * Masks to -inf what top-k, then top-p, then min-p exclude, with the CPU
@@ -150,44 +158,41 @@ int32_t engine_apply_temperature(float *logits, int64_t rows, int64_t vocab,
  * top_p[r] >= 1 and min_p[r] <= 0 are off. No full sort: each threshold is
  * found by a bitwise search over the order-preserving bits of the logits.
  */
-int32_t engine_apply_top_k_top_p_min_p(float *logits, int64_t rows, int64_t vocab,
-                                       const int32_t *top_k, const double *top_p,
-                                       const double *min_p, void *stream);
+int32_t ek_apply_top_k_top_p_min_p(float *logits, int64_t rows, int64_t vocab, const int32_t *top_k,
+                                   const double *top_p, const double *min_p, void *stream);
 
 /* Bit (t % 32) of word bitmask[r * words_per_row + t / 32] clear -> logits[r, t] = -inf. */
-int32_t engine_apply_token_bitmask(float *logits, int64_t rows, int64_t vocab,
-                                   const uint32_t *bitmask, int64_t words_per_row, void *stream);
+int32_t ek_apply_token_bitmask(float *logits, int64_t rows, int64_t vocab, const uint32_t *bitmask,
+                               int64_t words_per_row, void *stream);
 
 /* out = log_softmax(logits) row by row (normaliser in double; all -inf rows stay -inf). */
-int32_t engine_log_softmax(float *out, const float *logits, int64_t rows, int64_t vocab,
-                           void *stream);
+int32_t ek_log_softmax(float *out, const float *logits, int64_t rows, int64_t vocab, void *stream);
 
 /* out[r] = first index of the row's maximum (NaN never wins; all-NaN gives 0). */
-int32_t engine_argmax(int32_t *out, const float *values, int64_t rows, int64_t vocab,
-                      void *stream);
+int32_t ek_argmax(int32_t *out, const float *values, int64_t rows, int64_t vocab, void *stream);
 
 /*
  * out[r] = a draw from exp(logprobs[r]) by inverting its CDF in id order with
- * u = engine_philox_uniform(seeds[r], offsets[r]); rows without mass give the argmax.
+ * u = ek_philox_uniform(seeds[r], offsets[r]); rows without mass give the argmax.
  */
-int32_t engine_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
-                      const uint64_t *seeds, const uint64_t *offsets, void *stream);
+int32_t ek_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
+                  const uint64_t *seeds, const uint64_t *offsets, void *stream);
 
 /*
- * out[i] = the uniform double in [0, 1) that engine_sample draws for (seeds[i],
+ * out[i] = the uniform double in [0, 1) that ek_sample draws for (seeds[i],
  * offsets[i]): Philox4x32-10 with key (seed lo, seed hi) and counter
  * (offset lo, offset hi, 0, 0); the first two output words, as a 64-bit
  * integer (word 1 high), shifted to 53 bits.
  */
-int32_t engine_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets,
-                              int64_t n, void *stream);
+int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets, int64_t n,
+                          void *stream);
 
 /* The n largest of each row, most likely first (equal values by id): ids and values [rows, n]. */
-int32_t engine_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,
-                            int64_t vocab, int32_t n, void *stream);
+int32_t ek_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,
+                        int64_t vocab, int32_t n, void *stream);
 
 #ifdef __cplusplus
 }
 #endif
 
-#endif /* ENGINE_KERNELS_H */
+#endif /* EK_KERNELS_H */

@@ -6,7 +6,7 @@
 // counts (top-k) or of probability mass (top-p).
 #include "common.cuh"
 
-namespace engine {
+namespace ek {
 
 constexpr int kRowThreads = 512;
 
@@ -27,21 +27,21 @@ __device__ __forceinline__ uint32_t total_key(float f) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__global__ void penalties_kernel(float *__restrict__ logits, int64_t vocab,
-                                 const int32_t *__restrict__ row_offsets,
-                                 const int32_t *__restrict__ token_ids,
-                                 const int32_t *__restrict__ output_counts,
-                                 const float *__restrict__ repetition,
-                                 const float *__restrict__ frequency,
-                                 const float *__restrict__ presence) {
+__global__ void
+penalties_kernel(float *__restrict__ logits, int64_t vocab, const int32_t *__restrict__ row_offsets,
+                 const int32_t *__restrict__ token_ids, const int32_t *__restrict__ output_counts,
+                 const float *__restrict__ repetition, const float *__restrict__ frequency,
+                 const float *__restrict__ presence) {
   const int64_t r = blockIdx.x;
   float *row = logits + r * vocab;
   const float rep = repetition[r], freq = frequency[r], pres = presence[r];
   for (int i = row_offsets[r] + threadIdx.x; i < row_offsets[r + 1]; i += blockDim.x) {
     const int id = token_ids[i];
-    if (id < 0 || id >= vocab) continue;
+    if (id < 0 || id >= vocab)
+      continue;
     float l = row[id];
-    if (rep != 1.f) l = l > 0.f ? l / rep : l * rep;
+    if (rep != 1.f)
+      l = l > 0.f ? l / rep : l * rep;
     const int count = output_counts[i];
     if (count > 0 && (freq != 0.f || pres != 0.f)) {
       l -= freq * static_cast<float>(count);
@@ -55,8 +55,10 @@ __global__ void temperature_kernel(float *__restrict__ logits, int64_t vocab,
                                    const float *__restrict__ temperatures) {
   const int64_t r = blockIdx.y;
   float t = temperatures[r];
-  if (t < 1e-5f) t = 1.f;
-  if (t == 1.f) return;
+  if (t < 1e-5f)
+    t = 1.f;
+  if (t == 1.f)
+    return;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     logits[r * vocab + i] /= t;
@@ -68,7 +70,8 @@ __global__ void bitmask_kernel(float *__restrict__ logits, int64_t vocab,
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint32_t word = bitmask[r * words_per_row + i / 32];
-    if (!((word >> (i % 32)) & 1u)) logits[r * vocab + i] = -INFINITY;
+    if (!((word >> (i % 32)) & 1u))
+      logits[r * vocab + i] = -INFINITY;
   }
 }
 
@@ -80,19 +83,23 @@ template <typename T> __device__ T block_inclusive_scan(T v, T *scratch, T &tota
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
     T n = __shfl_up_sync(0xffffffffu, v, o);
-    if (lane >= o) v += n;
+    if (lane >= o)
+      v += n;
   }
   __syncthreads();
-  if (lane == 31) scratch[warp] = v;
+  if (lane == 31)
+    scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
     T w = lane < warps ? scratch[lane] : T(0);
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       T n = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += n;
+      if (lane >= o)
+        w += n;
     }
-    if (lane < warps) scratch[lane] = w;
+    if (lane < warps)
+      scratch[lane] = w;
   }
   __syncthreads();
   total = scratch[warps - 1];
@@ -112,8 +119,9 @@ struct TopState {
 
 // Masks what top-k, top-p, min-p exclude from one row.
 __global__ void __launch_bounds__(kRowThreads)
-    top_k_top_p_min_p_kernel(float *__restrict__ logits, int64_t vocab, const int32_t *__restrict__ top_k,
-                             const double *__restrict__ top_p, const double *__restrict__ min_p) {
+    top_k_top_p_min_p_kernel(float *__restrict__ logits, int64_t vocab,
+                             const int32_t *__restrict__ top_k, const double *__restrict__ top_p,
+                             const double *__restrict__ min_p) {
   __shared__ TopState st;
   float *row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   const int k = top_k[blockIdx.x];
@@ -123,11 +131,13 @@ __global__ void __launch_bounds__(kRowThreads)
     // The k-th largest key, a digit at a time.
     uint32_t prefix = 0, mask = 0, remaining = static_cast<uint32_t>(k);
     for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = threadIdx.x; i < 256; i += blockDim.x) st.hist_count[i] = 0;
+      for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        st.hist_count[i] = 0;
       __syncthreads();
       for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
         const uint32_t key = ordered_key(row[i]);
-        if ((key & mask) == prefix) atomicAdd(&st.hist_count[(key >> shift) & 0xff], 1u);
+        if ((key & mask) == prefix)
+          atomicAdd(&st.hist_count[(key >> shift) & 0xff], 1u);
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -135,7 +145,7 @@ __global__ void __launch_bounds__(kRowThreads)
         for (int d = 255; d >= 0; --d) {
           if (cum + st.hist_count[d] >= remaining) {
             st.prefix = prefix | (static_cast<uint32_t>(d) << shift);
-            st.tie_keep = remaining - cum;  // keys above this digit are all kept
+            st.tie_keep = remaining - cum; // keys above this digit are all kept
             break;
           }
           cum += st.hist_count[d];
@@ -147,25 +157,28 @@ __global__ void __launch_bounds__(kRowThreads)
       mask |= 0xffu << shift;
     }
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
-      if (ordered_key(row[i]) < prefix) row[i] = -INFINITY;
+      if (ordered_key(row[i]) < prefix)
+        row[i] = -INFINITY;
     __syncthreads();
   }
 
   if (pp > 0.0 && pp < 1.0) {
     float mx = -INFINITY;
-    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+      mx = fmaxf(mx, row[i]);
     mx = block_max(mx, st.fscratch);
     if (mx != -INFINITY && !isnan(mx)) {
       double total = 0.0;
       for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
         const double w = exp(static_cast<double>(row[i] - mx));
-        if (!isnan(w)) total += w;
+        if (!isnan(w))
+          total += w;
       }
       total = block_sum(total, st.dscratch);
-      const double target = pp * total;  // keep while the mass before a token is below this
+      const double target = pp * total; // keep while the mass before a token is below this
       // The largest key T with mass(key >= T) >= target: the last kept value.
       uint32_t prefix = 0, mask = 0;
-      double above = 0.0;  // mass of keys above the current prefix
+      double above = 0.0; // mass of keys above the current prefix
       for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) {
           st.hist_count[i] = 0;
@@ -191,12 +204,14 @@ __global__ void __launch_bounds__(kRowThreads)
             }
             cum += st.hist_mass[d];
           }
-          if (chosen < 0) {  // rounding: take the lowest digit present
+          if (chosen < 0) { // rounding: take the lowest digit present
             for (int d = 255; d >= 0; --d)
-              if (st.hist_count[d] > 0) chosen = d;
+              if (st.hist_count[d] > 0)
+                chosen = d;
             chosen = chosen < 0 ? 0 : chosen;
             cum = 0.0;
-            for (int d = 255; d > chosen; --d) cum += st.hist_mass[d];
+            for (int d = 255; d > chosen; --d)
+              cum += st.hist_mass[d];
           }
           st.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
           st.above = above + cum;
@@ -218,7 +233,7 @@ __global__ void __launch_bounds__(kRowThreads)
         const double n = ceil((target - above) / w);
         keep = n < 1.0 ? 1u : (n >= static_cast<double>(ties) ? ties : static_cast<uint32_t>(n));
       }
-      uint32_t seen = 0;  // ties before the current chunk
+      uint32_t seen = 0; // ties before the current chunk
       for (int64_t c = 0; c < vocab; c += blockDim.x) {
         const int64_t i = c + threadIdx.x;
         const uint32_t key = i < vocab ? ordered_key(row[i]) : 0u;
@@ -227,7 +242,8 @@ __global__ void __launch_bounds__(kRowThreads)
         const uint32_t incl = keep < ties ? block_inclusive_scan(tie, st.uscratch, chunk_ties) : 0u;
         if (i < vocab && (key < prefix || (tie && keep < ties && seen + incl > keep)))
           row[i] = -INFINITY;
-        if (keep < ties) seen += chunk_ties;
+        if (keep < ties)
+          seen += chunk_ties;
       }
       __syncthreads();
     }
@@ -235,11 +251,13 @@ __global__ void __launch_bounds__(kRowThreads)
 
   if (mp > 0.0) {
     float mx = -INFINITY;
-    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+      mx = fmaxf(mx, row[i]);
     mx = block_max(mx, st.fscratch);
     if (mx != -INFINITY && !isnan(mx))
       for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
-        if (exp(static_cast<double>(row[i] - mx)) < mp) row[i] = -INFINITY;
+        if (exp(static_cast<double>(row[i] - mx)) < mp)
+          row[i] = -INFINITY;
   }
 }
 
@@ -250,16 +268,19 @@ __global__ void __launch_bounds__(kRowThreads)
   const float *row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   float *o = out + static_cast<int64_t>(blockIdx.x) * vocab;
   float mx = -INFINITY;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, row[i]);
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+    mx = fmaxf(mx, row[i]);
   mx = block_max(mx, fs);
   if (mx == -INFINITY || isnan(mx) || isinf(mx)) {
-    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) o[i] = -INFINITY;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+      o[i] = -INFINITY;
     return;
   }
   double sum = 0.0;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     const double e = exp(static_cast<double>(row[i] - mx));
-    if (!isnan(e)) sum += e;
+    if (!isnan(e))
+      sum += e;
   }
   sum = block_sum(sum, ds);
   const double log_sum = log(sum);
@@ -275,11 +296,15 @@ struct ArgBest {
 };
 
 __device__ __forceinline__ bool arg_better(const ArgBest &a, const ArgBest &b) {
-  if (a.i < 0) return false;
-  if (b.i < 0) return true;
+  if (a.i < 0)
+    return false;
+  if (b.i < 0)
+    return true;
   const bool an = isnan(a.v), bn = isnan(b.v);
-  if (an != bn) return bn;
-  if (!an && a.v != b.v) return a.v > b.v;
+  if (an != bn)
+    return bn;
+  if (!an && a.v != b.v)
+    return a.v > b.v;
   return a.i < b.i;
 }
 
@@ -288,7 +313,8 @@ __device__ ArgBest block_argbest(ArgBest b, float *vs, int64_t *is) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     ArgBest other{__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
-    if (arg_better(other, b)) b = other;
+    if (arg_better(other, b))
+      b = other;
   }
   __syncthreads();
   if (lane == 0) {
@@ -300,7 +326,8 @@ __device__ ArgBest block_argbest(ArgBest b, float *vs, int64_t *is) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     ArgBest other{__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
-    if (arg_better(other, b)) b = other;
+    if (arg_better(other, b))
+      b = other;
   }
   return b;
 }
@@ -309,7 +336,8 @@ __device__ int32_t row_argmax(const float *row, int64_t vocab, float *vs, int64_
   ArgBest b{0.f, -1};
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     ArgBest c{row[i], i};
-    if (arg_better(c, b)) b = c;
+    if (arg_better(c, b))
+      b = c;
   }
   b = block_argbest(b, vs, is);
   // An all-NaN row still names index 0 (NaN "wins" only when nothing else is there).
@@ -321,11 +349,13 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ float vs[32];
   __shared__ int64_t is[32];
   const int32_t best = row_argmax(values + static_cast<int64_t>(blockIdx.x) * vocab, vocab, vs, is);
-  if (threadIdx.x == 0) out[blockIdx.x] = best;
+  if (threadIdx.x == 0)
+    out[blockIdx.x] = best;
 }
 
 // Philox4x32-10 (Salmon et al., SC'11).
-__host__ __device__ __forceinline__ void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1) {
+__host__ __device__ __forceinline__ void philox4x32_10(uint32_t ctr[4], uint32_t key0,
+                                                       uint32_t key1) {
   const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(M0) * ctr[0];
@@ -352,7 +382,8 @@ __host__ __device__ __forceinline__ double philox_uniform(uint64_t seed, uint64_
 __global__ void philox_uniform_kernel(double *__restrict__ out, const uint64_t *__restrict__ seeds,
                                       const uint64_t *__restrict__ offsets, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = philox_uniform(seeds[i], offsets[i]);
+  if (i < n)
+    out[i] = philox_uniform(seeds[i], offsets[i]);
 }
 
 __device__ __forceinline__ double sample_weight(float lp) {
@@ -373,16 +404,19 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     const double w = sample_weight(row[i]);
     total += w;
-    if (w > 0.0) last_positive = i;
+    if (w > 0.0)
+      last_positive = i;
   }
   total = block_sum(total, ds);
   if (!(total > 0.0) || !isfinite(total)) {
     const int32_t best = row_argmax(row, vocab, vs, is);
-    if (threadIdx.x == 0) out[blockIdx.x] = best;
+    if (threadIdx.x == 0)
+      out[blockIdx.x] = best;
     return;
   }
   const double target = philox_uniform(seeds[blockIdx.x], offsets[blockIdx.x]) * total;
-  if (threadIdx.x == 0) found = -1;
+  if (threadIdx.x == 0)
+    found = -1;
   double base = 0.0;
   for (int64_t c = 0; c < vocab; c += blockDim.x) {
     const int64_t i = c + threadIdx.x;
@@ -394,19 +428,24 @@ __global__ void __launch_bounds__(kRowThreads)
       atomicMin(reinterpret_cast<unsigned long long *>(&found), static_cast<unsigned long long>(i));
     base += chunk_total;
     __syncthreads();
-    if (found >= 0) break;
+    if (found >= 0)
+      break;
   }
   if (found < 0) {
     // Rounding left the target past the last bucket: it belongs to the last one.
     __shared__ unsigned long long last;
-    if (threadIdx.x == 0) last = 0;
+    if (threadIdx.x == 0)
+      last = 0;
     __syncthreads();
-    if (last_positive >= 0) atomicMax(&last, static_cast<unsigned long long>(last_positive));
+    if (last_positive >= 0)
+      atomicMax(&last, static_cast<unsigned long long>(last_positive));
     __syncthreads();
-    if (threadIdx.x == 0) out[blockIdx.x] = static_cast<int32_t>(last);
+    if (threadIdx.x == 0)
+      out[blockIdx.x] = static_cast<int32_t>(last);
     return;
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<int32_t>(found);
+  if (threadIdx.x == 0)
+    out[blockIdx.x] = static_cast<int32_t>(found);
 }
 
 // n passes of a block-wide best search, each restricted to what ranks after
@@ -434,8 +473,10 @@ __global__ void __launch_bounds__(kRowThreads)
       }
     }
     auto better = [](uint32_t ak, int64_t ai, uint32_t bk2, int64_t bi2) {
-      if (ai < 0) return false;
-      if (bi2 < 0) return true;
+      if (ai < 0)
+        return false;
+      if (bi2 < 0)
+        return true;
       return ak > bk2 || (ak == bk2 && ai < bi2);
     };
 #pragma unroll
@@ -473,89 +514,96 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-inline int row_threads(int64_t vocab) {
-  int t = 32;
-  while (t < kRowThreads && t < vocab) t *= 2;
-  return t;
-}
+} // namespace ek
 
-}  // namespace engine
+using namespace ek;
 
-using namespace engine;
-
-extern "C" int32_t engine_apply_penalties(float *logits, int64_t rows, int64_t vocab,
-                                          const int32_t *row_offsets, const int32_t *token_ids,
-                                          const int32_t *output_counts, const float *repetition,
-                                          const float *frequency, const float *presence,
-                                          void *stream) {
-  if (rows == 0) return 0;
+extern "C" int32_t ek_apply_penalties(float *logits, int64_t rows, int64_t vocab,
+                                      const int32_t *row_offsets, const int32_t *token_ids,
+                                      const int32_t *output_counts, const float *repetition,
+                                      const float *frequency, const float *presence, void *stream) {
+  if (rows == 0)
+    return 0;
   penalties_kernel<<<rows, 256, 0, static_cast<cudaStream_t>(stream)>>>(
       logits, vocab, row_offsets, token_ids, output_counts, repetition, frequency, presence);
   return launch_status();
 }
 
-extern "C" int32_t engine_apply_temperature(float *logits, int64_t rows, int64_t vocab,
-                                            const float *temperatures, void *stream) {
-  if (rows == 0 || vocab == 0) return 0;
-  const unsigned blocks = static_cast<unsigned>((vocab + 255) / 256 < 64 ? (vocab + 255) / 256 : 64);
-  temperature_kernel<<<dim3(blocks, rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(logits, vocab,
-                                                                                      temperatures);
+extern "C" int32_t ek_apply_temperature(float *logits, int64_t rows, int64_t vocab,
+                                        const float *temperatures, void *stream) {
+  if (rows == 0 || vocab == 0)
+    return 0;
+  const unsigned blocks =
+      static_cast<unsigned>((vocab + 255) / 256 < 64 ? (vocab + 255) / 256 : 64);
+  temperature_kernel<<<dim3(blocks, rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      logits, vocab, temperatures);
   return launch_status();
 }
 
-extern "C" int32_t engine_apply_top_k_top_p_min_p(float *logits, int64_t rows, int64_t vocab,
-                                                  const int32_t *top_k, const double *top_p,
-                                                  const double *min_p, void *stream) {
-  if (rows == 0 || vocab == 0) return 0;
-  top_k_top_p_min_p_kernel<<<rows, row_threads(vocab), 0, static_cast<cudaStream_t>(stream)>>>(
-      logits, vocab, top_k, top_p, min_p);
+extern "C" int32_t ek_apply_top_k_top_p_min_p(float *logits, int64_t rows, int64_t vocab,
+                                              const int32_t *top_k, const double *top_p,
+                                              const double *min_p, void *stream) {
+  if (rows == 0 || vocab == 0)
+    return 0;
+  top_k_top_p_min_p_kernel<<<rows, threads_for(vocab, kRowThreads), 0,
+                             static_cast<cudaStream_t>(stream)>>>(logits, vocab, top_k, top_p,
+                                                                  min_p);
   return launch_status();
 }
 
-extern "C" int32_t engine_apply_token_bitmask(float *logits, int64_t rows, int64_t vocab,
-                                              const uint32_t *bitmask, int64_t words_per_row,
-                                              void *stream) {
-  if (rows == 0 || vocab == 0) return 0;
-  const unsigned blocks = static_cast<unsigned>((vocab + 255) / 256 < 64 ? (vocab + 255) / 256 : 64);
-  bitmask_kernel<<<dim3(blocks, rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(logits, vocab, bitmask,
-                                                                                  words_per_row);
+extern "C" int32_t ek_apply_token_bitmask(float *logits, int64_t rows, int64_t vocab,
+                                          const uint32_t *bitmask, int64_t words_per_row,
+                                          void *stream) {
+  if (rows == 0 || vocab == 0)
+    return 0;
+  const unsigned blocks =
+      static_cast<unsigned>((vocab + 255) / 256 < 64 ? (vocab + 255) / 256 : 64);
+  bitmask_kernel<<<dim3(blocks, rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      logits, vocab, bitmask, words_per_row);
   return launch_status();
 }
 
-extern "C" int32_t engine_log_softmax(float *out, const float *logits, int64_t rows, int64_t vocab,
-                                      void *stream) {
-  if (rows == 0 || vocab == 0) return 0;
-  log_softmax_kernel<<<rows, row_threads(vocab), 0, static_cast<cudaStream_t>(stream)>>>(out, logits, vocab);
+extern "C" int32_t ek_log_softmax(float *out, const float *logits, int64_t rows, int64_t vocab,
+                                  void *stream) {
+  if (rows == 0 || vocab == 0)
+    return 0;
+  log_softmax_kernel<<<rows, threads_for(vocab, kRowThreads), 0,
+                       static_cast<cudaStream_t>(stream)>>>(out, logits, vocab);
   return launch_status();
 }
 
-extern "C" int32_t engine_argmax(int32_t *out, const float *values, int64_t rows, int64_t vocab,
-                                 void *stream) {
-  if (rows == 0) return 0;
-  argmax_kernel<<<rows, row_threads(vocab), 0, static_cast<cudaStream_t>(stream)>>>(out, values, vocab);
+extern "C" int32_t ek_argmax(int32_t *out, const float *values, int64_t rows, int64_t vocab,
+                             void *stream) {
+  if (rows == 0)
+    return 0;
+  argmax_kernel<<<rows, threads_for(vocab, kRowThreads), 0, static_cast<cudaStream_t>(stream)>>>(
+      out, values, vocab);
   return launch_status();
 }
 
-extern "C" int32_t engine_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
-                                 const uint64_t *seeds, const uint64_t *offsets, void *stream) {
-  if (rows == 0) return 0;
-  sample_kernel<<<rows, row_threads(vocab), 0, static_cast<cudaStream_t>(stream)>>>(out, logprobs, vocab,
-                                                                                   seeds, offsets);
+extern "C" int32_t ek_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
+                             const uint64_t *seeds, const uint64_t *offsets, void *stream) {
+  if (rows == 0)
+    return 0;
+  sample_kernel<<<rows, threads_for(vocab, kRowThreads), 0, static_cast<cudaStream_t>(stream)>>>(
+      out, logprobs, vocab, seeds, offsets);
   return launch_status();
 }
 
-extern "C" int32_t engine_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets,
-                                         int64_t n, void *stream) {
-  if (n == 0) return 0;
-  philox_uniform_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      out, seeds, offsets, n);
+extern "C" int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets,
+                                     int64_t n, void *stream) {
+  if (n == 0)
+    return 0;
+  philox_uniform_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0,
+                          static_cast<cudaStream_t>(stream)>>>(out, seeds, offsets, n);
   return launch_status();
 }
 
-extern "C" int32_t engine_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,
-                                       int64_t vocab, int32_t n, void *stream) {
-  if (rows == 0 || n <= 0) return 0;
-  top_logprobs_kernel<<<rows, row_threads(vocab), 0, static_cast<cudaStream_t>(stream)>>>(ids, values,
-                                                                                         logprobs, vocab, n);
+extern "C" int32_t ek_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,
+                                   int64_t vocab, int32_t n, void *stream) {
+  if (rows == 0 || n <= 0)
+    return 0;
+  top_logprobs_kernel<<<rows, threads_for(vocab, kRowThreads), 0,
+                        static_cast<cudaStream_t>(stream)>>>(ids, values, logprobs, vocab, n);
   return launch_status();
 }

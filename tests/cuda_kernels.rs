@@ -70,9 +70,9 @@ const DTYPES: [Dt; 3] = [Dt::F32, Dt::F16, Dt::BF16];
 impl Dt {
     fn code(self) -> i32 {
         (match self {
-            Dt::F32 => sys::ENGINE_DTYPE_F32,
-            Dt::F16 => sys::ENGINE_DTYPE_F16,
-            Dt::BF16 => sys::ENGINE_DTYPE_BF16,
+            Dt::F32 => sys::EK_DTYPE_F32,
+            Dt::F16 => sys::EK_DTYPE_F16,
+            Dt::BF16 => sys::EK_DTYPE_BF16,
         }) as i32
     }
     fn round(self, x: f32) -> f32 {
@@ -229,7 +229,7 @@ fn rms_norm_and_fused_add_match_the_cpu() {
             let (xd, wd) = (Dev::new(&gpu, dt, &x), Dev::new(&gpu, dt, &w));
             let mut out = Dev::poisoned(&gpu, dt, rows * hidden);
             ok("rms_norm", unsafe {
-                sys::engine_rms_norm(
+                sys::ek_rms_norm(
                     out.pm(),
                     xd.p(),
                     wd.p(),
@@ -253,7 +253,7 @@ fn rms_norm_and_fused_add_match_the_cpu() {
                 .unwrap();
             let (mut xd, mut rd) = (Dev::new(&gpu, dt, &x), Dev::new(&gpu, dt, &r));
             ok("fused_add_rms_norm", unsafe {
-                sys::engine_fused_add_rms_norm(
+                sys::ek_fused_add_rms_norm(
                     xd.pm(),
                     rd.pm(),
                     wd.p(),
@@ -283,7 +283,7 @@ fn silu_and_mul_matches_the_cpu() {
             let gd = Dev::new(&gpu, dt, &gu);
             let mut out = Dev::poisoned(&gpu, dt, rows * width);
             ok("silu_and_mul", unsafe {
-                sys::engine_silu_and_mul(
+                sys::ek_silu_and_mul(
                     out.pm(),
                     gd.p(),
                     dt.code(),
@@ -373,7 +373,7 @@ fn rotary_matches_the_cpu_on_slices_of_fused_qkv() {
                 let elem = if dt == Dt::F32 { 4 } else { 2 };
                 let base = qd.pm() as *mut u8;
                 ok("rotary", unsafe {
-                    sys::engine_rotary(
+                    sys::ek_rotary(
                         base.cast(),
                         base.add(heads * hd * elem).cast(),
                         p(&gpu, &pos_d).cast(),
@@ -452,7 +452,7 @@ fn reshape_and_cache_writes_only_mapped_slots() {
             let elem = if dt == Dt::F32 { 4 } else { 2 };
             let base = qd.p() as *const u8;
             ok("reshape_and_cache", unsafe {
-                sys::engine_reshape_and_cache(
+                sys::ek_reshape_and_cache(
                     base.add(heads * hd * elem).cast(),
                     base.add((heads + kvh) * hd * elem).cast(),
                     kd.pm(),
@@ -553,8 +553,8 @@ fn attn_params(
     shape: AttnShape,
     meta: &StepMeta,
     bufs: &mut AttnBufs,
-) -> sys::engine_attn_params {
-    sys::engine_attn_params {
+) -> sys::ek_attn_params {
+    sys::ek_attn_params {
         out: bufs.out.pm(),
         q: bufs.q.p(),
         k_cache: bufs.k.p(),
@@ -666,7 +666,7 @@ fn paged_attention_decode_matches_the_cpu_single_pass_and_split() {
                 );
                 let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
                 let bytes = unsafe {
-                    sys::engine_paged_attention_workspace_bytes(
+                    sys::ek_paged_attention_workspace_bytes(
                         params.num_seqs,
                         params.num_heads,
                         params.head_dim,
@@ -675,7 +675,7 @@ fn paged_attention_decode_matches_the_cpu_single_pass_and_split() {
                 };
                 let mut ws = gpu.alloc_zeros::<u8>(bytes as usize).unwrap();
                 ok("paged_attention_decode", unsafe {
-                    sys::engine_paged_attention_decode(
+                    sys::ek_paged_attention_decode(
                         &params,
                         parts as i32,
                         pm(&gpu, &mut ws),
@@ -731,7 +731,7 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
             );
             let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
             ok("paged_attention_prefill", unsafe {
-                sys::engine_paged_attention_prefill(&params, 37, gpu.raw_stream())
+                sys::ek_paged_attention_prefill(&params, 37, gpu.raw_stream())
             });
             assert_close(
                 &format!("prefill {dt:?} {heads}/{kvh}x{hd} bs {bs} window {window:?}"),
@@ -867,7 +867,7 @@ fn penalties_temperature_and_truncation_match_the_cpu_sampler() {
         unsafe {
             ok(
                 "penalties",
-                sys::engine_apply_penalties(
+                sys::ek_apply_penalties(
                     lp,
                     rows as i64,
                     vocab as i64,
@@ -882,17 +882,11 @@ fn penalties_temperature_and_truncation_match_the_cpu_sampler() {
             );
             ok(
                 "temperature",
-                sys::engine_apply_temperature(
-                    lp,
-                    rows as i64,
-                    vocab as i64,
-                    p(&gpu, &td).cast(),
-                    s,
-                ),
+                sys::ek_apply_temperature(lp, rows as i64, vocab as i64, p(&gpu, &td).cast(), s),
             );
             ok(
                 "top_k_top_p_min_p",
-                sys::engine_apply_top_k_top_p_min_p(
+                sys::ek_apply_top_k_top_p_min_p(
                     lp,
                     rows as i64,
                     vocab as i64,
@@ -949,7 +943,7 @@ fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
         let mut ld = upload(&gpu, &l);
         let md = upload(&gpu, &mask);
         ok("bitmask", unsafe {
-            sys::engine_apply_token_bitmask(
+            sys::ek_apply_token_bitmask(
                 pm(&gpu, &mut ld).cast(),
                 rows as i64,
                 vocab as i64,
@@ -962,7 +956,7 @@ fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
 
         let mut amax = upload(&gpu, &vec![-1i32; rows]);
         ok("argmax", unsafe {
-            sys::engine_argmax(
+            sys::ek_argmax(
                 pm(&gpu, &mut amax).cast(),
                 p(&gpu, &ld).cast(),
                 rows as i64,
@@ -986,7 +980,7 @@ fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
         let ld = upload(&gpu, &want);
         let mut lsm = upload(&gpu, &vec![f32::NAN; rows * vocab]);
         ok("log_softmax", unsafe {
-            sys::engine_log_softmax(
+            sys::ek_log_softmax(
                 pm(&gpu, &mut lsm).cast(),
                 p(&gpu, &ld).cast(),
                 rows as i64,
@@ -1009,7 +1003,7 @@ fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
         );
         let lsm_host = gpu.download(&lsm).unwrap();
         ok("top_logprobs", unsafe {
-            sys::engine_top_logprobs(
+            sys::ek_top_logprobs(
                 pm(&gpu, &mut ids).cast(),
                 pm(&gpu, &mut vals).cast(),
                 p(&gpu, &lsm).cast(),
@@ -1038,7 +1032,7 @@ fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
     }
 }
 
-/// Philox4x32-10, the generator engine_sample draws from.
+/// Philox4x32-10, the generator ek_sample draws from.
 fn philox(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let (mut c, mut k) = (ctr, key);
     for _ in 0..10 {
@@ -1130,7 +1124,7 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
     let (sd, od) = (upload(&gpu, &seeds), upload(&gpu, &offsets));
     let mut ud = upload(&gpu, &vec![f64::NAN; n]);
     ok("philox_uniform", unsafe {
-        sys::engine_philox_uniform(
+        sys::ek_philox_uniform(
             pm(&gpu, &mut ud).cast(),
             p(&gpu, &sd).cast(),
             p(&gpu, &od).cast(),
@@ -1172,7 +1166,7 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
         );
         let mut out = upload(&gpu, &vec![-1i32; rows]);
         ok("sample", unsafe {
-            sys::engine_sample(
+            sys::ek_sample(
                 pm(&gpu, &mut out).cast(),
                 p(&gpu, &ld).cast(),
                 rows as i64,

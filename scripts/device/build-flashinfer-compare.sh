@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds bench/flashinfer_decode.cu, our paged-attention decode (csrc/attention.cu)
+# Builds bench/flashinfer_decode.cu, our paged-attention decode (csrc/attention/decode.cu)
 # beside FlashInfer's BatchDecodeWithPagedKVCache on one shape, into one sm_90
 # binary with cudart linked statically, to carry to the GPU machine and run
 # there as `flashinfer_decode [copy_GBps]`. No GPU needed here.
@@ -43,7 +43,7 @@ arch=(-gencode=arch=compute_90,code=sm_90)
 common=("${arch[@]}" -std=c++17 -O3 --expt-relaxed-constexpr)
 start=$SECONDS
 # Ours with build.rs's flags; the harness and FlashInfer with FlashInfer's JIT flags.
-"$nvcc" "${common[@]}" -I"$root/csrc" -c "$root/csrc/attention.cu" -o "$tmp/attention.o"
+"$nvcc" "${common[@]}" -I"$root/csrc" -c "$root/csrc/attention/decode.cu" -o "$tmp/attention.o"
 "$nvcc" "${common[@]}" -use_fast_math -DNDEBUG -DFLASHINFER_ENABLE_F16 -DFLASHINFER_ENABLE_BF16 \
     "${fi_inc[@]}" -I"$root/csrc" -c "$root/bench/flashinfer_decode.cu" -o "$tmp/flashinfer_decode.o"
 "$nvcc" "${arch[@]}" -cudart static -L"$prefix/lib" "$tmp/attention.o" "$tmp/flashinfer_decode.o" -o "$out"

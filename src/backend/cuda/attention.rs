@@ -3,9 +3,9 @@
 use super::sys;
 
 /// Tokens per partition of the split-K decode kernel (csrc/kernels.h).
-pub const PARTITION_SIZE: usize = sys::ENGINE_ATTN_PARTITION_SIZE as usize;
+pub const PARTITION_SIZE: usize = sys::EK_ATTN_PARTITION_SIZE as usize;
 
-/// The head widths csrc/attention.cu is instantiated for.
+/// The head widths csrc/attention/ is instantiated for.
 pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Query heads one decode block serves, as the launcher picks it for a GQA
@@ -14,7 +14,7 @@ fn heads_per_block(group: usize) -> usize {
     match group {
         1 => 1,
         2..=4 => 4,
-        _ => sys::ENGINE_ATTN_MAX_GROUP as usize,
+        _ => sys::EK_ATTN_MAX_GROUP as usize,
     }
 }
 

@@ -5,13 +5,13 @@
 //! (CI checks that this file matches the header).
 #![allow(non_camel_case_types, dead_code)]
 
-pub const ENGINE_DTYPE_F32: u32 = 0;
-pub const ENGINE_DTYPE_F16: u32 = 1;
-pub const ENGINE_DTYPE_BF16: u32 = 2;
-pub const ENGINE_ATTN_PARTITION_SIZE: u32 = 512;
-pub const ENGINE_ATTN_MAX_GROUP: u32 = 8;
+pub const EK_DTYPE_F32: u32 = 0;
+pub const EK_DTYPE_F16: u32 = 1;
+pub const EK_DTYPE_BF16: u32 = 2;
+pub const EK_ATTN_PARTITION_SIZE: u32 = 512;
+pub const EK_ATTN_MAX_GROUP: u32 = 8;
 unsafe extern "C" {
-    pub fn engine_rms_norm(
+    pub fn ek_rms_norm(
         out: *mut ::core::ffi::c_void,
         x: *const ::core::ffi::c_void,
         weight: *const ::core::ffi::c_void,
@@ -23,7 +23,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_fused_add_rms_norm(
+    pub fn ek_fused_add_rms_norm(
         x: *mut ::core::ffi::c_void,
         residual: *mut ::core::ffi::c_void,
         weight: *const ::core::ffi::c_void,
@@ -35,7 +35,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_rotary(
+    pub fn ek_rotary(
         q: *mut ::core::ffi::c_void,
         k: *mut ::core::ffi::c_void,
         positions: *const i32,
@@ -53,7 +53,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_reshape_and_cache(
+    pub fn ek_reshape_and_cache(
         key: *const ::core::ffi::c_void,
         value: *const ::core::ffi::c_void,
         k_cache: *mut ::core::ffi::c_void,
@@ -70,7 +70,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_silu_and_mul(
+    pub fn ek_silu_and_mul(
         out: *mut ::core::ffi::c_void,
         input: *const ::core::ffi::c_void,
         dtype: i32,
@@ -80,7 +80,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_convert(
+    pub fn ek_convert(
         out: *mut ::core::ffi::c_void,
         out_dtype: i32,
         in_: *const ::core::ffi::c_void,
@@ -90,7 +90,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_embedding(
+    pub fn ek_embedding(
         out: *mut f32,
         table: *const ::core::ffi::c_void,
         dtype: i32,
@@ -101,7 +101,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_gather_rows(
+    pub fn ek_gather_rows(
         out: *mut f32,
         x: *const f32,
         rows: *const i32,
@@ -111,7 +111,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_add_bias(
+    pub fn ek_add_bias(
         x: *mut f32,
         bias: *const f32,
         rows: i64,
@@ -121,7 +121,7 @@ unsafe extern "C" {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct engine_attn_params {
+pub struct ek_attn_params {
     pub out: *mut ::core::ffi::c_void,
     pub q: *const ::core::ffi::c_void,
     pub k_cache: *const ::core::ffi::c_void,
@@ -142,15 +142,15 @@ pub struct engine_attn_params {
     pub scale: f32,
 }
 unsafe extern "C" {
-    pub fn engine_paged_attention_decode(
-        p: *const engine_attn_params,
+    pub fn ek_paged_attention_decode(
+        p: *const ek_attn_params,
         num_partitions: i32,
         workspace: *mut ::core::ffi::c_void,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_paged_attention_workspace_bytes(
+    pub fn ek_paged_attention_workspace_bytes(
         num_seqs: i32,
         num_heads: i32,
         head_dim: i32,
@@ -158,14 +158,14 @@ unsafe extern "C" {
     ) -> i64;
 }
 unsafe extern "C" {
-    pub fn engine_paged_attention_prefill(
-        p: *const engine_attn_params,
+    pub fn ek_paged_attention_prefill(
+        p: *const ek_attn_params,
         max_query_len: i32,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_apply_penalties(
+    pub fn ek_apply_penalties(
         logits: *mut f32,
         rows: i64,
         vocab: i64,
@@ -179,7 +179,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_apply_temperature(
+    pub fn ek_apply_temperature(
         logits: *mut f32,
         rows: i64,
         vocab: i64,
@@ -188,7 +188,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_apply_top_k_top_p_min_p(
+    pub fn ek_apply_top_k_top_p_min_p(
         logits: *mut f32,
         rows: i64,
         vocab: i64,
@@ -199,7 +199,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_apply_token_bitmask(
+    pub fn ek_apply_token_bitmask(
         logits: *mut f32,
         rows: i64,
         vocab: i64,
@@ -209,7 +209,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_log_softmax(
+    pub fn ek_log_softmax(
         out: *mut f32,
         logits: *const f32,
         rows: i64,
@@ -218,7 +218,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_argmax(
+    pub fn ek_argmax(
         out: *mut i32,
         values: *const f32,
         rows: i64,
@@ -227,7 +227,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_sample(
+    pub fn ek_sample(
         out: *mut i32,
         logprobs: *const f32,
         rows: i64,
@@ -238,7 +238,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_philox_uniform(
+    pub fn ek_philox_uniform(
         out: *mut f64,
         seeds: *const u64,
         offsets: *const u64,
@@ -247,7 +247,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn engine_top_logprobs(
+    pub fn ek_top_logprobs(
         ids: *mut i32,
         values: *mut f32,
         logprobs: *const f32,

@@ -167,12 +167,12 @@ impl CudaBackend {
             CudaWeight::F32(wd) => (self.p(wd), self.p(x), cudaDataType::CUDA_R_32F),
             CudaWeight::F16(wd) => (
                 self.p(wd),
-                self.rounded(x, sys::ENGINE_DTYPE_F16, &mut scratch)?,
+                self.rounded(x, sys::EK_DTYPE_F16, &mut scratch)?,
                 cudaDataType::CUDA_R_16F,
             ),
             CudaWeight::BF16(wd) => (
                 self.p(wd),
-                self.rounded(x, sys::ENGINE_DTYPE_BF16, &mut scratch)?,
+                self.rounded(x, sys::EK_DTYPE_BF16, &mut scratch)?,
                 cudaDataType::CUDA_R_16BF,
             ),
         };
@@ -218,11 +218,11 @@ impl CudaBackend {
         let out = self.pm(&mut buf);
         // SAFETY: both buffers hold x.len() elements.
         self.launched("convert", unsafe {
-            sys::engine_convert(
+            sys::ek_convert(
                 out,
                 dtype as i32,
                 self.p(x),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 x.len() as i64,
                 self.stream(),
             )
@@ -397,15 +397,15 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (ptr, dtype) = match &table.data {
-            CudaWeight::F32(t) => (self.p(t), sys::ENGINE_DTYPE_F32),
-            CudaWeight::F16(t) => (self.p(t), sys::ENGINE_DTYPE_F16),
-            CudaWeight::BF16(t) => (self.p(t), sys::ENGINE_DTYPE_BF16),
+            CudaWeight::F32(t) => (self.p(t), sys::EK_DTYPE_F32),
+            CudaWeight::F16(t) => (self.p(t), sys::EK_DTYPE_F16),
+            CudaWeight::BF16(t) => (self.p(t), sys::EK_DTYPE_BF16),
         };
         let out = self.pm(out).cast();
         // SAFETY: out holds tokens x width f32; every id is below the table's rows
         // (the validator checks token ids against the vocabulary).
         self.launched("embedding", unsafe {
-            sys::engine_embedding(
+            sys::ek_embedding(
                 out,
                 ptr,
                 dtype as i32,
@@ -429,11 +429,11 @@ impl Backend for CudaBackend {
         let out = self.pm(out);
         // SAFETY: x and out hold rows x hidden f32, the weight hidden f32.
         self.launched("rms_norm", unsafe {
-            sys::engine_rms_norm(
+            sys::ek_rms_norm(
                 out,
                 self.p(x),
                 self.p(w),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 (x.len() / hidden) as i64,
                 hidden as i64,
                 eps,
@@ -455,11 +455,11 @@ impl Backend for CudaBackend {
         let (xp, rp) = (self.pm(x), self.pm(residual));
         // SAFETY: x and residual hold rows x hidden f32, the weight hidden f32.
         self.launched("fused_add_rms_norm", unsafe {
-            sys::engine_fused_add_rms_norm(
+            sys::ek_fused_add_rms_norm(
                 xp,
                 rp,
                 self.p(w),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 rows as i64,
                 hidden as i64,
                 eps,
@@ -482,7 +482,7 @@ impl Backend for CudaBackend {
             let o = self.pm(out);
             // SAFETY: out holds rows x cols f32, the bias cols f32.
             self.launched("add_bias", unsafe {
-                sys::engine_add_bias(
+                sys::ek_add_bias(
                     o.cast(),
                     self.p(b).cast(),
                     (out.len() / cols) as i64,
@@ -507,12 +507,12 @@ impl Backend for CudaBackend {
         // SAFETY: every token's row holds the q heads then the k heads; the
         // table covers every position (the scheduler bounds them by max_model_len).
         self.launched("rotary", unsafe {
-            sys::engine_rotary(
+            sys::ek_rotary(
                 base.cast(),
                 base.add(shape.num_heads * hd).cast(),
                 self.p(&meta.positions).cast(),
                 self.p(cos_sin).cast(),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 meta.host.num_tokens() as i64,
                 shape.num_heads as i32,
                 shape.num_kv_heads as i32,
@@ -541,13 +541,13 @@ impl Backend for CudaBackend {
         // SAFETY: k and v heads follow the q heads in every row; every
         // non-negative slot is inside the pools.
         self.launched("reshape_and_cache", unsafe {
-            sys::engine_reshape_and_cache(
+            sys::ek_reshape_and_cache(
                 base.add(shape.num_heads * hd).cast(),
                 base.add((shape.num_heads + shape.num_kv_heads) * hd).cast(),
                 kp,
                 vp,
                 self.p(&meta.slot_mapping).cast(),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 meta.host.num_tokens() as i64,
                 width,
                 width,
@@ -571,7 +571,7 @@ impl Backend for CudaBackend {
         if meta.host.num_seqs() == 0 {
             return Ok(());
         }
-        let params = sys::engine_attn_params {
+        let params = sys::ek_attn_params {
             out: self.pm(out),
             q: self.p(qkv),
             k_cache: self.p(k_pool),
@@ -590,13 +590,13 @@ impl Backend for CudaBackend {
             sliding_window: shape
                 .sliding_window
                 .map_or(Ok(0), |w| to_i32("sliding window", w))?,
-            dtype: sys::ENGINE_DTYPE_F32 as i32,
+            dtype: sys::EK_DTYPE_F32 as i32,
             scale: shape.scale,
         };
         if !meta.decode_only {
             // SAFETY: params describe live buffers of the shapes above.
             return self.launched("paged_attention_prefill", unsafe {
-                sys::engine_paged_attention_prefill(
+                sys::ek_paged_attention_prefill(
                     &params,
                     to_i32("query length", meta.max_query_len)?,
                     self.stream(),
@@ -614,7 +614,7 @@ impl Backend for CudaBackend {
         let ws = if parts > 0 {
             // SAFETY: a pure size computation.
             let bytes = unsafe {
-                sys::engine_paged_attention_workspace_bytes(
+                sys::ek_paged_attention_workspace_bytes(
                     params.num_seqs,
                     params.num_heads,
                     params.head_dim,
@@ -630,7 +630,7 @@ impl Backend for CudaBackend {
         };
         // SAFETY: params describe live buffers; the workspace has the size asked for.
         let status =
-            unsafe { sys::engine_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
+            unsafe { sys::ek_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
         drop(workspace);
         self.launched("paged_attention_decode", status)
     }
@@ -647,10 +647,10 @@ impl Backend for CudaBackend {
         let o = self.pm(out);
         // SAFETY: gate_up holds rows x 2 width f32, out rows x width.
         self.launched("silu_and_mul", unsafe {
-            sys::engine_silu_and_mul(
+            sys::ek_silu_and_mul(
                 o,
                 self.p(gate_up),
-                sys::ENGINE_DTYPE_F32 as i32,
+                sys::EK_DTYPE_F32 as i32,
                 (gate_up.len() / (2 * width)) as i64,
                 width as i64,
                 self.stream(),
@@ -676,7 +676,7 @@ impl Backend for CudaBackend {
         let o = self.pm(out);
         // SAFETY: every row index is inside x; out holds rows.len() x width f32.
         self.launched("gather_rows", unsafe {
-            sys::engine_gather_rows(
+            sys::ek_gather_rows(
                 o.cast(),
                 self.p(x).cast(),
                 self.p(&idx).cast(),

@@ -3,7 +3,7 @@
 // through 16-byte loads and stores; any other width takes the scalar path.
 #include "common.cuh"
 
-namespace engine {
+namespace ek {
 
 constexpr int kNormThreads = 256;
 
@@ -97,54 +97,54 @@ __global__ void __launch_bounds__(kNormThreads)
 }
 
 template <typename T> bool can_vectorize(int64_t hidden, std::initializer_list<const void *> ptrs) {
-  if (hidden % Vec<T>::N != 0) return false;
+  if (hidden % Vec<T>::N != 0)
+    return false;
   for (const void *p : ptrs)
-    if (!aligned16(p)) return false;
+    if (!aligned16(p))
+      return false;
   return true;
 }
 
-inline int norm_threads(int64_t work) {
-  int t = 32;
-  while (t < kNormThreads && t < work) t *= 2;
-  return t;
-}
+} // namespace ek
 
-}  // namespace engine
+using namespace ek;
 
-using namespace engine;
-
-extern "C" int32_t engine_rms_norm(void *out, const void *x, const void *weight, int32_t dtype,
-                                   int64_t rows, int64_t hidden, float eps, void *stream) {
-  if (rows == 0) return 0;
+extern "C" int32_t ek_rms_norm(void *out, const void *x, const void *weight, int32_t dtype,
+                               int64_t rows, int64_t hidden, float eps, void *stream) {
+  if (rows == 0)
+    return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  ENGINE_DISPATCH_DTYPE(dtype, {
+  EK_DISPATCH_DTYPE(dtype, {
     auto *o = static_cast<scalar_t *>(out);
     auto *xi = static_cast<const scalar_t *>(x);
     auto *w = static_cast<const scalar_t *>(weight);
     if (can_vectorize<scalar_t>(hidden, {out, x, weight}))
       rms_norm_kernel<scalar_t, true>
-          <<<rows, norm_threads(hidden / Vec<scalar_t>::N), 0, s>>>(o, xi, w, hidden, eps);
+          <<<rows, threads_for(hidden / Vec<scalar_t>::N, kNormThreads), 0, s>>>(o, xi, w, hidden,
+                                                                                 eps);
     else
-      rms_norm_kernel<scalar_t, false><<<rows, norm_threads(hidden), 0, s>>>(o, xi, w, hidden, eps);
+      rms_norm_kernel<scalar_t, false>
+          <<<rows, threads_for(hidden, kNormThreads), 0, s>>>(o, xi, w, hidden, eps);
   });
   return launch_status();
 }
 
-extern "C" int32_t engine_fused_add_rms_norm(void *x, void *residual, const void *weight,
-                                             int32_t dtype, int64_t rows, int64_t hidden,
-                                             float eps, void *stream) {
-  if (rows == 0) return 0;
+extern "C" int32_t ek_fused_add_rms_norm(void *x, void *residual, const void *weight, int32_t dtype,
+                                         int64_t rows, int64_t hidden, float eps, void *stream) {
+  if (rows == 0)
+    return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  ENGINE_DISPATCH_DTYPE(dtype, {
+  EK_DISPATCH_DTYPE(dtype, {
     auto *xi = static_cast<scalar_t *>(x);
     auto *r = static_cast<scalar_t *>(residual);
     auto *w = static_cast<const scalar_t *>(weight);
     if (can_vectorize<scalar_t>(hidden, {x, residual, weight}))
       fused_add_rms_norm_kernel<scalar_t, true>
-          <<<rows, norm_threads(hidden / Vec<scalar_t>::N), 0, s>>>(xi, r, w, hidden, eps);
+          <<<rows, threads_for(hidden / Vec<scalar_t>::N, kNormThreads), 0, s>>>(xi, r, w, hidden,
+                                                                                 eps);
     else
       fused_add_rms_norm_kernel<scalar_t, false>
-          <<<rows, norm_threads(hidden), 0, s>>>(xi, r, w, hidden, eps);
+          <<<rows, threads_for(hidden, kNormThreads), 0, s>>>(xi, r, w, hidden, eps);
   });
   return launch_status();
 }
