@@ -291,7 +291,10 @@ fn exported(library: &Path) -> Vec<String> {
 #[test]
 fn cargo_built_library_exports_the_c_abi_alone() {
     // build.rs hides what the dependencies export (llguidance's llg_*).
-    assert_eq!(exported(&lib_dir().join("libengine.so")), header_functions());
+    assert_eq!(
+        exported(&lib_dir().join("libengine.so")),
+        header_functions()
+    );
 }
 
 /// A prefix `scripts/install-lib.sh` installed the library this test was built
@@ -342,14 +345,20 @@ fn run_examples(dir: &Path, kinds: &[&str]) {
     let text = readme_prompt_text();
     for kind in kinds {
         let c = run(Command::new(dir.join(format!("c-{kind}"))).arg(fixture_dir("tiny-llama")));
-        assert!(c.starts_with(&text) && c.contains(" tokens]"), "{kind}: {c}");
-        let cpp =
-            run(Command::new(dir.join(format!("cpp-{kind}"))).arg(fixture_dir("tiny-llama")));
+        assert!(
+            c.starts_with(&text) && c.contains(" tokens]"),
+            "{kind}: {c}"
+        );
+        let cpp = run(Command::new(dir.join(format!("cpp-{kind}"))).arg(fixture_dir("tiny-llama")));
         assert_eq!(cpp, format!("{text}\n"), "{kind}");
         let needed = run(Command::new("objdump")
             .arg("-p")
             .arg(dir.join(format!("c-{kind}"))));
-        assert_eq!(needed.contains("libengine"), !kind.contains("static"), "{kind}: {needed}");
+        assert_eq!(
+            needed.contains("libengine"),
+            !kind.contains("static"),
+            "{kind}: {needed}"
+        );
     }
 }
 
