@@ -12,7 +12,7 @@ use crate::engine::{EngineConfig, EngineCore, EngineStats, RequestOutput, SeqRes
 use crate::error::{Error, Result};
 use crate::gguf::source::GgufSource;
 use crate::gguf::GgufFile;
-use crate::kv_cache::sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
+use crate::model::kv_sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
 use crate::model::Model;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::tokenizer::Tokenizer;

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use engine::config::{Arch, DType};
+use engine::backend::DType;
+use engine::config::Arch;
 use engine::fixture::{write_model_dir, ConfigLayout, FixtureSpec};
 use engine::generate::{Llm, LoadOptions, Prompt, Request};
 use engine::sampling::SamplingParams;

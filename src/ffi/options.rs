@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::{call, cstr_arg, engine_status, write_out, FfiError, FfiResult};
-use crate::config::DType;
+use crate::backend::DType;
 use crate::generate::LoadOptions;
 
 /// Called while `engine_new` loads the weights: `done` of `total` steps (tensor
