@@ -85,9 +85,11 @@ install -d "$prefix/include" "$prefix/lib/pkgconfig" "$prefix/lib/cmake/engine"
     echo "local: *; };"
 } >"$work/exports.map"
 install -m 644 "$root/include/engine.h" "$prefix/include/engine.h"
-# Rust's std ships with line tables; a release libengine.a carries no other
-# debug info, and nothing in a program links against it.
-objcopy --strip-debug "$archive" "$work/libengine.a"
+# Installed without debug info (Rust's std ships with line tables) and without
+# the LLVM bitcode rustc embeds for its own LTO, which no C toolchain reads; what
+# stays is code, data, symbols and relocations (the README says how much).
+objcopy --strip-debug --remove-section=.llvmbc --remove-section=.llvmcmd \
+    "$archive" "$work/libengine.a"
 install -m 644 "$work/libengine.a" "$prefix/lib/libengine.a"
 # shellcheck disable=SC2086 # system_libs is a list of flags
 cc -shared -o "$prefix/lib/$shared" -Wl,-soname,$soname \

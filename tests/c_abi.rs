@@ -332,11 +332,13 @@ fn installed_library_exports_the_c_abi_alone_under_its_soname() {
         "{dynamic}"
     );
     assert_eq!(exported(&lib.join(&shared)), header_functions());
-    // Installed without debug info: nothing links against it.
+    // Installed without debug info or rustc's LLVM bitcode: no C linker reads them.
     let sections = run(Command::new("objdump")
         .arg("-h")
         .arg(lib.join("libengine.a")));
-    assert!(!sections.contains(".debug_"), "libengine.a has debug info");
+    for dropped in [".debug_", ".llvmbc"] {
+        assert!(!sections.contains(dropped), "libengine.a has {dropped}");
+    }
 }
 
 /// Runs the two README programs built in `dir` as `{c,cpp}-{kind}` for each kind,
