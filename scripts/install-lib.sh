@@ -112,7 +112,7 @@ echo "installed engine $version (ABI $abi) under $prefix"
 # The loader finds libengine.so.1 through a program's rpath, or through its cache
 # when PREFIX/lib is one of its directories: refresh the cache then.
 if [ "$(id -u)" = 0 ] && command -v ldconfig >/dev/null 2>&1 &&
-    ldconfig -v -N -X 2>/dev/null | grep -q "^$prefix/lib:"; then
+    ldconfig -v -N -X 2>/dev/null | grep '^/' | cut -d: -f1 | grep -qxF "$prefix/lib"; then
     ldconfig
     echo "ldconfig: $prefix/lib registered"
 else
