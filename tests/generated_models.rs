@@ -7,7 +7,8 @@ use std::path::Path;
 use engine::backend::DType;
 use engine::config::Arch;
 use engine::fixture::{write_model_dir, ConfigLayout, FixtureSpec};
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 fn write(spec: &FixtureSpec) -> tempfile::TempDir {
