@@ -56,6 +56,10 @@ fi
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
 abi=$(sed -n 's/^pub const ENGINE_ABI_VERSION: u32 = \([0-9]*\);$/\1/p' "$root/src/ffi/mod.rs")
+if [ -z "$version" ] || [ -z "$abi" ]; then
+    echo "$0: cannot read the version from Cargo.toml or ENGINE_ABI_VERSION from src/ffi/mod.rs" >&2
+    exit 1
+fi
 soname=libengine.so.1
 shared=$soname.$abi
 
@@ -65,10 +69,10 @@ shared=$soname.$abi
 # plus libstdc++ when the archive holds C++ (the CUDA kernels and cudart).
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-system_libs=$(rustc --crate-type staticlib --crate-name empty --print native-static-libs \
-    -o "$work/libempty.a" - </dev/null 2>&1 |
+system_libs=$(cd "$root" && rustc --crate-type staticlib --crate-name empty \
+    --print native-static-libs -o "$work/libempty.a" - </dev/null 2>&1 |
     sed -n 's/^note: native-static-libs: //p' | tr ' ' '\n' |
-    grep -vxE -- '-lc|-lgcc_s|' | awk '!seen[$0]++' | tr '\n' ' ')
+    { grep -vxE -- '-lc|-lgcc_s|' || true; } | awk '!seen[$0]++' | tr '\n' ' ')
 if nm -u "$archive" 2>/dev/null | grep -qE ' (__gxx_personality_v0|_Znwm|_ZdlPv)$'; then
     system_libs="$system_libs-lstdc++ "
 fi
