@@ -50,7 +50,7 @@ for line in sys.stdin:
         python3 -c "$staticlib")
 fi
 if [ ! -f "$archive" ]; then
-    echo "$0: cargo built no libengine.a${archive:+ (expected $archive)}" >&2
+    echo "$0: no libengine.a${archive:+ at $archive}" >&2
     exit 1
 fi
 
