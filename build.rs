@@ -10,9 +10,19 @@
 //! - `CUDA_COMPUTE_CAP`: one architecture, e.g. `90` (default: 80 and 90);
 //! - `ENGINE_CUDA_ARCHS`: a comma-separated list, e.g. `80,86,90`;
 //! - `ENGINE_WRITE_KERNEL_BINDINGS=1` (with `kernel-bindings`): rewrite the bindings.
+//!
+//! Always: the cdylib (libengine.so) exports the C ABI alone. rustc exports every
+//! `#[no_mangle]` function of every crate it links (llguidance's 51 `llg_*`, the
+//! CUDA kernels' launchers), and a version script of ours cannot narrow that:
+//! rust-lld unites it with rustc's and GNU ld refuses a second anonymous one. Those
+//! functions come from archives (the dependencies' rlibs, the kernels' .a) while
+//! `engine_*` are this crate's own objects, so `--exclude-libs ALL` keeps exactly
+//! the ABI (tests/c_abi.rs checks the list against include/engine.h). The rlib
+//! (the server, the tests) and the staticlib are unaffected.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--exclude-libs,ALL");
     #[cfg(feature = "cuda")]
     cuda::build();
     #[cfg(feature = "kernel-bindings")]

@@ -11,6 +11,10 @@ missing=()
 command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# scripts/install-lib.sh strips and relinks with these; the tests read symbols with them.
+for tool in nm objcopy objdump; do
+    command -v $tool >/dev/null 2>&1 || { missing+=(binutils) && break; }
+done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

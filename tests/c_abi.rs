@@ -1,7 +1,10 @@
 //! The C ABI from real C and C++: programs in tests/c/ (and the README's example)
 //! compiled with the system compiler against include/engine.h and the library
 //! cargo built next to this test binary, then run on the fixture model; the C
-//! test also runs once under valgrind when it is installed.
+//! test also runs once under valgrind when it is installed. Then the library as
+//! a C developer gets it: `scripts/install-lib.sh` into a prefix, the README's C
+//! and C++ programs built against it with pkg-config and with CMake (shared and
+//! static) and run, and the exported symbols held to the header's functions.
 
 mod common;
 
@@ -188,51 +191,46 @@ fn header_stands_alone_in_c_and_cpp() {
     }
 }
 
-#[test]
-fn static_library_links_with_the_documented_system_libraries() {
-    let dir = tempfile::tempdir().unwrap();
-    let binary = dir.path().join("example-static");
-    let lib = lib_dir();
-    run(Command::new("c++")
-        .args(["-std=c++17", "-Wall", "-Werror", "-pthread"])
-        .arg(format!("-I{ROOT}/include"))
-        .arg(Path::new(ROOT).join("tests/c/example.cpp"))
-        .arg("-o")
-        .arg(&binary)
-        .arg(lib.join("libengine.a"))
-        .args(["-lpthread", "-ldl", "-lm"]));
-    let out = run(Command::new(&binary).arg(fixture_dir("tiny-llama")));
-    assert!(out.ends_with("OK\n"), "{out}");
+/// The README's C library section: its C program, C++ program and the shell
+/// block that follows the C program, exactly as written there.
+struct Readme {
+    c: String,
+    cpp: String,
+    commands: Vec<String>,
 }
 
-/// The README's C block and its `cc` command line, exactly as written there.
-fn readme_example() -> (String, String) {
+fn readme() -> Readme {
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
     let section = &readme[readme
         .find("## The C library")
         .expect("README has a C library section")..];
-    // The first block of each kind from `from` on: the command follows the program.
+    // The first block of a kind from `from` on.
     let block = |fence: &str, from: usize| {
         let start = from + section[from..].find(fence).expect("the code block") + fence.len();
         let end = start + section[start..].find("\n```").expect("the block ends");
         (section[start..end].to_string(), end)
     };
-    let (code, code_end) = block("```c\n", 0);
-    let command = block("```sh\n", code_end)
-        .0
-        .lines()
-        .find(|l| l.starts_with("cc "))
-        .expect("a cc command")
-        .to_string();
-    (code, command)
+    let (c, c_end) = block("```c\n", 0);
+    let (commands, _) = block("```sh\n", c_end);
+    let (cpp, _) = block("```cpp\n", c_end);
+    Readme {
+        c,
+        cpp,
+        commands: commands.lines().map(str::to_string).collect(),
+    }
 }
 
 #[test]
-fn readme_example_compiles_with_the_command_shown_and_runs() {
-    let (code, command) = readme_example();
-    assert!(code.lines().count() <= 35, "the example stays short");
+fn readme_example_compiles_with_the_commands_shown_and_runs() {
+    let readme = readme();
+    assert!(readme.c.lines().count() <= 35, "the example stays short");
+    // The block builds the library first: the server's command does not.
+    assert_eq!(readme.commands[0], "cargo build --release --lib");
+    let compile = readme.commands[1].as_str();
+    assert!(compile.starts_with("cc "), "{compile}");
+    assert_eq!(readme.commands[2], "./example tests/fixtures/tiny-llama");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("example.c"), code).unwrap();
+    std::fs::write(dir.path().join("example.c"), &readme.c).unwrap();
     // The command names include/ and target/release/ relative to the repository;
     // here they lead to the header and to the library this test was built with.
     std::os::unix::fs::symlink(Path::new(ROOT).join("include"), dir.path().join("include"))
@@ -241,10 +239,31 @@ fn readme_example_compiles_with_the_command_shown_and_runs() {
     std::os::unix::fs::symlink(lib_dir(), dir.path().join("target/release")).unwrap();
     run(Command::new("sh")
         .arg("-c")
-        .arg(&command)
+        .arg(compile)
         .current_dir(dir.path()));
     let out = run(Command::new(dir.path().join("example")).arg(fixture_dir("tiny-llama")));
     assert!(out.contains(" tokens]"), "{out}");
+}
+
+#[test]
+fn readme_cpp_example_compiles_as_cpp17_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("example.cpp");
+    std::fs::write(&source, readme().cpp).unwrap();
+    let binary = dir.path().join("example");
+    compile("c++", "c++17", &source, &binary);
+    let out = run(Command::new(&binary).arg(fixture_dir("tiny-llama")));
+    assert_eq!(out, format!("{}\n", readme_prompt_text()));
+}
+
+/// What the READMEs' request generates (greedy, 16 tokens), from the Rust API.
+fn readme_prompt_text() -> String {
+    let mut llm = Llm::load(&fixture_dir("tiny-llama"), &LoadOptions::default()).unwrap();
+    let request = Request {
+        prompt: Prompt::Text("Hello, my name is".into()),
+        params: SamplingParams::greedy(16),
+    };
+    llm.generate(&[request]).unwrap()[0].best().text.clone()
 }
 
 /// The functions include/engine.h declares: the whole C ABI.
@@ -260,25 +279,51 @@ fn header_functions() -> Vec<String> {
     found
 }
 
-/// Installs the library into a fresh prefix, as `scripts/install-lib.sh` does.
-fn install(dir: &Path) -> PathBuf {
-    let prefix = dir.join("prefix");
-    run(Command::new(Path::new(ROOT).join("scripts/install-lib.sh"))
-        .arg(&prefix)
-        .env("LIB_DIR", lib_dir()));
-    prefix
+/// The dynamic symbols a shared library defines, sorted.
+fn exported(library: &Path) -> Vec<String> {
+    let symbols = run(Command::new("nm")
+        .args(["-D", "--defined-only", "--format=just-symbols"])
+        .arg(library));
+    let mut names: Vec<String> = symbols.lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn cargo_built_library_exports_the_c_abi_alone() {
+    // build.rs hides what the dependencies export (llguidance's llg_*).
+    assert_eq!(
+        exported(&lib_dir().join("libengine.so")),
+        header_functions()
+    );
+}
+
+/// A prefix `scripts/install-lib.sh` installed the library this test was built
+/// with into, once per run (under cargo's scratch folder for tests).
+fn installed_prefix() -> &'static Path {
+    static PREFIX: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_abi-prefix");
+        if prefix.exists() {
+            std::fs::remove_dir_all(&prefix).unwrap();
+        }
+        run(Command::new(Path::new(ROOT).join("scripts/install-lib.sh"))
+            .arg(&prefix)
+            .env("LIB_DIR", lib_dir()));
+        prefix
+    })
 }
 
 #[test]
 fn installed_library_exports_the_c_abi_alone_under_its_soname() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = install(dir.path());
+    let prefix = installed_prefix();
     let lib = prefix.join("lib");
     assert!(prefix.join("include/engine.h").exists());
     let target = std::fs::read_link(lib.join("libengine.so")).unwrap();
     assert_eq!(target, Path::new("libengine.so.1"));
     let shared = std::fs::read_link(lib.join("libengine.so.1")).unwrap();
-    let abi = engine::ffi::ENGINE_ABI_VERSION;
+    // The file's minor number is what engine_abi_version() returns.
+    let abi = engine::ffi::engine_abi_version();
     assert_eq!(shared, PathBuf::from(format!("libengine.so.1.{abi}")));
     let dynamic = run(Command::new("objdump").arg("-p").arg(lib.join(&shared)));
     assert!(
@@ -287,20 +332,51 @@ fn installed_library_exports_the_c_abi_alone_under_its_soname() {
             .any(|l| l.split_whitespace().eq(["SONAME", "libengine.so.1"])),
         "{dynamic}"
     );
-    let symbols = run(Command::new("nm")
-        .args(["-D", "--defined-only", "--format=just-symbols"])
-        .arg(lib.join(&shared)));
-    let mut exported: Vec<&str> = symbols.lines().collect();
-    exported.sort();
-    assert_eq!(exported, header_functions());
+    assert_eq!(exported(&lib.join(&shared)), header_functions());
+    // Installed without debug info or rustc's LLVM bitcode: no C linker reads them.
+    let sections = run(Command::new("objdump")
+        .arg("-h")
+        .arg(lib.join("libengine.a")));
+    for dropped in [".debug_", ".llvmbc"] {
+        assert!(!sections.contains(dropped), "libengine.a has {dropped}");
+    }
+}
+
+/// Runs the two README programs built in `dir` as `{c,cpp}-{kind}` for each kind,
+/// and checks the static ones need no libengine at run time.
+fn run_examples(dir: &Path, kinds: &[&str]) {
+    let text = readme_prompt_text();
+    for kind in kinds {
+        let c = run(Command::new(dir.join(format!("c-{kind}"))).arg(fixture_dir("tiny-llama")));
+        assert!(
+            c.starts_with(&text) && c.contains(" tokens]"),
+            "{kind}: {c}"
+        );
+        let cpp = run(Command::new(dir.join(format!("cpp-{kind}"))).arg(fixture_dir("tiny-llama")));
+        assert_eq!(cpp, format!("{text}\n"), "{kind}");
+        let needed = run(Command::new("objdump")
+            .arg("-p")
+            .arg(dir.join(format!("c-{kind}"))));
+        assert_eq!(
+            needed.contains("libengine"),
+            !kind.contains("static"),
+            "{kind}: {needed}"
+        );
+    }
+}
+
+/// Writes the README's programs into `dir` as example.c and example.cpp.
+fn write_examples(dir: &Path) {
+    let readme = readme();
+    std::fs::write(dir.join("example.c"), readme.c).unwrap();
+    std::fs::write(dir.join("example.cpp"), readme.cpp).unwrap();
 }
 
 #[test]
-fn installed_library_builds_the_readme_example_with_pkg_config_shared_and_static() {
+fn installed_library_builds_the_readme_examples_with_pkg_config_shared_and_static() {
+    let prefix = installed_prefix();
     let dir = tempfile::tempdir().unwrap();
-    let prefix = install(dir.path());
-    let (code, _) = readme_example();
-    std::fs::write(dir.path().join("example.c"), code).unwrap();
+    write_examples(dir.path());
     let pkg_config = |args: &[&str]| {
         run(Command::new("pkg-config")
             .args(args)
@@ -311,54 +387,55 @@ fn installed_library_builds_the_readme_example_with_pkg_config_shared_and_static
     };
     let shared = pkg_config(&["--cflags", "--libs"]);
     let fully_static = pkg_config(&["--static", "--cflags", "--libs"]);
-    for (name, flags) in [
-        (
-            "shared",
-            format!("{shared} -Wl,-rpath,{}/lib", prefix.display()),
-        ),
+    let rpath = format!("-Wl,-rpath,{}/lib", prefix.display());
+    for (kind, flags) in [
+        ("shared", format!("{shared} {rpath}")),
         ("static", format!("-static {fully_static}")),
     ] {
-        run(Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cc -std=c11 -Wall -Wextra -pedantic -Werror example.c {flags} -o {name}"
-            ))
-            .current_dir(dir.path()));
-        let out = run(Command::new(dir.path().join(name)).arg(fixture_dir("tiny-llama")));
-        assert!(out.contains(" tokens]"), "{name}: {out}");
+        for (compiler, std, lang) in [("cc", "c11", "c"), ("c++", "c++17", "cpp")] {
+            run(Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{compiler} -std={std} -Wall -Wextra -pedantic -Werror \
+                     example.{lang} {flags} -o {lang}-{kind}"
+                ))
+                .current_dir(dir.path()));
+        }
     }
-    let needed = run(Command::new("objdump")
-        .arg("-p")
-        .arg(dir.path().join("static")));
-    assert!(!needed.contains("libengine"), "{needed}");
+    run_examples(dir.path(), &["shared", "static"]);
 }
 
 #[test]
-fn installed_library_builds_the_cpp_example_with_cmake() {
+fn installed_library_builds_the_readme_examples_with_cmake_shared_and_static() {
+    let prefix = installed_prefix();
     let dir = tempfile::tempdir().unwrap();
-    let prefix = install(dir.path());
-    let project = dir.path().join("project");
-    std::fs::create_dir(&project).unwrap();
-    std::fs::write(
-        project.join("CMakeLists.txt"),
-        format!(
-            "cmake_minimum_required(VERSION 3.16)\n\
-             project(example CXX)\n\
-             set(CMAKE_CXX_STANDARD 17)\n\
-             find_package(engine 0.1 REQUIRED)\n\
-             add_executable(example {ROOT}/tests/c/example.cpp)\n\
-             target_link_libraries(example PRIVATE engine::engine)\n"
-        ),
-    )
-    .unwrap();
+    write_examples(dir.path());
+    let mut cmake = String::from(
+        "cmake_minimum_required(VERSION 3.16)\n\
+         project(examples C CXX)\n\
+         set(CMAKE_C_STANDARD 11)\n\
+         set(CMAKE_CXX_STANDARD 17)\n\
+         find_package(engine 0.1 REQUIRED)\n",
+    );
+    for (kind, target) in [
+        ("cmake", "engine::engine"),
+        ("cmake-static", "engine::engine_static"),
+    ] {
+        for lang in ["c", "cpp"] {
+            cmake += &format!(
+                "add_executable({lang}-{kind} example.{lang})\n\
+                 target_link_libraries({lang}-{kind} PRIVATE {target})\n"
+            );
+        }
+    }
+    std::fs::write(dir.path().join("CMakeLists.txt"), cmake).unwrap();
     let build = dir.path().join("build");
     run(Command::new("cmake")
         .arg("-S")
-        .arg(&project)
+        .arg(dir.path())
         .arg("-B")
         .arg(&build)
         .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
     run(Command::new("cmake").arg("--build").arg(&build));
-    let out = run(Command::new(build.join("example")).arg(fixture_dir("tiny-llama")));
-    assert!(out.ends_with("OK\n"), "{out}");
+    run_examples(&build, &["cmake", "cmake-static"]);
 }
