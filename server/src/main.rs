@@ -4,10 +4,12 @@
 //! engine_submit (engine.rs) → events on a channel (generation.rs) → JSON or
 //! server-sent events (completions.rs, chat.rs, stream.rs).
 
+mod accept;
 mod chat;
 mod cli;
 mod completions;
 mod conn;
+mod cors;
 mod endpoints;
 mod engine;
 mod error;
@@ -20,9 +22,11 @@ mod prompt_bound;
 mod request;
 mod sampling;
 mod state;
+mod stats_log;
 mod stream;
 #[allow(clippy::all)]
 mod sys;
+mod tls;
 mod tools;
 
 // The engine library provides the C ABI the bindings in `sys` call; nothing else
@@ -35,9 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -71,14 +72,18 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    // Bad CORS values or certificate files stop the start, before the port opens.
+    let cors = args.cors()?;
+    let tls = args.tls()?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "engine-server {} (engine {}) listening on http://{address}",
+        "engine-server {} (engine {}) listening on {scheme}://{address}",
         env!("CARGO_PKG_VERSION"),
         engine::library_version()
     );
@@ -89,6 +94,8 @@ async fn serve(args: Args) -> Result<(), String> {
         max_logprobs: args.max_logprobs,
         return_tokens_as_token_ids: args.return_tokens_as_token_ids,
         log_requests: !args.disable_log_requests,
+        max_log_len: args.max_log_len,
+        root_path: args.root_path(),
     }));
     // The port answers (/health: 503) while the weights load.
     let options = args.engine_options();
@@ -104,15 +111,19 @@ async fn serve(args: Args) -> Result<(), String> {
     let limiter = conn::Limiter::new(
         args.max_connections
             .unwrap_or_else(conn::default_max_connections) as usize,
+        tls.clone(),
     );
     tracing::info!(
         "at most {} connections; {} s to send a request head (idle keep-alive)",
         limiter.max_connections,
         args.timeout_keep_alive
     );
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(args.timeout_keep_alive));
+    let front = accept::Front::new(
+        state.clone(),
+        cors,
+        tls,
+        Duration::from_secs(args.timeout_keep_alive),
+    );
     let mut loaded = false;
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
@@ -130,13 +141,7 @@ async fn serve(args: Args) -> Result<(), String> {
                     }
                 };
                 let Some(stream) = limiter.admit(stream) else { continue };
-                let state = state.clone();
-                let service = service_fn(move |req| http::handle(state.clone(), req));
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                front.serve(stream, graceful.watcher());
             }
             result = &mut loading, if !loaded => {
                 loaded = true;
@@ -155,7 +160,10 @@ async fn serve(args: Args) -> Result<(), String> {
                     info.block_size, info.num_kv_blocks * info.block_size
                 );
                 tracing::info!("{}", bound.describe());
-                state.set_engine(Arc::new(engine), bound);
+                let engine = Arc::new(engine);
+                state.metrics.engine_loaded(engine.clone(), args.cache_config(engine.info()));
+                tokio::spawn(stats_log::run(state.clone(), engine.clone(), !args.disable_log_stats));
+                state.set_engine(engine, bound);
             }
             _ = &mut shutdown => break,
         }
