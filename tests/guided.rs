@@ -20,7 +20,8 @@ use common::json_schema::{parse_lenient, validate};
 use engine::backend::cpu::CpuBackend;
 use engine::engine::{Engine, FinishReason, Prompt, SeqResult};
 use engine::error::Error;
-use engine::generate::{load_engine_core, Completion, Llm, LoadOptions, Request};
+use engine::generate::{Completion, Llm, Request};
+use engine::loader::{load_engine_core, LoadOptions};
 use engine::sampling::guided::GuidedCompiler;
 use engine::sampling::{GuidedDecodingParams, SamplingParams};
 use regex_automata::hybrid::dfa::DFA;
@@ -397,6 +398,7 @@ fn forks_and_beams_keep_their_constraint() {
     }
 }
 
+#[allow(clippy::too_many_lines)] // a table of cases
 #[test]
 fn malformed_constraints_are_request_errors_and_the_engine_keeps_serving() {
     let options = LoadOptions {

@@ -24,14 +24,11 @@ mod sampling;
 mod state;
 mod stats_log;
 mod stream;
-#[allow(clippy::all)]
-mod sys;
 mod tls;
 mod tools;
 
-// The engine library provides the C ABI the bindings in `sys` call; nothing else
-// of it is used from Rust.
-use ::engine as _;
+// The engine's C ABI, the server's only way into the engine.
+use engine_sys as sys;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -87,16 +84,7 @@ async fn serve(args: Args) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
         engine::library_version()
     );
-    let state = Arc::new(AppState::new(Config {
-        served_model_names: args.served_model_names(),
-        response_role: args.response_role.clone(),
-        api_key: args.api_key.clone(),
-        max_logprobs: args.max_logprobs,
-        return_tokens_as_token_ids: args.return_tokens_as_token_ids,
-        log_requests: !args.disable_log_requests,
-        max_log_len: args.max_log_len,
-        root_path: args.root_path(),
-    }));
+    let state = Arc::new(AppState::new(config(&args)));
     // The port answers (/health: 503) while the weights load.
     let options = args.engine_options();
     let model = args.model_dir();
@@ -146,31 +134,35 @@ async fn serve(args: Args) -> Result<(), String> {
             result = &mut loading, if !loaded => {
                 loaded = true;
                 let (engine, bound) = result.map_err(|e| format!("model loading stopped: {e}"))??;
-                let info = engine.info();
-                tracing::info!("device: {}", info.device);
-                if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
-                    tracing::warn!(
-                        "--gpu-memory-utilization has no effect on the CPU device; size the KV \
-                         cache with --kv-cache-memory or --num-kv-blocks"
-                    );
-                }
-                tracing::info!(
-                    "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens: {} tokens)",
-                    state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks,
-                    info.block_size, info.num_kv_blocks * info.block_size
-                );
-                tracing::info!("{}", bound.describe());
-                let engine = Arc::new(engine);
-                state.metrics.engine_loaded(engine.clone(), args.cache_config(engine.info()));
-                tokio::spawn(stats_log::run(state.clone(), engine.clone(), !args.disable_log_stats));
-                state.set_engine(engine, bound);
+                engine_ready(&args, &state, engine, bound);
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    shut_down(graceful, &state, Duration::from_secs(args.shutdown_timeout)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The handlers' settings.
+fn config(args: &Args) -> Config {
+    Config {
+        served_model_names: args.served_model_names(),
+        response_role: args.response_role.clone(),
+        api_key: args.api_key.clone(),
+        max_logprobs: args.max_logprobs,
+        return_tokens_as_token_ids: args.return_tokens_as_token_ids,
+        log_requests: !args.disable_log_requests,
+        max_log_len: args.max_log_len,
+        root_path: args.root_path(),
+    }
+}
+
+/// Lets in-flight requests finish for up to `grace`, then aborts the rest and
+/// stops the engine.
+async fn shut_down(graceful: GracefulShutdown, state: &AppState, grace: Duration) {
     tracing::info!("shutting down: letting in-flight requests finish");
-    let grace = Duration::from_secs(args.shutdown_timeout);
     let all_closed = graceful.shutdown();
     tokio::pin!(all_closed);
     if tokio::time::timeout(grace, &mut all_closed).await.is_err() {
@@ -183,8 +175,44 @@ async fn serve(args: Args) -> Result<(), String> {
     if let Some(engine) = state.loaded_engine().cloned() {
         let _ = tokio::task::spawn_blocking(move || engine.shutdown(false)).await;
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// The model has loaded: say so, start the metrics and the stats line, and
+/// let requests in.
+fn engine_ready(
+    args: &Args,
+    state: &Arc<AppState>,
+    engine: engine::Engine,
+    bound: prompt_bound::PromptBound,
+) {
+    let info = engine.info();
+    tracing::info!("device: {}", info.device);
+    if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
+        tracing::warn!(
+            "--gpu-memory-utilization has no effect on the CPU device; size the KV \
+             cache with --kv-cache-memory or --num-kv-blocks"
+        );
+    }
+    tracing::info!(
+        "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens: {} tokens)",
+        state.model_name(),
+        info.dtype,
+        info.max_model_len,
+        info.num_kv_blocks,
+        info.block_size,
+        info.num_kv_blocks * info.block_size
+    );
+    tracing::info!("{}", bound.describe());
+    let engine = Arc::new(engine);
+    state
+        .metrics
+        .engine_loaded(engine.clone(), args.cache_config(engine.info()));
+    tokio::spawn(stats_log::run(
+        state.clone(),
+        engine.clone(),
+        !args.disable_log_stats,
+    ));
+    state.set_engine(engine, bound);
 }
 
 /// Loads the model, showing progress: a bar on a terminal, else a log line per quarter.

@@ -433,7 +433,11 @@ impl StatsCollector {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(m.encode_family(&self.label)?)?;
         }
-        // Sequences that stopped or hit their length; aborted ones are no success.
+        Ok(())
+    }
+
+    /// Sequences that stopped or hit their length; aborted ones are no success.
+    fn successes(&self, e: &mut DescriptorEncoder, s: &engine_stats_t) -> std::fmt::Result {
         let mut m = e.encode_descriptor(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -467,6 +471,7 @@ impl Collector for StatsCollector {
             Info::new(l.cache_config.clone()).encode(m)?;
         }
         self.engine_series(&mut e, &s)?;
+        self.successes(&mut e, &s)?;
         if let Some(l) = loaded {
             let histograms = [
                 (
