@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Engine, RawEvent};
 use crate::error::{py_repr, ApiError, ApiResult};
+use crate::http::cut_for_log;
 use crate::metrics::RequestRecord;
 use crate::state::AppState;
 
@@ -153,8 +154,11 @@ impl Generation {
         if let Some(map) = params.as_object_mut() {
             map.remove("prompt");
         }
+        // A guided-decoding grammar may be megabytes: the params are cut too.
+        let params = params.to_string();
+        let (params, cut) = cut_for_log(&params);
         tracing::info!(
-            "Received request {}-{tag}: prompt: {prompt}, params: {params}, prompt_token_ids: [{}]{}.",
+            "Received request {}-{tag}: prompt: {prompt}, params: {params}{cut}, prompt_token_ids: [{}]{}.",
             self.request_id,
             shown.join(", "),
             if shown.len() < ids.len() { " (cut by --max-log-len)" } else { "" },

@@ -82,22 +82,26 @@ fn request_id(req: &Request<Incoming>) -> String {
 /// The line a request that ended in an error logs: its id, what it was, the
 /// status and the reason. Server faults are errors, the client's warnings.
 pub fn log_error(id: &str, what: &str, e: &ApiError) {
-    let mut message = e.message.as_str();
-    let mut cut = "";
-    if message.len() > MAX_LOGGED_MESSAGE {
-        let mut end = MAX_LOGGED_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message = &message[..end];
-        cut = "…";
-    }
+    let (message, cut) = cut_for_log(&e.message);
     let status = e.status.as_u16();
     if e.status.is_server_error() {
         tracing::error!("request {id} {what}: {status} {}: {message}{cut}", e.kind);
     } else {
         tracing::warn!("request {id} {what}: {status} {}: {message}{cut}", e.kind);
     }
+}
+
+/// At most [`MAX_LOGGED_MESSAGE`] bytes of `text` (on a character
+/// boundary), and "…" when it was cut.
+pub fn cut_for_log(text: &str) -> (&str, &'static str) {
+    if text.len() <= MAX_LOGGED_MESSAGE {
+        return (text, "");
+    }
+    let mut end = MAX_LOGGED_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], "…")
 }
 
 /// The path routes match: without `--root-path` when it starts with it (as

@@ -1,6 +1,7 @@
 //! engine-server: vLLM's OpenAI-compatible API over engine's C ABI.
 //!
-//! Data flows one way: HTTP request → validation (request.rs, sampling.rs) →
+//! Data flows one way: connection (accept.rs: TLS, then tower-http's CORS
+//! layer) → HTTP request (http.rs) → validation (request.rs, sampling.rs) →
 //! engine_submit (engine.rs) → events on a channel (generation.rs) → JSON or
 //! server-sent events (completions.rs, chat.rs, stream.rs).
 
