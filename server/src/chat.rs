@@ -207,7 +207,13 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         _ => String::new(),
     };
     let id = format!("chatcmpl-{}", random_id());
-    let generation = Generation::start(state.clone(), engine.clone(), id.clone(), &[body])?;
+    let generation = Generation::start(
+        state.clone(),
+        engine.clone(),
+        id.clone(),
+        &[body],
+        &[rendered.prompt.as_str()],
+    )?;
     let chat = Chat {
         engine,
         header: ChunkHeader::new(
@@ -489,7 +495,7 @@ impl Chat {
     async fn stream_at_end(&self, mut generation: Generation, tx: &mpsc::Sender<Bytes>) {
         let event = match self.final_event(&mut generation).await {
             Ok(e) => e,
-            Err(e) => return send_error(tx, &e).await,
+            Err(e) => return send_error(tx, &self.header.id, &e).await,
         };
         let choices: Vec<Value> = event
             .results

@@ -1,7 +1,11 @@
 //! The command line, with vLLM's flag names (`python -m
 //! vllm.entrypoints.openai.api_server ...` works with the same flags).
 
+use std::path::PathBuf;
+
 use clap::{Parser, ValueEnum};
+
+pub use crate::cors::JsonList;
 
 /// The fallback demo model bundled with the repository: a tiny random-weight
 /// Llama, so the server runs with no download (its output is gibberish).
@@ -174,9 +178,96 @@ pub struct Args {
     /// closed. Default: 4096, or less to stay under the descriptor limit.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: Option<u64>,
+
+    // --- HTTP front and logs (vLLM's flags): CORS, TLS, root path, stats ---
+    /// Origins allowed to call the API from a web page (CORS), a JSON list.
+    #[arg(long, default_value = r#"["*"]"#, value_parser = JsonList::parse)]
+    pub allowed_origins: JsonList,
+    /// Methods allowed cross-origin, a JSON list ("*": all).
+    #[arg(long, default_value = r#"["*"]"#, value_parser = JsonList::parse)]
+    pub allowed_methods: JsonList,
+    /// Request headers allowed cross-origin, a JSON list ("*": any).
+    #[arg(long, default_value = r#"["*"]"#, value_parser = JsonList::parse)]
+    pub allowed_headers: JsonList,
+    /// Allow credentials (cookies, authorization) cross-origin.
+    #[arg(long)]
+    pub allow_credentials: bool,
+    /// Serve HTTPS with this private key (PEM); needs --ssl-certfile.
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_keyfile: Option<PathBuf>,
+    /// The certificate chain (PEM) served with --ssl-keyfile.
+    #[arg(long, requires = "ssl_keyfile")]
+    pub ssl_certfile: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates are checked against
+    /// (with --ssl-cert-reqs 1 or 2).
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_ca_certs: Option<PathBuf>,
+    /// Client certificates, as Python's ssl.VerifyMode: 0 none asked for,
+    /// 1 optional (checked when sent), 2 required.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub ssl_cert_reqs: u8,
+    /// The path prefix a proxy mounts the API under: requests are served with
+    /// or without it (FastAPI's root_path, as vLLM sets it).
+    #[arg(long)]
+    pub root_path: Option<String>,
+    /// No periodic stats line (the metrics are still served).
+    #[arg(long)]
+    pub disable_log_stats: bool,
+    /// Most prompt characters and prompt token ids a request's log line shows.
+    #[arg(long)]
+    pub max_log_len: Option<usize>,
 }
 
 impl Args {
+    /// The CORS layer of --allowed-origins, --allowed-methods, --allowed-headers
+    /// and --allow-credentials.
+    pub fn cors(&self) -> Result<tower_http::cors::CorsLayer, String> {
+        crate::cors::layer(&crate::cors::CorsConfig {
+            origins: &self.allowed_origins,
+            methods: &self.allowed_methods,
+            headers: &self.allowed_headers,
+            credentials: self.allow_credentials,
+        })
+    }
+
+    /// The TLS acceptor when --ssl-keyfile and --ssl-certfile are given.
+    pub fn tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        let (Some(keyfile), Some(certfile)) = (&self.ssl_keyfile, &self.ssl_certfile) else {
+            return Ok(None);
+        };
+        crate::tls::acceptor(&crate::tls::TlsFiles {
+            keyfile,
+            certfile,
+            ca_certs: self.ssl_ca_certs.as_deref(),
+            cert_reqs: self.ssl_cert_reqs,
+        })
+        .map(Some)
+    }
+
+    /// --root-path without its final '/' ("" and "/" are none).
+    pub fn root_path(&self) -> Option<String> {
+        let root = self.root_path.as_deref()?.trim_end_matches('/');
+        (!root.is_empty()).then(|| {
+            if root.starts_with('/') {
+                root.to_string()
+            } else {
+                format!("/{root}")
+            }
+        })
+    }
+
+    /// What `vllm:cache_config_info` reports of the loaded engine.
+    pub fn cache_config(&self, info: &crate::engine::ModelInfo) -> Vec<(String, String)> {
+        crate::metrics::cache_config_labels(
+            info.block_size,
+            &self.kv_cache_dtype,
+            self.gpu_memory_utilization.unwrap_or(0.9),
+            self.enable_prefix_caching,
+            info.num_kv_blocks,
+            self.num_kv_blocks,
+        )
+    }
+
     /// The model to load.
     pub fn model_dir(&self) -> String {
         match &self.model {
@@ -309,5 +400,32 @@ mod tests {
         assert_eq!(a.log_level, LogLevel::Warning);
         assert!(Args::try_parse_from(["engine-server", "--max-logprobs", "21"]).is_err());
         assert!(Args::try_parse_from(["engine-server", "--block-size", "12"]).is_err());
+    }
+
+    #[test]
+    fn front_flags_parse() {
+        let a = Args::try_parse_from([
+            "engine-server",
+            "--allowed-origins",
+            r#"["http://localhost:3000"]"#,
+            "--allow-credentials",
+            "--root-path",
+            "/api/",
+            "--max-log-len",
+            "10",
+            "--disable-log-stats",
+        ])
+        .unwrap();
+        assert_eq!(a.allowed_origins.0, ["http://localhost:3000"]);
+        assert_eq!(a.allowed_methods.0, ["*"]);
+        assert_eq!(a.root_path().as_deref(), Some("/api"));
+        assert!(a.cors().is_ok());
+        assert!(a.tls().unwrap().is_none());
+        let bare = Args::try_parse_from(["engine-server", "--root-path", "/"]).unwrap();
+        assert_eq!(bare.root_path(), None);
+        let e = Args::try_parse_from(["engine-server", "--allowed-origins", "*"]).unwrap_err();
+        assert!(e.to_string().contains("JSON list"), "{e}");
+        assert!(Args::try_parse_from(["engine-server", "--ssl-keyfile", "k.pem"]).is_err());
+        assert!(Args::try_parse_from(["engine-server", "--ssl-cert-reqs", "3"]).is_err());
     }
 }

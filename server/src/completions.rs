@@ -77,7 +77,8 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     let (prompts, bodies) = prepared?;
     let c = &req.common;
     let id = format!("cmpl-{}", random_id());
-    let generation = Generation::start(state.clone(), engine.clone(), id.clone(), &bodies)?;
+    let texts: Vec<&str> = prompts.iter().map(|p| p.echo_text.as_str()).collect();
+    let generation = Generation::start(state.clone(), engine.clone(), id.clone(), &bodies, &texts)?;
     let echo = c.echo == Some(true);
     let completion = Completion {
         engine,
@@ -113,7 +114,7 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             tokio::select! {
                 r = completion.collect(generation) => match r {
                     Ok(v) => completion.send_whole(&v, &tx).await,
-                    Err(e) => send_error(&tx, &e).await,
+                    Err(e) => send_error(&tx, &completion.header.id, &e).await,
                 },
                 _ = tx.closed() => return,
             }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::ApiError;
 
@@ -44,14 +45,17 @@ pub struct Limiter {
     connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     pub max_connections: usize,
+    /// The server's TLS: a refusal is sent over it too.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Limiter {
-    pub fn new(max_connections: usize) -> Limiter {
+    pub fn new(max_connections: usize, tls: Option<TlsAcceptor>) -> Limiter {
         Limiter {
             connections: Arc::new(Semaphore::new(max_connections)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             max_connections,
+            tls,
         }
     }
 
@@ -66,8 +70,9 @@ impl Limiter {
             Err(_) => {
                 if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
                     let max = self.max_connections;
+                    let tls = self.tls.clone();
                     tokio::spawn(async move {
-                        refuse(stream, max).await;
+                        refuse(stream, max, tls).await;
                         drop(permit);
                     });
                 }
@@ -101,8 +106,9 @@ fn fd_limit() -> Option<u64> {
     None
 }
 
-/// The 503 a connection over the cap gets (OpenAI-shaped), then a close.
-async fn refuse(mut stream: TcpStream, max: usize) {
+/// The 503 a connection over the cap gets (OpenAI-shaped), then a close;
+/// over TLS after a handshake (bounded by the refusal's linger time).
+async fn refuse(mut stream: TcpStream, max: usize, tls: Option<TlsAcceptor>) {
     let body = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "ServiceUnavailableError",
@@ -115,8 +121,18 @@ async fn refuse(mut stream: TcpStream, max: usize) {
          content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
         body.len()
     );
-    if stream.write_all(response.as_bytes()).await.is_ok() {
-        linger(stream, REFUSAL_LINGER).await;
+    let Some(acceptor) = tls else {
+        if stream.write_all(response.as_bytes()).await.is_ok() {
+            linger(stream, REFUSAL_LINGER).await;
+        }
+        return;
+    };
+    let Ok(Ok(mut tls)) = tokio::time::timeout(REFUSAL_LINGER, acceptor.accept(stream)).await
+    else {
+        return;
+    };
+    if tls.write_all(response.as_bytes()).await.is_ok() && tls.shutdown().await.is_ok() {
+        linger(tls.into_inner().0, REFUSAL_LINGER).await;
     }
 }
 

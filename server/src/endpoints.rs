@@ -40,14 +40,13 @@ pub fn version() -> Value {
     json!({"version": env!("CARGO_PKG_VERSION")})
 }
 
-pub fn metrics(state: &AppState) -> Response<Body> {
-    let stats = state.loaded_engine().map(|e| e.stats());
-    let text = state.metrics.render(state.model_name(), stats.as_ref());
+/// Prometheus metrics: OpenMetrics when `accept` asks for it, else the
+/// classic text format.
+pub fn metrics(state: &AppState, accept: Option<&str>) -> Response<Body> {
+    let (text, content_type) = state.metrics.render(accept);
     let mut r = Response::new(full(text));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

@@ -10,7 +10,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, RawEvent};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{py_repr, ApiError, ApiResult};
+use crate::http::cut_for_log;
+use crate::metrics::RequestRecord;
 use crate::state::AppState;
 
 /// One token's logprobs: the chosen token first, then the top ones.
@@ -75,12 +77,15 @@ impl Event {
     }
 }
 
-/// Per engine request: its id, whether its final event came, and timings.
+/// Per engine request: its id, whether its final event came, timings, and the
+/// parameters the metrics count.
 struct Tracked {
     engine_id: u64,
     done: bool,
     start: Instant,
     first_token: Option<Instant>,
+    n: u64,
+    best_of: u64,
 }
 
 pub struct Generation {
@@ -89,16 +94,22 @@ pub struct Generation {
     request_id: String,
     events: mpsc::UnboundedReceiver<RawEvent>,
     requests: Vec<Tracked>,
+    /// Set once the unfinished requests were aborted (and that was logged).
+    aborted: bool,
+    /// An engine event could not be read: a later abort is no disconnect.
+    failed: bool,
 }
 
 impl Generation {
-    /// Submits one engine request per body; if one is refused the others are
+    /// Submits one engine request per body (`prompts`: their texts, for the
+    /// log; empty for token-id prompts); if one is refused the others are
     /// aborted and its error returned.
     pub fn start(
         state: Arc<AppState>,
         engine: Arc<Engine>,
         request_id: String,
         bodies: &[Value],
+        prompts: &[&str],
     ) -> ApiResult<Generation> {
         let (tx, events) = mpsc::unbounded_channel();
         let mut generation = Generation {
@@ -107,17 +118,56 @@ impl Generation {
             request_id,
             events,
             requests: Vec::with_capacity(bodies.len()),
+            aborted: false,
+            failed: false,
         };
         for (tag, body) in bodies.iter().enumerate() {
+            if generation.state.config.log_requests {
+                generation.log_received(tag, body, prompts.get(tag).copied());
+            }
             let engine_id = generation.engine.submit(&body.to_string(), tag, &tx)?;
+            let n = body["n"].as_u64().unwrap_or(1);
             generation.requests.push(Tracked {
                 engine_id,
                 done: false,
                 start: Instant::now(),
                 first_token: None,
+                n,
+                best_of: body["best_of"].as_u64().unwrap_or(n),
             });
         }
         Ok(generation)
+    }
+
+    /// vLLM's "Received request" line; `--max-log-len` bounds the prompt's
+    /// characters and token ids shown.
+    fn log_received(&self, tag: usize, body: &Value, prompt: Option<&str>) {
+        let limit = self.state.config.max_log_len.unwrap_or(usize::MAX);
+        let prompt = prompt
+            .filter(|p| !p.is_empty())
+            .map_or("None".to_string(), |p| {
+                py_repr(&Value::String(p.chars().take(limit).collect()))
+            });
+        let ids = body["prompt"].as_array().map_or(&[][..], Vec::as_slice);
+        let shown: Vec<String> = ids.iter().take(limit).map(Value::to_string).collect();
+        let mut params = body.clone();
+        if let Some(map) = params.as_object_mut() {
+            map.remove("prompt");
+        }
+        // A guided-decoding grammar may be megabytes: the params are cut too.
+        let params = params.to_string();
+        let (params, cut) = cut_for_log(&params);
+        tracing::info!(
+            "Received request {}-{tag}: prompt: {prompt}, params: {params}{cut}, prompt_token_ids: [{}]{}.",
+            self.request_id,
+            shown.join(", "),
+            if shown.len() < ids.len() { " (cut by --max-log-len)" } else { "" },
+        );
+    }
+
+    /// The id responses carry (`cmpl-…`, `chatcmpl-…`).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
     }
 
     /// The next event of any of the requests, with the index of its prompt;
@@ -130,9 +180,10 @@ impl Generation {
         let event: Event = match serde_json::from_slice(&raw.json) {
             Ok(e) => e,
             Err(e) => {
+                self.failed = true;
                 return Some(Err(ApiError::internal(format!(
                     "unreadable engine event: {e}"
-                ))))
+                ))));
             }
         };
         let tracked = &mut self.requests[raw.tag];
@@ -146,16 +197,38 @@ impl Generation {
         Some(Ok((raw.tag, event)))
     }
 
-    /// Aborts whatever has not finished (the final events still arrive).
+    /// Aborts whatever has not finished (the final events still arrive), and
+    /// logs it: the client went away, unless an engine event was unreadable.
     pub fn abort(&mut self) {
+        let mut unfinished = 0;
         for r in self.requests.iter().filter(|r| !r.done) {
             self.engine.abort(r.engine_id);
+            unfinished += 1;
+        }
+        if unfinished > 0 && !self.aborted {
+            self.aborted = true;
+            let why = if self.failed {
+                "after an engine error"
+            } else {
+                "the client disconnected"
+            };
+            let total = self.requests.len();
+            tracing::info!(
+                "Aborted request {} ({unfinished} of {total} prompts unfinished): {why}.",
+                self.request_id
+            );
         }
     }
 
-    /// Records the latencies of a finished request and logs it.
+    /// Records the metrics of a finished request and logs it. An aborted one
+    /// (engine shut down) is no success and counts in no histogram, as in vLLM.
     fn finished(&self, tag: usize, event: &Event) {
         let tracked = &self.requests[tag];
+        let aborted = !event.results.is_empty()
+            && event
+                .results
+                .iter()
+                .all(|r| r.finish_reason.as_deref() == Some("abort"));
         let now = Instant::now();
         let e2e = now.duration_since(tracked.start).as_secs_f64();
         let tokens = event.usage.completion_tokens;
@@ -168,7 +241,17 @@ impl Generation {
             }
             _ => None,
         };
-        self.state.metrics.record(ttft, tpot, e2e);
+        if !aborted {
+            self.state.metrics.record(&RequestRecord {
+                ttft,
+                tpot,
+                e2e,
+                prompt_tokens: event.usage.prompt_tokens,
+                generation_tokens: tokens,
+                n: tracked.n,
+                best_of: tracked.best_of,
+            });
+        }
         if self.state.config.log_requests {
             let reasons: Vec<&str> = event
                 .results

@@ -1,6 +1,7 @@
-//! Routing, the API key, the content type, body limits and the response helpers. Every error a
-//! handler returns becomes an OpenAI-shaped JSON body; nothing a client sends
-//! can make a handler panic or leave a request behind.
+//! Routing (under `--root-path` too), the API key, the content type, body
+//! limits and the response helpers. Every error a handler returns becomes an
+//! OpenAI-shaped JSON body and a log line; nothing a client sends can make a
+//! handler panic or leave a request behind.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH,
+    CONTENT_TYPE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
@@ -20,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::endpoints::random_id;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::{chat, completions, endpoints, offload};
@@ -35,14 +38,21 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Paths open without the API key; every other route needs it.
 const OPEN_PATHS: [&str; 3] = ["/health", "/metrics", "/version"];
 
-/// Routes one request. Never fails: errors are responses.
+/// Longest error message a log line repeats (a validation error quotes the
+/// input, which may be megabytes).
+const MAX_LOGGED_MESSAGE: usize = 1000;
+
+/// Routes one request. Never fails: errors are responses, and log lines.
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let response = match route(state, req).await {
+    let id = request_id(&req);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let response = match route(state, req, &id).await {
         Ok(r) => r,
         Err(e) => {
+            log_error(&id, &what, &e);
             let mut r = error_response(&e);
             if matches!(
                 e.status,
@@ -59,8 +69,62 @@ pub async fn handle(
     Ok(response)
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
-    let path = req.uri().path().to_string();
+/// The client's `X-Request-Id` when it is a short printable token, else a new
+/// id: what the log lines of an HTTP request carry.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("req-{}", &random_id()[..16]), str::to_string)
+}
+
+/// The line a request that ended in an error logs: its id, what it was, the
+/// status and the reason. Server faults are errors, the client's warnings.
+pub fn log_error(id: &str, what: &str, e: &ApiError) {
+    let (message, cut) = cut_for_log(&e.message);
+    let status = e.status.as_u16();
+    if e.status.is_server_error() {
+        tracing::error!("request {id} {what}: {status} {}: {message}{cut}", e.kind);
+    } else {
+        tracing::warn!("request {id} {what}: {status} {}: {message}{cut}", e.kind);
+    }
+}
+
+/// At most [`MAX_LOGGED_MESSAGE`] bytes of `text` (on a character
+/// boundary), and "…" when it was cut.
+pub fn cut_for_log(text: &str) -> (&str, &'static str) {
+    if text.len() <= MAX_LOGGED_MESSAGE {
+        return (text, "");
+    }
+    let mut end = MAX_LOGGED_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], "…")
+}
+
+/// The path routes match: without `--root-path` when it starts with it (as
+/// Starlette strips FastAPI's root_path), as it came otherwise.
+fn route_path<'a>(state: &AppState, path: &'a str) -> &'a str {
+    match &state.config.root_path {
+        Some(root) => match path.strip_prefix(root.as_str()) {
+            Some(rest) if rest.starts_with('/') => rest,
+            // The root itself names no route.
+            Some("") => "",
+            _ => path,
+        },
+        None => path,
+    }
+}
+
+async fn route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    id: &str,
+) -> ApiResult<Response<Body>> {
+    let full_path = req.uri().path().to_string();
+    let path = route_path(&state, &full_path).to_string();
     let method = req.method().clone();
     if !OPEN_PATHS.contains(&path.as_str()) {
         authorize(&state, &req)?;
@@ -69,14 +133,16 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
         "/health" | "/version" | "/metrics" | "/v1/models" => &[Method::GET],
         "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => &[Method::POST],
         p if p.starts_with("/v1/models/") => &[Method::GET],
-        _ => return Err(ApiError::not_found(format!("Not Found: {path}"))),
+        _ => return Err(ApiError::not_found(format!("Not Found: {full_path}"))),
     };
     if !allowed.contains(&method) {
-        let mut r = error_response(&ApiError::new(
+        let e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("Method Not Allowed: {method} {path}"),
-        ));
+            format!("Method Not Allowed: {method} {full_path}"),
+        );
+        log_error(id, &format!("{method} {full_path}"), &e);
+        let mut r = error_response(&e);
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allowed[0].as_str()));
         return Ok(r);
@@ -87,7 +153,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> ApiResult<Respon
     match path.as_str() {
         "/health" => Ok(endpoints::health(&state)),
         "/version" => Ok(json_response(StatusCode::OK, &endpoints::version())),
-        "/metrics" => Ok(endpoints::metrics(&state)),
+        "/metrics" => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            Ok(endpoints::metrics(&state, accept))
+        }
         "/v1/models" => Ok(json_response(StatusCode::OK, &endpoints::models(&state)?)),
         p if p.starts_with("/v1/models/") => {
             let card = endpoints::model(&state, &p["/v1/models/".len()..])?;

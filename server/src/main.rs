@@ -1,13 +1,16 @@
 //! engine-server: vLLM's OpenAI-compatible API over engine's C ABI.
 //!
-//! Data flows one way: HTTP request → validation (request.rs, sampling.rs) →
+//! Data flows one way: connection (accept.rs: TLS, then tower-http's CORS
+//! layer) → HTTP request (http.rs) → validation (request.rs, sampling.rs) →
 //! engine_submit (engine.rs) → events on a channel (generation.rs) → JSON or
 //! server-sent events (completions.rs, chat.rs, stream.rs).
 
+mod accept;
 mod chat;
 mod cli;
 mod completions;
 mod conn;
+mod cors;
 mod endpoints;
 mod engine;
 mod error;
@@ -20,7 +23,9 @@ mod prompt_bound;
 mod request;
 mod sampling;
 mod state;
+mod stats_log;
 mod stream;
+mod tls;
 mod tools;
 
 // The engine's C ABI, the server's only way into the engine.
@@ -32,9 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -68,25 +70,22 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    // Bad CORS values or certificate files stop the start, before the port opens.
+    let cors = args.cors()?;
+    let tls = args.tls()?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "engine-server {} (engine {}) listening on http://{address}",
+        "engine-server {} (engine {}) listening on {scheme}://{address}",
         env!("CARGO_PKG_VERSION"),
         engine::library_version()
     );
-    let state = Arc::new(AppState::new(Config {
-        served_model_names: args.served_model_names(),
-        response_role: args.response_role.clone(),
-        api_key: args.api_key.clone(),
-        max_logprobs: args.max_logprobs,
-        return_tokens_as_token_ids: args.return_tokens_as_token_ids,
-        log_requests: !args.disable_log_requests,
-    }));
+    let state = Arc::new(AppState::new(config(&args)));
     // The port answers (/health: 503) while the weights load.
     let options = args.engine_options();
     let model = args.model_dir();
@@ -101,15 +100,19 @@ async fn serve(args: Args) -> Result<(), String> {
     let limiter = conn::Limiter::new(
         args.max_connections
             .unwrap_or_else(conn::default_max_connections) as usize,
+        tls.clone(),
     );
     tracing::info!(
         "at most {} connections; {} s to send a request head (idle keep-alive)",
         limiter.max_connections,
         args.timeout_keep_alive
     );
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(args.timeout_keep_alive));
+    let front = accept::Front::new(
+        state.clone(),
+        cors,
+        tls,
+        Duration::from_secs(args.timeout_keep_alive),
+    );
     let mut loaded = false;
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
@@ -127,39 +130,40 @@ async fn serve(args: Args) -> Result<(), String> {
                     }
                 };
                 let Some(stream) = limiter.admit(stream) else { continue };
-                let state = state.clone();
-                let service = service_fn(move |req| http::handle(state.clone(), req));
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                front.serve(stream, graceful.watcher());
             }
             result = &mut loading, if !loaded => {
                 loaded = true;
                 let (engine, bound) = result.map_err(|e| format!("model loading stopped: {e}"))??;
-                let info = engine.info();
-                tracing::info!("device: {}", info.device);
-                if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
-                    tracing::warn!(
-                        "--gpu-memory-utilization has no effect on the CPU device; size the KV \
-                         cache with --kv-cache-memory or --num-kv-blocks"
-                    );
-                }
-                tracing::info!(
-                    "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens: {} tokens)",
-                    state.model_name(), info.dtype, info.max_model_len, info.num_kv_blocks,
-                    info.block_size, info.num_kv_blocks * info.block_size
-                );
-                tracing::info!("{}", bound.describe());
-                state.set_engine(Arc::new(engine), bound);
+                engine_ready(&args, &state, engine, bound);
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    shut_down(graceful, &state, Duration::from_secs(args.shutdown_timeout)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The handlers' settings.
+fn config(args: &Args) -> Config {
+    Config {
+        served_model_names: args.served_model_names(),
+        response_role: args.response_role.clone(),
+        api_key: args.api_key.clone(),
+        max_logprobs: args.max_logprobs,
+        return_tokens_as_token_ids: args.return_tokens_as_token_ids,
+        log_requests: !args.disable_log_requests,
+        max_log_len: args.max_log_len,
+        root_path: args.root_path(),
+    }
+}
+
+/// Lets in-flight requests finish for up to `grace`, then aborts the rest and
+/// stops the engine.
+async fn shut_down(graceful: GracefulShutdown, state: &AppState, grace: Duration) {
     tracing::info!("shutting down: letting in-flight requests finish");
-    let grace = Duration::from_secs(args.shutdown_timeout);
     let all_closed = graceful.shutdown();
     tokio::pin!(all_closed);
     if tokio::time::timeout(grace, &mut all_closed).await.is_err() {
@@ -172,8 +176,44 @@ async fn serve(args: Args) -> Result<(), String> {
     if let Some(engine) = state.loaded_engine().cloned() {
         let _ = tokio::task::spawn_blocking(move || engine.shutdown(false)).await;
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// The model has loaded: say so, start the metrics and the stats line, and
+/// let requests in.
+fn engine_ready(
+    args: &Args,
+    state: &Arc<AppState>,
+    engine: engine::Engine,
+    bound: prompt_bound::PromptBound,
+) {
+    let info = engine.info();
+    tracing::info!("device: {}", info.device);
+    if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
+        tracing::warn!(
+            "--gpu-memory-utilization has no effect on the CPU device; size the KV \
+             cache with --kv-cache-memory or --num-kv-blocks"
+        );
+    }
+    tracing::info!(
+        "model loaded: serving {} ({}, max_model_len {}, KV cache {} blocks of {} tokens: {} tokens)",
+        state.model_name(),
+        info.dtype,
+        info.max_model_len,
+        info.num_kv_blocks,
+        info.block_size,
+        info.num_kv_blocks * info.block_size
+    );
+    tracing::info!("{}", bound.describe());
+    let engine = Arc::new(engine);
+    state
+        .metrics
+        .engine_loaded(engine.clone(), args.cache_config(engine.info()));
+    tokio::spawn(stats_log::run(
+        state.clone(),
+        engine.clone(),
+        !args.disable_log_stats,
+    ));
+    state.set_engine(engine, bound);
 }
 
 /// Loads the model, showing progress: a bar on a terminal, else a log line per quarter.

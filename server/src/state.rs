@@ -22,6 +22,11 @@ pub struct Config {
     /// Report tokens as "token_id:N" unless the request says otherwise.
     pub return_tokens_as_token_ids: bool,
     pub log_requests: bool,
+    /// Most prompt characters and token ids a request's log line shows.
+    pub max_log_len: Option<usize>,
+    /// The prefix the API is mounted under behind a proxy (`--root-path`),
+    /// without its final '/'; requests may carry it or not.
+    pub root_path: Option<String>,
 }
 
 pub struct AppState {
@@ -35,8 +40,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> AppState {
         AppState {
+            metrics: Metrics::new(&config.served_model_names[0]),
             config,
-            metrics: Metrics::default(),
             large_jobs: offload::large_job_slots(),
             engine: OnceLock::new(),
         }

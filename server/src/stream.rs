@@ -125,7 +125,7 @@ pub async fn pump(
         let (tag, event) = match next {
             Ok(x) => x,
             Err(e) => {
-                send_error(tx, &e).await;
+                send_error(tx, generation.request_id(), &e).await;
                 return Some(totals);
             }
         };
@@ -144,8 +144,9 @@ pub async fn pump(
 }
 
 /// An error after the stream started: an `{"error": ...}` event (the caller
-/// still ends the stream with `[DONE]`).
-pub async fn send_error(tx: &mpsc::Sender<Bytes>, e: &ApiError) {
+/// still ends the stream with `[DONE]`), and a log line.
+pub async fn send_error(tx: &mpsc::Sender<Bytes>, request_id: &str, e: &ApiError) {
+    crate::http::log_error(request_id, "in its stream", e);
     let _ = tx.send(sse_event(&e.body())).await;
 }
 
@@ -160,7 +161,7 @@ pub async fn end_stream(
 ) {
     if engine_stopped {
         if let Err(e) = engine.check() {
-            send_error(tx, &e.into()).await;
+            send_error(tx, &header.id, &e.into()).await;
         }
     }
     if header.include_usage {

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,12 +15,26 @@ use serde_json::Value;
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// What the server logged (its stdout), line by line.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `engine-server` with `args` (the demo model unless `--model` is
     /// given) and waits until /health answers 200.
     pub fn start(args: &[&str]) -> Server {
+        let server = Server::spawn(args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.get("/health").status != 200 {
+            assert!(Instant::now() < deadline, "the model did not load in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Starts `engine-server` and returns once it logged its port (over
+    /// http or https), without waiting for the model.
+    pub fn spawn(args: &[&str]) -> Server {
         // ENGINE_SERVER_UNDER_TEST runs the tests against another build (an
         // older one, to see a test fail before its fix).
         let binary = std::env::var("ENGINE_SERVER_UNDER_TEST")
@@ -42,9 +56,11 @@ impl Server {
             .expect("engine-server starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line.split("listening on http").nth(1) {
                     let port = rest
                         .rsplit(':')
                         .next()
@@ -52,20 +68,37 @@ impl Server {
                     let _ = tx.send(port);
                 }
                 // Keep draining so the server never blocks on a full pipe.
+                lines.lock().unwrap().push(line);
             }
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .expect("the server logs its port");
-        let server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.get("/health").status != 200 {
-            assert!(Instant::now() < deadline, "the model did not load in time");
-            std::thread::sleep(Duration::from_millis(50));
+        let port = rx.recv_timeout(Duration::from_secs(60)).ok().flatten();
+        let Some(port) = port else {
+            // No server is left running behind a failed start.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not log its port");
+        };
+        Server { child, port, log }
+    }
+
+    /// The log lines so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// The first log line containing `needle`, waiting up to `timeout` for it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.logged(needle).into_iter().next() {
+                return Some(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
     pub fn request(
@@ -236,7 +269,7 @@ pub fn sse_events(text: &str) -> Vec<String> {
 }
 
 /// Reads one response (the connection is then done with).
-pub fn read_response_from(stream: &mut TcpStream) -> Response {
+pub fn read_response_from(stream: &mut impl Read) -> Response {
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
