@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -55,8 +56,14 @@ fn run() -> engine::Result<()> {
         };
         Llm::load(&path, &options)
     };
-    let mut engines = [("engine, quantized", load("auto")?), ("engine, f32", load("none")?)];
-    println!("{}; {threads} threads; best of {ROUNDS} interleaved rounds\n", path.display());
+    let mut engines = [
+        ("engine, quantized", load("auto")?),
+        ("engine, f32", load("none")?),
+    ];
+    println!(
+        "{}; {threads} threads; best of {ROUNDS} interleaved rounds\n",
+        path.display()
+    );
     // [engine quantized, engine f32, llama.cpp] x [decode, prefill], best tok/s.
     let mut best = [[0f64; 2]; 3];
     for round in 0..ROUNDS {
@@ -71,7 +78,10 @@ fn run() -> engine::Result<()> {
         }
         println!("round {} done", round + 1);
     }
-    println!("\n{:<20} {:>18} {:>22}", "", "decode b1 tok/s", "prefill 128 tok/s");
+    println!(
+        "\n{:<20} {:>18} {:>22}",
+        "", "decode b1 tok/s", "prefill 128 tok/s"
+    );
     let names = ["engine, quantized", "engine, f32", "llama.cpp"];
     for (name, b) in names.iter().zip(best) {
         if b[0] > 0.0 {
@@ -90,7 +100,11 @@ fn run() -> engine::Result<()> {
 
 fn request(prompt_len: usize, max_tokens: usize) -> Vec<Request> {
     vec![Request {
-        prompt: Prompt::Tokens((0..prompt_len).map(|i| 100 + (i * 7919 % 40_000) as u32).collect()),
+        prompt: Prompt::Tokens(
+            (0..prompt_len)
+                .map(|i| 100 + (i * 7919 % 40_000) as u32)
+                .collect(),
+        ),
         params: SamplingParams {
             ignore_eos: true,
             ..SamplingParams::greedy(max_tokens)
@@ -119,7 +133,12 @@ fn prefill(llm: &mut Llm) -> engine::Result<f64> {
 fn llama_bench(bin: &PathBuf, model: &PathBuf, threads: usize) -> engine::Result<(f64, f64)> {
     let out = Command::new(bin)
         .args(["-m".as_ref(), model.as_os_str()])
-        .args(["-t", &threads.to_string(), "-p", &PREFILL_TOKENS.to_string()])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            &PREFILL_TOKENS.to_string(),
+        ])
         .args(["-n", &DECODE_TOKENS.to_string(), "-r", "1", "-o", "json"])
         .output()
         .map_err(|e| engine::Error::invalid(format!("running {}: {e}", bin.display())))?;

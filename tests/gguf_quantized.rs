@@ -17,7 +17,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use engine::generate::{Llm, LoadOptions};
+use engine::generate::Llm;
+use engine::loader::LoadOptions;
 
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

@@ -7,9 +7,10 @@
 //! copied only to un-permute Q/K rows); every other tensor is dequantized to f32,
 //! which the backend converts to the model dtype.
 
-use crate::config::{DType, ModelConfig};
+use crate::backend::{DType, HostTensor, TensorBytes};
+use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::weights::{HostTensor, TensorBytes, TensorSource};
+use crate::model::weights::TensorSource;
 
 use super::dequant::{dequantize_parallel, GgmlType};
 use super::GgufFile;

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::acts::{sum_width, ActRow};
 use super::{f16_at, scale_min_k4, DotFn};
-use crate::gguf::GgmlType;
+use crate::backend::ggml::GgmlType;
 
 /// Whether this CPU runs these kernels.
 pub fn supported() -> bool {

@@ -19,9 +19,9 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use crate::backend::cpu::weight::Slab;
-use crate::gguf::dequant::dequantize;
-pub use crate::gguf::dequant::{f16_at, scale_min_k4};
-use crate::gguf::GgmlType;
+use crate::backend::ggml::dequantize;
+use crate::backend::ggml::GgmlType;
+pub use crate::backend::ggml::{f16_at, scale_min_k4};
 use acts::{ActRow, QuantActs};
 
 /// A dot product of one weight row (whole blocks) with one activation row.

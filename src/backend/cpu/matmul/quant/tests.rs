@@ -11,10 +11,10 @@ use rand_chacha::ChaCha8Rng;
 use super::acts::QuantActs;
 use super::{act_block, kernel, matmul, DotFn, Kernels, QuantMatrix};
 use crate::backend::cpu::weight::{CpuWeight, Slab, WeightData};
-use crate::config::DType;
-use crate::gguf::dequant::dequantize;
-use crate::gguf::GgmlType;
-use crate::model::weights::{HostTensor, TensorBytes};
+use crate::backend::ggml::dequantize;
+use crate::backend::ggml::GgmlType;
+use crate::backend::DType;
+use crate::backend::{HostTensor, TensorBytes};
 
 const TYPES: [GgmlType; 6] = [
     GgmlType::Q8_0,

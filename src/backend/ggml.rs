@@ -13,7 +13,7 @@
 //! | Q6_K | 256 | 210 | ql[128], qh[64], scales[16] (i8), d |
 //!
 //! Q8_0, Q4_0, Q4_1 and the K-quants can stay quantized on the CPU (kernels in
-//! `crate::backend::cpu::matmul::quant`); everything else, and every tensor on
+//! `super::cpu::matmul::quant`); everything else, and every tensor on
 //! the dequantized path, becomes f32 here at load.
 
 // Block layouts read most plainly with the element index written out.
