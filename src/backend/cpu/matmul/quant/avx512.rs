@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::{sum_width, ActRow};
-use super::{f16_at, scale_min_k4, DotFn};
+use super::{scale_min_k4, DotFn};
 use crate::backend::ggml::GgmlType;
 
 /// Whether this CPU runs these kernels.
@@ -23,6 +23,7 @@ pub fn supported() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512vnni")
         && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// The kernel for `ty`, if this CPU has the features (checked here, once per
@@ -34,18 +35,60 @@ pub fn kernel(ty: GgmlType) -> Option<DotFn> {
     // SAFETY (each closure): the features were just detected; the lengths are
     // checked by `checked`.
     Some(match ty {
-        GgmlType::Q4_0 => |w, a| unsafe { q4_x(w, checked(w, a, 18, 32), false) },
-        GgmlType::Q4_1 => |w, a| unsafe { q4_x(w, checked(w, a, 20, 32), true) },
-        GgmlType::Q8_0 => |w, a| unsafe { q8_0(w, checked(w, a, 34, 32)) },
-        GgmlType::Q4K => |w, a| unsafe { q45_k(w, checked(w, a, 144, 256), false) },
-        GgmlType::Q5K => |w, a| unsafe { q45_k(w, checked(w, a, 176, 256), true) },
-        GgmlType::Q6K => |w, a| unsafe { q6_k(w, checked(w, a, 210, 256)) },
+        GgmlType::Q4_0 => |w, a, o| {
+            rows(w, a, o, |w, a, o| unsafe {
+                q4_x(w, checked(w, a, 18, 32), o, false)
+            })
+        },
+        GgmlType::Q4_1 => |w, a, o| {
+            rows(w, a, o, |w, a, o| unsafe {
+                q4_x(w, checked(w, a, 20, 32), o, true)
+            })
+        },
+        GgmlType::Q8_0 => |w, a, o| {
+            rows(w, a, o, |w, a, o| unsafe {
+                q8_0(w, checked(w, a, 34, 32), o)
+            })
+        },
+        GgmlType::Q4K => |w, a, o| {
+            one_by_one(w, a, o, |w, a| unsafe {
+                q45_k(w, checked1(w, a, 144, 256), false)
+            })
+        },
+        GgmlType::Q5K => |w, a, o| {
+            one_by_one(w, a, o, |w, a| unsafe {
+                q45_k(w, checked1(w, a, 176, 256), true)
+            })
+        },
+        GgmlType::Q6K => {
+            |w, a, o| one_by_one(w, a, o, |w, a| unsafe { q6_k(w, checked1(w, a, 210, 256)) })
+        }
         _ => return None,
     })
 }
 
+/// `out[r] = f(w, a[r])` for every row.
+fn one_by_one(w: &[u8], a: &[ActRow], out: &mut [f32], f: impl Fn(&[u8], ActRow) -> f32) {
+    for (o, &ar) in out.iter_mut().zip(a) {
+        *o = f(w, ar);
+    }
+}
+
+/// `a`, after checking every row holds a value for every weight in `w`.
+fn checked<'a, 'b>(
+    w: &[u8],
+    a: &'b [ActRow<'a>],
+    block_bytes: usize,
+    block: usize,
+) -> &'b [ActRow<'a>] {
+    for &ar in a {
+        checked1(w, ar, block_bytes, block);
+    }
+    a
+}
+
 /// `a`, after checking it holds a value for every weight in `w`.
-fn checked<'a>(w: &[u8], a: ActRow<'a>, block_bytes: usize, block: usize) -> ActRow<'a> {
+fn checked1<'a>(w: &[u8], a: ActRow<'a>, block_bytes: usize, block: usize) -> ActRow<'a> {
     let nb = w.len() / block_bytes;
     assert!(
         w.len() == nb * block_bytes
@@ -59,7 +102,7 @@ fn checked<'a>(w: &[u8], a: ActRow<'a>, block_bytes: usize, block: usize) -> Act
 
 /// The 32 values of a 16-byte nibble array: low nibbles (values 0..16) then high.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn nibbles32(p: *const u8) -> __m256i {
     // SAFETY: the caller passes 16 readable bytes.
     let q = unsafe { _mm_loadu_si128(p.cast()) };
@@ -71,118 +114,163 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
 
 /// Two 256-bit halves as one register, `lo` in lanes 0..8.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
 }
 
 /// `a` in i32 lanes 0..8, `b` in 8..16.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 fn halves_i32(a: i32, b: i32) -> __m512i {
     _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(a), _mm512_set1_epi32(b))
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 fn halves_f32(a: f32, b: f32) -> __m512 {
     _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
 }
 
+/// An f16 of a block as f32 (F16C: exact, and inlined, unlike a library call).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+fn h(w: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([w[at], w[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Rows of activations one weight row is dotted with at once: the weight
+/// blocks are unpacked once for all of them. Each row's arithmetic is the same
+/// whatever `R` is (its own accumulators, the same operations in the same
+/// order), so grouping rows never changes a result.
+const R: usize = 4;
+
+/// `out[r] = w · a[r]` for every row of `a`, `R` at a time, then one by one.
+fn rows(w: &[u8], a: &[ActRow], out: &mut [f32], f: impl Fn(&[u8], &[ActRow], &mut [f32])) {
+    let mut i = 0;
+    while i < a.len() {
+        let n = if a.len() - i >= R { R } else { 1 };
+        f(w, &a[i..i + n], &mut out[i..i + n]);
+        i += n;
+    }
+}
+
 /// Q4_0 (`min` false: values nibble - 8) and Q4_1 (`min` true: nibble·d + m),
-/// two blocks per 512-bit step.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn q4_x(w: &[u8], a: ActRow, min: bool) -> f32 {
+/// two blocks per 512-bit step, for up to `R` activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q4_x(w: &[u8], a: &[ActRow], out: &mut [f32], min: bool) {
     let (bb, off) = if min { (20, 4) } else { (18, 2) };
     let nb = w.len() / bb;
-    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr());
-    let mut acc = _mm512_setzero_ps();
-    let mut mins = 0f32;
+    let n = a.len().min(R);
+    let wp = w.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut mins = [0f32; R];
     let mut b = 0;
     while b < nb {
         let two = b + 1 < nb;
+        let b1 = if two { b + 1 } else { b };
         // SAFETY: blocks b (and b + 1 when `two`) lie in `w`, and their 32 (64)
-        // activations in `a.qs` (`checked`).
+        // activations in every `a[r].qs` (`checked`).
         unsafe {
-            let wa = wp.add(bb * b);
-            let nib_a = nibbles32(wa.add(off));
-            let (nib, x) = if two {
-                let nib_b = nibbles32(wa.add(bb + off));
-                (
-                    join(nib_a, nib_b),
-                    _mm512_loadu_si512(xp.add(32 * b).cast()),
-                )
+            let nib_a = nibbles32(wp.add(bb * b + off));
+            let nib = if two {
+                join(nib_a, nibbles32(wp.add(bb * b1 + off)))
             } else {
-                let xa = _mm256_loadu_si256(xp.add(32 * b).cast());
-                (
-                    join(nib_a, _mm256_setzero_si256()),
-                    join(xa, _mm256_setzero_si256()),
-                )
+                join(nib_a, _mm256_setzero_si256())
             };
-            let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib, x);
-            let sb = if two { a.sums[b + 1] } else { 0 };
-            if !min {
-                // Σ (nibble - 8)·q: 8·Σq taken out as Σq from each of the 8 lanes.
-                p = _mm512_sub_epi32(p, halves_i32(a.sums[b], sb));
-            }
-            let db = if two {
-                f16_at(w, bb * (b + 1)) * a.d[b + 1]
+            let (d0, d1) = (h(w, bb * b), if two { h(w, bb * b1) } else { 0.0 });
+            let (m0, m1) = if min {
+                (h(w, bb * b + 2), if two { h(w, bb * b1 + 2) } else { 0.0 })
             } else {
-                0.0
+                (0.0, 0.0)
             };
-            let scale = halves_f32(f16_at(w, bb * b) * a.d[b], db);
-            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc);
-            if min {
-                mins += f16_at(w, bb * b + 2) * a.d[b] * a.sums[b] as f32;
-                if two {
-                    mins += f16_at(w, bb * (b + 1) + 2) * a.d[b + 1] * sb as f32;
+            for r in 0..n {
+                let ar = a[r];
+                let xp = ar.qs.as_ptr().add(32 * b);
+                let x = if two {
+                    _mm512_loadu_si512(xp.cast())
+                } else {
+                    join(_mm256_loadu_si256(xp.cast()), _mm256_setzero_si256())
+                };
+                let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nib, x);
+                let (s0, s1) = (
+                    *ar.sums.get_unchecked(b),
+                    if two { *ar.sums.get_unchecked(b1) } else { 0 },
+                );
+                let (da0, da1) = (*ar.d.get_unchecked(b), *ar.d.get_unchecked(b1));
+                if !min {
+                    // Σ (nibble - 8)·q: 8·Σq taken out as Σq from each of the 8 lanes.
+                    p = _mm512_sub_epi32(p, halves_i32(s0, s1));
+                }
+                let scale = halves_f32(d0 * da0, d1 * da1);
+                acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc[r]);
+                if min {
+                    mins[r] += m0 * da0 * s0 as f32;
+                    if two {
+                        mins[r] += m1 * da1 * s1 as f32;
+                    }
                 }
             }
         }
         b += 2;
     }
-    _mm512_reduce_add_ps(acc) + mins
+    for r in 0..n {
+        out[r] = _mm512_reduce_add_ps(acc[r]) + mins[r];
+    }
 }
 
-/// Q8_0: the i8 weights biased to u8 (xor 0x80 adds 128), 128·Σq taken back out.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-unsafe fn q8_0(w: &[u8], a: ActRow) -> f32 {
+/// Q8_0: the i8 weights biased to u8 (xor 0x80 adds 128), 128·Σq taken back
+/// out; up to `R` activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q8_0(w: &[u8], a: &[ActRow], out: &mut [f32]) {
     let nb = w.len() / 34;
-    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr());
+    let n = a.len().min(R);
+    let wp = w.as_ptr();
     let bias = _mm256_set1_epi8(0x80u8 as i8);
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); R];
     let mut b = 0;
     while b < nb {
         let two = b + 1 < nb;
+        let b1 = if two { b + 1 } else { b };
         // SAFETY: as in `q4_x`.
         unsafe {
             let load =
                 |i: usize| _mm256_xor_si256(_mm256_loadu_si256(wp.add(34 * i + 2).cast()), bias);
-            let (wv, x, sb, db) = if two {
-                (
-                    join(load(b), load(b + 1)),
-                    _mm512_loadu_si512(xp.add(32 * b).cast()),
-                    a.sums[b + 1],
-                    f16_at(w, 34 * (b + 1)) * a.d[b + 1],
-                )
+            let wv = if two {
+                join(load(b), load(b1))
             } else {
-                let xa = _mm256_loadu_si256(xp.add(32 * b).cast());
-                let zero = _mm256_setzero_si256();
-                (join(load(b), zero), join(xa, zero), 0, 0.0)
+                join(load(b), _mm256_setzero_si256())
             };
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, x);
-            let p = _mm512_sub_epi32(p, halves_i32(16 * a.sums[b], 16 * sb));
-            let scale = halves_f32(f16_at(w, 34 * b) * a.d[b], db);
-            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc);
+            let (d0, d1) = (h(w, 34 * b), if two { h(w, 34 * b1) } else { 0.0 });
+            for r in 0..n {
+                let ar = a[r];
+                let xp = ar.qs.as_ptr().add(32 * b);
+                let x = if two {
+                    _mm512_loadu_si512(xp.cast())
+                } else {
+                    join(_mm256_loadu_si256(xp.cast()), _mm256_setzero_si256())
+                };
+                let (s0, s1) = (
+                    *ar.sums.get_unchecked(b),
+                    if two { *ar.sums.get_unchecked(b1) } else { 0 },
+                );
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, x);
+                let p = _mm512_sub_epi32(p, halves_i32(16 * s0, 16 * s1));
+                let scale = halves_f32(d0 * *ar.d.get_unchecked(b), d1 * *ar.d.get_unchecked(b1));
+                acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc[r]);
+            }
         }
         b += 2;
     }
-    _mm512_reduce_add_ps(acc)
+    for r in 0..n {
+        out[r] = _mm512_reduce_add_ps(acc[r]);
+    }
 }
 
 /// Q4_K and Q5_K (`five_bit`): per 64 values, sub-blocks 2c (low nibbles) and
 /// 2c+1 (high nibbles) in one register, each lane scaled by its sub-block's scale.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q45_k(w: &[u8], a: ActRow, five_bit: bool) -> f32 {
     let bb = if five_bit { 176 } else { 144 };
     let nb = w.len() / bb;
@@ -193,7 +281,7 @@ unsafe fn q45_k(w: &[u8], a: ActRow, five_bit: bool) -> f32 {
     for b in 0..nb {
         let blk = &w[bb * b..bb * (b + 1)];
         let sums = &a.sums[16 * b..16 * b + 16];
-        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let (d, dmin) = (h(blk, 0), h(blk, 2));
         let qs_at = if five_bit { 48 } else { 16 };
         let mut isum = _mm512_setzero_si512();
         let mut imin = 0i32;
@@ -237,7 +325,7 @@ unsafe fn q45_k(w: &[u8], a: ActRow, five_bit: bool) -> f32 {
 
 /// Q6_K: per half of 128 values, the low nibbles of ql's 64 bytes are values
 /// 0..64 and the high nibbles 64..128; qh's bit pairs 0, 1, 2, 3 top up groups of 32.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
 unsafe fn q6_k(w: &[u8], a: ActRow) -> f32 {
     let nb = w.len() / 210;
     let low4 = _mm512_set1_epi8(0x0F);
@@ -290,7 +378,7 @@ unsafe fn q6_k(w: &[u8], a: ActRow) -> f32 {
             .map(|s| 32 * (blk[192 + s] as i8 as i32) * sums[s])
             .sum();
         isum = _mm512_mask_sub_epi32(isum, 1, isum, _mm512_set1_epi32(offset));
-        let d = f16_at(blk, 208) * a.d[b];
+        let d = h(blk, 208) * a.d[b];
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
     }
     _mm512_reduce_add_ps(acc)

@@ -24,8 +24,9 @@ use crate::backend::ggml::GgmlType;
 pub use crate::backend::ggml::{f16_at, scale_min_k4};
 use acts::{ActRow, QuantActs};
 
-/// A dot product of one weight row (whole blocks) with one activation row.
-pub type DotFn = fn(&[u8], ActRow) -> f32;
+/// Dot products of one weight row (whole blocks) with each activation row of
+/// `a`, into `out` (one per row). A row's result does not depend on the others.
+pub type DotFn = fn(w: &[u8], a: &[ActRow], out: &mut [f32]);
 
 /// Which kernels a matmul runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +68,19 @@ fn kernel(ty: GgmlType, kernels: Kernels) -> DotFn {
     }
     let _ = kernels;
     match ty {
-        GgmlType::Q4_0 => scalar::q4_0,
-        GgmlType::Q4_1 => scalar::q4_1,
-        GgmlType::Q8_0 => scalar::q8_0,
-        GgmlType::Q4K => scalar::q4_k,
-        GgmlType::Q5K => scalar::q5_k,
-        GgmlType::Q6K => scalar::q6_k,
+        GgmlType::Q4_0 => |w, a, o| each(w, a, o, scalar::q4_0),
+        GgmlType::Q4_1 => |w, a, o| each(w, a, o, scalar::q4_1),
+        GgmlType::Q8_0 => |w, a, o| each(w, a, o, scalar::q8_0),
+        GgmlType::Q4K => |w, a, o| each(w, a, o, scalar::q4_k),
+        GgmlType::Q5K => |w, a, o| each(w, a, o, scalar::q5_k),
+        GgmlType::Q6K => |w, a, o| each(w, a, o, scalar::q6_k),
         other => unreachable!("no quantized kernel for {}", other.name()),
+    }
+}
+
+fn each(w: &[u8], a: &[ActRow], out: &mut [f32], f: fn(&[u8], ActRow) -> f32) {
+    for (o, &ar) in out.iter_mut().zip(a) {
+        *o = f(w, ar);
     }
 }
 
@@ -127,22 +134,27 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], kernels: Ke
     let acts = QuantActs::new(x, k, act_block(w.ty));
     let dot = kernel(w.ty, kernels);
     let ptr = OutPtr(out.as_mut_ptr());
+    let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
     // Tasks of consecutive weight rows; within one, a few rows at a time stay
-    // in L1 while every activation row passes over them.
+    // in L1 while blocks of activation rows pass over them.
     const GROUP: usize = 8;
+    const ROW_BLOCK: usize = 16;
     let rows_per_task = (n / (rayon::current_num_threads() * 16)).clamp(GROUP, 256);
     (0..n.div_ceil(rows_per_task))
         .into_par_iter()
         .for_each(|task| {
             let (j0, j1) = (task * rows_per_task, ((task + 1) * rows_per_task).min(n));
+            let mut tmp = [0f32; ROW_BLOCK];
             for g in (j0..j1).step_by(GROUP) {
                 let g1 = (g + GROUP).min(j1);
-                for i in 0..m {
-                    let a = acts.row(i);
+                for i0 in (0..m).step_by(ROW_BLOCK) {
+                    let block = &rows[i0..(i0 + ROW_BLOCK).min(m)];
                     for j in g..g1 {
-                        let v = dot(w.row(j), a);
-                        // SAFETY: column j belongs to this task alone; i * n + j < m * n.
-                        unsafe { *ptr.at(i * n + j) = v };
+                        dot(w.row(j), block, &mut tmp[..block.len()]);
+                        for (r, &v) in tmp[..block.len()].iter().enumerate() {
+                            // SAFETY: column j belongs to this task alone; (i0 + r) * n + j < m * n.
+                            unsafe { *ptr.at((i0 + r) * n + j) = v };
+                        }
                     }
                 }
             }

@@ -97,7 +97,9 @@ fn kernels_match_f64_over_dequantized_values() {
                 .map(|(&w, &a)| (w as f64 * a).abs())
                 .sum();
             for (name, dot) in kernel_sets(ty) {
-                let got = dot(&w, a) as f64;
+                let mut got = [0f32];
+                dot(&w, &[a], &mut got);
+                let got = got[0] as f64;
                 let tol = 1e-5 * scale + 1e-6;
                 assert!(
                     (got - want).abs() <= tol,
