@@ -8,7 +8,7 @@
 //! and a 128-token prefill, each `ROUNDS` times in turn with llama-bench
 //! `-t <threads> -p 128 -n 64 -r 1`, and reports the best of each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ fn prefill(llm: &mut Llm) -> engine::Result<f64> {
 }
 
 /// llama-bench's (decode, prefill) tok/s for one repetition.
-fn llama_bench(bin: &PathBuf, model: &PathBuf, threads: usize) -> engine::Result<(f64, f64)> {
+fn llama_bench(bin: &Path, model: &Path, threads: usize) -> engine::Result<(f64, f64)> {
     let out = Command::new(bin)
         .args(["-m".as_ref(), model.as_os_str()])
         .args([

@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use engine::generate::Llm;
@@ -31,7 +31,7 @@ fn model_path() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-fn load(path: &PathBuf, quantization: &str) -> Llm {
+fn load(path: &Path, quantization: &str) -> Llm {
     let options = LoadOptions {
         quantization: quantization.into(),
         max_model_len: Some(1024),
