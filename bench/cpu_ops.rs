@@ -55,6 +55,7 @@ fn weight(shape: &[usize], dtype: DType, seed: u64) -> CpuWeight {
         dtype: DType::F32,
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+        quant: None,
     };
     let weight = CpuBackend.upload_weight(host, dtype);
     weight.unwrap_or_else(|e| panic!("upload_weight: {e}"))
@@ -280,6 +281,7 @@ fn natural_weight(shape: &[usize], dtype: DType, seed: u64) -> CpuWeight {
         dtype: DType::F32,
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+        quant: None,
     };
     CpuWeight::natural(host, dtype)
 }

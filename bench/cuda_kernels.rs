@@ -515,6 +515,7 @@ fn cpu_weight(len: usize, seed: u64) -> CpuWeight {
         dtype: DType::F32,
         shape: vec![len],
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&random(len, seed)).to_vec()),
+        quant: None,
     };
     CpuWeight::natural(host, DType::F32)
 }

@@ -47,6 +47,10 @@ pub struct LoadOptions {
     /// ids and outputs have no text. Without it, a model directory without
     /// tokenizer.json is an error.
     pub skip_tokenizer_init: bool,
+    /// vLLM's `--quantization`: `auto` or `gguf` keep a GGUF file's Q8_0, Q4_0,
+    /// Q4_1, Q4_K, Q5_K and Q6_K matrices quantized on the CPU (as llama.cpp and
+    /// vLLM serve them); `none` dequantizes every tensor to `dtype` at load.
+    pub quantization: String,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +69,7 @@ impl Default for LoadOptions {
             chat_template: None,
             tokenizer: None,
             skip_tokenizer_init: false,
+            quantization: "auto".into(),
         }
     }
 }
@@ -116,6 +121,23 @@ impl ModelPath {
     }
 }
 
+/// Resolves `--quantization` for the model: whether GGUF blocks stay quantized.
+fn keep_quantized(requested: &str, model: &ModelPath) -> Result<bool> {
+    match (requested.trim().to_ascii_lowercase().as_str(), model) {
+        ("auto" | "none", ModelPath::HfDir(_)) => Ok(false),
+        ("auto" | "gguf", ModelPath::Gguf(_)) => Ok(true),
+        ("none", ModelPath::Gguf(_)) => Ok(false),
+        ("gguf", ModelPath::HfDir(dir)) => Err(Error::invalid(format!(
+            "quantization \"gguf\" needs a GGUF model, and {} is a Hugging Face directory",
+            dir.display()
+        ))),
+        (other, _) => Err(Error::invalid(format!(
+            "quantization {other:?} is not served: expected auto, gguf (a GGUF file's blocks \
+             kept quantized) or none (dequantized to --dtype)"
+        ))),
+    }
+}
+
 fn tokenizer_from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
     if dir.join("tokenizer.json").exists() {
         Tokenizer::from_model_dir(dir).map(Some)
@@ -133,9 +155,18 @@ pub fn load_engine_core<B: Backend>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EngineCore<B>> {
     let override_tokenizer = override_tokenizer(options)?;
-    let (mut model, tokenizer) = match ModelPath::resolve(dir)? {
+    let model_path = ModelPath::resolve(dir)?;
+    let keep_quantized = keep_quantized(&options.quantization, &model_path)?;
+    let (mut model, tokenizer) = match model_path {
         ModelPath::HfDir(dir) => load_hf_dir(&dir, options, override_tokenizer, backend, progress)?,
-        ModelPath::Gguf(path) => load_gguf(&path, options, override_tokenizer, backend, progress)?,
+        ModelPath::Gguf(path) => load_gguf(
+            &path,
+            options,
+            override_tokenizer,
+            keep_quantized,
+            backend,
+            progress,
+        )?,
     };
     let tokenizer = match (tokenizer, &options.chat_template) {
         (Some(t), Some(arg)) => {
@@ -204,6 +235,7 @@ fn load_gguf<B: Backend>(
     path: &Path,
     options: &LoadOptions,
     override_tokenizer: Option<Tokenizer>,
+    keep_quantized: bool,
     backend: B,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Model<B>, Option<Tokenizer>)> {
@@ -220,6 +252,7 @@ fn load_gguf<B: Backend>(
         file: &file,
         config: &config,
         permuted_qk,
+        keep_quantized,
     };
     let model = Model::from_source(
         config.clone(),

@@ -209,6 +209,7 @@ fn host_tensor(v: &[f32], shape: &[usize]) -> HostTensor {
         dtype: DType::F32,
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(v).to_vec()),
+        quant: None,
     }
 }
 

@@ -450,3 +450,64 @@ fn bad_files_are_clear_errors() {
     let e = load_err(&path);
     assert!(e.contains("not a GGUF file"), "{e}");
 }
+
+/// Q8_0 blocks of `values` (rows a multiple of 32): d = amax / 127 as f16, then
+/// round(x / d), as llama.cpp's quantize_row_q8_0_ref.
+fn q8_0_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for block in values.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|&x| (x * id).round() as i8 as u8));
+    }
+    out
+}
+
+#[test]
+fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
+    let (meta, mut tensors) = tiny_llama_gguf("llama");
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.dims.len() == 2 && t.ty == 0)
+    {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
+        t.data = q8_0_bytes(&v);
+        t.ty = 8;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = save(tmp.path(), "q8.gguf", &write_gguf(&meta, &tensors));
+    let with = |quantization: &str| LoadOptions {
+        quantization: quantization.into(),
+        ..float32()
+    };
+    let prompt = [1u32, 15, 300, 7, 2500, 42, 9, 100];
+    let quantized = Llm::load(&path, &with("gguf"))
+        .unwrap()
+        .prompt_logits(&prompt)
+        .unwrap();
+    let dequantized = Llm::load(&path, &with("none"))
+        .unwrap()
+        .prompt_logits(&prompt)
+        .unwrap();
+    // Same weights; only the activations' 8-bit blocks differ (Q/K rows un-permuted
+    // as blocks on one path, as f32 on the other).
+    for (row, (x, y)) in quantized.iter().zip(&dequantized).enumerate() {
+        let err = rel_l2(x, y);
+        assert!(
+            err < 2e-2 && err > 0.0,
+            "position {row}: relative L2 {err:.2e}"
+        );
+    }
+    let e = match Llm::load(&fixture_dir("tiny-llama"), &with("gguf")) {
+        Ok(_) => panic!("quantization gguf loaded a Hugging Face directory"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("needs a GGUF model"), "{e}");
+    let e = match Llm::load(&path, &with("awq")) {
+        Ok(_) => panic!("quantization awq loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("\"awq\" is not served"), "{e}");
+}

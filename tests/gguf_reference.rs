@@ -38,6 +38,8 @@ fn load() -> Option<Llm> {
     };
     let options = LoadOptions {
         dtype: "float32".into(),
+        // The dequantized path (the quantized one is checked in gguf_quantized.rs).
+        quantization: "none".into(),
         max_model_len: Some(512),
         ..LoadOptions::default()
     };

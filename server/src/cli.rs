@@ -109,6 +109,10 @@ pub struct Args {
     /// Weight dtype: auto, float32/float, float16/half, bfloat16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// As vLLM's: auto or gguf keep a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K
+    /// matrices quantized on the CPU; none dequantizes them to --dtype at load.
+    #[arg(long, short = 'q', default_value = "auto", value_parser = ["auto", "gguf", "none"])]
+    pub quantization: String,
     /// Longest sequence (prompt + output); defaults to the model's config.
     #[arg(long)]
     pub max_model_len: Option<u64>,
@@ -293,6 +297,7 @@ impl Args {
             ("served_model_name", self.served_model_names()[0].clone()),
             ("device", self.device.clone()),
             ("dtype", self.dtype.clone()),
+            ("quantization", self.quantization.clone()),
             ("block_size", self.block_size.to_string()),
             ("kv_cache_dtype", self.kv_cache_dtype.clone()),
             ("max_num_seqs", self.max_num_seqs.to_string()),

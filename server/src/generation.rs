@@ -10,10 +10,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, RawEvent};
-use crate::error::{py_repr, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::http::cut_for_log;
 use crate::metrics::RequestRecord;
 use crate::state::AppState;
+use engine_api::python::json_repr;
 
 /// One token's logprobs: the chosen token first, then the top ones.
 pub type TokenLogprobs = Vec<LogprobEntry>;
@@ -146,7 +147,7 @@ impl Generation {
         let prompt = prompt
             .filter(|p| !p.is_empty())
             .map_or("None".to_string(), |p| {
-                py_repr(&Value::String(p.chars().take(limit).collect()))
+                json_repr(&Value::String(p.chars().take(limit).collect()))
             });
         let ids = body["prompt"].as_array().map_or(&[][..], Vec::as_slice);
         let shown: Vec<String> = ids.iter().take(limit).map(Value::to_string).collect();

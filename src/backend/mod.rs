@@ -12,6 +12,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod ggml;
 mod tensor;
 
 pub use tensor::{DType, HostTensor, TensorBytes};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use super::ggml::GgmlType;
 use crate::error::{Error, Result};
 
 /// Element type of weights (and of what `--dtype` asks for).
@@ -66,14 +67,32 @@ impl TensorBytes {
 #[derive(Clone)]
 pub struct HostTensor {
     pub name: String,
+    /// The element type; for GGUF blocks (`quant`), the type they dequantize to (f32).
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub bytes: TensorBytes,
+    /// `Some`: `bytes` are GGUF blocks of this type, row after row (a backend
+    /// multiplies them as they are or calls [`HostTensor::dequantized`]).
+    pub quant: Option<GgmlType>,
 }
 
 impl HostTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The tensor with GGUF blocks dequantized to f32 (others as they are).
+    pub fn dequantized(self) -> HostTensor {
+        let Some(ty) = self.quant else { return self };
+        let mut values = vec![0f32; self.numel()];
+        super::ggml::dequantize_parallel(ty, self.bytes.as_slice(), &mut values);
+        HostTensor {
+            name: self.name,
+            dtype: DType::F32,
+            shape: self.shape,
+            bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+            quant: None,
+        }
     }
 
     /// Stacks 2-D tensors of one dtype along their first dimension (fusing q/k/v or gate/up).
@@ -86,6 +105,7 @@ impl HostTensor {
         let mut bytes = Vec::new();
         for p in parts {
             if p.dtype != first.dtype
+                || p.quant != first.quant
                 || p.shape.len() != first.shape.len()
                 || p.shape.get(1).copied().unwrap_or(1) != cols
             {
@@ -107,6 +127,7 @@ impl HostTensor {
             dtype: first.dtype,
             shape,
             bytes: TensorBytes::Owned(bytes),
+            quant: first.quant,
         })
     }
 }

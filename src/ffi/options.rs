@@ -82,6 +82,7 @@ const KEYS: &[&str] = &[
     "chat_template",
     "tokenizer",
     "skip_tokenizer_init",
+    "quantization",
 ];
 
 impl Default for engine_options_t {
@@ -203,6 +204,15 @@ impl engine_options_t {
             "chat_template" => load.chat_template = Some(value.to_string()),
             "tokenizer" => load.tokenizer = Some(value.to_string()),
             "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
+            "quantization" => {
+                let name = value.trim().to_ascii_lowercase();
+                if !["auto", "gguf", "none"].contains(&name.as_str()) {
+                    return Err(FfiError::invalid(format!(
+                        "option \"quantization\": \"{value}\" is not served: expected auto, gguf or none"
+                    )));
+                }
+                load.quantization = name;
+            }
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -248,6 +258,12 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   the CPU; `engine_model_info_get`'s `device` says which and why); anything else
 ///   fails with ENGINE_ERR_UNSUPPORTED ["cpu"].
 /// - "dtype": "auto" (the config's), "float32"/"float", "float16"/"half", "bfloat16" ["auto"].
+///   On a GGUF model it is the dtype of the tensors that are not kept quantized.
+/// - "quantization": as vLLM's --quantization: "auto" or "gguf" serve a GGUF file's
+///   Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K matrices quantized on the CPU, as
+///   llama.cpp does (the activations quantized to 8 bits per block); "none"
+///   dequantizes every tensor to "dtype" at load (the exact-reference path). Other
+///   GGUF types are dequantized either way; a CUDA device dequantizes all ["auto"].
 /// - "max_model_len": longest sequence, prompt plus output [the config's
 ///   max_position_embeddings].
 /// - "block_size": tokens per KV cache block: 8, 16 or 32 [16].

@@ -9,7 +9,8 @@
 //! panic or a huge allocation.
 
 pub mod config;
-pub mod dequant;
+/// The ggml block types and their dequantization (kept with the backend, which reads them).
+pub use crate::backend::ggml as dequant;
 pub mod source;
 
 use std::collections::HashMap;

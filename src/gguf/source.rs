@@ -1,23 +1,28 @@
 //! A GGUF file as a [`TensorSource`]: Hugging Face tensor names mapped to llama.cpp's
-//! (`model.layers.N.self_attn.q_proj.weight` -> `blk.N.attn_q.weight`, ...), each
-//! tensor dequantized to f32 (the backend then converts it to the model dtype), and
+//! (`model.layers.N.self_attn.q_proj.weight` -> `blk.N.attn_q.weight`, ...), and
 //! the Q/K rows of llama-architecture files put back in Hugging Face order.
-
-use rayon::prelude::*;
+//!
+//! Matrices of a type the CPU multiplies quantized (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+//! Q6_K) are handed out as their blocks when `keep_quantized` is set (mapped, or
+//! copied only to un-permute Q/K rows); every other tensor is dequantized to f32,
+//! which the backend converts to the model dtype.
 
 use crate::backend::{DType, HostTensor, TensorBytes};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::model::weights::TensorSource;
 
-use super::dequant::{dequantize, GgmlType};
+use super::dequant::{dequantize_parallel, GgmlType};
 use super::GgufFile;
+use crate::backend::cpu::matmul::quant::has_kernels;
 
 pub struct GgufSource<'a> {
     pub file: &'a GgufFile,
     pub config: &'a ModelConfig,
     /// llama.cpp's converter interleaved the rotary halves of Q and K.
     pub permuted_qk: bool,
+    /// Hand out matrices of quantized types with kernels as their blocks.
+    pub keep_quantized: bool,
 }
 
 const LAYER_NAMES: [(&str, &str); 9] = [
@@ -90,51 +95,70 @@ impl TensorSource for GgufSource<'_> {
                 info.shape()
             )));
         }
-        let mut values = vec![0f32; info.numel()];
         let bytes = self.file.tensor_bytes(info);
-        // Dequantize in parallel, in pieces of whole blocks.
-        let per_piece = ty.block_elems() * 4096;
-        let piece_bytes = per_piece / ty.block_elems() * ty.block_bytes();
-        values
-            .par_chunks_mut(per_piece)
-            .zip(bytes.par_chunks(piece_bytes))
-            .for_each(|(out, b)| dequantize(ty, b, out));
-        if let Some(heads) = self.permuted_heads(name) {
-            values = unpermute_rows(&values, heads, shape)
-                .map_err(|m| self.file.error(format!("tensor `{gname}`: {m}")))?;
+        let unpermute = |bytes: &[u8], row_bytes: usize| match self.permuted_heads(name) {
+            None => Ok(None),
+            Some(heads) => unpermute_rows(bytes, heads, shape[0], row_bytes)
+                .map(Some)
+                .map_err(|m| self.file.error(format!("tensor `{gname}`: {m}"))),
+        };
+        if self.keep_quantized && has_kernels(ty) && shape.len() == 2 {
+            let row_bytes = bytes.len() / shape[0].max(1);
+            let bytes = match unpermute(bytes, row_bytes)? {
+                Some(owned) => TensorBytes::Owned(owned),
+                None => TensorBytes::Mapped {
+                    map: self.file.map.clone(),
+                    range: info.offset..info.offset + info.size,
+                },
+            };
+            return Ok(HostTensor {
+                name: name.to_string(),
+                dtype: DType::F32,
+                shape: shape.to_vec(),
+                bytes,
+                quant: Some(ty),
+            });
+        }
+        let mut values = vec![0f32; info.numel()];
+        dequantize_parallel(ty, bytes, &mut values);
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+        let row_bytes = shape.get(1).copied().unwrap_or(1) * 4;
+        if let Some(owned) = unpermute(&bytes, row_bytes)? {
+            bytes = owned;
         }
         Ok(HostTensor {
             name: name.to_string(),
             dtype: DType::F32,
             shape: shape.to_vec(),
-            bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+            bytes: TensorBytes::Owned(bytes),
+            quant: None,
         })
     }
 }
 
-/// Undoes llama.cpp's Q/K permutation. Within each head of `head_dim` rows, the
-/// converter stored Hugging Face row `j * head_dim/2 + i` (j in 0..2, the rotary
-/// half) at row `2 * i + j`; this puts every row back.
+/// Undoes llama.cpp's Q/K permutation on `rows` rows of `row_bytes` each (f32
+/// values or quantized blocks: whole rows move). Within each head of `head_dim`
+/// rows, the converter stored Hugging Face row `j * head_dim/2 + i` (j in 0..2,
+/// the rotary half) at row `2 * i + j`; this puts every row back.
 pub fn unpermute_rows(
-    values: &[f32],
+    bytes: &[u8],
     heads: usize,
-    shape: &[usize],
-) -> std::result::Result<Vec<f32>, String> {
-    let rows = shape[0];
-    let cols = shape.get(1).copied().unwrap_or(1);
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+    rows: usize,
+    row_bytes: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) || bytes.len() != rows * row_bytes {
         return Err(format!("{rows} rows do not split into {heads} heads"));
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0f32; values.len()];
+    let mut out = vec![0u8; bytes.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
                 let src = h * head_dim + 2 * i + j;
                 let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }

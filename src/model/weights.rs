@@ -156,6 +156,7 @@ impl Checkpoint {
                 map: map.clone(),
                 range: entry.range.clone(),
             },
+            quant: None,
         })
     }
 }

@@ -6,6 +6,10 @@
 //!   f32, because every op reads them as f32 and widening once beats widening per call;
 //! - on x86-64 CPUs with the AVX-512 kernels, bf16 and f16 matrices are repacked
 //!   into the column panels those kernels stream (see `matmul::packed`).
+//!
+//! GGUF matrices of a type with quantized kernels (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+//! Q6_K) stay in their blocks, mapped from the file where nothing had to be
+//! rearranged (see `matmul::quant`); other quantized tensors are dequantized.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -21,6 +25,7 @@ use crate::backend::{HostTensor, TensorBytes};
 
 #[cfg(target_arch = "x86_64")]
 use super::matmul::packed::PackedMatrix;
+use super::matmul::quant::{self, QuantMatrix};
 
 /// A read-only typed slice, mapped or owned.
 pub enum Slab<T> {
@@ -49,6 +54,8 @@ pub enum WeightData {
     /// A bf16 or f16 matrix in the AVX-512 kernels' panel layout.
     #[cfg(target_arch = "x86_64")]
     Packed(PackedMatrix),
+    /// GGUF blocks, multiplied by the quantized kernels.
+    Quant(QuantMatrix),
 }
 
 /// A weight tensor with its shape (`[out_features, in_features]` for matrices).
@@ -62,6 +69,10 @@ pub struct CpuWeight {
 impl CpuWeight {
     /// Takes `t` in `dtype`, in the layout the matmul kernels of this CPU want.
     pub fn from_host(t: HostTensor, dtype: DType) -> CpuWeight {
+        let t = match quantized(t, dtype) {
+            Ok(w) => return w,
+            Err(t) => t,
+        };
         #[cfg(target_arch = "x86_64")]
         if t.shape.len() == 2 {
             let (n, k) = (t.shape[0], t.shape[1]);
@@ -88,6 +99,7 @@ impl CpuWeight {
     /// Takes `t` in `dtype` in its stored row-major layout, as the portable
     /// kernels read it (matrices from [`CpuWeight::from_host`] may be repacked).
     pub fn natural(t: HostTensor, dtype: DType) -> CpuWeight {
+        let t = t.dequantized();
         let data = match dtype {
             DType::F32 => WeightData::F32(to_slab(&t, |x| x)),
             _ if t.shape.len() < 2 => {
@@ -151,6 +163,21 @@ impl CpuWeight {
                     *o = p.get(i / k, i % k);
                 }
             }
+            WeightData::Quant(q) => {
+                // Whole rows dequantized, the wanted part copied out.
+                let k = self.cols();
+                let mut row = vec![0f32; k];
+                let mut at = range.start;
+                let mut o = 0;
+                while at < range.end {
+                    let (r, c) = (at / k, at % k);
+                    let len = (k - c).min(range.end - at);
+                    q.dequantize_row(r, &mut row);
+                    out[o..o + len].copy_from_slice(&row[c..c + len]);
+                    at += len;
+                    o += len;
+                }
+            }
         }
     }
 
@@ -159,6 +186,9 @@ impl CpuWeight {
         #[cfg(target_arch = "x86_64")]
         if let WeightData::Packed(p) = &self.data {
             return p.read_row_f32(row, out);
+        }
+        if let WeightData::Quant(q) = &self.data {
+            return q.dequantize_row(row, out);
         }
         let k = self.cols();
         self.read_f32(row * k..(row + 1) * k, out);
@@ -173,6 +203,35 @@ impl CpuWeight {
         self.read_f32(0..self.numel(), &mut v);
         Cow::Owned(v)
     }
+}
+
+/// A matrix in GGUF blocks with kernels kept as a [`QuantMatrix`] (its bytes
+/// borrowed from the map when they are mapped); anything else handed back.
+fn quantized(t: HostTensor, dtype: DType) -> Result<CpuWeight, HostTensor> {
+    let Some(ty) = t.quant.filter(|&ty| quant::has_kernels(ty)) else {
+        return Err(t);
+    };
+    if t.shape.len() != 2 {
+        return Err(t);
+    }
+    let (n, k) = (t.shape[0], t.shape[1]);
+    if !QuantMatrix::fits(ty, n, k, t.bytes.as_slice().len()) {
+        return Err(t);
+    }
+    let slab = match t.bytes {
+        // Blocks are read with unaligned loads: any offset will do.
+        TensorBytes::Mapped { map, range } => Slab::Mapped {
+            map,
+            range,
+            elem: PhantomData,
+        },
+        TensorBytes::Owned(v) => Slab::Owned(v),
+    };
+    Ok(CpuWeight {
+        shape: t.shape,
+        dtype,
+        data: WeightData::Quant(QuantMatrix::from_parts(ty, n, k, slab)),
+    })
 }
 
 /// Makes a slab of `T` from a host tensor: zero-copy when the stored dtype is

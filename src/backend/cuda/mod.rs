@@ -291,6 +291,12 @@ impl Backend for CudaBackend {
                     "cuda: a packed CPU weight cannot be uploaded",
                 ))
             }
+            // `natural` dequantizes GGUF blocks, so this does not occur.
+            WeightData::Quant(_) => {
+                return Err(Error::invalid(
+                    "cuda: a quantized CPU weight cannot be uploaded",
+                ))
+            }
         };
         Ok(CudaWeightTensor {
             shape: host.shape,

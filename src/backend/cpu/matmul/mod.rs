@@ -8,6 +8,8 @@
 //!   every output element is computed by the same instructions in the same
 //!   order whatever the number of rows: a row's result does not depend on the
 //!   batch it runs in.
+//! - `quant`: GGUF blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) read in place,
+//!   the activations quantized to 8-bit blocks (see its docs); batch-invariant.
 //! - `portable`: the stored row-major layout on any CPU — a streaming kernel for
 //!   few rows and the `gemm` crate for many. f32 weights always take it; bf16 and
 //!   f16 take it on CPUs without AVX-512 (BF16). Its results for a row may
@@ -18,12 +20,11 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod packed;
 mod portable;
+pub mod quant;
 #[cfg(test)]
 mod tests;
 
-use super::weight::CpuWeight;
-#[cfg(target_arch = "x86_64")]
-use super::weight::WeightData;
+use super::weight::{CpuWeight, WeightData};
 
 /// A pointer to `out` shared by tasks that own disjoint columns of it.
 #[derive(Clone, Copy)]
@@ -65,6 +66,9 @@ pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
 
 /// The kernel for the weight's layout.
 fn multiply(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
+    if let WeightData::Quant(q) = &w.data {
+        return quant::matmul(x, m, q, out, quant::Kernels::Best);
+    }
     #[cfg(target_arch = "x86_64")]
     if let WeightData::Packed(p) = &w.data {
         return packed::matmul(x, m, p, out);

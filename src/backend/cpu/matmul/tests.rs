@@ -40,6 +40,7 @@ fn host(values: &[f32], shape: &[usize]) -> HostTensor {
         dtype: DType::F32,
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(values).to_vec()),
+        quant: None,
     }
 }
 

@@ -12,8 +12,9 @@
 //! | Q5_K | 256 | 176 | d, dmin, scales[12], qh[32], qs[128] |
 //! | Q6_K | 256 | 210 | ql[128], qh[64], scales[16] (i8), d |
 //!
-//! Keeping weights quantized with kernels that read them directly is later work;
-//! for now every tensor becomes f32 at load.
+//! Q8_0, Q4_0, Q4_1 and the K-quants can stay quantized on the CPU (kernels in
+//! `super::cpu::matmul::quant`); everything else, and every tensor on
+//! the dequantized path, becomes f32 here at load.
 
 // Block layouts read most plainly with the element index written out.
 #![allow(clippy::needless_range_loop)]
@@ -130,7 +131,8 @@ impl GgmlType {
     }
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+/// The f16 at byte `i` of a block, as f32.
+pub fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -154,6 +156,16 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
             GgmlType::Q6K => q6_k(block, y),
         }
     }
+}
+
+/// [`dequantize`] in parallel, in pieces of whole blocks.
+pub fn dequantize_parallel(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    use rayon::prelude::*;
+    let per_piece = ty.block_elems() * 4096;
+    let piece_bytes = 4096 * ty.block_bytes();
+    out.par_chunks_mut(per_piece)
+        .zip(bytes.par_chunks(piece_bytes))
+        .for_each(|(out, b)| dequantize(ty, b, out));
 }
 
 fn q4_0(b: &[u8], y: &mut [f32]) {
@@ -209,7 +221,7 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 /// Scale and min `j` (0..8) of a Q4_K/Q5_K block's 12 packed bytes: six bits each,
 /// the first four pairs in the low bits of bytes 0..8, the last four split between
 /// bytes 8..12 (low four bits) and the top two bits of bytes 0..8.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
