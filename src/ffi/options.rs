@@ -25,6 +25,8 @@ pub struct engine_options_t {
     pub(crate) progress_user_data: *mut c_void,
     /// Where the model runs ("device").
     pub(crate) device: Device,
+    /// Threads of the engine's compute pool ("threads"); None: rayon's default.
+    pub(crate) threads: Option<usize>,
 }
 
 /// The "device" option: the CPU, (built with the `cuda` feature) GPU 0, or
@@ -82,7 +84,12 @@ const KEYS: &[&str] = &[
     "chat_template",
     "tokenizer",
     "skip_tokenizer_init",
+    "threads",
 ];
+
+/// The most "threads" an engine takes: far beyond any machine, small enough
+/// that a typo cannot ask for millions of threads.
+const MAX_THREADS: usize = 4096;
 
 impl Default for engine_options_t {
     fn default() -> Self {
@@ -94,6 +101,7 @@ impl Default for engine_options_t {
             progress: None,
             progress_user_data: std::ptr::null_mut(),
             device: Device::Cpu,
+            threads: None,
         }
     }
 }
@@ -203,6 +211,15 @@ impl engine_options_t {
             "chat_template" => load.chat_template = Some(value.to_string()),
             "tokenizer" => load.tokenizer = Some(value.to_string()),
             "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
+            "threads" => {
+                let n = positive(key, value)?;
+                if n > MAX_THREADS {
+                    return Err(FfiError::invalid(format!(
+                        "option \"threads\": at most {MAX_THREADS}, got {n}"
+                    )));
+                }
+                self.threads = Some(n);
+            }
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -279,6 +296,10 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
 ///   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
 ///   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+/// - "threads": threads of the engine's own compute pool (the CPU backend's matmuls,
+///   attention, weight conversion at load and guided-decoding masks run on it), 1 to
+///   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
+///   scheduler affinity)].
 ///
 /// Sizes are checked when `engine_new` loads the model: a KV cache or a
 /// max_model_len larger than the memory (the device's, or the machine's on the
@@ -381,6 +402,11 @@ mod tests {
         for bad in ["0", "1.5", "-1", "nan", "x"] {
             let e = o.set("gpu_memory_utilization", bad).unwrap_err();
             assert!(e.message.contains("a fraction in (0, 1]"), "{e:?}");
+        }
+        o.set("threads", "3").unwrap();
+        assert_eq!(o.threads, Some(3));
+        for bad in ["0", "4097", "x"] {
+            assert!(o.set("threads", bad).is_err(), "{bad}");
         }
         let e = o.set("max_model_len", "0").unwrap_err();
         assert!(e.message.contains("positive integer"), "{e:?}");
