@@ -236,7 +236,16 @@ fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     if let Some(v) = f.take("min_p")? {
         p.min_p = v;
     }
-    p.seed = f.take("seed")?;
+    // Later vLLM reads seed -1 as "no seed" (clients send it for "random").
+    p.seed = match f.take::<i128>("seed")? {
+        None | Some(-1) => None,
+        Some(s) => Some(u64::try_from(s).map_err(|_| {
+            FfiError::json(format!(
+                "field \"seed\": expected -1 (none) or an integer from 0 to {}, got {s}",
+                u64::MAX
+            ))
+        })?),
+    };
     if let Some(v) = f.take("use_beam_search")? {
         p.use_beam_search = v;
     }
@@ -399,6 +408,11 @@ mod tests {
         );
         assert_eq!(r.params.max_tokens, Some(3));
         assert_eq!(r.params.temperature, 0.0);
+        for seedless in [r#""seed": -1"#, r#""seed": null"#] {
+            let r = parse_request(&format!(r#"{{"prompt": [1], {seedless}}}"#)).unwrap();
+            assert_eq!(r.params.seed, None, "{seedless}");
+        }
+        assert!(parse_request(r#"{"prompt": [1], "seed": -2}"#).is_err());
         let r = parse_request(r#"{"prompt": [1, 2, 3], "seed": null}"#).unwrap();
         assert_eq!(r.prompt, PromptSpec::Tokens(vec![1, 2, 3]));
         assert_eq!(r.params, SamplingParams::default());
