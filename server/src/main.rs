@@ -15,6 +15,7 @@ mod generation;
 mod http;
 mod logprobs;
 mod metrics;
+mod model_path;
 mod offload;
 mod prompt_bound;
 mod request;
@@ -23,7 +24,9 @@ mod state;
 mod stream;
 #[allow(clippy::all)]
 mod sys;
+mod tool_parsers;
 mod tools;
+mod vllm_flags;
 
 // The engine library provides the C ABI the bindings in `sys` call; nothing else
 // of it is used from Rust.
@@ -34,7 +37,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -45,12 +47,24 @@ use cli::Args;
 use state::{AppState, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (mut args, warnings) =
+        cli::parse_from(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(args.log_level.filter()))
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
         .init();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    // Before anything else: a model that is not there is the one message.
+    match args.resolve_paths() {
+        Ok(notes) => notes.iter().for_each(|n| tracing::info!("{n}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,9 +92,10 @@ async fn serve(args: Args) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     tracing::info!(
-        "engine-server {} (engine {}) listening on http://{address}",
+        "engine-server {} (engine {}): port {} bound; loading the model (/health answers 503 until it is loaded)",
         env!("CARGO_PKG_VERSION"),
-        engine::library_version()
+        engine::library_version(),
+        address.port()
     );
     let state = Arc::new(AppState::new(Config {
         served_model_names: args.served_model_names(),
@@ -89,6 +104,7 @@ async fn serve(args: Args) -> Result<(), String> {
         max_logprobs: args.max_logprobs,
         return_tokens_as_token_ids: args.return_tokens_as_token_ids,
         log_requests: !args.disable_log_requests,
+        auto_tools: args.auto_tools(),
     }));
     // The port answers (/health: 503) while the weights load.
     let options = args.engine_options();
@@ -140,7 +156,7 @@ async fn serve(args: Args) -> Result<(), String> {
             }
             result = &mut loading, if !loaded => {
                 loaded = true;
-                let (engine, bound) = result.map_err(|e| format!("model loading stopped: {e}"))??;
+                let (engine, bound) = result.map_err(|e| format!("the model loading thread failed: {e}"))??;
                 let info = engine.info();
                 tracing::info!("device: {}", info.device);
                 if args.gpu_memory_utilization.is_some() && !info.device.starts_with("cuda") {
@@ -156,6 +172,7 @@ async fn serve(args: Args) -> Result<(), String> {
                 );
                 tracing::info!("{}", bound.describe());
                 state.set_engine(Arc::new(engine), bound);
+                tracing::info!("listening on http://{address}");
             }
             _ = &mut shutdown => break,
         }
@@ -210,7 +227,8 @@ fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    result.map_err(|e| format!("could not load the model {model}: {e}"))
+    // The engine's message names the model already.
+    result.map_err(|e| e.to_string())
 }
 
 /// SIGINT or SIGTERM.

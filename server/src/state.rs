@@ -22,6 +22,9 @@ pub struct Config {
     /// Report tokens as "token_id:N" unless the request says otherwise.
     pub return_tokens_as_token_ids: bool,
     pub log_requests: bool,
+    /// How tool_choice "auto" reads calls (`--enable-auto-tool-choice` with
+    /// `--tool-call-parser`); without it "auto" is refused, as in vLLM.
+    pub auto_tools: Option<crate::tool_parsers::ToolParser>,
 }
 
 pub struct AppState {

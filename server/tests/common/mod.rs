@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,12 +15,19 @@ use serde_json::Value;
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// Every line the server has printed on stdout (its log) so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `engine-server` with `args` (the demo model unless `--model` is
     /// given) and waits until /health answers 200.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// As [`Server::start`], with these environment variables set.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         // ENGINE_SERVER_UNDER_TEST runs the tests against another build (an
         // older one, to see a test fail before its fix).
         let binary = std::env::var("ENGINE_SERVER_UNDER_TEST")
@@ -36,12 +43,15 @@ impl Server {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama"),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("engine-server starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
@@ -52,6 +62,7 @@ impl Server {
                     let _ = tx.send(port);
                 }
                 // Keep draining so the server never blocks on a full pipe.
+                lines.lock().unwrap().push(line);
             }
         });
         let port = rx
@@ -59,7 +70,7 @@ impl Server {
             .ok()
             .flatten()
             .expect("the server logs its port");
-        let server = Server { child, port };
+        let server = Server { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         while server.get("/health").status != 200 {
             assert!(Instant::now() < deadline, "the model did not load in time");
