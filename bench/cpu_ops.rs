@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
+use engine::backend::DType;
 use engine::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
-use engine::config::DType;
-use engine::model::weights::{HostTensor, TensorBytes};
+use engine::backend::{HostTensor, TensorBytes};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -17,12 +17,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use engine::backend::cpu::{CpuBackend, CpuWeight};
+use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::cuda::cudarc::driver::{sys::CUevent_flags, CudaSlice};
 use engine::backend::cuda::{self, sys, CudaDevice};
-use engine::backend::{AttnShape, Backend, StepMeta};
-use engine::config::DType;
-use engine::model::weights::{HostTensor, TensorBytes};
+use engine::backend::{AttnShape, Backend, DType, HostTensor, StepMeta, TensorBytes};
 use half::bf16;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -568,7 +566,10 @@ fn cpu_benches(c: &mut Criterion) {
     let (tables, per_seq, _) = decode_tables(12);
     let blocks = batch * per_seq;
     let pool = blocks * KV_HEADS * BS * HD;
-    let (k, v) = (random(pool, 13), random(pool, 14));
+    let (k, v) = (
+        CpuKvPool::F32(random(pool, 13)),
+        CpuKvPool::F32(random(pool, 14)),
+    );
     let meta = StepMeta {
         token_ids: vec![0; batch],
         query_start: (0..=batch).collect(),

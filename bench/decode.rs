@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use engine::backend::cpu::CpuBackend;
 use engine::fixture::{write_model_dir, FixtureSpec};
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::model::Model;
 use engine::sampling::SamplingParams;
 use rayon::prelude::*;
@@ -138,7 +139,7 @@ fn model_dir() -> PathBuf {
 fn weight_bytes_per_token(model: &Model<CpuBackend>) -> f64 {
     let c = &model.config;
     let elem = match model.dtype {
-        engine::config::DType::F32 => 4.0,
+        engine::backend::DType::F32 => 4.0,
         _ => 2.0,
     };
     let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 const USAGE: &str = "usage: generate [--model DIR] [--dtype auto|float32|float16|bfloat16] \

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use engine::config::{Arch, DType};
+use engine::backend::DType;
+use engine::config::Arch;
 use engine::fixture::{write_model_dir, FixtureSpec};
 
 const USAGE: &str = "usage: make_fixture --arch llama|mistral|qwen2|llama-1b --out DIR [--dtype float32|float16|bfloat16] [--seed N] [--shards N]

@@ -7,43 +7,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::backend::DType;
 use crate::error::{read_json, Error, Result};
-
-/// Element type of weights (and of what `--dtype` asks for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl DType {
-    /// Parses a dtype name as vLLM's `--dtype` and HF's `torch_dtype` spell it.
-    /// `auto` is not a dtype: see [`resolve_dtype`].
-    pub fn parse(name: &str) -> Option<DType> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "float32" | "float" | "fp32" | "f32" => Some(DType::F32),
-            "float16" | "half" | "fp16" | "f16" => Some(DType::F16),
-            "bfloat16" | "bf16" => Some(DType::BF16),
-            _ => None,
-        }
-    }
-
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "float32",
-            DType::F16 => "float16",
-            DType::BF16 => "bfloat16",
-        }
-    }
-}
 
 /// Resolves vLLM's `--dtype` (`auto` or a dtype name) against the config's dtype.
 /// `auto` keeps the config's dtype (float32 when the config names none).

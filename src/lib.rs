@@ -1,6 +1,6 @@
 //! engine: a kernel-first LLM inference engine.
 //!
-//! Data flows one way: a model directory is loaded into a [`model::Model`]
+//! Data flows one way: a model directory is loaded into a [`model::Model`] by the [`loader`]
 //! (weights on a [`backend::Backend`]) plus a [`tokenizer::Tokenizer`]; the
 //! [`generate`] loop turns prompts into token batches over the paged
 //! [`kv_cache`], runs the model, and samples with [`sampling`].
@@ -14,9 +14,13 @@ pub mod fixture;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod loader;
 pub mod memory;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod architecture;

@@ -22,10 +22,12 @@ use std::path::{Path, PathBuf};
 use common::{fixture_dir, reference, rel_l2, u32s, FIXTURES};
 use engine::backend::cpu::CpuBackend;
 use engine::backend::Backend;
-use engine::config::{Arch, DType};
+use engine::backend::DType;
+use engine::config::Arch;
 use engine::engine::{Prompt, SeqResult};
 use engine::fixture::{write_model_dir, FixtureSpec};
-use engine::generate::{load_engine_core, Completion, Llm, LoadOptions, Request};
+use engine::generate::{Completion, Llm, Request};
+use engine::loader::{load_engine_core, LoadOptions};
 use engine::sampling::{GuidedDecodingParams, SamplingParams};
 use serde_json::json;
 

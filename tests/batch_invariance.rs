@@ -10,7 +10,8 @@ mod common;
 
 use common::fixture_dir;
 use engine::backend::cpu::matmul::packed::PackedMatrix;
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 fn request(prompt: Vec<u32>) -> Request {

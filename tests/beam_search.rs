@@ -3,7 +3,8 @@
 mod common;
 
 use common::fixture_dir;
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::{log_softmax, EarlyStopping, SamplingParams};
 
 fn load() -> Llm {

@@ -7,7 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::fixture_dir;
-use engine::generate::{Llm, LoadOptions};
+use engine::generate::Llm;
+use engine::loader::LoadOptions;
 
 /// A writable copy of the tiny-llama fixture.
 fn copy_fixture() -> (tempfile::TempDir, PathBuf) {

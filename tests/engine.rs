@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::fixture_dir;
 use engine::backend::cpu::CpuBackend;
 use engine::engine::{Engine, FinishReason, Prompt, RequestOutput};
-use engine::generate::{load_engine_core, Llm, LoadOptions, Request};
+use engine::generate::{Llm, Request};
+use engine::loader::{load_engine_core, LoadOptions};
 use engine::sampling::SamplingParams;
 use rand::{RngExt, SeedableRng};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::fixture_dir;
 use engine::backend::cpu::CpuBackend;
 use engine::engine::{Engine, FinishReason, Prompt, RequestOutput, StopReason};
-use engine::generate::{load_engine_core, LoadOptions};
+use engine::loader::{load_engine_core, LoadOptions};
 use engine::sampling::SamplingParams;
 
 fn start() -> Engine {

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use engine::config::{Arch, DType, ModelConfig, RopeScaling};
+use engine::backend::DType;
+use engine::config::{Arch, ModelConfig, RopeScaling};
 use engine::fixture::{write_model_dir, ConfigLayout, FixtureSpec, TokenizerKind};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};

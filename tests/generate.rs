@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use engine::generate::{Completion, FinishReason, Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Completion, FinishReason, Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 fn load(blocks: Option<usize>) -> Llm {

@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use engine::config::{Arch, DType};
+use engine::backend::DType;
+use engine::config::Arch;
 use engine::fixture::{write_model_dir, ConfigLayout, FixtureSpec};
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 fn write(spec: &FixtureSpec) -> tempfile::TempDir {

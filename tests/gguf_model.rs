@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use engine::config::ModelConfig;
-use engine::generate::{Llm, LoadOptions};
+use engine::generate::Llm;
+use engine::loader::LoadOptions;
 use engine::model::weights::Checkpoint;
 use engine::tokenizer::Tokenizer;
 use serde_json::Value as Json;

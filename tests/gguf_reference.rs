@@ -10,7 +10,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 use serde_json::Value as Json;
 

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use engine::generate::{Llm, LoadOptions, Prompt, Request};
+use engine::generate::{Llm, Prompt, Request};
+use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
 
 fn load(name: &str, dtype: &str) -> Llm {

@@ -12,10 +12,11 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod tensor;
 
-use crate::config::DType;
+pub use tensor::{DType, HostTensor, TensorBytes};
+
 use crate::error::Result;
-use crate::model::weights::HostTensor;
 
 /// Everything the ops need to know about one forward step, built on the host by
 /// the scheduler and handed to the backend once per step.

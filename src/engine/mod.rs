@@ -3,10 +3,10 @@
 //! batching) and each request's outputs arrive through its callback, called on
 //! the engine thread once per step in which the request progressed.
 
-pub mod core;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
+pub mod step;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,9 +20,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
 
-pub use self::core::{EngineConfig, EngineCore, EngineRequest, RequestValidator};
 pub use sequence::{FinishReason, RequestOutput, SeqDelta, SeqResult, StopReason};
 pub use stats::EngineStats;
+pub use step::{EngineConfig, EngineCore, EngineRequest, RequestValidator};
 
 /// Receives a request's outputs, on the engine thread: copy what you need and return quickly.
 pub type OutputCallback = Box<dyn FnMut(RequestOutput) + Send>;

@@ -21,7 +21,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineCore};
 use crate::error::Error;
-use crate::generate::{load_engine_core, LoadOptions};
+use crate::loader::{load_engine_core, LoadOptions};
 use crate::sampling::SamplingType;
 use crate::tokenizer::Tokenizer;
 

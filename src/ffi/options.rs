@@ -4,8 +4,8 @@
 use std::ffi::{c_char, c_void};
 
 use super::{call, cstr_arg, engine_status, write_out, FfiError, FfiResult};
-use crate::config::DType;
-use crate::generate::LoadOptions;
+use crate::backend::DType;
+use crate::loader::LoadOptions;
 
 /// Called while `engine_new` loads the weights: `done` of `total` steps (tensor
 /// groups) are loaded; the first call has `done` 0, the last `done == total`.

@@ -5,9 +5,10 @@
 
 use rayon::prelude::*;
 
-use crate::config::{DType, ModelConfig};
+use crate::backend::{DType, HostTensor, TensorBytes};
+use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::weights::{HostTensor, TensorBytes, TensorSource};
+use crate::model::weights::TensorSource;
 
 use super::dequant::{dequantize, GgmlType};
 use super::GgufFile;

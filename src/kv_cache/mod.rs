@@ -1,14 +1,11 @@
-//! The paged KV cache: per layer a K and a V pool of fixed-size blocks, a block
-//! allocator with reference counts (so forked sequences can share blocks), and
-//! the block manager that maps each sequence's positions to slots.
+//! The paged KV cache's bookkeeping: a block allocator with reference counts (so
+//! forked sequences can share blocks), the block manager that maps each
+//! sequence's positions to slots, and the prefix cache. The pools the blocks
+//! index live with the model (`model::KvPools`); this module knows
+//! only block ids.
 
 pub mod block_manager;
 pub mod prefix_cache;
-pub mod sizing;
-
-use crate::backend::{Backend, KvPoolShape};
-use crate::error::{Error, Result};
-use crate::model::Model;
 
 /// Hands out block ids; a block returns to the free list when its last holder frees it.
 #[derive(Debug, Clone)]
@@ -70,39 +67,6 @@ impl BlockAllocator {
         if *rc == 0 {
             self.free.push(block);
         }
-    }
-}
-
-/// The K and V pools of every layer, on the model's backend.
-pub struct KvCache<B: Backend> {
-    pub pools: Vec<(B::KvPool, B::KvPool)>,
-    pub shape: KvPoolShape,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn new(model: &Model<B>, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
-        if ![8, 16, 32].contains(&block_size) {
-            return Err(Error::invalid(format!(
-                "block size must be 8, 16 or 32, got {block_size}"
-            )));
-        }
-        if num_blocks == 0 {
-            return Err(Error::invalid("the KV cache needs at least one block"));
-        }
-        let shape = model.kv_pool_shape(num_blocks, block_size);
-        let be = model.backend();
-        let pools = (0..model.config.num_layers)
-            .map(|_| Ok((be.alloc_kv_pool(shape)?, be.alloc_kv_pool(shape)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { pools, shape })
-    }
-
-    pub fn block_size(&self) -> usize {
-        self.shape.block_size
-    }
-
-    pub fn num_blocks(&self) -> usize {
-        self.shape.num_blocks
     }
 }
 

@@ -1,17 +1,20 @@
 //! The Llama-family decoder (Llama 2/3, Mistral, Qwen2), written once against
 //! the [`Backend`] ops.
 
+mod kv_pools;
+pub mod kv_sizing;
 pub mod rope;
 pub mod weights;
 
+pub use kv_pools::KvPools;
+
 use std::path::Path;
 
-use crate::backend::{AttnShape, Backend, KvPoolShape};
-use crate::config::{DType, ModelConfig};
+use crate::backend::{AttnShape, Backend, DType, HostTensor, KvPoolShape};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
 
-use weights::{Checkpoint, HostTensor, TensorSource};
+use weights::{Checkpoint, TensorSource};
 
 struct Layer<B: Backend> {
     input_norm: B::Weight,
@@ -249,7 +252,7 @@ impl<B: Backend> Model<B> {
 
     /// Runs one step: writes the step's K/V into `kv` and returns the logits of
     /// `meta.logits_rows`, `[rows, vocab]`.
-    pub fn forward(&self, meta: &B::Meta, kv: &mut KvCache<B>) -> Result<B::Buffer> {
+    pub fn forward(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
         let be = &self.backend;
         let host = be.step_meta(meta);
         let t = host.num_tokens();

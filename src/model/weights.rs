@@ -11,74 +11,8 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
-use crate::config::DType;
+use crate::backend::{DType, HostTensor, TensorBytes};
 use crate::error::{read_json, Error, Result};
-
-/// The bytes of a tensor: a window of a mapped file, or owned (after a copy
-/// such as concatenation).
-#[derive(Clone)]
-pub enum TensorBytes {
-    Mapped { map: Arc<Mmap>, range: Range<usize> },
-    Owned(Vec<u8>),
-}
-
-impl TensorBytes {
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            TensorBytes::Mapped { map, range } => &map[range.clone()],
-            TensorBytes::Owned(v) => v,
-        }
-    }
-}
-
-/// A tensor on the host in its stored dtype, little-endian as safetensors stores it.
-#[derive(Clone)]
-pub struct HostTensor {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<usize>,
-    pub bytes: TensorBytes,
-}
-
-impl HostTensor {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Stacks 2-D tensors of one dtype along their first dimension (fusing q/k/v or gate/up).
-    pub fn concat_rows(name: &str, parts: &[HostTensor]) -> Result<HostTensor> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::Model(format!("{name}: nothing to concatenate")))?;
-        let cols = first.shape.get(1).copied().unwrap_or(1);
-        let mut rows = 0;
-        let mut bytes = Vec::new();
-        for p in parts {
-            if p.dtype != first.dtype
-                || p.shape.len() != first.shape.len()
-                || p.shape.get(1).copied().unwrap_or(1) != cols
-            {
-                return Err(Error::Model(format!(
-                    "{name}: cannot fuse `{}` ({:?} {:?}) with `{}` ({:?} {:?})",
-                    first.name, first.dtype, first.shape, p.name, p.dtype, p.shape
-                )));
-            }
-            rows += p.shape[0];
-            bytes.extend_from_slice(p.bytes.as_slice());
-        }
-        let shape = if first.shape.len() == 1 {
-            vec![rows]
-        } else {
-            vec![rows, cols]
-        };
-        Ok(HostTensor {
-            name: name.to_string(),
-            dtype: first.dtype,
-            shape,
-            bytes: TensorBytes::Owned(bytes),
-        })
-    }
-}
 
 struct Entry {
     file: usize,
@@ -89,7 +23,7 @@ struct Entry {
 
 /// Where the model's tensors come from, by their Hugging Face names
 /// (`model.layers.0.self_attn.q_proj.weight`, ...): a safetensors checkpoint, or a
-/// GGUF file whose names and layouts are mapped (see `crate::gguf::source`).
+/// GGUF file whose names and layouts are mapped (see the gguf module).
 pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name`, which must have `shape`.

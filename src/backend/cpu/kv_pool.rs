@@ -6,8 +6,8 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use crate::backend::DType;
 use crate::backend::KvPoolShape;
-use crate::config::DType;
 use crate::memory::try_zeroed;
 
 /// One layer's K or V pool: `[num_blocks, num_kv_heads, block_size, head_dim]`.

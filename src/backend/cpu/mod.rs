@@ -6,10 +6,10 @@ pub mod matmul;
 pub(crate) mod ops;
 pub mod weight;
 
+use crate::backend::DType;
+use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
-use crate::config::DType;
 use crate::error::Result;
-use crate::model::weights::HostTensor;
 
 pub use kv_pool::CpuKvPool;
 pub use weight::CpuWeight;

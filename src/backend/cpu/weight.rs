@@ -16,8 +16,8 @@ use bytemuck::Pod;
 use half::{bf16, f16};
 use memmap2::Mmap;
 
-use crate::config::DType;
-use crate::model::weights::{HostTensor, TensorBytes};
+use crate::backend::DType;
+use crate::backend::{HostTensor, TensorBytes};
 
 #[cfg(target_arch = "x86_64")]
 use super::matmul::packed::PackedMatrix;

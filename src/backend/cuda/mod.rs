@@ -28,10 +28,10 @@ pub use cudarc;
 pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
 
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
+use crate::backend::DType;
+use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, DeviceMemory, KvPoolShape, StepMeta};
-use crate::config::DType;
 use crate::error::{Error, Result};
-use crate::model::weights::HostTensor;
 use device::{check, device_error};
 
 /// A weight on the GPU in its dtype; vectors (norm weights, biases) are held

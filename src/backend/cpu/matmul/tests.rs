@@ -9,8 +9,8 @@ use super::matmul;
 use crate::backend::cpu::weight::CpuWeight;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::weight::WeightData;
-use crate::config::DType;
-use crate::model::weights::{HostTensor, TensorBytes};
+use crate::backend::DType;
+use crate::backend::{HostTensor, TensorBytes};
 
 const ROWS: [usize; 6] = [1, 2, 3, 5, 17, 64];
 /// (n, k): odd and even, below and above a panel and a k-block.

@@ -9,8 +9,7 @@ use std::time::Instant;
 use crate::backend::{Backend, StepMeta};
 use crate::error::{Error, Result};
 use crate::kv_cache::block_manager::BlockManager;
-use crate::kv_cache::KvCache;
-use crate::model::Model;
+use crate::model::{KvPools, Model};
 use crate::sampling::beam::{top_n_outputs, ScoredSeq};
 use crate::sampling::guided::{apply_token_bitmask, Guide, LazyGuidedCompiler};
 use crate::sampling::logprobs::prompt_logprobs;
@@ -55,7 +54,7 @@ pub struct EngineRequest {
 pub struct EngineCore<B: Backend> {
     model: Model<B>,
     tokenizer: Option<Arc<Tokenizer>>,
-    kv: KvCache<B>,
+    kv: KvPools<B>,
     blocks: BlockManager,
     scheduler: Scheduler,
     config: EngineConfig,
@@ -80,7 +79,7 @@ impl<B: Backend> EngineCore<B> {
                 "max_num_seqs and max_num_batched_tokens must be positive",
             ));
         }
-        let kv = KvCache::new(&model, config.num_blocks, config.block_size)?;
+        let kv = KvPools::new(&model, config.num_blocks, config.block_size)?;
         let (eos_token_ids, generation_stop_ids) = match &tokenizer {
             Some(t) => (
                 t.eos_token_id().into_iter().collect(),

@@ -3,11 +3,9 @@
 //! has used since (weights, that step's peak, anything else on the GPU), and
 //! give the KV cache what is left of `utilization × total`.
 
+use super::{KvPools, Model};
 use crate::backend::{Backend, DeviceMemory, StepMeta};
 use crate::error::{Error, Result};
-use crate::model::Model;
-
-use super::KvCache;
 
 /// vLLM's default share of the GPU's memory.
 pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
@@ -78,7 +76,7 @@ fn profile_step<B: Backend>(
         .collect();
     let blocks_per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(block_size)).collect();
     let num_blocks: usize = blocks_per_seq.iter().sum();
-    let mut kv = KvCache::new(model, num_blocks, block_size)?;
+    let mut kv = KvPools::new(model, num_blocks, block_size)?;
     let mut meta = StepMeta {
         block_size,
         query_start: vec![0],
@@ -111,7 +109,8 @@ fn profile_step<B: Backend>(
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::config::{Arch, DType};
+    use crate::backend::DType;
+    use crate::config::Arch;
     use crate::fixture::{write_model_dir, FixtureSpec};
 
     const GIB: usize = 1 << 30;

@@ -1,0 +1,298 @@
+//! Loading an engine: resolve what `--model` names (a Hugging Face directory or
+//! a GGUF file), read its config, weights and tokenizer onto a backend, and size
+//! the KV cache (vLLM's engine arguments in [`LoadOptions`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::config::{resolve_dtype, resolve_kv_dtype, ModelConfig};
+use crate::engine::{EngineConfig, EngineCore};
+use crate::error::{Error, Result};
+use crate::gguf::source::GgufSource;
+use crate::gguf::GgufFile;
+use crate::model::kv_sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// How to load and size an engine (vLLM's engine arguments).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `auto` (the config's dtype), `float32`/`float`, `float16`/`half` or `bfloat16`.
+    pub dtype: String,
+    /// Longest sequence (prompt + output); default: the config's `max_position_embeddings`.
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block: 8, 16 or 32.
+    pub block_size: usize,
+    /// KV cache size in blocks; default: enough for `max_model_len` tokens four times over.
+    pub num_kv_blocks: Option<usize>,
+    /// KV cache size in bytes (an alternative to `num_kv_blocks`).
+    pub kv_cache_memory: Option<usize>,
+    /// vLLM's `--kv-cache-dtype`: `auto` (the weights' dtype where the backend
+    /// keeps such a cache, else float32), `float32`, `bfloat16` or `float16`.
+    pub kv_cache_dtype: String,
+    /// On a GPU, when neither size above is given: the share of the device's
+    /// memory the engine may use, the KV cache taking what the weights and the
+    /// largest step leave (default 0.9, as vLLM). Unused on the CPU.
+    pub gpu_memory_utilization: Option<f64>,
+    pub max_num_seqs: usize,
+    /// Tokens one step may run (prompts longer than this are prefilled in chunks).
+    pub max_num_batched_tokens: usize,
+    pub enable_prefix_caching: bool,
+    /// A chat template (file path or inline, as vLLM's `--chat-template`) replacing the model's.
+    pub chat_template: Option<String>,
+    /// A Hugging Face tokenizer directory replacing the model's tokenizer (vLLM's `--tokenizer`).
+    pub tokenizer: Option<String>,
+    /// Load no tokenizer (vLLM's `--skip-tokenizer-init`): prompts are token
+    /// ids and outputs have no text. Without it, a model directory without
+    /// tokenizer.json is an error.
+    pub skip_tokenizer_init: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: "auto".into(),
+            max_model_len: None,
+            block_size: 16,
+            num_kv_blocks: None,
+            kv_cache_memory: None,
+            kv_cache_dtype: "auto".into(),
+            gpu_memory_utilization: None,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            enable_prefix_caching: false,
+            chat_template: None,
+            tokenizer: None,
+            skip_tokenizer_init: false,
+        }
+    }
+}
+
+/// What `--model` names: a Hugging Face directory (config.json + safetensors), or a
+/// GGUF file (given directly, or as a directory holding exactly one `.gguf` and no
+/// config.json).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+impl ModelPath {
+    pub fn resolve(path: &Path) -> Result<ModelPath> {
+        let is_gguf = |p: &Path| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        };
+        if path.is_file() {
+            return if is_gguf(path) {
+                Ok(ModelPath::Gguf(path.to_path_buf()))
+            } else {
+                Err(Error::bad_file(
+                    path,
+                    "is a file but not a .gguf; give a GGUF file or a Hugging Face model directory",
+                ))
+            };
+        }
+        if !path.join("config.json").exists() && path.is_dir() {
+            let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_gguf(p))
+                .collect();
+            ggufs.sort();
+            match ggufs.len() {
+                0 => {}
+                1 => return Ok(ModelPath::Gguf(ggufs.remove(0))),
+                n => {
+                    return Err(Error::bad_file(
+                        path,
+                        format!("holds {n} .gguf files and no config.json: name the one to load"),
+                    ))
+                }
+            }
+        }
+        Ok(ModelPath::HfDir(path.to_path_buf()))
+    }
+}
+
+fn tokenizer_from_dir(dir: &Path) -> Result<Option<Tokenizer>> {
+    if dir.join("tokenizer.json").exists() {
+        Tokenizer::from_model_dir(dir).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Loads a model (a Hugging Face directory or a GGUF file, see [`ModelPath`]) into an
+/// engine core on `backend`.
+pub fn load_engine_core<B: Backend>(
+    dir: &Path,
+    options: &LoadOptions,
+    backend: B,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EngineCore<B>> {
+    let override_tokenizer = match &options.tokenizer {
+        _ if options.skip_tokenizer_init => None,
+        Some(t) => {
+            let t = Path::new(t);
+            if !t.join("tokenizer.json").is_file() {
+                return Err(Error::bad_file(
+                    t,
+                    "--tokenizer: no tokenizer.json in this directory",
+                ));
+            }
+            tokenizer_from_dir(t)?
+        }
+        None => None,
+    };
+    let (mut model, tokenizer) = match ModelPath::resolve(dir)? {
+        ModelPath::HfDir(dir) => {
+            let config = ModelConfig::from_model_dir(&dir)?;
+            let dtype = resolve_dtype(&options.dtype, &config)?;
+            let tokenizer = match override_tokenizer {
+                _ if options.skip_tokenizer_init => None,
+                Some(t) => Some(t),
+                None => Some(tokenizer_from_dir(&dir)?.ok_or_else(|| {
+                    Error::Tokenizer(format!(
+                        "{} has no tokenizer.json: add one, give one with --tokenizer, or load \
+                         the model without a tokenizer (--skip-tokenizer-init, option \
+                         \"skip_tokenizer_init\") to serve token-id prompts only",
+                        dir.display()
+                    ))
+                })?),
+            };
+            let model = Model::load(&dir, dtype, options.max_model_len, backend, progress)?;
+            (model, tokenizer)
+        }
+        ModelPath::Gguf(path) => {
+            let file = GgufFile::open(&path)?;
+            let config = crate::gguf::config::model_config(&file)?;
+            let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
+            let dtype = resolve_dtype(&options.dtype, &config)?;
+            let tokenizer = match override_tokenizer {
+                _ if options.skip_tokenizer_init => None,
+                Some(t) => Some(t),
+                None => Some(Tokenizer::from_gguf(&file)?),
+            };
+            let source = GgufSource {
+                file: &file,
+                config: &config,
+                permuted_qk,
+            };
+            let model = Model::from_source(
+                config.clone(),
+                &source,
+                dtype,
+                options.max_model_len,
+                backend,
+                progress,
+            )?;
+            (model, tokenizer)
+        }
+    };
+    let tokenizer = match (tokenizer, &options.chat_template) {
+        (Some(t), Some(arg)) => {
+            Some(t.with_chat_template(crate::tokenizer::load_chat_template_arg(arg)?)?)
+        }
+        (t, _) => t,
+    }
+    .map(Arc::new);
+    let kv_dtype = resolve_kv_dtype(
+        &options.kv_cache_dtype,
+        model.dtype,
+        model.backend().kv_dtypes(),
+    )?;
+    model.set_kv_dtype(kv_dtype)?;
+    let bytes_per_block = model.kv_bytes_per_block(options.block_size);
+    let (num_blocks, asked) = match (options.num_kv_blocks, options.kv_cache_memory) {
+        (Some(n), _) => (n, format!("--num-kv-blocks {n}")),
+        (None, Some(bytes)) => (
+            bytes / bytes_per_block,
+            format!("--kv-cache-memory {}", crate::memory::human_bytes(bytes)),
+        ),
+        (None, None) => {
+            let utilization = options
+                .gpu_memory_utilization
+                .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+            match kv_blocks_for_device(
+                &model,
+                options.block_size,
+                options.max_num_batched_tokens,
+                utilization,
+            )? {
+                Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
+                None => (
+                    model
+                        .max_positions
+                        .div_ceil(options.block_size)
+                        .saturating_mul(4),
+                    format!(
+                        "the default (four times max_model_len {})",
+                        model.max_positions
+                    ),
+                ),
+            }
+        }
+    };
+    check_kv_size(
+        &model,
+        num_blocks,
+        bytes_per_block,
+        options.block_size,
+        &asked,
+    )?;
+    if num_blocks == 0 {
+        return Err(Error::invalid(format!(
+            "the KV cache holds no block: one block of {} tokens takes {bytes_per_block} bytes",
+            options.block_size
+        )));
+    }
+    let engine_config = EngineConfig {
+        max_num_seqs: options.max_num_seqs,
+        max_num_batched_tokens: options.max_num_batched_tokens,
+        block_size: options.block_size,
+        num_blocks,
+        enable_prefix_caching: options.enable_prefix_caching,
+    };
+    EngineCore::new(model, tokenizer, engine_config)
+}
+
+/// A KV cache of `num_blocks` must be addressable (int32 block ids on the
+/// device) and fit: in the device's memory, or the machine's on the CPU.
+fn check_kv_size<B: Backend>(
+    model: &Model<B>,
+    num_blocks: usize,
+    bytes_per_block: usize,
+    block_size: usize,
+    asked: &str,
+) -> Result<()> {
+    let hint = "lower --num-kv-blocks, --kv-cache-memory or --max-model-len";
+    let what = format!("the KV cache ({asked})");
+    let limit = i32::MAX as usize;
+    if num_blocks > limit {
+        return Err(Error::invalid(format!(
+            "{what}: {num_blocks} blocks are more than block ids can address ({limit}); {hint}"
+        )));
+    }
+    match model.backend().memory_info()? {
+        None => {
+            crate::memory::checked_host_bytes(num_blocks, bytes_per_block, &what, "blocks", hint)?;
+        }
+        Some(memory) => {
+            let fits = memory.free / bytes_per_block.max(1);
+            if num_blocks > fits {
+                return Err(Error::invalid(format!(
+                    "{what}: {num_blocks} blocks of {block_size} tokens ({} each) need {}, more \
+                     than the {} free on the device (at most {fits} blocks fit); {hint}",
+                    crate::memory::human_bytes(bytes_per_block),
+                    num_blocks
+                        .checked_mul(bytes_per_block)
+                        .map_or_else(|| "more than 16 EiB".into(), crate::memory::human_bytes),
+                    crate::memory::human_bytes(memory.free),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
