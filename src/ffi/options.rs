@@ -41,6 +41,28 @@ pub(crate) enum Device {
 }
 
 impl Device {
+    /// The "device" option's value.
+    fn parse(value: &str) -> FfiResult<Device> {
+        Ok(match value.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            "cuda" => Device::Cuda,
+            "auto" => Device::Auto,
+            _ => return Err(FfiError::new(
+                engine_status::ENGINE_ERR_UNSUPPORTED,
+                format!(
+                    "option \"device\": \"{value}\" is not supported in this build (only {} {})",
+                    if cfg!(feature = "cuda") {
+                        "\"auto\", \"cpu\" and \"cuda\""
+                    } else {
+                        "\"auto\" and \"cpu\""
+                    },
+                    if cfg!(feature = "cuda") { "are" } else { "is" },
+                ),
+            )),
+        })
+    }
+
     /// What "auto" picks, with why (for the log); other choices stand.
     pub(crate) fn resolve(self) -> (Device, Option<String>) {
         if self != Device::Auto {
@@ -124,6 +146,15 @@ fn fraction(key: &str, value: &str) -> FfiResult<f64> {
     }
 }
 
+fn threads(key: &str, value: &str) -> FfiResult<usize> {
+    match positive(key, value)? {
+        n if n > MAX_THREADS => Err(FfiError::invalid(format!(
+            "option \"threads\": at most {MAX_THREADS}, got {n}"
+        ))),
+        n => Ok(n),
+    }
+}
+
 fn boolean(key: &str, value: &str) -> FfiResult<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -142,24 +173,7 @@ impl engine_options_t {
         match normalized.as_str() {
             "model" => self.model = Some(value.to_string()),
             "served_model_name" => self.served_model_name = Some(value.to_string()),
-            "device" => {
-                self.device = match value.trim().to_ascii_lowercase().as_str() {
-                    "cpu" => Device::Cpu,
-                    #[cfg(feature = "cuda")]
-                    "cuda" => Device::Cuda,
-                    "auto" => Device::Auto,
-                    _ => {
-                        return Err(FfiError::new(
-                            engine_status::ENGINE_ERR_UNSUPPORTED,
-                            format!(
-                                "option \"device\": \"{value}\" is not supported in this build (only {} {})",
-                                if cfg!(feature = "cuda") { "\"auto\", \"cpu\" and \"cuda\"" } else { "\"auto\" and \"cpu\"" },
-                                if cfg!(feature = "cuda") { "are" } else { "is" },
-                            ),
-                        ))
-                    }
-                }
-            }
+            "device" => self.device = Device::parse(value)?,
             "dtype" => {
                 if !value.trim().eq_ignore_ascii_case("auto") && DType::parse(value).is_none() {
                     return Err(FfiError::invalid(format!(
@@ -211,15 +225,7 @@ impl engine_options_t {
             "chat_template" => load.chat_template = Some(value.to_string()),
             "tokenizer" => load.tokenizer = Some(value.to_string()),
             "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
-            "threads" => {
-                let n = positive(key, value)?;
-                if n > MAX_THREADS {
-                    return Err(FfiError::invalid(format!(
-                        "option \"threads\": at most {MAX_THREADS}, got {n}"
-                    )));
-                }
-                self.threads = Some(n);
-            }
+            "threads" => self.threads = Some(threads(key, value)?),
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",

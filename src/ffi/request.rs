@@ -209,6 +209,19 @@ pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
 /// checked later by `SamplingParams::verify`, with vLLM's messages; only what
 /// the Rust types cannot hold (a negative count) is reported here, in vLLM's
 /// words too.
+/// Later vLLM reads seed -1 as "no seed" (clients send it for "random").
+fn take_seed(f: &mut Fields) -> FfiResult<Option<u64>> {
+    match f.take::<i128>("seed")? {
+        None | Some(-1) => Ok(None),
+        Some(s) => u64::try_from(s).map(Some).map_err(|_| {
+            FfiError::json(format!(
+                "field \"seed\": expected -1 (none) or an integer from 0 to {}, got {s}",
+                u64::MAX
+            ))
+        }),
+    }
+}
+
 fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     let mut p = SamplingParams::default();
     if let Some(v) = f.count("n")? {
@@ -236,16 +249,7 @@ fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     if let Some(v) = f.take("min_p")? {
         p.min_p = v;
     }
-    // Later vLLM reads seed -1 as "no seed" (clients send it for "random").
-    p.seed = match f.take::<i128>("seed")? {
-        None | Some(-1) => None,
-        Some(s) => Some(u64::try_from(s).map_err(|_| {
-            FfiError::json(format!(
-                "field \"seed\": expected -1 (none) or an integer from 0 to {}, got {s}",
-                u64::MAX
-            ))
-        })?),
-    };
+    p.seed = take_seed(f)?;
     if let Some(v) = f.take("use_beam_search")? {
         p.use_beam_search = v;
     }

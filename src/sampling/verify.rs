@@ -47,32 +47,7 @@ impl SamplingParams {
                 self.n
             )));
         }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(invalid(format!(
-                "presence_penalty must be in [-2, 2], got {}.",
-                py_float(self.presence_penalty)
-            )));
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(invalid(format!(
-                "frequency_penalty must be in [-2, 2], got {}.",
-                py_float(self.frequency_penalty)
-            )));
-        }
-        // Later vLLM (v0.6.4 on) takes any finite repetition_penalty above 0,
-        // where v0.4.3 capped it at 2; its messages.
-        if !self.repetition_penalty.is_finite() {
-            return Err(invalid(format!(
-                "repetition_penalty must be a finite number, got {}.",
-                py_float(self.repetition_penalty)
-            )));
-        }
-        if self.repetition_penalty <= 0.0 {
-            return Err(invalid(format!(
-                "repetition_penalty must be greater than zero, got {}.",
-                py_float(self.repetition_penalty)
-            )));
-        }
+        self.verify_penalties()?;
         // v0.4.3 let NaN through (`nan < 0.0` is false) and sampled from NaNs;
         // later vLLM refuses it with this message.
         if !self.temperature.is_finite() {
@@ -137,6 +112,36 @@ impl SamplingParams {
         }
         if let Some(guided) = &self.guided_decoding {
             guided.verify()?;
+        }
+        Ok(())
+    }
+
+    fn verify_penalties(&self) -> Result<()> {
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(invalid(format!(
+                "presence_penalty must be in [-2, 2], got {}.",
+                py_float(self.presence_penalty)
+            )));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(invalid(format!(
+                "frequency_penalty must be in [-2, 2], got {}.",
+                py_float(self.frequency_penalty)
+            )));
+        }
+        // Later vLLM takes any finite repetition_penalty above 0,
+        // where v0.4.3 capped it at 2; its messages.
+        if !self.repetition_penalty.is_finite() {
+            return Err(invalid(format!(
+                "repetition_penalty must be a finite number, got {}.",
+                py_float(self.repetition_penalty)
+            )));
+        }
+        if self.repetition_penalty <= 0.0 {
+            return Err(invalid(format!(
+                "repetition_penalty must be greater than zero, got {}.",
+                py_float(self.repetition_penalty)
+            )));
         }
         Ok(())
     }
