@@ -470,8 +470,9 @@ typedef struct engine_model_info_t {
     uint64_t max_num_seqs;
     uint64_t max_num_batched_tokens;
     /**
-     * Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
-     * when the "device" option was "auto".
+     * Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), why when
+     * the "device" option was "auto", and the threads of the engine's compute
+     * pool: "cpu (auto: ...; CPU threads: 8)".
      */
     const char *device;
     size_t device_len;

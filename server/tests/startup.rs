@@ -219,7 +219,7 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
     }
     assert!(
         log.iter()
-            .any(|l| l.contains("device: cpu") && l.contains("1 CPU threads")),
+            .any(|l| l.contains("device: cpu") && l.contains("CPU threads: 1)")),
         "{log:#?}"
     );
     let r = s.post(

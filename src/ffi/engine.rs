@@ -93,8 +93,9 @@ pub struct engine_model_info_t {
     pub num_kv_blocks: u64,
     pub max_num_seqs: u64,
     pub max_num_batched_tokens: u64,
-    /// Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
-    /// when the "device" option was "auto".
+    /// Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), why when
+    /// the "device" option was "auto", and the threads of the engine's compute
+    /// pool: "cpu (auto: ...; CPU threads: 8)".
     pub device: *const c_char,
     pub device_len: usize,
 }
@@ -172,7 +173,7 @@ fn compute_pool(threads: Option<usize>) -> FfiResult<rayon::ThreadPool> {
 /// Loads on `pool` (weight conversion is parallel) while this thread calls
 /// `report`: the progress callback runs on the thread that called engine_new,
 /// as documented.
-fn load_on<B: Backend + Send>(
+fn load_on<B: Backend>(
     pool: &rayon::ThreadPool,
     dir: &str,
     load: &LoadOptions,
@@ -245,10 +246,10 @@ impl engine_t {
         let threads = pool.current_num_threads();
         let device = match device_choice {
             Some(why) => format!(
-                "{} ({why}; {threads} CPU threads)",
+                "{} ({why}; CPU threads: {threads})",
                 model.backend().describe()
             ),
-            None => format!("{} ({threads} CPU threads)", model.backend().describe()),
+            None => format!("{} (CPU threads: {threads})", model.backend().describe()),
         };
         let info = ModelInfo {
             device: nul_terminated(&device),

@@ -48,9 +48,10 @@ impl Device {
             #[cfg(feature = "cuda")]
             "cuda" => Device::Cuda,
             "auto" => Device::Auto,
-            _ => return Err(FfiError::new(
-                engine_status::ENGINE_ERR_UNSUPPORTED,
-                format!(
+            _ => {
+                return Err(FfiError::new(
+                    engine_status::ENGINE_ERR_UNSUPPORTED,
+                    format!(
                     "option \"device\": \"{value}\" is not supported in this build (only {} {})",
                     if cfg!(feature = "cuda") {
                         "\"auto\", \"cpu\" and \"cuda\""
@@ -59,7 +60,8 @@ impl Device {
                     },
                     if cfg!(feature = "cuda") { "are" } else { "is" },
                 ),
-            )),
+                ))
+            }
         })
     }
 
