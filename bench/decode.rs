@@ -37,6 +37,7 @@ fn main() {
     }
 }
 
+#[allow(clippy::too_many_lines)] // a benchmark driver, read top to bottom
 fn run() -> engine::Result<()> {
     let dir = model_dir();
     let spec = FixtureSpec::llama_1b();

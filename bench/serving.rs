@@ -131,6 +131,7 @@ fn row(name: &str, mut values: Vec<f64>) {
     );
 }
 
+#[allow(clippy::too_many_lines)] // a benchmark driver, read top to bottom
 fn main() {
     let o = options();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine-server"));

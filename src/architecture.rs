@@ -196,3 +196,23 @@ fn the_reader_sees_imports() {
     let names: Vec<String> = crate_paths(text).into_iter().collect();
     assert_eq!(names, ["backend", "config", "error", "gguf", "model"]);
 }
+
+#[test]
+fn the_server_reaches_the_engine_only_through_the_c_abi() {
+    // The server depends on engine-sys (the bindings of include/engine.h), never
+    // on the engine crate, so it cannot name the engine's internals.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = fs::read_to_string(root.join("server/Cargo.toml")).expect("server/Cargo.toml");
+    let deps: Vec<&str> = manifest
+        .lines()
+        .map(|l| l.split('=').next().unwrap_or("").trim())
+        .collect();
+    assert!(
+        !deps.contains(&"engine"),
+        "server/Cargo.toml depends on the engine crate"
+    );
+    assert!(
+        deps.contains(&"engine-sys"),
+        "server/Cargo.toml lost engine-sys"
+    );
+}

@@ -18,6 +18,7 @@ use engine::ffi::events::*;
 use engine::ffi::options::*;
 use engine::ffi::tokenize::*;
 
+#[allow(clippy::too_many_lines)] // a table of cases
 #[test]
 fn null_handles_and_pointers_are_errors_not_crashes() {
     let e = Engine::new();

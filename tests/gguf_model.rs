@@ -123,6 +123,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// The tiny-llama fixture as llama.cpp's converter would write it: F32 tensors
 /// (the embedding kept BF16), tokenizer metadata from tokenizer.json.
+#[allow(clippy::too_many_lines)] // the fixture's metadata and tensors, listed
 fn tiny_llama_gguf(arch: &str) -> (Vec<(&'static str, Meta)>, Vec<Tensor>) {
     let dir = fixture_dir("tiny-llama");
     let c = ModelConfig::from_model_dir(&dir).unwrap();

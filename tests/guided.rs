@@ -398,6 +398,7 @@ fn forks_and_beams_keep_their_constraint() {
     }
 }
 
+#[allow(clippy::too_many_lines)] // a table of cases
 #[test]
 fn malformed_constraints_are_request_errors_and_the_engine_keeps_serving() {
     let options = LoadOptions {

@@ -34,6 +34,7 @@ fn beam(best_of: usize) -> SamplingParams {
     }
 }
 
+#[allow(clippy::too_many_lines)] // a table of cases
 #[test]
 fn every_verify_message_is_vllms() {
     let d = SamplingParams::default;

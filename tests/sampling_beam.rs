@@ -32,6 +32,7 @@ struct Output {
 
 /// A scheduler in miniature: runs beam search to the end with the sampling
 /// functions and returns the chosen outputs (best first) and the steps taken.
+#[allow(clippy::too_many_lines)] // a reference implementation kept in one piece
 fn beam_search(
     table: &Table,
     params: &SamplingParams,

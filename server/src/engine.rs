@@ -1,4 +1,4 @@
-//! A thin safe wrapper over the C ABI (`include/engine.h`, bindings in `sys.rs`):
+//! A thin safe wrapper over the C ABI (`include/engine.h`, bindings in the engine-sys crate):
 //! the only place in the server with `unsafe`. Events arrive on the engine's
 //! thread through a C callback and are forwarded, as raw JSON, into a tokio
 //! channel per request.

@@ -22,15 +22,12 @@ mod request;
 mod sampling;
 mod state;
 mod stream;
-#[allow(clippy::all)]
-mod sys;
 mod tool_parsers;
 mod tools;
 mod vllm_flags;
 
-// The engine library provides the C ABI the bindings in `sys` call; nothing else
-// of it is used from Rust.
-use ::engine as _;
+// The engine's C ABI, the server's only way into the engine.
+use engine_sys as sys;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -346,6 +346,7 @@ fn greedy_token_ids(s: &Server, n: usize) -> Vec<u64> {
         .collect()
 }
 
+#[allow(clippy::too_many_lines)] // a table of cases
 #[test]
 fn validation_errors_read_like_vllm() {
     let s = server();
