@@ -470,8 +470,9 @@ typedef struct engine_model_info_t {
     uint64_t max_num_seqs;
     uint64_t max_num_batched_tokens;
     /**
-     * Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
-     * when the "device" option was "auto".
+     * Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), why when
+     * the "device" option was "auto", and the threads of the engine's compute
+     * pool: "cpu (auto: ...; CPU threads: 8)".
      */
     const char *device;
     size_t device_len;
@@ -827,6 +828,10 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
  *   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
  *   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+ * - "threads": threads of the engine's own compute pool (the CPU backend's matmuls,
+ *   attention, weight conversion at load and guided-decoding masks run on it), 1 to
+ *   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
+ *   scheduler affinity)].
  *
  * Sizes are checked when `engine_new` loads the model: a KV cache or a
  * max_model_len larger than the memory (the device's, or the machine's on the

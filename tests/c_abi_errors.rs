@@ -255,8 +255,8 @@ fn out_of_range_parameters_get_vllm_messages() {
         ),
         (r#""top_p": 0"#, "top_p must be in (0, 1], got 0.0."),
         (
-            r#""top_k": 0"#,
-            "top_k must be -1 (disable), or at least 1, got 0.",
+            r#""top_k": -2"#,
+            "top_k must be 0 (disable), or at least 1, got -2.",
         ),
         (r#""min_p": 1.5"#, "min_p must be in [0, 1], got 1.5."),
         (
@@ -279,7 +279,7 @@ fn out_of_range_parameters_get_vllm_messages() {
         ),
         (
             r#""repetition_penalty": 0"#,
-            "repetition_penalty must be in (0, 2], got 0.0.",
+            "repetition_penalty must be greater than zero, got 0.0.",
         ),
         (
             r#""min_tokens": 5, "max_tokens": 2"#,

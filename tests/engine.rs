@@ -323,7 +323,7 @@ fn bad_requests_are_refused_at_submit_and_the_engine_keeps_serving() {
         .submit(
             Prompt::Tokens(vec![1]),
             SamplingParams {
-                top_k: 0,
+                top_k: -2, // 0 means off, as in later vLLM
                 ..SamplingParams::default()
             },
             noop(),

@@ -58,11 +58,11 @@ fn every_verify_message_is_vllms() {
         ),
         (
             SamplingParams { repetition_penalty: 0.0, ..d() },
-            "repetition_penalty must be in (0, 2], got 0.0.",
+            "repetition_penalty must be greater than zero, got 0.0.",
         ),
         (
-            SamplingParams { repetition_penalty: 3.0, ..d() },
-            "repetition_penalty must be in (0, 2], got 3.0.",
+            SamplingParams { repetition_penalty: f64::INFINITY, ..d() },
+            "repetition_penalty must be a finite number, got inf.",
         ),
         (
             SamplingParams { temperature: -1.0, ..d() },
@@ -70,17 +70,13 @@ fn every_verify_message_is_vllms() {
         ),
         (
             SamplingParams { temperature: f64::NAN, ..d() },
-            "temperature must be non-negative, got nan.",
+            "temperature must be a finite number, got nan.",
         ),
         (SamplingParams { top_p: 0.0, ..d() }, "top_p must be in (0, 1], got 0.0."),
         (SamplingParams { top_p: 1.5, ..d() }, "top_p must be in (0, 1], got 1.5."),
         (
-            SamplingParams { top_k: 0, ..d() },
-            "top_k must be -1 (disable), or at least 1, got 0.",
-        ),
-        (
             SamplingParams { top_k: -2, ..d() },
-            "top_k must be -1 (disable), or at least 1, got -2.",
+            "top_k must be 0 (disable), or at least 1, got -2.",
         ),
         (SamplingParams { min_p: 1.5, ..d() }, "min_p must be in [0, 1], got 1.5."),
         (SamplingParams { min_p: -0.00001, ..d() }, "min_p must be in [0, 1], got -1e-05."),
@@ -157,6 +153,16 @@ fn valid_params_pass_and_greedy_is_normalised() {
         SamplingParams::default(),
         SamplingParams::greedy(1),
         beam(2),
+        // Later vLLM's relaxations: any repetition_penalty above 0, top_k 0 = off.
+        SamplingParams {
+            repetition_penalty: 3.5,
+            top_k: 0,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_k: 0,
+            ..beam(2)
+        },
         SamplingParams {
             min_p: 0.5,
             ..beam(3)

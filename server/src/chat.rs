@@ -136,7 +136,11 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     state.check_model(&c.model)?;
     let engine = state.engine()?;
     check_stream_options(c)?;
-    let tool_plan = tools::plan(req.own.tools.as_ref(), req.own.tool_choice.as_ref())?;
+    let tool_plan = tools::plan(
+        req.own.tools.as_ref(),
+        req.own.tool_choice.as_ref(),
+        state.config.auto_tools,
+    )?;
     let mut forced_tools = tool_plan.as_ref().and_then(ToolPlan::schema);
     if let (Some(schema), Some(false)) = (
         &mut forced_tools,
@@ -188,6 +192,12 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             prompt_logprobs: None,
         },
     );
+    if let Some(ToolChoice::Auto(parser)) = tool_plan.as_ref().map(|t| &t.choice) {
+        if parser.keeps_special_tokens() {
+            // Its marker is a special token (vLLM's parser does the same).
+            body["skip_special_tokens"] = json!(false);
+        }
+    }
     if let Some(schema) = forced_tools {
         // The call's arguments (or the list of calls) are generated under its schema.
         body["guided_json"] = schema;

@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+use crate::model_path;
+use crate::tool_parsers::ToolParser;
 
 pub use crate::cors::JsonList;
 
@@ -83,11 +87,36 @@ pub struct Args {
     /// GGUF file, or a directory holding one .gguf. Without it, the demo model served
     /// as "demo": SmolLM2-135M-Instruct once scripts/fetch-demo-model.sh has fetched
     /// it, else the bundled tiny random-weight Llama.
+    /// A Hugging Face hub name (`org/name`) is looked up in the local Hugging Face
+    /// cache (never downloaded).
     #[arg(long)]
     pub model: Option<String>,
-    /// Hugging Face tokenizer directory used instead of the model's tokenizer.
+    /// The model as `vllm serve MODEL` takes it: the same as --model.
+    #[arg(value_name = "MODEL")]
+    pub model_tag: Option<String>,
+    /// The revision (branch, tag or commit) of a hub model in the Hugging Face
+    /// cache [main]. Local paths are loaded as they are.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Hugging Face tokenizer (directory or cached hub name) used instead of the model's tokenizer.
     #[arg(long)]
     pub tokenizer: Option<String>,
+    /// The revision of a hub --tokenizer in the Hugging Face cache [main].
+    #[arg(long)]
+    pub tokenizer_revision: Option<String>,
+    /// A Hugging Face cache to look in for hub names before HF_HUB_CACHE,
+    /// $HF_HOME/hub and ~/.cache/huggingface/hub.
+    #[arg(long)]
+    pub download_dir: Option<String>,
+    /// CPU threads for the model's compute [the cores this process may run on,
+    /// or RAYON_NUM_THREADS].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub threads: Option<u64>,
+    /// Local paths --model and --tokenizer resolved to (hub names found in the cache).
+    #[arg(skip)]
+    pub model_path: Option<String>,
+    #[arg(skip)]
+    pub tokenizer_path: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
@@ -111,7 +140,7 @@ pub struct Args {
     pub dtype: String,
     /// As vLLM's: auto or gguf keep a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K
     /// matrices quantized on the CPU; none dequantizes them to --dtype at load.
-    #[arg(long, short = 'q', default_value = "auto", value_parser = ["auto", "gguf", "none"])]
+    #[arg(long, short = 'q', default_value = "auto", value_parser = quantization)]
     pub quantization: String,
     /// Longest sequence (prompt + output); defaults to the model's config.
     #[arg(long)]
@@ -133,8 +162,9 @@ pub struct Args {
     /// what attention reads; the CUDA kernels keep float32 only.
     #[arg(long, default_value = "auto")]
     pub kv_cache_dtype: String,
-    /// KV cache size in blocks (instead of --kv-cache-memory).
-    #[arg(long)]
+    /// KV cache size in blocks (instead of --kv-cache-memory; vLLM's
+    /// --num-gpu-blocks-override is an alias).
+    #[arg(long, alias = "num-gpu-blocks-override")]
     pub num_kv_blocks: Option<u64>,
     /// Share of the GPU's memory (0 to 1, default 0.9, as vLLM) for the weights,
     /// the largest step and the KV cache, which takes what the other two leave.
@@ -163,6 +193,16 @@ pub struct Args {
     /// return_tokens_as_token_ids).
     #[arg(long)]
     pub return_tokens_as_token_ids: bool,
+    /// Let the model call tools when a request has tools and tool_choice "auto"
+    /// (or no tool_choice), reading its calls with --tool-call-parser. Without
+    /// it such requests are refused, as in vLLM.
+    #[arg(long)]
+    pub enable_auto_tool_choice: bool,
+    /// How tool calls are read out of the model's text for "auto": hermes
+    /// (<tool_call> JSON blocks), llama3_json (JSON objects separated by ";"),
+    /// mistral ([TOOL_CALLS] and a JSON list).
+    #[arg(long, value_enum)]
+    pub tool_call_parser: Option<ToolParser>,
     /// Do not log one line per request.
     #[arg(long)]
     pub disable_log_requests: bool,
@@ -222,6 +262,65 @@ pub struct Args {
     pub max_log_len: Option<usize>,
 }
 
+/// The command line, with vLLM's flags this server lacks added (vllm_flags.rs).
+pub fn command() -> clap::Command {
+    crate::vllm_flags::add_to(
+        Args::command()
+            .args_override_self(true)
+            .infer_long_args(true),
+    )
+}
+
+/// Parses the command line: the arguments, and a warning line for each vLLM flag
+/// given that has no effect here. A vLLM flag that would change results without
+/// support is an error naming the feature.
+pub fn parse_from(argv: Vec<std::ffi::OsString>) -> Result<(Args, Vec<String>), clap::Error> {
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(crate::vllm_flags::normalize(argv))?;
+    let conflict = |cmd: &mut clap::Command, m: String| cmd.error(ErrorKind::ArgumentConflict, m);
+    let warnings = crate::vllm_flags::check(&matches).map_err(|m| conflict(&mut cmd, m))?;
+    let mut args = Args::from_arg_matches(&matches)?;
+    if let Some(tag) = args.model_tag.take() {
+        match &args.model {
+            Some(m) if *m != tag => {
+                return Err(conflict(
+                    &mut cmd,
+                    format!("the model is given twice: {tag} and --model {m}; give it once"),
+                ))
+            }
+            _ => args.model = Some(tag),
+        }
+    }
+    let mut warnings = warnings;
+    match (args.enable_auto_tool_choice, args.tool_call_parser) {
+        // vLLM's start-up error.
+        (true, None) => {
+            return Err(conflict(
+                &mut cmd,
+                "--enable-auto-tool-choice requires --tool-call-parser".into(),
+            ))
+        }
+        (false, Some(p)) => warnings.push(format!(
+            "--tool-call-parser {}: ignored without --enable-auto-tool-choice",
+            p.to_possible_value()
+                .map_or(String::new(), |v| v.get_name().to_string())
+        )),
+        _ => {}
+    }
+    Ok((args, warnings))
+}
+
+/// --quantization: the methods served, or an error naming the one that is not.
+fn quantization(v: &str) -> Result<String, String> {
+    let name = v.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "auto" | "gguf" | "none" => Ok(name),
+        other => Err(format!(
+            "the {other} quantization method is not supported (served: auto, gguf, none)"
+        )),
+    }
+}
+
 impl Args {
     /// The CORS layer of --allowed-origins, --allowed-methods, --allowed-headers
     /// and --allow-credentials.
@@ -272,11 +371,36 @@ impl Args {
         )
     }
 
+    /// Resolves --model and --tokenizer to local paths (hub names through the
+    /// Hugging Face cache); returns lines for the log.
+    pub fn resolve_paths(&mut self) -> Result<Vec<String>, String> {
+        let dl = self.download_dir.as_deref();
+        let mut notes = Vec::new();
+        if let Some(m) = &self.model {
+            let r = model_path::resolve("--model", m, self.revision.as_deref(), dl)?;
+            notes.extend(r.note);
+            self.model_path = Some(r.path);
+        }
+        if let Some(t) = &self.tokenizer {
+            let r = model_path::resolve("--tokenizer", t, self.tokenizer_revision.as_deref(), dl)?;
+            notes.extend(r.note);
+            self.tokenizer_path = Some(r.path);
+        }
+        Ok(notes)
+    }
+
+    /// The parser tool_choice "auto" uses, when the flags allow "auto".
+    pub fn auto_tools(&self) -> Option<ToolParser> {
+        self.tool_call_parser
+            .filter(|_| self.enable_auto_tool_choice)
+    }
+
     /// The model to load.
     pub fn model_dir(&self) -> String {
-        match &self.model {
-            Some(m) => m.clone(),
-            None => demo_model().0,
+        match (&self.model_path, &self.model) {
+            (Some(p), _) => p.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => demo_model().0,
         }
     }
 
@@ -326,8 +450,11 @@ impl Args {
         if let Some(t) = &self.chat_template {
             o.push(("chat_template", t.clone()));
         }
-        if let Some(t) = &self.tokenizer {
+        if let Some(t) = self.tokenizer_path.as_ref().or(self.tokenizer.as_ref()) {
             o.push(("tokenizer", t.clone()));
+        }
+        if let Some(n) = self.threads {
+            o.push(("threads", n.to_string()));
         }
         if self.skip_tokenizer_init {
             o.push(("skip_tokenizer_init", "true".into()));

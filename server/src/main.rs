@@ -18,6 +18,7 @@ mod generation;
 mod http;
 mod logprobs;
 mod metrics;
+mod model_path;
 mod offload;
 mod prompt_bound;
 mod request;
@@ -26,7 +27,9 @@ mod state;
 mod stats_log;
 mod stream;
 mod tls;
+mod tool_parsers;
 mod tools;
+mod vllm_flags;
 
 // The engine's C ABI, the server's only way into the engine.
 use engine_sys as sys;
@@ -36,7 +39,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -44,12 +46,24 @@ use cli::Args;
 use state::{AppState, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (mut args, warnings) =
+        cli::parse_from(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(args.log_level.filter()))
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
         .init();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    // Before anything else: a model that is not there is the one message.
+    match args.resolve_paths() {
+        Ok(notes) => notes.iter().for_each(|n| tracing::info!("{n}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,9 +95,10 @@ async fn serve(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "engine-server {} (engine {}) listening on {scheme}://{address}",
+        "engine-server {} (engine {}): port {} bound; loading the model (/health answers 503 until it is loaded)",
         env!("CARGO_PKG_VERSION"),
-        engine::library_version()
+        engine::library_version(),
+        address.port()
     );
     let state = Arc::new(AppState::new(config(&args)));
     // The port answers (/health: 503) while the weights load.
@@ -134,8 +149,9 @@ async fn serve(args: Args) -> Result<(), String> {
             }
             result = &mut loading, if !loaded => {
                 loaded = true;
-                let (engine, bound) = result.map_err(|e| format!("model loading stopped: {e}"))??;
+                let (engine, bound) = result.map_err(|e| format!("the model loading thread failed: {e}"))??;
                 engine_ready(&args, &state, engine, bound);
+                tracing::info!("listening on {scheme}://{address}");
             }
             _ = &mut shutdown => break,
         }
@@ -157,6 +173,7 @@ fn config(args: &Args) -> Config {
         log_requests: !args.disable_log_requests,
         max_log_len: args.max_log_len,
         root_path: args.root_path(),
+        auto_tools: args.auto_tools(),
     }
 }
 
@@ -247,7 +264,8 @@ fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    result.map_err(|e| format!("could not load the model {model}: {e}"))
+    // The engine's message names the model already.
+    result.map_err(|e| e.to_string())
 }
 
 /// SIGINT or SIGTERM.

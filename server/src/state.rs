@@ -27,6 +27,9 @@ pub struct Config {
     /// The prefix the API is mounted under behind a proxy (`--root-path`),
     /// without its final '/'; requests may carry it or not.
     pub root_path: Option<String>,
+    /// How tool_choice "auto" reads calls (`--enable-auto-tool-choice` with
+    /// `--tool-call-parser`); without it "auto" is refused, as in vLLM.
+    pub auto_tools: Option<crate::tool_parsers::ToolParser>,
 }
 
 pub struct AppState {

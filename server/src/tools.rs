@@ -1,13 +1,15 @@
 //! Tool calling for chat: `tools` go to the chat template; `tool_choice` decides
 //! what comes back. A named function or "required" constrains the output with a
 //! JSON schema (the engine's `guided_json`), so the arguments always parse;
-//! "auto" lets the model choose and parses the Hermes/Qwen `<tool_call>{json}
-//! </tool_call>` blocks its template asks for.
+//! "auto" (also what tools without a tool_choice mean) lets the model choose and
+//! reads its calls with the `--tool-call-parser`; as in vLLM, it needs
+//! `--enable-auto-tool-choice`.
 
 use serde_json::{json, Value};
 
 use crate::endpoints::random_id;
 use crate::error::{ApiError, ApiResult};
+use crate::tool_parsers::ToolParser;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolChoice {
@@ -17,8 +19,8 @@ pub enum ToolChoice {
     Named(String),
     /// At least one call: the output is `[{"name", "arguments"}, ...]`.
     Required,
-    /// The model decides; `<tool_call>` blocks are parsed out of its text.
-    Auto,
+    /// The model decides; calls are parsed out of its text with this parser.
+    Auto(ToolParser),
 }
 
 /// The request's tools and what to do with them.
@@ -29,7 +31,13 @@ pub struct ToolPlan {
 }
 
 /// Reads `tools` and `tool_choice`. `None` when the request has no tools.
-pub fn plan(tools: Option<&Value>, tool_choice: Option<&Value>) -> ApiResult<Option<ToolPlan>> {
+/// `auto`: the server's parser for "auto" (`--enable-auto-tool-choice` with
+/// `--tool-call-parser`), if it has one.
+pub fn plan(
+    tools: Option<&Value>,
+    tool_choice: Option<&Value>,
+    auto: Option<ToolParser>,
+) -> ApiResult<Option<ToolPlan>> {
     let tools = match tools {
         None | Some(Value::Null) => {
             if tool_choice.is_some_and(|c| !c.is_null() && c != "none") {
@@ -51,11 +59,19 @@ pub fn plan(tools: Option<&Value>, tool_choice: Option<&Value>) -> ApiResult<Opt
             )));
         }
     }
+    // vLLM: tools without a tool_choice mean "auto", which needs the flags.
+    let auto = || {
+        auto.map(ToolChoice::Auto).ok_or_else(|| {
+            ApiError::bad_request(
+                "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+            )
+        })
+    };
     let choice = match tool_choice {
-        None | Some(Value::Null) => ToolChoice::Auto,
+        None | Some(Value::Null) => auto()?,
         Some(Value::String(s)) => match s.as_str() {
             "none" => ToolChoice::None,
-            "auto" => ToolChoice::Auto,
+            "auto" => auto()?,
             "required" => ToolChoice::Required,
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -80,7 +96,7 @@ pub fn plan(tools: Option<&Value>, tool_choice: Option<&Value>) -> ApiResult<Opt
             }
         },
     };
-    if (choice == ToolChoice::Required || choice == ToolChoice::Auto) && tools.is_empty() {
+    if matches!(choice, ToolChoice::Required | ToolChoice::Auto(_)) && tools.is_empty() {
         return Err(ApiError::bad_request("`tools` is empty."));
     }
     Ok(Some(ToolPlan { tools, choice }))
@@ -120,7 +136,7 @@ impl ToolPlan {
                     .collect();
                 Some(json!({"type": "array", "minItems": 1, "items": {"anyOf": calls}}))
             }
-            ToolChoice::None | ToolChoice::Auto => None,
+            ToolChoice::None | ToolChoice::Auto(_) => None,
         }
     }
 
@@ -134,7 +150,7 @@ impl ToolPlan {
                 Ok(items) => (None, Some(items.iter().map(call_from_json).collect())),
                 Err(_) => (Some(text.to_string()), None),
             },
-            ToolChoice::Auto => parse_hermes(text),
+            ToolChoice::Auto(parser) => parser.parse(text),
         }
     }
 }
@@ -156,40 +172,13 @@ fn call_from_json(item: &Value) -> Value {
     call(item["name"].as_str().unwrap_or_default(), arguments)
 }
 
-/// Hermes/Qwen: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`
-/// blocks; the text before the first is the content.
-fn parse_hermes(text: &str) -> (Option<String>, Option<Vec<Value>>) {
-    const OPEN: &str = "<tool_call>";
-    const CLOSE: &str = "</tool_call>";
-    let Some(first) = text.find(OPEN) else {
-        return (Some(text.to_string()), None);
-    };
-    let mut calls = Vec::new();
-    let mut rest = &text[first..];
-    while let Some(start) = rest.find(OPEN) {
-        let body = &rest[start + OPEN.len()..];
-        let Some(end) = body.find(CLOSE) else { break };
-        match serde_json::from_str::<Value>(body[..end].trim()) {
-            Ok(v) if v["name"].is_string() => calls.push(call_from_json(&v)),
-            // Not a call we can read: leave the text as content.
-            _ => return (Some(text.to_string()), None),
-        }
-        rest = &body[end + CLOSE.len()..];
-    }
-    if calls.is_empty() {
-        return (Some(text.to_string()), None);
-    }
-    let content = text[..first].trim();
-    (
-        (!content.is_empty()).then(|| content.to_string()),
-        Some(calls),
-    )
-}
-
 /// "auto" needs a template that tells the model how to call tools in a format we
 /// parse: the rendered prompt shows it.
+/// (Checked for the Hermes parser, whose format templates spell out.)
 pub fn check_auto(plan: &ToolPlan, rendered_prompt: &str) -> ApiResult<()> {
-    if plan.choice == ToolChoice::Auto && !rendered_prompt.contains("<tool_call>") {
+    if plan.choice == ToolChoice::Auto(ToolParser::Hermes)
+        && !rendered_prompt.contains("<tool_call>")
+    {
         return Err(ApiError::bad_request(
             "tool_choice \"auto\" needs a chat template that asks for tool calls in a format \
              this server parses (Hermes/Qwen `<tool_call>` JSON); this model's template does \
@@ -214,29 +203,40 @@ mod tests {
         let p = plan(
             Some(&tools),
             Some(&json!({"type": "function", "function": {"name": "get_weather"}})),
+            None,
         )
         .unwrap()
         .unwrap();
         assert_eq!(p.choice, ToolChoice::Named("get_weather".into()));
         assert_eq!(p.schema().unwrap()["required"], json!(["city"]));
-        assert!(plan(None, Some(&json!("required"))).is_err());
+        assert!(plan(None, Some(&json!("required")), None).is_err());
         assert!(plan(
             Some(&tools),
-            Some(&json!({"type": "function", "function": {"name": "x"}}))
+            Some(&json!({"type": "function", "function": {"name": "x"}})),
+            None
         )
         .is_err());
-        assert!(plan(Some(&json!([{"type": "code"}])), None).is_err());
+        assert!(plan(Some(&json!([{"type": "code"}])), None, None).is_err());
+        // Tools without a tool_choice mean "auto": vLLM's error without the flags.
+        let hermes = Some(ToolParser::Hermes);
         assert_eq!(
-            plan(Some(&tools), None).unwrap().unwrap().choice,
-            ToolChoice::Auto
+            plan(Some(&tools), None, hermes).unwrap().unwrap().choice,
+            ToolChoice::Auto(ToolParser::Hermes)
         );
-        assert!(plan(None, None).unwrap().is_none());
+        for choice in [None, Some(json!("auto"))] {
+            let e = plan(Some(&tools), choice.as_ref(), None).unwrap_err();
+            assert!(
+                e.message.contains("requires --enable-auto-tool-choice"),
+                "{e:?}"
+            );
+        }
+        assert!(plan(None, None, None).unwrap().is_none());
     }
 
     #[test]
     fn parsing_outputs() {
         let tools = weather();
-        let required = plan(Some(&tools), Some(&json!("required")))
+        let required = plan(Some(&tools), Some(&json!("required")), None)
             .unwrap()
             .unwrap();
         let (content, calls) =
@@ -245,7 +245,9 @@ mod tests {
         let calls = calls.unwrap();
         assert_eq!(calls[0]["function"]["name"], "get_weather");
         assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Oslo"}"#);
-        let auto = plan(Some(&tools), Some(&json!("auto"))).unwrap().unwrap();
+        let auto = plan(Some(&tools), Some(&json!("auto")), Some(ToolParser::Hermes))
+            .unwrap()
+            .unwrap();
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>";
         let (content, calls) = auto.parse(text);
         assert_eq!(content.as_deref(), Some("Let me check."));

@@ -242,7 +242,12 @@ fn chat_errors() {
         ),
         (
             json!({"model": "demo", "messages": hi(), "tools": weather(), "tool_choice": "auto"}),
-            "tool_choice \"auto\" needs a chat template",
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+        ),
+        // Tools without a tool_choice mean "auto" (vLLM's rule).
+        (
+            json!({"model": "demo", "messages": hi(), "tools": weather()}),
+            "\"auto\" tool choice requires --enable-auto-tool-choice",
         ),
         (
             json!({"model": "demo", "messages": hi(), "tool_choice": "required"}),
@@ -349,7 +354,31 @@ fn auto_tool_choice_runs_with_a_template_that_asks_for_tool_call_blocks() {
     let template = "{% if tools %}Tools: {{ tools | tojson }}. Answer with <tool_call>{\"name\": ..., \
                     \"arguments\": ...}</tool_call>.\n{% endif %}{% for m in messages %}{{ m.role }}: \
                     {{ m.content }}\n{% endfor %}assistant:";
-    let s = Server::start(&["--chat-template", template, "--max-model-len", "256"]);
+    let s = Server::start(&[
+        "--chat-template",
+        template,
+        "--max-model-len",
+        "256",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+    ]);
+    // Without a template that asks for <tool_call> blocks, "auto" is refused.
+    let plain_template = Server::start(&[
+        "--max-model-len",
+        "256",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+    ]);
+    let r = plain_template.post(
+        "/v1/chat/completions",
+        &json!({"model": "demo", "messages": hi(), "tools": weather(), "tool_choice": "auto"}),
+    );
+    assert!(r
+        .error(400)
+        .contains("tool_choice \"auto\" needs a chat template"));
+    drop(plain_template);
     let t = s
         .post(
             "/tokenize",

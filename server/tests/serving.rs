@@ -266,7 +266,7 @@ fn sigterm_exits_cleanly_and_a_bad_model_fails_to_start() {
     assert!(!out.status.success());
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
-        log.contains("could not load the model /no/such/model"),
+        log.contains("--model /no/such/model: no such file or directory"),
         "{log}"
     );
 }

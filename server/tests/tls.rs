@@ -137,9 +137,11 @@ fn https_serves_the_api_to_a_client_that_trusts_the_certificate() {
     let cert = write(&dir, "cert.pem", &server.cert_pem);
     let key = write(&dir, "key.pem", &server.key_pem);
     let s = Server::spawn(&["--ssl-keyfile", &key, "--ssl-certfile", &cert]);
-    assert!(!s.logged("listening on https://").is_empty());
     let trusting = client(&ca, None);
     wait_loaded(&s, &trusting);
+    assert!(s
+        .wait_for_log("listening on https://", std::time::Duration::from_secs(5))
+        .is_some());
     let body = r#"{"model": "demo", "prompt": "Hello", "max_tokens": 4, "stream": true}"#;
     let r = https(&s, &trusting, "POST", "/v1/completions", body).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());

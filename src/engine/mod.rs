@@ -75,6 +75,16 @@ pub struct Engine {
 
 impl Engine {
     pub fn start<B: Backend>(core: EngineCore<B>) -> Result<Engine> {
+        Engine::start_in(core, None)
+    }
+
+    /// Starts the engine thread; with a `pool`, every step runs on it (its
+    /// rayon work: the CPU kernels, guided-decoding masks) instead of rayon's
+    /// global pool.
+    pub fn start_in<B: Backend>(
+        core: EngineCore<B>,
+        pool: Option<rayon::ThreadPool>,
+    ) -> Result<Engine> {
         let (commands, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         *shared.stats.lock().unwrap_or_else(PoisonError::into_inner) = core.stats();
@@ -82,7 +92,10 @@ impl Engine {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || run_loop(core, rx, thread_shared))
+            .spawn(move || match pool {
+                Some(pool) => pool.install(|| run_loop(core, rx, thread_shared)),
+                None => run_loop(core, rx, thread_shared),
+            })
             .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             commands,

@@ -21,7 +21,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineCore};
 use crate::error::Error;
-use crate::loader::load_engine_core;
+use crate::loader::{load_engine_core, LoadOptions};
 use crate::sampling::SamplingType;
 use crate::tokenizer::Tokenizer;
 
@@ -93,8 +93,9 @@ pub struct engine_model_info_t {
     pub num_kv_blocks: u64,
     pub max_num_seqs: u64,
     pub max_num_batched_tokens: u64,
-    /// Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), and why
-    /// when the "device" option was "auto".
+    /// Where the model runs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)"), why when
+    /// the "device" option was "auto", and the threads of the engine's compute
+    /// pool: "cpu (auto: ...; CPU threads: 8)".
     pub device: *const c_char,
     pub device_len: usize,
 }
@@ -154,6 +155,50 @@ fn load_error(dir: &str, e: Error) -> FfiError {
     )
 }
 
+/// The engine's compute pool: `threads` threads, or rayon's default
+/// (RAYON_NUM_THREADS, else the CPUs this process may run on).
+fn compute_pool(threads: Option<usize>) -> FfiResult<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .thread_name(|i| format!("engine-cpu-{i}"))
+        .build()
+        .map_err(|e| {
+            FfiError::new(
+                ENGINE_ERR_INVALID_ARGUMENT,
+                format!("cannot start the engine's {threads:?} compute threads: {e}"),
+            )
+        })
+}
+
+/// Loads on `pool` (weight conversion is parallel) while this thread calls
+/// `report`: the progress callback runs on the thread that called engine_new,
+/// as documented.
+fn load_on<B: Backend>(
+    pool: &rayon::ThreadPool,
+    dir: &str,
+    load: &LoadOptions,
+    backend: B,
+    report: &mut dyn FnMut(usize, usize),
+) -> crate::error::Result<EngineCore<B>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let loader = s.spawn(move || {
+            pool.install(move || {
+                load_engine_core(Path::new(dir), load, backend, &mut |done, total| {
+                    let _ = tx.send((done, total));
+                })
+            })
+        });
+        // Ends when the loader drops its sender, i.e. when the load is over.
+        for (done, total) in rx {
+            report(done, total);
+        }
+        loader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 impl engine_t {
     fn load(options: &engine_options_t) -> FfiResult<engine_t> {
         let dir = options.model.as_deref().ok_or_else(|| {
@@ -169,19 +214,21 @@ impl engine_t {
             }
         };
         let (device, why) = options.device.resolve();
+        let pool = compute_pool(options.threads)?;
+        // The load runs on the pool too (weight conversion is parallel).
         match device {
             Device::Cpu | Device::Auto => {
-                let core = load_engine_core(Path::new(dir), &options.load, CpuBackend, &mut report)
+                let core = load_on(&pool, dir, &options.load, CpuBackend, &mut report)
                     .map_err(|e| load_error(dir, e))?;
-                engine_t::start(core, options, dir, why)
+                engine_t::start(core, options, dir, why, pool)
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {
                 let backend =
                     crate::backend::cuda::CudaBackend::new(0).map_err(|e| load_error(dir, e))?;
-                let core = load_engine_core(Path::new(dir), &options.load, backend, &mut report)
+                let core = load_on(&pool, dir, &options.load, backend, &mut report)
                     .map_err(|e| load_error(dir, e))?;
-                engine_t::start(core, options, dir, why)
+                engine_t::start(core, options, dir, why, pool)
             }
         }
     }
@@ -192,12 +239,17 @@ impl engine_t {
         options: &engine_options_t,
         dir: &str,
         device_choice: Option<String>,
+        pool: rayon::ThreadPool,
     ) -> FfiResult<engine_t> {
         let model = core.model();
         let tokenizer = core.tokenizer();
+        let threads = pool.current_num_threads();
         let device = match device_choice {
-            Some(why) => format!("{} ({why})", model.backend().describe()),
-            None => model.backend().describe(),
+            Some(why) => format!(
+                "{} ({why}; CPU threads: {threads})",
+                model.backend().describe()
+            ),
+            None => format!("{} (CPU threads: {threads})", model.backend().describe()),
         };
         let info = ModelInfo {
             device: nul_terminated(&device),
@@ -217,7 +269,7 @@ impl engine_t {
             max_num_seqs: options.load.max_num_seqs as u64,
             max_num_batched_tokens: options.load.max_num_batched_tokens as u64,
         };
-        let engine = Engine::start(core)?;
+        let engine = Engine::start_in(core, Some(pool))?;
         Ok(engine_t {
             engine,
             info,

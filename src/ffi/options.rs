@@ -25,6 +25,8 @@ pub struct engine_options_t {
     pub(crate) progress_user_data: *mut c_void,
     /// Where the model runs ("device").
     pub(crate) device: Device,
+    /// Threads of the engine's compute pool ("threads"); None: rayon's default.
+    pub(crate) threads: Option<usize>,
 }
 
 /// The "device" option: the CPU, (built with the `cuda` feature) GPU 0, or
@@ -39,6 +41,30 @@ pub(crate) enum Device {
 }
 
 impl Device {
+    /// The "device" option's value.
+    fn parse(value: &str) -> FfiResult<Device> {
+        Ok(match value.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            "cuda" => Device::Cuda,
+            "auto" => Device::Auto,
+            _ => {
+                return Err(FfiError::new(
+                    engine_status::ENGINE_ERR_UNSUPPORTED,
+                    format!(
+                    "option \"device\": \"{value}\" is not supported in this build (only {} {})",
+                    if cfg!(feature = "cuda") {
+                        "\"auto\", \"cpu\" and \"cuda\""
+                    } else {
+                        "\"auto\" and \"cpu\""
+                    },
+                    if cfg!(feature = "cuda") { "are" } else { "is" },
+                ),
+                ))
+            }
+        })
+    }
+
     /// What "auto" picks, with why (for the log); other choices stand.
     pub(crate) fn resolve(self) -> (Device, Option<String>) {
         if self != Device::Auto {
@@ -83,7 +109,12 @@ const KEYS: &[&str] = &[
     "tokenizer",
     "skip_tokenizer_init",
     "quantization",
+    "threads",
 ];
+
+/// The most "threads" an engine takes: far beyond any machine, small enough
+/// that a typo cannot ask for millions of threads.
+const MAX_THREADS: usize = 4096;
 
 impl Default for engine_options_t {
     fn default() -> Self {
@@ -95,6 +126,7 @@ impl Default for engine_options_t {
             progress: None,
             progress_user_data: std::ptr::null_mut(),
             device: Device::Cpu,
+            threads: None,
         }
     }
 }
@@ -117,6 +149,15 @@ fn fraction(key: &str, value: &str) -> FfiResult<f64> {
     }
 }
 
+fn threads(key: &str, value: &str) -> FfiResult<usize> {
+    match positive(key, value)? {
+        n if n > MAX_THREADS => Err(FfiError::invalid(format!(
+            "option \"threads\": at most {MAX_THREADS}, got {n}"
+        ))),
+        n => Ok(n),
+    }
+}
+
 fn boolean(key: &str, value: &str) -> FfiResult<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -135,24 +176,7 @@ impl engine_options_t {
         match normalized.as_str() {
             "model" => self.model = Some(value.to_string()),
             "served_model_name" => self.served_model_name = Some(value.to_string()),
-            "device" => {
-                self.device = match value.trim().to_ascii_lowercase().as_str() {
-                    "cpu" => Device::Cpu,
-                    #[cfg(feature = "cuda")]
-                    "cuda" => Device::Cuda,
-                    "auto" => Device::Auto,
-                    _ => {
-                        return Err(FfiError::new(
-                            engine_status::ENGINE_ERR_UNSUPPORTED,
-                            format!(
-                                "option \"device\": \"{value}\" is not supported in this build (only {} {})",
-                                if cfg!(feature = "cuda") { "\"auto\", \"cpu\" and \"cuda\"" } else { "\"auto\" and \"cpu\"" },
-                                if cfg!(feature = "cuda") { "are" } else { "is" },
-                            ),
-                        ))
-                    }
-                }
-            }
+            "device" => self.device = Device::parse(value)?,
             "dtype" => {
                 if !value.trim().eq_ignore_ascii_case("auto") && DType::parse(value).is_none() {
                     return Err(FfiError::invalid(format!(
@@ -213,6 +237,7 @@ impl engine_options_t {
                 }
                 load.quantization = name;
             }
+            "threads" => self.threads = Some(threads(key, value)?),
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -295,6 +320,10 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
 ///   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
 ///   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+/// - "threads": threads of the engine's own compute pool (the CPU backend's matmuls,
+///   attention, weight conversion at load and guided-decoding masks run on it), 1 to
+///   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
+///   scheduler affinity)].
 ///
 /// Sizes are checked when `engine_new` loads the model: a KV cache or a
 /// max_model_len larger than the memory (the device's, or the machine's on the
@@ -397,6 +426,11 @@ mod tests {
         for bad in ["0", "1.5", "-1", "nan", "x"] {
             let e = o.set("gpu_memory_utilization", bad).unwrap_err();
             assert!(e.message.contains("a fraction in (0, 1]"), "{e:?}");
+        }
+        o.set("threads", "3").unwrap();
+        assert_eq!(o.threads, Some(3));
+        for bad in ["0", "4097", "x"] {
+            assert!(o.set("threads", bad).is_err(), "{bad}");
         }
         let e = o.set("max_model_len", "0").unwrap_err();
         assert!(e.message.contains("positive integer"), "{e:?}");

@@ -209,6 +209,19 @@ pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
 /// checked later by `SamplingParams::verify`, with vLLM's messages; only what
 /// the Rust types cannot hold (a negative count) is reported here, in vLLM's
 /// words too.
+/// Later vLLM reads seed -1 as "no seed" (clients send it for "random").
+fn take_seed(f: &mut Fields) -> FfiResult<Option<u64>> {
+    match f.take::<i128>("seed")? {
+        None | Some(-1) => Ok(None),
+        Some(s) => u64::try_from(s).map(Some).map_err(|_| {
+            FfiError::json(format!(
+                "field \"seed\": expected -1 (none) or an integer from 0 to {}, got {s}",
+                u64::MAX
+            ))
+        }),
+    }
+}
+
 fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     let mut p = SamplingParams::default();
     if let Some(v) = f.count("n")? {
@@ -236,7 +249,7 @@ fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
     if let Some(v) = f.take("min_p")? {
         p.min_p = v;
     }
-    p.seed = f.take("seed")?;
+    p.seed = take_seed(f)?;
     if let Some(v) = f.take("use_beam_search")? {
         p.use_beam_search = v;
     }
@@ -399,6 +412,11 @@ mod tests {
         );
         assert_eq!(r.params.max_tokens, Some(3));
         assert_eq!(r.params.temperature, 0.0);
+        for seedless in [r#""seed": -1"#, r#""seed": null"#] {
+            let r = parse_request(&format!(r#"{{"prompt": [1], {seedless}}}"#)).unwrap();
+            assert_eq!(r.params.seed, None, "{seedless}");
+        }
+        assert!(parse_request(r#"{"prompt": [1], "seed": -2}"#).is_err());
         let r = parse_request(r#"{"prompt": [1, 2, 3], "seed": null}"#).unwrap();
         assert_eq!(r.prompt, PromptSpec::Tokens(vec![1, 2, 3]));
         assert_eq!(r.params, SamplingParams::default());

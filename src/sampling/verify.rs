@@ -47,27 +47,16 @@ impl SamplingParams {
                 self.n
             )));
         }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+        self.verify_penalties()?;
+        // v0.4.3 let NaN through (`nan < 0.0` is false) and sampled from NaNs;
+        // later vLLM refuses it with this message.
+        if !self.temperature.is_finite() {
             return Err(invalid(format!(
-                "presence_penalty must be in [-2, 2], got {}.",
-                py_float(self.presence_penalty)
+                "temperature must be a finite number, got {}.",
+                py_float(self.temperature)
             )));
         }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(invalid(format!(
-                "frequency_penalty must be in [-2, 2], got {}.",
-                py_float(self.frequency_penalty)
-            )));
-        }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
-            return Err(invalid(format!(
-                "repetition_penalty must be in (0, 2], got {}.",
-                py_float(self.repetition_penalty)
-            )));
-        }
-        // vLLM lets NaN through (`nan < 0.0` is false) and then samples from NaNs;
-        // it is rejected here with the same message.
-        if self.temperature < 0.0 || self.temperature.is_nan() {
+        if self.temperature < 0.0 {
             return Err(invalid(format!(
                 "temperature must be non-negative, got {}.",
                 py_float(self.temperature)
@@ -79,9 +68,10 @@ impl SamplingParams {
                 py_float(self.top_p)
             )));
         }
-        if self.top_k < -1 || self.top_k == 0 {
+        // Later vLLM takes 0 for "off" too (and prefers it); its message.
+        if self.top_k < -1 {
             return Err(invalid(format!(
-                "top_k must be -1 (disable), or at least 1, got {}.",
+                "top_k must be 0 (disable), or at least 1, got {}.",
                 self.top_k
             )));
         }
@@ -126,6 +116,36 @@ impl SamplingParams {
         Ok(())
     }
 
+    fn verify_penalties(&self) -> Result<()> {
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(invalid(format!(
+                "presence_penalty must be in [-2, 2], got {}.",
+                py_float(self.presence_penalty)
+            )));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(invalid(format!(
+                "frequency_penalty must be in [-2, 2], got {}.",
+                py_float(self.frequency_penalty)
+            )));
+        }
+        // Later vLLM takes any finite repetition_penalty above 0,
+        // where v0.4.3 capped it at 2; its messages.
+        if !self.repetition_penalty.is_finite() {
+            return Err(invalid(format!(
+                "repetition_penalty must be a finite number, got {}.",
+                py_float(self.repetition_penalty)
+            )));
+        }
+        if self.repetition_penalty <= 0.0 {
+            return Err(invalid(format!(
+                "repetition_penalty must be greater than zero, got {}.",
+                py_float(self.repetition_penalty)
+            )));
+        }
+        Ok(())
+    }
+
     fn verify_beam_search(&self) -> Result<()> {
         if self.best_of() == 1 {
             return Err(invalid(format!(
@@ -141,7 +161,7 @@ impl SamplingParams {
         if self.top_p < 1.0 - SAMPLING_EPS {
             return Err(invalid("top_p must be 1 when using beam search.".into()));
         }
-        if self.top_k != -1 {
+        if self.top_k > 0 {
             return Err(invalid("top_k must be -1 when using beam search.".into()));
         }
         Ok(())

@@ -224,7 +224,7 @@ static void check_model_info(const char *model_dir) {
     EXPECT(info.has_tokenizer && info.has_chat_template);
     EXPECT(info.bos_token_id >= 0 && info.num_eos_token_ids >= 1);
     EXPECT(info.eos_token_ids != NULL);
-    EXPECT(strcmp(info.device, "cpu (auto: this build has no CUDA backend)") == 0);
+    EXPECT(strcmp(info.device, "cpu (auto: this build has no CUDA backend; CPU threads: 2)") == 0);
     EXPECT(info.device_len == strlen(info.device));
 
     /* A caller built against an older, smaller struct gets only what it knows. */
@@ -280,6 +280,8 @@ int main(int argc, char **argv) {
     CHECK(engine_options_set(options, "model", model_dir));
     CHECK(engine_options_set(options, "dtype", "float32"));
     CHECK(engine_options_set(options, "max_num_seqs", "8"));
+    CHECK(engine_options_set(options, "threads", "2"));
+    EXPECT(engine_options_set(options, "threads", "0") == ENGINE_ERR_INVALID_ARGUMENT);
     CHECK(engine_options_set_progress(options, on_progress, &progress_calls));
     EXPECT(engine_options_set(options, "colour", "blue") == ENGINE_ERR_INVALID_ARGUMENT);
     EXPECT(engine_options_set(options, "device", "cuda") == ENGINE_ERR_UNSUPPORTED);

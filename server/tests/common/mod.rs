@@ -15,15 +15,20 @@ use serde_json::Value;
 pub struct Server {
     child: Child,
     pub port: u16,
-    /// What the server logged (its stdout), line by line.
-    log: Arc<Mutex<Vec<String>>>,
+    /// Every line the server has printed on stdout (its log) so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts `engine-server` with `args` (the demo model unless `--model` is
     /// given) and waits until /health answers 200.
     pub fn start(args: &[&str]) -> Server {
-        let server = Server::spawn(args);
+        Server::start_env(args, &[])
+    }
+
+    /// As [`Server::start`], with these environment variables set.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn_env(args, env);
         let deadline = Instant::now() + Duration::from_secs(60);
         while server.get("/health").status != 200 {
             assert!(Instant::now() < deadline, "the model did not load in time");
@@ -32,9 +37,14 @@ impl Server {
         server
     }
 
-    /// Starts `engine-server` and returns once it logged its port (over
-    /// http or https), without waiting for the model.
+    /// Starts `engine-server` and returns once it logged its port (it binds
+    /// the port before loading the model), without waiting for the model.
     pub fn spawn(args: &[&str]) -> Server {
+        Server::spawn_env(args, &[])
+    }
+
+    /// As [`Server::spawn`], with these environment variables set.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         // ENGINE_SERVER_UNDER_TEST runs the tests against another build (an
         // older one, to see a test fail before its fix).
         let binary = std::env::var("ENGINE_SERVER_UNDER_TEST")
@@ -50,6 +60,7 @@ impl Server {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-llama"),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -60,9 +71,10 @@ impl Server {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http").nth(1) {
+                // "...: port N bound; loading the model ..."
+                if let Some(rest) = line.split("): port ").nth(1) {
                     let port = rest
-                        .rsplit(':')
+                        .split(' ')
                         .next()
                         .and_then(|p| p.trim().parse::<u16>().ok());
                     let _ = tx.send(port);

@@ -106,9 +106,9 @@ def test_out_of_range_sampling_parameters(client):
         ({"n": 0}, "n must be at least 1"),
         ({"max_tokens": 0}, "max_tokens must be at least 1"),
         ({"presence_penalty": 3}, "presence_penalty must be in [-2, 2]"),
-        ({"extra_body": {"top_k": 0}}, "top_k must be -1 (disable), or at least 1"),
+        ({"extra_body": {"top_k": -2}}, "top_k must be 0 (disable), or at least 1"),
         ({"extra_body": {"min_p": 1.5}}, "min_p must be in [0, 1]"),
-        ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty must be in (0, 2]"),
+        ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty must be greater than zero"),
         ({"n": 3, "temperature": 1, "extra_body": {"best_of": 2}},
          "best_of must be greater than or equal to n"),
     ]:
@@ -121,8 +121,10 @@ def test_guided_decoding_and_tools_errors(client):
     with pytest.raises(openai.BadRequestError, match="guided_regex"):
         complete(client, extra_body={"guided_regex": "(unclosed"})
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError, match="needs a chat template"):
+    with pytest.raises(openai.BadRequestError, match="requires --enable-auto-tool-choice"):
         chat(client, tools=[tool], tool_choice="auto")
+    with pytest.raises(openai.BadRequestError, match="requires --enable-auto-tool-choice"):
+        chat(client, tools=[tool])
     with pytest.raises(openai.BadRequestError, match="not in `tools`"):
         chat(client, tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}})
 
