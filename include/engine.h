@@ -591,9 +591,9 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * - "stop_token_ids" (array of token ids), "ignore_eos" (bool, default false).
  * - "max_tokens" (integer >= 1, default 16; null: up to the model's length).
  * - "min_tokens" (integer <= max_tokens, default 0).
- * - "logprobs" (integer, at most 20): report the sampled token's and this many
+ * - "logprobs" (integer, at most the "max_logprobs" option, 20 by default): report the sampled token's and this many
  *   top tokens' logprobs per token, in the events' JSON.
- * - "prompt_logprobs" (integer, at most 20): the same for every prompt token, in
+ * - "prompt_logprobs" (integer, at most "max_logprobs"): the same for every prompt token, in
  *   the first event's JSON.
  * - "detokenize", "skip_special_tokens", "spaces_between_special_tokens" (bools,
  *   default true).
@@ -815,6 +815,8 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   one at load) and the KV cache, which takes the rest; a model that leaves no room
  *   for one block fails to load with the numbers [0.9]. No effect on the CPU.
  * - "max_num_seqs": sequences in one batch at most [256].
+ * - "max_logprobs": most "logprobs" or "prompt_logprobs" a request may ask for;
+ *   more is refused with vLLM's message (vLLM's --max-logprobs) [20].
  * - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
  *   in chunks [2048].
  * - "enable_prefix_caching": "true"/"false" (or 1/0, yes/no, on/off) ["false"].

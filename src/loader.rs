@@ -36,6 +36,8 @@ pub struct LoadOptions {
     /// largest step leave (default 0.9, as vLLM). Unused on the CPU.
     pub gpu_memory_utilization: Option<f64>,
     pub max_num_seqs: usize,
+    /// Most top logprobs a request may ask for, per token (vLLM's `--max-logprobs`).
+    pub max_logprobs: usize,
     /// Tokens one step may run (prompts longer than this are prefilled in chunks).
     pub max_num_batched_tokens: usize,
     pub enable_prefix_caching: bool,
@@ -64,6 +66,7 @@ impl Default for LoadOptions {
             kv_cache_dtype: "auto".into(),
             gpu_memory_utilization: None,
             max_num_seqs: 256,
+            max_logprobs: 20,
             max_num_batched_tokens: 2048,
             enable_prefix_caching: false,
             chat_template: None,
@@ -178,6 +181,7 @@ pub fn load_engine_core<B: Backend>(
     let num_blocks = size_kv_cache(&mut model, options)?;
     let engine_config = EngineConfig {
         max_num_seqs: options.max_num_seqs,
+        max_logprobs: options.max_logprobs,
         max_num_batched_tokens: options.max_num_batched_tokens,
         block_size: options.block_size,
         num_blocks,

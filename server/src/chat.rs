@@ -4,23 +4,25 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use engine_api::event::{Delta, Event, Final, FinishReason, SeqResult, StopReason, TokenLogprobs};
+use engine_api::request::ChatTemplateRequest;
 use hyper::{Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::endpoints::{random_id, unix_time};
 use crate::engine::Engine;
+use crate::engine_request::{
+    engine_request, keep_last, max_tokens, streams_incrementally, uses_guided_decoding,
+    EngineParams,
+};
 use crate::error::{ApiError, ApiResult};
-use crate::generation::{Event, Generation, SeqOutput, TokenLogprobs};
+use crate::generation::Generation;
 use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{chat_logprobs, TokenText};
 use crate::offload;
 use crate::prompt_bound::PromptBound;
 use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest};
-use crate::sampling::{
-    check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate,
-    uses_guided_decoding, EngineParams,
-};
 use crate::state::AppState;
 use crate::stream::{
     check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
@@ -92,24 +94,16 @@ pub fn render_chat(
         }
         template_messages.push(message);
     }
-    let mut body = Map::new();
-    body.insert("messages".into(), Value::Array(template_messages));
-    if let Some(r) = extras {
-        if let Some(docs) = &r.documents {
-            body.insert("documents".into(), json!(docs));
-        }
-        if let Some(kwargs) = &r.chat_template_kwargs {
-            body.insert("chat_template_kwargs".into(), Value::Object(kwargs.clone()));
-        }
-        if let Some(tools) = r.tools.as_ref().filter(|t| t.is_array()) {
-            body.insert("tools".into(), tools.clone());
-        }
-        if let Some(cont) = r.continue_final_message {
-            body.insert("continue_final_message".into(), json!(cont));
-        }
-    }
-    let prompt =
-        engine.apply_chat_template(&Value::Object(body).to_string(), add_generation_prompt)?;
+    let chat = ChatTemplateRequest {
+        messages: Some(Value::Array(template_messages)),
+        continue_final_message: extras.and_then(|r| r.continue_final_message),
+        tools: extras.and_then(|r| r.tools.clone().filter(Value::is_array)),
+        documents: extras.and_then(|r| r.documents.as_ref()).map(|d| json!(d)),
+        chat_template_kwargs: extras.and_then(|r| r.chat_template_kwargs.clone()),
+    };
+    let chat = serde_json::to_string(&chat)
+        .map_err(|e| ApiError::internal(format!("unwritable chat: {e}")))?;
+    let prompt = engine.apply_chat_template(&chat, add_generation_prompt)?;
     Ok(RenderedChat {
         prompt,
         conversation,
@@ -153,12 +147,12 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             schema["maxItems"] = json!(1); // "required" without parallel calls: exactly one
         }
     }
-    if forced_tools.is_some() && uses_guided_decoding(c) {
+    if forced_tools.is_some() && uses_guided_decoding(c)? {
         return Err(ApiError::bad_request(
             "You can only either use guided decoding or tools, not both.",
         ));
     }
-    let logprobs = chat_logprobs_param(&req, state.config.max_logprobs)?;
+    let logprobs = chat_logprobs_param(&req)?;
     let add_generation_prompt = req.own.add_generation_prompt.unwrap_or(true);
     // A prompt certain not to fit is refused before it is tokenized, unless it
     // is to be truncated.
@@ -179,10 +173,10 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     if let Some(plan) = &tool_plan {
         tools::check_auto(plan, &rendered.prompt)?;
     }
-    truncate(&mut ids, c.truncate_prompt_tokens)?;
+    keep_last(&mut ids, c.truncate_prompt_tokens);
     let requested_max = req.own.max_completion_tokens.or(c.max_tokens.flatten());
     let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
-    let mut body = engine_body(
+    let mut request = engine_request(
         c,
         EngineParams {
             prompt_ids: ids,
@@ -191,16 +185,16 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             logprobs,
             prompt_logprobs: None,
         },
-    );
+    )?;
     if let Some(ToolChoice::Auto(parser)) = tool_plan.as_ref().map(|t| &t.choice) {
         if parser.keeps_special_tokens() {
             // Its marker is a special token (vLLM's parser does the same).
-            body["skip_special_tokens"] = json!(false);
+            request.skip_special_tokens = Some(false);
         }
     }
     if let Some(schema) = forced_tools {
         // The call's arguments (or the list of calls) are generated under its schema.
-        body["guided_json"] = schema;
+        request.guided_json = Some(schema);
     }
     let role = if add_generation_prompt {
         state.config.response_role.clone()
@@ -221,7 +215,7 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         state.clone(),
         engine.clone(),
         id.clone(),
-        &[body],
+        &[request],
         &[rendered.prompt.as_str()],
     )?;
     let chat = Chat {
@@ -290,7 +284,7 @@ fn render_and_tokenize(
 }
 
 /// `logprobs` (bool) and `top_logprobs` (int) to the engine's logprobs count.
-fn chat_logprobs_param(req: &ChatRequest, max_logprobs: i64) -> ApiResult<Option<i64>> {
+fn chat_logprobs_param(req: &ChatRequest) -> ApiResult<Option<i64>> {
     let wanted = req.own.logprobs == Some(true);
     if req.own.top_logprobs.is_some() && !wanted {
         return Err(ApiError::bad_request(
@@ -303,7 +297,6 @@ fn chat_logprobs_param(req: &ChatRequest, max_logprobs: i64) -> ApiResult<Option
         ));
     }
     let logprobs = wanted.then(|| req.own.top_logprobs.unwrap_or(0));
-    check_logprobs_limit(logprobs, max_logprobs)?;
     Ok(logprobs)
 }
 
@@ -320,18 +313,17 @@ impl Chat {
         json!({"content": chat_logprobs(ids, steps, top, &text)})
     }
 
-    fn check_not_failed(&self, r: &SeqOutput) -> ApiResult<()> {
-        if r.finish_reason.as_deref() == Some("abort") {
+    fn check_not_failed(&self, r: &SeqResult) -> ApiResult<()> {
+        if r.finish_reason == FinishReason::Abort {
             self.engine.check()?;
         }
         Ok(())
     }
 
-    async fn final_event(&self, generation: &mut Generation) -> ApiResult<Event> {
+    async fn final_event(&self, generation: &mut Generation) -> ApiResult<Final> {
         let mut last = None;
         while let Some(next) = generation.next().await {
-            let (_, event) = next?;
-            if event.is_final() {
+            if let (_, Event::Final(event)) = next? {
                 last = Some(event);
             }
         }
@@ -372,23 +364,23 @@ impl Chat {
 
     /// A finished choice's message and finish reason: its text, or the tool
     /// calls parsed from it.
-    fn message(&self, r: &SeqOutput) -> (Value, Option<String>) {
+    fn message(&self, r: &SeqResult) -> (Value, Option<String>) {
         let text = format!("{}{}", self.echo_text, r.text);
         let parsed = self.tools.as_ref().map(|t| (t.parse(&text), &t.choice));
         match parsed {
             Some(((content, Some(calls)), choice)) => {
                 // A call the request forced by name ends as "stop", as OpenAI's do.
-                let finish = match (choice, r.finish_reason.as_deref()) {
-                    (ToolChoice::Named(_), f) => f.map(str::to_string),
-                    (_, Some("stop")) => Some("tool_calls".to_string()),
-                    (_, f) => f.map(str::to_string),
+                let finish = match (choice, r.finish_reason) {
+                    (ToolChoice::Named(_), f) => f.as_str(),
+                    (_, FinishReason::Stop) => "tool_calls",
+                    (_, f) => f.as_str(),
                 };
                 let message = json!({"role": self.role, "content": content, "tool_calls": calls});
-                (message, finish)
+                (message, Some(finish.to_string()))
             }
             _ => (
                 json!({"role": self.role, "content": text}),
-                r.finish_reason.clone(),
+                Some(r.finish_reason.as_str().to_string()),
             ),
         }
     }
@@ -414,8 +406,8 @@ impl Chat {
         index: usize,
         delta: Value,
         logprobs: Value,
-        finish: &Option<String>,
-        stop: &Value,
+        finish: Option<&str>,
+        stop: &Option<StopReason>,
     ) -> Value {
         json!({"index": index, "delta": delta, "logprobs": logprobs,
                "finish_reason": finish, "stop_reason": stop})
@@ -427,13 +419,13 @@ impl Chat {
         for i in 0..self.n {
             let delta = json!({"role": self.role, "content": ""});
             chunks.push(self.header.chunk(
-                vec![self.choice_chunk(i, delta, Value::Null, &None, &Value::Null)],
+                vec![self.choice_chunk(i, delta, Value::Null, None, &None)],
                 Some(usage(0, 0)),
             ));
             if !self.echo_text.is_empty() {
                 let delta = json!({"content": self.echo_text});
                 chunks.push(self.header.chunk(
-                    vec![self.choice_chunk(i, delta, Value::Null, &None, &Value::Null)],
+                    vec![self.choice_chunk(i, delta, Value::Null, None, &None)],
                     Some(usage(0, 0)),
                 ));
             }
@@ -453,51 +445,63 @@ impl Chat {
         let mut started = vec![false; self.n];
         let mut engine_stopped = false;
         let totals = pump(generation, tx, |_, event| {
-            if event.is_final() {
-                return event
-                    .results
-                    .iter()
-                    .filter(|r| {
-                        r.index < self.n && !std::mem::replace(&mut finished[r.index], true)
-                    })
-                    .map(|r| {
-                        engine_stopped |= self.check_not_failed(r).is_err();
-                        let choice = self.choice_chunk(
-                            r.index,
-                            json!({}),
-                            Value::Null,
-                            &r.finish_reason,
-                            &r.stop_reason,
-                        );
-                        self.header.chunk(vec![choice], None)
-                    })
-                    .collect();
-            }
-            if event.index >= self.n {
-                return Vec::new();
-            }
-            let logprobs = self.logprobs_json(&event.token_ids, event.logprobs.as_deref());
-            if event.finish_reason.is_some() {
-                finished[event.index] = true;
-            } else if event.text.is_empty() && logprobs.is_null() {
-                return Vec::new();
-            }
-            let first = !std::mem::replace(&mut started[event.index], true);
-            let delta = self.content_delta(&event.text, first);
-            let choice = self.choice_chunk(
-                event.index,
-                delta,
-                logprobs,
-                &event.finish_reason,
-                &event.stop_reason,
-            );
-            let seq_usage = usage(event.usage.prompt_tokens, event.usage.completion_tokens);
-            vec![self.header.chunk(vec![choice], Some(seq_usage))]
+            let event = match event {
+                Event::Final(event) => event,
+                Event::Delta(delta) => {
+                    return self.delta_chunks(delta, &mut started, &mut finished)
+                }
+            };
+            event
+                .results
+                .iter()
+                .filter(|r| r.index < self.n && !std::mem::replace(&mut finished[r.index], true))
+                .map(|r| {
+                    engine_stopped |= self.check_not_failed(r).is_err();
+                    let choice = self.choice_chunk(
+                        r.index,
+                        json!({}),
+                        Value::Null,
+                        Some(r.finish_reason.as_str()),
+                        &r.stop_reason,
+                    );
+                    self.header.chunk(vec![choice], None)
+                })
+                .collect()
         })
         .await;
         if let Some(totals) = totals {
             end_stream(&self.header, &self.engine, tx, &totals, engine_stopped).await;
         }
+    }
+
+    /// The chunk of one sequence's delta (none for a choice beyond `n`, or for
+    /// a delta with nothing to show yet).
+    fn delta_chunks(
+        &self,
+        event: &Delta,
+        started: &mut [bool],
+        finished: &mut [bool],
+    ) -> Vec<Value> {
+        if event.index >= self.n {
+            return Vec::new();
+        }
+        let logprobs = self.logprobs_json(&event.token_ids, event.logprobs.as_deref());
+        if event.finish_reason.is_some() {
+            finished[event.index] = true;
+        } else if event.text.is_empty() && logprobs.is_null() {
+            return Vec::new();
+        }
+        let first = !std::mem::replace(&mut started[event.index], true);
+        let delta = self.content_delta(&event.text, first);
+        let choice = self.choice_chunk(
+            event.index,
+            delta,
+            logprobs,
+            event.finish_reason.map(FinishReason::as_str),
+            &event.stop_reason,
+        );
+        let seq_usage = usage(event.usage.prompt_tokens, event.usage.completion_tokens);
+        vec![self.header.chunk(vec![choice], Some(seq_usage))]
     }
 
     /// best_of > n or beam search: the choices are known only at the end, so
@@ -519,7 +523,13 @@ impl Chat {
                     }
                 }
                 let logprobs = self.logprobs_json(&r.token_ids, r.logprobs.as_deref());
-                self.choice_chunk(index, delta, logprobs, &finish_reason, &r.stop_reason)
+                self.choice_chunk(
+                    index,
+                    delta,
+                    logprobs,
+                    finish_reason.as_deref(),
+                    &r.stop_reason,
+                )
             })
             .collect();
         self.send(tx, vec![self.header.chunk(choices, None)]).await;

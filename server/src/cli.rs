@@ -425,6 +425,7 @@ impl Args {
             ("block_size", self.block_size.to_string()),
             ("kv_cache_dtype", self.kv_cache_dtype.clone()),
             ("max_num_seqs", self.max_num_seqs.to_string()),
+            ("max_logprobs", self.max_logprobs.to_string()),
             (
                 "max_num_batched_tokens",
                 self.max_num_batched_tokens.to_string(),

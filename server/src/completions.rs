@@ -8,19 +8,21 @@ use serde_json::{json, Value};
 
 use crate::endpoints::{random_id, unix_time};
 use crate::engine::Engine;
+use crate::engine_request::{
+    engine_request, keep_last, max_tokens, streams_incrementally, EngineParams,
+};
 use crate::error::{ApiError, ApiResult};
-use crate::generation::{Event, Generation, SeqOutput, TokenLogprobs};
+use crate::generation::Generation;
 use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{completion_logprobs, TokenText};
 use crate::offload;
 use crate::request::{parse_completion, CompletionRequest};
-use crate::sampling::{
-    check_logprobs_limit, engine_body, max_tokens, streams_incrementally, truncate, EngineParams,
-};
 use crate::state::AppState;
 use crate::stream::{
     check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
 };
+use engine_api::event::{Event, Final, FinishReason, SeqResult, TokenLogprobs};
+use engine_api::request::SubmitRequest;
 
 /// vLLM's default for completions.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -59,7 +61,6 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             "if passed, `logprobs` must be a positive value.",
         ));
     }
-    check_logprobs_limit(req.logprobs, state.config.max_logprobs)?;
     if c.truncate_prompt_tokens.is_none() {
         let bound = state.prompt_bound();
         for text in prompt_texts(&req.prompt) {
@@ -125,7 +126,10 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
 }
 
 /// Tokenizes, truncates and length-checks each prompt; builds its engine request.
-fn prepare(engine: &Engine, req: &CompletionRequest) -> ApiResult<(Vec<Prompt>, Vec<Value>)> {
+fn prepare(
+    engine: &Engine,
+    req: &CompletionRequest,
+) -> ApiResult<(Vec<Prompt>, Vec<SubmitRequest>)> {
     let c = &req.common;
     let echo = c.echo == Some(true);
     let requested_max = match c.max_tokens {
@@ -158,9 +162,9 @@ fn prepare(engine: &Engine, req: &CompletionRequest) -> ApiResult<(Vec<Prompt>, 
                 (ids, text)
             }
         };
-        truncate(&mut ids, c.truncate_prompt_tokens)?;
+        keep_last(&mut ids, c.truncate_prompt_tokens);
         let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
-        bodies.push(engine_body(
+        bodies.push(engine_request(
             c,
             EngineParams {
                 prompt_ids: ids.clone(),
@@ -169,7 +173,7 @@ fn prepare(engine: &Engine, req: &CompletionRequest) -> ApiResult<(Vec<Prompt>, 
                 logprobs: req.logprobs,
                 prompt_logprobs: if echo { req.logprobs } else { None },
             },
-        ));
+        )?);
         prompts.push(Prompt { ids, echo_text });
     }
     Ok((prompts, bodies))
@@ -299,16 +303,16 @@ impl Completion {
 
     /// Waits for every prompt's final event and builds the whole response.
     async fn collect(&self, mut generation: Generation) -> ApiResult<Value> {
-        let mut finals: Vec<Option<Event>> = vec![None; self.prompts.len()];
+        let mut finals: Vec<Option<Final>> = vec![None; self.prompts.len()];
         let mut prompt_logprobs: Vec<Option<Vec<Option<TokenLogprobs>>>> =
             vec![None; self.prompts.len()];
         while let Some(next) = generation.next().await {
             let (tag, event) = next?;
-            if event.prompt_logprobs.is_some() {
-                prompt_logprobs[tag] = event.prompt_logprobs.clone();
+            if let Some(p) = event.prompt_logprobs() {
+                prompt_logprobs[tag] = Some(p.clone());
             }
-            if event.is_final() {
-                finals[tag] = Some(event);
+            if let Event::Final(done) = event {
+                finals[tag] = Some(done);
             }
         }
         let mut choices = Vec::new();
@@ -335,8 +339,8 @@ impl Completion {
     }
 
     /// An aborted sequence the client did not abort means the engine stopped.
-    fn check_not_failed(&self, r: &SeqOutput) -> ApiResult<()> {
-        if r.finish_reason.as_deref() == Some("abort") {
+    fn check_not_failed(&self, r: &SeqResult) -> ApiResult<()> {
+        if r.finish_reason == FinishReason::Abort {
             self.engine.check()?;
         }
         Ok(())
@@ -346,7 +350,7 @@ impl Completion {
         &self,
         index: usize,
         p: usize,
-        r: &SeqOutput,
+        r: &SeqResult,
         prompt_logprobs: Option<&[Option<TokenLogprobs>]>,
     ) -> Value {
         let prompt = &self.prompts[p];
@@ -396,12 +400,13 @@ impl Completion {
             vec![None; self.prompts.len()];
         let mut engine_stopped = false;
         let totals = pump(generation, tx, |tag, event| {
-            if event.prompt_logprobs.is_some() {
-                prompt_logprobs[tag] = event.prompt_logprobs.clone();
+            if let Some(p) = event.prompt_logprobs() {
+                prompt_logprobs[tag] = Some(p.clone());
             }
-            if event.is_final() {
+            let event = match event {
+                Event::Delta(delta) => delta,
                 // Sequences that ended without a last delta (aborted) still get one.
-                return event
+                Event::Final(done) => return done
                     .results
                     .iter()
                     .filter(|r| !std::mem::replace(&mut finished[tag * self.n + r.index], true))
@@ -411,8 +416,8 @@ impl Completion {
                             "finish_reason": r.finish_reason, "stop_reason": r.stop_reason});
                         self.header.chunk(vec![choice], None)
                     })
-                    .collect();
-            }
+                    .collect(),
+            };
             let index = tag * self.n + event.index;
             if index >= choices {
                 return Vec::new();

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Deserialize;
+use engine_api::event::{Event, Final, FinishReason};
+use engine_api::request::{Prompt, SubmitRequest};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -15,68 +16,6 @@ use crate::http::cut_for_log;
 use crate::metrics::RequestRecord;
 use crate::state::AppState;
 use engine_api::python::json_repr;
-
-/// One token's logprobs: the chosen token first, then the top ones.
-pub type TokenLogprobs = Vec<LogprobEntry>;
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct LogprobEntry {
-    pub token_id: u32,
-    pub logprob: f64,
-    #[serde(default)]
-    pub decoded_token: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-/// One finished sequence of the final event.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SeqOutput {
-    /// The sequence's index in its request (what its deltas carried).
-    pub index: usize,
-    pub token_ids: Vec<u32>,
-    pub text: String,
-    #[serde(default)]
-    pub logprobs: Option<Vec<TokenLogprobs>>,
-    pub finish_reason: Option<String>,
-    #[serde(default)]
-    pub stop_reason: Value,
-}
-
-/// An engine event (`engine_event_t.json`): a delta of sequence `index`, or the
-/// final event with `results`, best first.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Event {
-    pub kind: String,
-    #[serde(default)]
-    pub index: usize,
-    #[serde(default)]
-    pub token_ids: Vec<u32>,
-    #[serde(default)]
-    pub text: String,
-    #[serde(default)]
-    pub logprobs: Option<Vec<TokenLogprobs>>,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    #[serde(default)]
-    pub stop_reason: Value,
-    #[serde(default)]
-    pub usage: Usage,
-    #[serde(default)]
-    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
-    #[serde(default)]
-    pub results: Vec<SeqOutput>,
-}
-
-impl Event {
-    pub fn is_final(&self) -> bool {
-        self.kind == "final"
-    }
-}
 
 /// Per engine request: its id, whether its final event came, timings, and the
 /// parameters the metrics count.
@@ -109,7 +48,7 @@ impl Generation {
         state: Arc<AppState>,
         engine: Arc<Engine>,
         request_id: String,
-        bodies: &[Value],
+        bodies: &[SubmitRequest],
         prompts: &[&str],
     ) -> ApiResult<Generation> {
         let (tx, events) = mpsc::unbounded_channel();
@@ -126,15 +65,20 @@ impl Generation {
             if generation.state.config.log_requests {
                 generation.log_received(tag, body, prompts.get(tag).copied());
             }
-            let engine_id = generation.engine.submit(&body.to_string(), tag, &tx)?;
-            let n = body["n"].as_u64().unwrap_or(1);
+            let json = serde_json::to_string(body)
+                .map_err(|e| ApiError::internal(format!("unwritable engine request: {e}")))?;
+            let engine_id = generation.engine.submit(&json, tag, &tx)?;
+            let n = body.n.and_then(|n| u64::try_from(n).ok()).unwrap_or(1);
             generation.requests.push(Tracked {
                 engine_id,
                 done: false,
                 start: Instant::now(),
                 first_token: None,
                 n,
-                best_of: body["best_of"].as_u64().unwrap_or(n),
+                best_of: body
+                    .best_of
+                    .and_then(|b| u64::try_from(b).ok())
+                    .unwrap_or(n),
             });
         }
         Ok(generation)
@@ -142,21 +86,24 @@ impl Generation {
 
     /// vLLM's "Received request" line; `--max-log-len` bounds the prompt's
     /// characters and token ids shown.
-    fn log_received(&self, tag: usize, body: &Value, prompt: Option<&str>) {
+    fn log_received(&self, tag: usize, body: &SubmitRequest, prompt: Option<&str>) {
         let limit = self.state.config.max_log_len.unwrap_or(usize::MAX);
         let prompt = prompt
             .filter(|p| !p.is_empty())
             .map_or("None".to_string(), |p| {
                 json_repr(&Value::String(p.chars().take(limit).collect()))
             });
-        let ids = body["prompt"].as_array().map_or(&[][..], Vec::as_slice);
-        let shown: Vec<String> = ids.iter().take(limit).map(Value::to_string).collect();
-        let mut params = body.clone();
-        if let Some(map) = params.as_object_mut() {
-            map.remove("prompt");
-        }
+        let ids = match &body.prompt {
+            Some(Prompt::Tokens(ids)) => ids.as_slice(),
+            _ => &[],
+        };
+        let shown: Vec<String> = ids.iter().take(limit).map(u32::to_string).collect();
+        let params = SubmitRequest {
+            prompt: None,
+            ..body.clone()
+        };
         // A guided-decoding grammar may be megabytes: the params are cut too.
-        let params = params.to_string();
+        let params = serde_json::to_string(&params).unwrap_or_default();
         let (params, cut) = cut_for_log(&params);
         tracing::info!(
             "Received request {}-{tag}: prompt: {prompt}, params: {params}{cut}, prompt_token_ids: [{}]{}.",
@@ -188,12 +135,16 @@ impl Generation {
             }
         };
         let tracked = &mut self.requests[raw.tag];
-        if !event.token_ids.is_empty() && tracked.first_token.is_none() {
-            tracked.first_token = Some(Instant::now());
+        if let Event::Delta(delta) = &event {
+            if !delta.token_ids.is_empty() && tracked.first_token.is_none() {
+                tracked.first_token = Some(Instant::now());
+            }
         }
         if raw.is_final {
             tracked.done = true;
-            self.finished(raw.tag, &event);
+        }
+        if let Event::Final(done) = &event {
+            self.finished(raw.tag, done);
         }
         Some(Ok((raw.tag, event)))
     }
@@ -223,13 +174,13 @@ impl Generation {
 
     /// Records the metrics of a finished request and logs it. An aborted one
     /// (engine shut down) is no success and counts in no histogram, as in vLLM.
-    fn finished(&self, tag: usize, event: &Event) {
+    fn finished(&self, tag: usize, event: &Final) {
         let tracked = &self.requests[tag];
         let aborted = !event.results.is_empty()
             && event
                 .results
                 .iter()
-                .all(|r| r.finish_reason.as_deref() == Some("abort"));
+                .all(|r| r.finish_reason == FinishReason::Abort);
         let now = Instant::now();
         let e2e = now.duration_since(tracked.start).as_secs_f64();
         let tokens = event.usage.completion_tokens;
@@ -257,7 +208,7 @@ impl Generation {
             let reasons: Vec<&str> = event
                 .results
                 .iter()
-                .map(|r| r.finish_reason.as_deref().unwrap_or("none"))
+                .map(|r| r.finish_reason.as_str())
                 .collect();
             tracing::info!(
                 "request {}-{tag}: prompt_tokens={} completion_tokens={tokens} finish_reason={} latency={e2e:.3}s",

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::generation::{LogprobEntry, TokenLogprobs};
+use engine_api::event::{LogprobEntry, TokenLogprobs};
 
 /// How token strings are written.
 pub struct TokenText<'a> {
@@ -121,6 +121,7 @@ mod tests {
         LogprobEntry {
             token_id: id,
             logprob: lp,
+            rank: 1,
             decoded_token: Some(text.into()),
         }
     }

@@ -13,6 +13,7 @@ mod conn;
 mod cors;
 mod endpoints;
 mod engine;
+mod engine_request;
 mod error;
 mod generation;
 mod http;
@@ -22,7 +23,6 @@ mod model_path;
 mod offload;
 mod prompt_bound;
 mod request;
-mod sampling;
 mod state;
 mod stats_log;
 mod stream;
@@ -168,7 +168,6 @@ fn config(args: &Args) -> Config {
         served_model_names: args.served_model_names(),
         response_role: args.response_role.clone(),
         api_key: args.api_key.clone(),
-        max_logprobs: args.max_logprobs,
         return_tokens_as_token_ids: args.return_tokens_as_token_ids,
         log_requests: !args.disable_log_requests,
         max_log_len: args.max_log_len,

@@ -17,8 +17,6 @@ pub struct Config {
     /// The role of generated chat messages when `add_generation_prompt` is set.
     pub response_role: String,
     pub api_key: Option<String>,
-    /// Most logprobs a request may ask for (`--max-logprobs`).
-    pub max_logprobs: i64,
     /// Report tokens as "token_id:N" unless the request says otherwise.
     pub return_tokens_as_token_ids: bool,
     pub log_requests: bool,

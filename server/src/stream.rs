@@ -8,9 +8,10 @@ use tokio::sync::mpsc;
 
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
-use crate::generation::{Event, Generation};
+use crate::generation::Generation;
 use crate::http::{sse_done, sse_event};
 use crate::request::CommonFields;
+use engine_api::event::Event;
 
 /// What every chunk of one response repeats.
 pub struct ChunkHeader {
@@ -129,9 +130,9 @@ pub async fn pump(
                 return Some(totals);
             }
         };
-        if event.is_final() {
-            totals.prompt_tokens += event.usage.prompt_tokens;
-            totals.completion_tokens += event.usage.completion_tokens;
+        if let Event::Final(done) = &event {
+            totals.prompt_tokens += done.usage.prompt_tokens;
+            totals.completion_tokens += done.usage.completion_tokens;
         }
         for chunk in on_event(tag, &event) {
             if tx.send(sse_event(&chunk)).await.is_err() {

@@ -36,6 +36,8 @@ use super::stats::EngineStats;
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub max_num_seqs: usize,
+    /// Most top logprobs a request may ask for (vLLM's `max_logprobs`).
+    pub max_logprobs: usize,
     pub max_num_batched_tokens: usize,
     pub block_size: usize,
     pub num_blocks: usize,
@@ -122,7 +124,7 @@ impl<B: Backend> EngineCore<B> {
         RequestValidator {
             tokenizer: self.tokenizer.clone(),
             vocab_size: self.model.config.vocab_size,
-            max_logprobs: 20,
+            max_logprobs: self.config.max_logprobs,
             max_model_len: self.model.max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use serde_json::{json, Value};
+use engine_api::event as wire;
 
 use super::{as_callback, nul_terminated};
 use crate::engine::{FinishReason, RequestOutput, SeqDelta, SeqResult, StopReason};
@@ -160,69 +160,56 @@ fn finish_code(r: Option<FinishReason>) -> engine_finish_reason {
     }
 }
 
-fn stop_json(r: &Option<StopReason>) -> Value {
+fn wire_finish(r: FinishReason) -> wire::FinishReason {
     match r {
-        None => Value::Null,
-        Some(StopReason::Token(t)) => json!(t),
-        Some(StopReason::Text(s)) => json!(s),
+        FinishReason::Stop => wire::FinishReason::Stop,
+        FinishReason::Length => wire::FinishReason::Length,
+        FinishReason::Abort => wire::FinishReason::Abort,
+    }
+}
+
+fn wire_stop(r: &Option<StopReason>) -> Option<wire::StopReason> {
+    match r {
+        None => None,
+        Some(StopReason::Token(t)) => Some(wire::StopReason::Token(*t)),
+        Some(StopReason::Text(s)) => Some(wire::StopReason::Text(s.clone())),
     }
 }
 
 /// One token's logprobs as vLLM reports them: the sampled token first, then the
-/// top ones asked for, each {"token_id", "logprob", "rank"} (logprobs clamped at
-/// -9999 as vLLM's API does) and, when the request detokenizes, "decoded_token":
-/// the token's text where it stands.
-fn token_logprobs_json(t: &TokenLogprobs) -> Value {
-    Value::Array(
-        t.entries()
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut entry =
-                    json!({"token_id": l.token_id, "logprob": l.logprob, "rank": l.rank});
-                if let Some(text) = t.decoded.get(i) {
-                    entry["decoded_token"] = json!(text);
-                }
-                entry
-            })
-            .collect(),
-    )
+/// top ones asked for (logprobs clamped at -9999 as vLLM's API does) and, when
+/// the request detokenizes, each token's text where it stands.
+fn token_logprobs(t: &TokenLogprobs) -> wire::TokenLogprobs {
+    t.entries()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| wire::LogprobEntry {
+            token_id: l.token_id,
+            logprob: wire::f32_digits(l.logprob),
+            rank: l.rank,
+            decoded_token: t.decoded.get(i).cloned(),
+        })
+        .collect()
 }
 
-fn logprobs_json(requested: bool, logprobs: &[TokenLogprobs]) -> Value {
-    if requested {
-        Value::Array(logprobs.iter().map(token_logprobs_json).collect())
-    } else {
-        Value::Null
+fn logprobs(requested: bool, logprobs: &[TokenLogprobs]) -> Option<Vec<wire::TokenLogprobs>> {
+    requested.then(|| logprobs.iter().map(token_logprobs).collect())
+}
+
+fn prompt_logprobs(p: &[Option<TokenLogprobs>]) -> Vec<Option<wire::TokenLogprobs>> {
+    p.iter().map(|t| t.as_ref().map(token_logprobs)).collect()
+}
+
+fn seq_result(r: &SeqResult, logprobs_requested: bool) -> wire::SeqResult {
+    wire::SeqResult {
+        index: r.index,
+        token_ids: r.token_ids.clone(),
+        text: r.text.clone(),
+        logprobs: logprobs(logprobs_requested, &r.logprobs),
+        cumulative_logprob: r.cum_logprob,
+        finish_reason: wire_finish(r.finish_reason),
+        stop_reason: wire_stop(&r.stop_reason),
     }
-}
-
-fn prompt_logprobs_json(p: &[Option<TokenLogprobs>]) -> Value {
-    Value::Array(
-        p.iter()
-            .map(|t| t.as_ref().map_or(Value::Null, token_logprobs_json))
-            .collect(),
-    )
-}
-
-fn result_json(r: &SeqResult, logprobs_requested: bool) -> Value {
-    json!({
-        "index": r.index,
-        "token_ids": r.token_ids,
-        "text": r.text,
-        "logprobs": logprobs_json(logprobs_requested, &r.logprobs),
-        "cumulative_logprob": r.cum_logprob,
-        "finish_reason": r.finish_reason.as_str(),
-        "stop_reason": stop_json(&r.stop_reason),
-    })
-}
-
-fn usage(prompt: u64, completion: u64) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
 }
 
 fn ptr_or_null<T>(v: &[T]) -> *const T {
@@ -251,7 +238,7 @@ impl EventSink {
     /// Calls the callback for every event in `out`.
     pub fn deliver(&mut self, out: RequestOutput) {
         self.prompt_tokens = out.prompt_token_ids_len as u64;
-        let mut prompt_logprobs = out.prompt_logprobs.as_deref().map(prompt_logprobs_json);
+        let mut prompt_logprobs = out.prompt_logprobs.as_deref().map(prompt_logprobs);
         for d in &out.deltas {
             if self.generated.len() <= d.index {
                 self.generated.resize(d.index + 1, 0);
@@ -262,24 +249,21 @@ impl EventSink {
                 engine_event_kind::ENGINE_EVENT_DELTA,
                 out.request_id,
                 DeltaView::from_delta(d, self.generated[d.index]),
-                event,
+                &event,
             );
         }
         if let Some(results) = &out.results {
             let completion: u64 = results.iter().map(|r| r.token_ids.len() as u64).sum();
-            let mut event = json!({
-                "request_id": out.request_id,
-                "kind": "final",
-                "finish_reason": results.first().map(|r| r.finish_reason.as_str()),
-                "results": results
+            let event = wire::Event::Final(wire::Final {
+                request_id: out.request_id,
+                finish_reason: results.first().map(|r| wire_finish(r.finish_reason)),
+                results: results
                     .iter()
-                    .map(|r| result_json(r, self.logprobs_requested))
-                    .collect::<Vec<_>>(),
-                "usage": usage(self.prompt_tokens, completion),
+                    .map(|r| seq_result(r, self.logprobs_requested))
+                    .collect(),
+                usage: wire::Usage::new(self.prompt_tokens, completion),
+                prompt_logprobs: prompt_logprobs.take(),
             });
-            if let Some(p) = prompt_logprobs.take() {
-                event["prompt_logprobs"] = p;
-            }
             let view = match results.first() {
                 Some(best) => DeltaView {
                     index: best.index,
@@ -306,30 +290,37 @@ impl EventSink {
                 engine_event_kind::ENGINE_EVENT_FINAL,
                 out.request_id,
                 view,
-                event,
+                &event,
             );
         }
     }
 
-    fn delta_json(&self, request_id: u64, d: &SeqDelta, prompt_logprobs: Option<Value>) -> Value {
-        let mut event = json!({
-            "request_id": request_id,
-            "kind": "delta",
-            "index": d.index,
-            "token_ids": d.token_ids,
-            "text": d.text,
-            "logprobs": logprobs_json(self.logprobs_requested, &d.logprobs),
-            "finish_reason": d.finish_reason.map(FinishReason::as_str),
-            "stop_reason": stop_json(&d.stop_reason),
-            "usage": usage(self.prompt_tokens, self.generated[d.index]),
-        });
-        if let Some(p) = prompt_logprobs {
-            event["prompt_logprobs"] = p;
-        }
-        event
+    fn delta_json(
+        &self,
+        request_id: u64,
+        d: &SeqDelta,
+        prompt_logprobs: Option<Vec<Option<wire::TokenLogprobs>>>,
+    ) -> wire::Event {
+        wire::Event::Delta(wire::Delta {
+            request_id,
+            index: d.index,
+            token_ids: d.token_ids.clone(),
+            text: d.text.clone(),
+            logprobs: logprobs(self.logprobs_requested, &d.logprobs),
+            finish_reason: d.finish_reason.map(wire_finish),
+            stop_reason: wire_stop(&d.stop_reason),
+            usage: wire::Usage::new(self.prompt_tokens, self.generated[d.index]),
+            prompt_logprobs,
+        })
     }
 
-    fn emit(&self, kind: engine_event_kind, request_id: u64, view: DeltaView<'_>, json: Value) {
+    fn emit(
+        &self,
+        kind: engine_event_kind,
+        request_id: u64,
+        view: DeltaView<'_>,
+        event: &wire::Event,
+    ) {
         let owned = Owned {
             token_ids: view.token_ids.to_vec(),
             logprobs: view.logprobs.iter().map(|t| t.chosen.logprob).collect(),
@@ -338,7 +329,8 @@ impl EventSink {
                 Some(StopReason::Text(s)) => Some(nul_terminated(s)),
                 _ => None,
             },
-            json: nul_terminated(&json.to_string()),
+            // Plain data: writing it cannot fail.
+            json: nul_terminated(&serde_json::to_string(event).unwrap_or_default()),
         };
         let (stop_reason_kind, stop_token_id) = match view.stop_reason {
             None => (engine_stop_reason_kind::ENGINE_STOP_REASON_NONE, 0),

@@ -102,6 +102,7 @@ const KEYS: &[&str] = &[
     "kv_cache_dtype",
     "gpu_memory_utilization",
     "max_num_seqs",
+    "max_logprobs",
     "max_num_batched_tokens",
     "enable_prefix_caching",
     "seed",
@@ -138,6 +139,14 @@ fn positive(key: &str, value: &str) -> FfiResult<usize> {
             "option \"{key}\": expected a positive integer, got \"{value}\""
         ))),
     }
+}
+
+fn non_negative(key: &str, value: &str) -> FfiResult<usize> {
+    value.trim().parse::<usize>().map_err(|_| {
+        FfiError::invalid(format!(
+            "option \"{key}\": expected a non-negative integer, got \"{value}\""
+        ))
+    })
 }
 
 fn fraction(key: &str, value: &str) -> FfiResult<f64> {
@@ -216,6 +225,7 @@ impl engine_options_t {
                 load.gpu_memory_utilization = Some(fraction(key, value)?)
             }
             "max_num_seqs" => load.max_num_seqs = positive(key, value)?,
+            "max_logprobs" => load.max_logprobs = non_negative(key, value)?,
             "max_num_batched_tokens" => load.max_num_batched_tokens = positive(key, value)?,
             "enable_prefix_caching" => load.enable_prefix_caching = boolean(key, value)?,
             "seed" => {
@@ -307,6 +317,8 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   one at load) and the KV cache, which takes the rest; a model that leaves no room
 ///   for one block fails to load with the numbers [0.9]. No effect on the CPU.
 /// - "max_num_seqs": sequences in one batch at most [256].
+/// - "max_logprobs": most "logprobs" or "prompt_logprobs" a request may ask for;
+///   more is refused with vLLM's message (vLLM's --max-logprobs) [20].
 /// - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
 ///   in chunks [2048].
 /// - "enable_prefix_caching": "true"/"false" (or 1/0, yes/no, on/off) ["false"].
@@ -408,6 +420,14 @@ mod tests {
         let mut o = engine_options_t::default();
         o.set("max-num-seqs", "8").unwrap();
         assert_eq!(o.load.max_num_seqs, 8);
+        assert_eq!(o.load.max_logprobs, 20, "vLLM's default");
+        o.set("max-logprobs", "0").unwrap();
+        assert_eq!(o.load.max_logprobs, 0);
+        let e = o.set("max_logprobs", "-1").unwrap_err();
+        assert!(
+            e.message.contains("expected a non-negative integer"),
+            "{e:?}"
+        );
         o.set("enable_prefix_caching", "on").unwrap();
         assert!(o.load.enable_prefix_caching);
         let e = o.set("block_size", "12").unwrap_err();

@@ -1,11 +1,16 @@
-//! The JSON request body of `engine_submit`: the prompt (text, token ids or chat
-//! messages) and every sampling parameter, by vLLM's names.
+//! The JSON request body of `engine_submit` (engine_api's `SubmitRequest`,
+//! shared with the server) turned into what the engine runs: the prompt (text,
+//! token ids or chat messages) and vLLM's SamplingParams over vLLM's defaults.
 //!
-//! Parsing takes the known fields out of the object one by one, each converted
-//! with an error that names it; whatever is left over is an unknown field. A new
-//! field is one `take` line (and one line in the header's schema).
+//! The shape (JSON types, unknown fields) is checked when the body is read
+//! (ENGINE_ERR_JSON); what the values mean here and in `SamplingParams::verify`,
+//! with vLLM's messages (ENGINE_ERR_INVALID_ARGUMENT).
 
-use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+use engine_api::request::{
+    self as wire, kind, ChatTemplateRequest, ResponseFormat, ShapeError, SubmitRequest,
+};
 use serde_json::{Map, Value};
 
 use super::{FfiError, FfiResult};
@@ -43,87 +48,18 @@ pub(crate) struct RequestSpec {
     pub params: SamplingParams,
 }
 
-/// A JSON object whose fields are taken out as they are read.
-pub(crate) struct Fields {
-    map: Map<String, Value>,
-    /// What the object is, for messages ("the request").
-    what: &'static str,
-}
-
-impl Fields {
-    pub fn parse(text: &str, what: &'static str) -> FfiResult<Fields> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| FfiError::json(format!("{what} is not valid JSON: {e}")))?;
-        Fields::from_value(value, what)
-    }
-
-    pub fn from_value(value: Value, what: &'static str) -> FfiResult<Fields> {
-        match value {
-            Value::Object(map) => Ok(Fields { map, what }),
-            other => Err(FfiError::json(format!(
-                "{what} must be a JSON object, got {}",
-                kind(&other)
-            ))),
-        }
-    }
-
-    pub fn has(&self, key: &str) -> bool {
-        self.map.get(key).is_some_and(|v| !v.is_null())
-    }
-
-    /// Removes `key` and converts it; absent and `null` give `None`.
-    pub fn take<T: DeserializeOwned>(&mut self, key: &str) -> FfiResult<Option<T>> {
-        match self.map.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v)
-                .map(Some)
-                .map_err(|e| FfiError::json(format!("field \"{key}\": {e}"))),
-        }
-    }
-
-    /// Removes `key` as it is, `null` included.
-    pub fn take_raw(&mut self, key: &str) -> Option<Value> {
-        self.map.remove(key)
-    }
-
-    /// Removes a non-negative integer field (see [`count_value`]).
-    pub fn count(&mut self, key: &str) -> FfiResult<Option<usize>> {
-        match self.map.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => count_value(key, v).map(Some),
-        }
-    }
-
-    /// Fails naming the first field nobody took.
-    pub fn finish(self) -> FfiResult<()> {
-        match self.map.keys().next() {
-            None => Ok(()),
-            Some(key) => Err(FfiError::json(format!(
-                "unknown field \"{key}\" in {} (see engine.h for the fields)",
-                self.what
-            ))),
-        }
+impl From<ShapeError> for FfiError {
+    fn from(e: ShapeError) -> FfiError {
+        FfiError::json(e.0)
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Takes the chat fields (everything but `messages`' own presence check and
-/// `add_generation_prompt`, which the caller decides).
-pub(crate) fn take_chat(
-    fields: &mut Fields,
-    messages: Value,
+/// A chat (a request's or `engine_apply_chat_template`'s) with its messages checked.
+pub(crate) fn chat_spec(
+    chat: ChatTemplateRequest,
     add_generation_prompt: bool,
 ) -> FfiResult<ChatSpec> {
+    let messages = chat.messages.unwrap_or(Value::Null);
     if !messages.is_array() {
         return Err(FfiError::json(format!(
             "field \"messages\": expected an array of message objects, got {}",
@@ -133,85 +69,108 @@ pub(crate) fn take_chat(
     Ok(ChatSpec {
         messages,
         add_generation_prompt,
-        continue_final_message: fields.take("continue_final_message")?.unwrap_or(false),
-        tools: fields.take("tools")?,
-        documents: fields.take("documents")?,
-        chat_template_kwargs: fields.take("chat_template_kwargs")?,
+        continue_final_message: chat.continue_final_message.unwrap_or(false),
+        tools: chat.tools,
+        documents: chat.documents,
+        chat_template_kwargs: chat.chat_template_kwargs,
     })
 }
 
-/// Fields that only chat requests have; an error names the first one present.
-const CHAT_ONLY: &[&str] = &[
-    "add_generation_prompt",
-    "continue_final_message",
-    "tools",
-    "documents",
-    "chat_template_kwargs",
-];
-
 /// Parses a request body (see `engine_submit` in engine.h for the schema).
 pub(crate) fn parse_request(text: &str) -> FfiResult<RequestSpec> {
-    let mut f = Fields::parse(text, "the request")?;
-    let prompt = match (f.has("prompt"), f.has("messages")) {
-        (true, true) => {
-            return Err(FfiError::json(
-                "the request has both \"prompt\" and \"messages\": give one",
-            ))
-        }
-        (false, false) => {
-            return Err(FfiError::json(
-                "the request needs a \"prompt\" (text or token ids) or \"messages\" (chat)",
-            ))
-        }
-        (true, false) => {
-            if let Some(key) = CHAT_ONLY.iter().find(|k| f.has(k)) {
+    let mut request = SubmitRequest::from_json(text)?;
+    let prompt = prompt_spec(&mut request)?;
+    let params = sampling_params(request)?;
+    Ok(RequestSpec { prompt, params })
+}
+
+/// The prompt, or chat messages, and how they are tokenized.
+fn prompt_spec(r: &mut SubmitRequest) -> FfiResult<PromptSpec> {
+    match (r.prompt.take(), r.messages.take()) {
+        (Some(_), Some(_)) => Err(FfiError::json(
+            "the request has both \"prompt\" and \"messages\": give one",
+        )),
+        (None, None) => Err(FfiError::json(
+            "the request needs a \"prompt\" (text or token ids) or \"messages\" (chat)",
+        )),
+        (Some(prompt), None) => {
+            if let Some(key) = r.chat_only_field() {
                 return Err(FfiError::json(format!(
                     "field \"{key}\" applies to \"messages\" requests only"
                 )));
             }
-            let add_special_tokens = f.take("add_special_tokens")?;
-            match f.take::<Value>("prompt")? {
-                Some(Value::String(text)) => PromptSpec::Text {
+            Ok(match prompt {
+                wire::Prompt::Text(text) => PromptSpec::Text {
                     text,
-                    add_special_tokens: add_special_tokens.unwrap_or(true),
+                    add_special_tokens: r.add_special_tokens.unwrap_or(true),
                 },
-                Some(ids @ Value::Array(_)) => {
-                    PromptSpec::Tokens(serde_json::from_value(ids).map_err(|e| {
-                        FfiError::json(format!(
-                            "field \"prompt\": expected text or an array of token ids: {e}"
-                        ))
-                    })?)
-                }
-                other => {
-                    return Err(FfiError::json(format!(
-                        "field \"prompt\": expected text or an array of token ids, got {}",
-                        other.as_ref().map_or("null", kind)
-                    )))
-                }
-            }
+                wire::Prompt::Tokens(ids) => PromptSpec::Tokens(ids),
+            })
         }
-        (false, true) => {
-            let messages: Value = f.take("messages")?.unwrap_or(Value::Null);
-            let add_generation_prompt = f.take("add_generation_prompt")?.unwrap_or(true);
-            let chat = take_chat(&mut f, messages, add_generation_prompt)?;
-            PromptSpec::Chat {
-                chat: Box::new(chat),
-                add_special_tokens: f.take("add_special_tokens")?.unwrap_or(false),
-            }
+        (None, Some(messages)) => {
+            let chat = ChatTemplateRequest {
+                messages: Some(messages),
+                continue_final_message: r.continue_final_message,
+                tools: r.tools.take(),
+                documents: r.documents.take(),
+                chat_template_kwargs: r.chat_template_kwargs.take(),
+            };
+            let add_generation_prompt = r.add_generation_prompt.unwrap_or(true);
+            Ok(PromptSpec::Chat {
+                chat: Box::new(chat_spec(chat, add_generation_prompt)?),
+                add_special_tokens: r.add_special_tokens.unwrap_or(false),
+            })
         }
-    };
-    let params = take_sampling_params(&mut f)?;
-    f.finish()?;
-    Ok(RequestSpec { prompt, params })
+    }
 }
 
-/// Every SamplingParams field, by vLLM's name, over vLLM's defaults. Ranges are
-/// checked later by `SamplingParams::verify`, with vLLM's messages; only what
-/// the Rust types cannot hold (a negative count) is reported here, in vLLM's
-/// words too.
+/// Every SamplingParams field over vLLM's defaults. Ranges are checked later by
+/// `SamplingParams::verify`, with vLLM's messages; only what the Rust types
+/// cannot hold (a negative count) is reported here, in vLLM's words too.
+fn sampling_params(mut r: SubmitRequest) -> FfiResult<SamplingParams> {
+    let mut p = SamplingParams::default();
+    p.guided_decoding = guided_decoding(&mut r)?;
+    p.n = count("n", r.n)?.unwrap_or(p.n);
+    p.best_of = count("best_of", r.best_of)?;
+    p.presence_penalty = r.presence_penalty.unwrap_or(p.presence_penalty);
+    p.frequency_penalty = r.frequency_penalty.unwrap_or(p.frequency_penalty);
+    p.repetition_penalty = r.repetition_penalty.unwrap_or(p.repetition_penalty);
+    p.temperature = r.temperature.unwrap_or(p.temperature);
+    p.top_p = r.top_p.unwrap_or(p.top_p);
+    p.top_k = r.top_k.unwrap_or(p.top_k);
+    p.min_p = r.min_p.unwrap_or(p.min_p);
+    p.seed = seed(r.seed)?;
+    p.use_beam_search = r.use_beam_search.unwrap_or(p.use_beam_search);
+    p.length_penalty = r.length_penalty.unwrap_or(p.length_penalty);
+    p.early_stopping = r.early_stopping.map_or(p.early_stopping, early_stopping);
+    p.stop = r.stop.map_or(p.stop, |s| s.0);
+    p.stop_token_ids = r.stop_token_ids.unwrap_or(p.stop_token_ids);
+    p.include_stop_str_in_output = r
+        .include_stop_str_in_output
+        .unwrap_or(p.include_stop_str_in_output);
+    p.ignore_eos = r.ignore_eos.unwrap_or(p.ignore_eos);
+    // Absent: vLLM's default (16); null: no limit but the model's length.
+    if let Some(max_tokens) = r.max_tokens {
+        p.max_tokens = count("max_tokens", max_tokens)?;
+    }
+    p.min_tokens = count("min_tokens", r.min_tokens)?.unwrap_or(p.min_tokens);
+    p.logprobs = count("logprobs", r.logprobs)?;
+    p.prompt_logprobs = count("prompt_logprobs", r.prompt_logprobs)?;
+    p.detokenize = r.detokenize.unwrap_or(p.detokenize);
+    p.skip_special_tokens = r.skip_special_tokens.unwrap_or(p.skip_special_tokens);
+    p.spaces_between_special_tokens = r
+        .spaces_between_special_tokens
+        .unwrap_or(p.spaces_between_special_tokens);
+    if let Some(bias) = &r.logit_bias {
+        p.logit_bias = logit_bias(bias)?;
+    }
+    p.truncate_prompt_tokens = count("truncate_prompt_tokens", r.truncate_prompt_tokens)?;
+    Ok(p)
+}
+
 /// Later vLLM reads seed -1 as "no seed" (clients send it for "random").
-fn take_seed(f: &mut Fields) -> FfiResult<Option<u64>> {
-    match f.take::<i128>("seed")? {
+fn seed(seed: Option<i128>) -> FfiResult<Option<u64>> {
+    match seed {
         None | Some(-1) => Ok(None),
         Some(s) => u64::try_from(s).map(Some).map_err(|_| {
             FfiError::json(format!(
@@ -222,163 +181,60 @@ fn take_seed(f: &mut Fields) -> FfiResult<Option<u64>> {
     }
 }
 
-fn take_sampling_params(f: &mut Fields) -> FfiResult<SamplingParams> {
-    let mut p = SamplingParams::default();
-    if let Some(v) = f.count("n")? {
-        p.n = v;
+fn early_stopping(e: wire::EarlyStopping) -> EarlyStopping {
+    match e {
+        wire::EarlyStopping::False => EarlyStopping::False,
+        wire::EarlyStopping::True => EarlyStopping::True,
+        wire::EarlyStopping::Never => EarlyStopping::Never,
     }
-    p.best_of = f.count("best_of")?;
-    if let Some(v) = f.take("presence_penalty")? {
-        p.presence_penalty = v;
-    }
-    if let Some(v) = f.take("frequency_penalty")? {
-        p.frequency_penalty = v;
-    }
-    if let Some(v) = f.take("repetition_penalty")? {
-        p.repetition_penalty = v;
-    }
-    if let Some(v) = f.take("temperature")? {
-        p.temperature = v;
-    }
-    if let Some(v) = f.take("top_p")? {
-        p.top_p = v;
-    }
-    if let Some(v) = f.take("top_k")? {
-        p.top_k = v;
-    }
-    if let Some(v) = f.take("min_p")? {
-        p.min_p = v;
-    }
-    p.seed = take_seed(f)?;
-    if let Some(v) = f.take("use_beam_search")? {
-        p.use_beam_search = v;
-    }
-    if let Some(v) = f.take("length_penalty")? {
-        p.length_penalty = v;
-    }
-    if let Some(v) = f.take::<Value>("early_stopping")? {
-        p.early_stopping = match v {
-            Value::Bool(false) => EarlyStopping::False,
-            Value::Bool(true) => EarlyStopping::True,
-            Value::String(s) if s == "never" => EarlyStopping::Never,
-            other => {
-                return Err(FfiError::json(format!(
-                    "field \"early_stopping\": expected true, false or \"never\", got {other}"
-                )))
-            }
-        };
-    }
-    if let Some(v) = f.take::<Value>("stop")? {
-        p.stop = match v {
-            Value::String(s) => vec![s],
-            list => serde_json::from_value(list).map_err(|e| {
-                FfiError::json(format!(
-                    "field \"stop\": expected a string or an array of strings: {e}"
-                ))
-            })?,
-        };
-    }
-    if let Some(v) = f.take("stop_token_ids")? {
-        p.stop_token_ids = v;
-    }
-    if let Some(v) = f.take("include_stop_str_in_output")? {
-        p.include_stop_str_in_output = v;
-    }
-    if let Some(v) = f.take("ignore_eos")? {
-        p.ignore_eos = v;
-    }
-    // Absent: vLLM's default (16); null: no limit but the model's length.
-    match f.take_raw("max_tokens") {
-        None => {}
-        Some(Value::Null) => p.max_tokens = None,
-        Some(v) => p.max_tokens = Some(count_value("max_tokens", v)?),
-    }
-    if let Some(v) = f.count("min_tokens")? {
-        p.min_tokens = v;
-    }
-    p.logprobs = f.count("logprobs")?;
-    p.prompt_logprobs = f.count("prompt_logprobs")?;
-    if let Some(v) = f.take("detokenize")? {
-        p.detokenize = v;
-    }
-    if let Some(v) = f.take("skip_special_tokens")? {
-        p.skip_special_tokens = v;
-    }
-    if let Some(v) = f.take("spaces_between_special_tokens")? {
-        p.spaces_between_special_tokens = v;
-    }
-    if let Some(bias) = f.take::<Map<String, Value>>("logit_bias")? {
-        for (id, v) in bias {
+}
+
+/// OpenAI's token ids are JSON keys, that is text.
+fn logit_bias(bias: &BTreeMap<String, f64>) -> FfiResult<BTreeMap<u32, f64>> {
+    bias.iter()
+        .map(|(id, &value)| {
             let token = id.trim().parse::<u32>().map_err(|_| {
                 FfiError::json(format!(
                     "field \"logit_bias\": key \"{id}\" is not a token id"
                 ))
             })?;
-            let value = v.as_f64().ok_or_else(|| {
-                FfiError::json(format!(
-                    "field \"logit_bias\": the bias of token {id} is not a number"
-                ))
-            })?;
-            p.logit_bias.insert(token, value);
-        }
-    }
-    p.truncate_prompt_tokens = f.count("truncate_prompt_tokens")?;
-    p.guided_decoding = take_guided_decoding(f)?;
-    Ok(p)
+            Ok((token, value))
+        })
+        .collect()
 }
 
-/// vLLM's guided decoding fields and OpenAI's `response_format`. Shapes are
-/// checked here (ENGINE_ERR_JSON); the constraint itself is compiled when the
-/// request is validated (ENGINE_ERR_INVALID_ARGUMENT with the parser's message).
-fn take_guided_decoding(f: &mut Fields) -> FfiResult<Option<GuidedDecodingParams>> {
+/// vLLM's guided decoding fields and OpenAI's `response_format`; the constraint
+/// is compiled when the request is validated (ENGINE_ERR_INVALID_ARGUMENT with
+/// the parser's message).
+fn guided_decoding(r: &mut SubmitRequest) -> FfiResult<Option<GuidedDecodingParams>> {
     let mut g = GuidedDecodingParams {
-        json: match f.take::<Value>("guided_json")? {
+        json: match r.guided_json.take() {
             // vLLM accepts the schema as JSON text too.
             Some(Value::String(text)) => Some(serde_json::from_str(&text).map_err(|e| {
                 FfiError::invalid(format!("guided_json: the schema is not valid JSON: {e}"))
             })?),
             other => other,
         },
-        regex: f.take("guided_regex")?,
-        choice: f.take("guided_choice")?,
-        grammar: f.take("guided_grammar")?,
+        regex: r.guided_regex.take(),
+        choice: r.guided_choice.take(),
+        grammar: r.guided_grammar.take(),
         json_schema: None,
-        whitespace_pattern: f.take("guided_whitespace_pattern")?,
-        backend: f.take("guided_decoding_backend")?,
+        whitespace_pattern: r.guided_whitespace_pattern.take(),
+        backend: r.guided_decoding_backend.take(),
         json_object: false,
     };
-    if let Some(format) = f.take::<Value>("response_format")? {
-        let mut rf = Fields::from_value(format, "\"response_format\"")?;
-        let kind: Option<String> = rf.take("type")?;
-        match kind.as_deref() {
-            Some("text") => {}
-            Some("json_object") => g.json_object = true,
-            Some("json_schema") => {
-                let mut js = match rf.take_raw("json_schema") {
-                    Some(v @ Value::Object(_)) => Fields::from_value(v, "\"json_schema\"")?,
-                    _ => {
-                        return Err(FfiError::json(
-                            "field \"response_format\": type \"json_schema\" needs a \"json_schema\" object",
-                        ))
-                    }
-                };
-                let _name: Option<String> = js.take("name")?;
-                let _description: Option<String> = js.take("description")?;
-                let _strict: Option<bool> = js.take("strict")?;
-                // No schema: any JSON value (OpenAI makes it optional).
-                let schema: Value = js.take("schema")?.unwrap_or_else(|| Value::Object(Map::new()));
-                js.finish()?;
-                // Any guided_* field wins, as over json_object.
-                g.json_schema = Some(schema);
-            }
-            other => {
-                return Err(FfiError::json(format!(
-                    "field \"response_format\": \"type\" must be \"text\", \"json_object\" or \"json_schema\", got {}",
-                    other.map_or("nothing".to_string(), |t| format!("{t:?}"))
-                )))
-            }
+    match r.response_format.take() {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => g.json_object = true,
+        // No schema: any JSON value (OpenAI makes it optional). Any guided_*
+        // field wins, as over json_object.
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            g.json_schema = Some(
+                json_schema
+                    .schema
+                    .unwrap_or_else(|| Value::Object(Map::new())),
+            );
         }
-        rf.finish()?;
     }
     let given = g.is_active() || g.whitespace_pattern.is_some() || g.backend.is_some();
     Ok(given.then_some(g))
@@ -386,13 +242,16 @@ fn take_guided_decoding(f: &mut Fields) -> FfiResult<Option<GuidedDecodingParams
 
 /// A non-negative integer field's value. A negative one gets vLLM's message for
 /// that field (ENGINE_ERR_INVALID_ARGUMENT) where vLLM has one.
-fn count_value(key: &str, v: Value) -> FfiResult<usize> {
-    if let Some(negative) = v.as_i64().filter(|&n| n < 0) {
-        if let Some(e) = SamplingParams::negative_integer_error(key, negative) {
-            return Err(e.into());
-        }
-    }
-    serde_json::from_value(v).map_err(|e| FfiError::json(format!("field \"{key}\": {e}")))
+fn count(key: &str, value: Option<i64>) -> FfiResult<Option<usize>> {
+    let Some(n) = value else { return Ok(None) };
+    usize::try_from(n)
+        .map(Some)
+        .map_err(|_| match SamplingParams::negative_integer_error(key, n) {
+            Some(e) => e.into(),
+            None => FfiError::json(format!(
+                "field \"{key}\": expected a non-negative integer, got {n}"
+            )),
+        })
 }
 
 #[cfg(test)]

@@ -4,11 +4,11 @@
 
 use std::ffi::c_char;
 
-use serde_json::Value;
+use engine_api::request::ChatTemplateRequest;
 
 use super::engine::engine_t;
 use super::engine_status::{self, *};
-use super::request::{take_chat, ChatSpec, Fields};
+use super::request::{chat_spec, ChatSpec};
 use super::{call, handle, slice_arg, str_arg, write_out, write_text, FfiError, FfiResult};
 use crate::tokenizer::{RenderOptions, Tokenizer};
 
@@ -29,19 +29,11 @@ pub(crate) fn render_chat(tokenizer: &Tokenizer, chat: &ChatSpec) -> FfiResult<S
 /// The chat of `engine_apply_chat_template`: an array of messages, or an object
 /// with "messages" and the chat fields of a request.
 fn parse_chat(text: &str, add_generation_prompt: bool) -> FfiResult<ChatSpec> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| FfiError::json(format!("the messages are not valid JSON: {e}")))?;
-    if value.is_array() {
-        let mut none = Fields::from_value(Value::Object(Default::default()), "the chat")?;
-        return take_chat(&mut none, value, add_generation_prompt);
+    let chat = ChatTemplateRequest::from_json(text)?;
+    if chat.messages.is_none() {
+        return Err(FfiError::json("the chat object has no \"messages\""));
     }
-    let mut fields = Fields::from_value(value, "the chat")?;
-    let messages = fields
-        .take::<Value>("messages")?
-        .ok_or_else(|| FfiError::json("the chat object has no \"messages\""))?;
-    let chat = take_chat(&mut fields, messages, add_generation_prompt)?;
-    fields.finish()?;
-    Ok(chat)
+    chat_spec(chat, add_generation_prompt)
 }
 
 /// Tokenizes `text_len` bytes of UTF-8 `text` into `tokens` (room for
