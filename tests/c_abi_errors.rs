@@ -712,3 +712,25 @@ fn a_callback_may_abort_its_own_request() {
     assert_eq!(unsafe { engine_shutdown(e.0, false) }, ENGINE_OK);
     drop(pair);
 }
+
+#[test]
+fn the_logprobs_cap_is_an_engine_option() {
+    let e = Engine::with(&[("max_logprobs", "2")]);
+    let (s, _, _) = e.submit(r#"{"prompt": "x", "logprobs": 3}"#);
+    assert_error(
+        s,
+        ENGINE_ERR_INVALID_ARGUMENT,
+        "Cannot request more than 2 logprobs.",
+    );
+    let (s, _, _) = e.submit(r#"{"prompt": "x", "prompt_logprobs": 3}"#);
+    assert_error(
+        s,
+        ENGINE_ERR_INVALID_ARGUMENT,
+        "Cannot request more than 2 logprobs.",
+    );
+    // At the cap: the sampled token and the top 2 (one entry fewer when the
+    // sampled token is among them).
+    let ev = e.generate(r#"{"prompt": "x", "logprobs": 2, "max_tokens": 1}"#);
+    let entries = ev["results"][0]["logprobs"][0].as_array().unwrap().len();
+    assert!((2..=3).contains(&entries), "{ev}");
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use engine_api::event::{Delta, Event, Final, FinishReason, SeqResult, StopReason, TokenLogprobs};
-use engine_api::request::ChatTemplateRequest;
+use engine_api::request::{ChatTemplateRequest, SubmitRequest};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{chat_logprobs, TokenText};
 use crate::offload;
 use crate::prompt_bound::PromptBound;
-use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest};
+use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest, CommonFields};
 use crate::state::AppState;
 use crate::stream::{
     check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
@@ -135,18 +135,7 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
         req.own.tool_choice.as_ref(),
         state.config.auto_tools,
     )?;
-    let mut forced_tools = tool_plan.as_ref().and_then(ToolPlan::schema);
-    if let (Some(schema), Some(false)) = (
-        &mut forced_tools,
-        req.own
-            .parallel_tool_calls
-            .as_ref()
-            .and_then(Value::as_bool),
-    ) {
-        if schema["type"] == "array" {
-            schema["maxItems"] = json!(1); // "required" without parallel calls: exactly one
-        }
-    }
+    let forced_tools = forced_tool_schema(&req, tool_plan.as_ref());
     if forced_tools.is_some() && uses_guided_decoding(c)? {
         return Err(ApiError::bad_request(
             "You can only either use guided decoding or tools, not both.",
@@ -176,35 +165,15 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
     keep_last(&mut ids, c.truncate_prompt_tokens);
     let requested_max = req.own.max_completion_tokens.or(c.max_tokens.flatten());
     let max_tokens = max_tokens(requested_max, ids.len(), engine.info().max_model_len)?;
-    let mut request = engine_request(
-        c,
-        EngineParams {
-            prompt_ids: ids,
-            max_tokens,
-            default_temperature: DEFAULT_TEMPERATURE,
-            logprobs,
-            prompt_logprobs: None,
-        },
-    )?;
-    if let Some(ToolChoice::Auto(parser)) = tool_plan.as_ref().map(|t| &t.choice) {
-        if parser.keeps_special_tokens() {
-            // Its marker is a special token (vLLM's parser does the same).
-            request.skip_special_tokens = Some(false);
-        }
-    }
-    if let Some(schema) = forced_tools {
-        // The call's arguments (or the list of calls) are generated under its schema.
-        request.guided_json = Some(schema);
-    }
-    let role = if add_generation_prompt {
-        state.config.response_role.clone()
-    } else {
-        req.own
-            .messages
-            .last()
-            .map(|m| m.role.clone())
-            .unwrap_or_else(|| state.config.response_role.clone())
+    let params = EngineParams {
+        prompt_ids: ids,
+        max_tokens,
+        default_temperature: DEFAULT_TEMPERATURE,
+        logprobs,
+        prompt_logprobs: None,
     };
+    let request = chat_engine_request(c, params, tool_plan.as_ref(), forced_tools)?;
+    let role = response_role(&state, &req, add_generation_prompt);
     // echo: the last message's content, when it is the role being generated.
     let echo_text = match rendered.conversation.last() {
         Some((r, content)) if c.echo == Some(true) && *r == role => content.clone(),
@@ -236,30 +205,87 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
             .unwrap_or(state.config.return_tokens_as_token_ids),
         tools: tool_plan,
     };
-    if c.stream != Some(true) {
-        let response = chat.collect(generation).await?;
-        return Ok(json_response(StatusCode::OK, &response));
+    chat.respond(generation, c).await
+}
+
+/// The schema forced tool calls are generated under ("required" or a named
+/// tool); "required" without parallel calls is exactly one call.
+fn forced_tool_schema(req: &ChatRequest, plan: Option<&ToolPlan>) -> Option<Value> {
+    let mut schema = plan.and_then(ToolPlan::schema)?;
+    let parallel = req
+        .own
+        .parallel_tool_calls
+        .as_ref()
+        .and_then(Value::as_bool);
+    if parallel == Some(false) && schema["type"] == "array" {
+        schema["maxItems"] = json!(1);
     }
-    let (tx, response) = sse_response();
-    // Calls parsed out of the whole output ("required", "auto") come at the end.
-    let incremental = streams_incrementally(c)
-        && chat
-            .tools
-            .as_ref()
-            .is_none_or(|t| matches!(t.choice, ToolChoice::None | ToolChoice::Named(_)));
-    tokio::spawn(async move {
-        let mut generation = generation;
-        if incremental {
-            chat.stream(&mut generation, &tx).await;
-        } else {
-            tokio::select! {
-                _ = chat.stream_at_end(generation, &tx) => {}
-                _ = tx.closed() => return,
-            }
+    Some(schema)
+}
+
+/// The engine request, with what the tools need of it.
+fn chat_engine_request(
+    c: &CommonFields,
+    params: EngineParams,
+    plan: Option<&ToolPlan>,
+    forced_tools: Option<Value>,
+) -> ApiResult<SubmitRequest> {
+    let mut request = engine_request(c, params)?;
+    if let Some(ToolChoice::Auto(parser)) = plan.map(|t| &t.choice) {
+        if parser.keeps_special_tokens() {
+            // Its marker is a special token (vLLM's parser does the same).
+            request.skip_special_tokens = Some(false);
         }
-        send_done(&tx).await;
-    });
-    Ok(response)
+    }
+    if let Some(schema) = forced_tools {
+        // The call's arguments (or the list of calls) are generated under its schema.
+        request.guided_json = Some(schema);
+    }
+    Ok(request)
+}
+
+/// The role of the generated message: the server's, or the last message's
+/// when the model continues it.
+fn response_role(state: &AppState, req: &ChatRequest, add_generation_prompt: bool) -> String {
+    let configured = &state.config.response_role;
+    if add_generation_prompt {
+        return configured.clone();
+    }
+    req.own
+        .messages
+        .last()
+        .map_or_else(|| configured.clone(), |m| m.role.clone())
+}
+
+impl Chat {
+    /// The whole response, or a stream of chunks.
+    async fn respond(self, generation: Generation, c: &CommonFields) -> ApiResult<Response<Body>> {
+        let chat = self;
+        if c.stream != Some(true) {
+            let response = chat.collect(generation).await?;
+            return Ok(json_response(StatusCode::OK, &response));
+        }
+        let (tx, response) = sse_response();
+        // Calls parsed out of the whole output ("required", "auto") come at the end.
+        let incremental = streams_incrementally(c)
+            && chat
+                .tools
+                .as_ref()
+                .is_none_or(|t| matches!(t.choice, ToolChoice::None | ToolChoice::Named(_)));
+        tokio::spawn(async move {
+            let mut generation = generation;
+            if incremental {
+                chat.stream(&mut generation, &tx).await;
+            } else {
+                tokio::select! {
+                    _ = chat.stream_at_end(generation, &tx) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+            send_done(&tx).await;
+        });
+        Ok(response)
+    }
 }
 
 /// The rendered conversation and its token ids (on the blocking pool).
