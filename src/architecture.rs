@@ -216,3 +216,19 @@ fn the_server_reaches_the_engine_only_through_the_c_abi() {
         "server/Cargo.toml lost engine-sys"
     );
 }
+
+#[test]
+fn the_shared_types_depend_on_neither_side() {
+    // engine-api holds the JSON both sides of the C ABI read and write; it
+    // depends on neither the engine nor the server.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = fs::read_to_string(root.join("crates/engine-api/Cargo.toml"))
+        .expect("crates/engine-api/Cargo.toml");
+    let deps: Vec<&str> = manifest
+        .lines()
+        .map(|l| l.split('=').next().unwrap_or("").trim())
+        .collect();
+    for side in ["engine", "engine-sys", "engine-server"] {
+        assert!(!deps.contains(&side), "crates/engine-api depends on {side}");
+    }
+}
