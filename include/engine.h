@@ -591,10 +591,11 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * - "stop_token_ids" (array of token ids), "ignore_eos" (bool, default false).
  * - "max_tokens" (integer >= 1, default 16; null: up to the model's length).
  * - "min_tokens" (integer <= max_tokens, default 0).
- * - "logprobs" (integer, at most the "max_logprobs" option, 20 by default): report the sampled token's and this many
- *   top tokens' logprobs per token, in the events' JSON.
- * - "prompt_logprobs" (integer, at most "max_logprobs"): the same for every prompt token, in
- *   the first event's JSON.
+ * - "logprobs" (integer, at most the "max_logprobs" option, 20 by default):
+ *   report the sampled token's and this many top tokens' logprobs per token, in
+ *   the events' JSON.
+ * - "prompt_logprobs" (integer, at most "max_logprobs"): the same for every
+ *   prompt token, in the first event's JSON.
  * - "detokenize", "skip_special_tokens", "spaces_between_special_tokens" (bools,
  *   default true).
  * - "logit_bias" (object: token id as a string -> number, clamped to [-100, 100]).
