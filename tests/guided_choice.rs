@@ -1,5 +1,5 @@
 //! `guided_choice` with greedy decoding emits the choice the model rates
-//! highest as a whole (the sum of its tokens' logprobs and its end token's),
+//! highest as a whole (the sum of its tokens' logprobs), then an end token,
 //! not the one token-by-token greedy decoding walks into. On the random-weight
 //! fixture the test builds two choices where the two differ, computing both
 //! from the model's own logits: a "trap" choice that starts with the most
@@ -25,12 +25,13 @@ struct Fixture {
     ends: Vec<u32>,
 }
 
-/// A choice as the engine scores it: its tokens, then its end token.
+/// A choice as the engine scores it.
 struct Scored {
     text: String,
     tokens: Vec<u32>,
-    /// The logprob of each of `tokens`, then the end token's.
+    /// The logprob of each of `tokens`, then the best end token's.
     logprobs: Vec<f32>,
+    /// The sum of its tokens' logprobs (the end token's left out).
     score: f64,
 }
 
@@ -84,7 +85,7 @@ impl Fixture {
             };
             logprobs.push(next);
         }
-        let score = logprobs.iter().map(|&l| f64::from(l)).sum();
+        let score = logprobs[..tokens.len()].iter().map(|&l| f64::from(l)).sum();
         Scored {
             text: text.to_string(),
             tokens,
@@ -221,14 +222,15 @@ fn greedy_choice_is_the_best_whole_choice_with_its_real_logprobs() {
         "the choice, then its end token"
     );
     assert!(f.ends.contains(out.token_ids.last().unwrap()));
-    // The reported logprobs are the model's own for each emitted token, so
-    // they add up to the score that chose the choice.
+    // The reported logprobs are the model's own for each emitted token: the
+    // choice's add up to the score that chose it.
     let reported: Vec<f32> = out.logprobs.iter().map(|l| l.chosen.logprob).collect();
     assert_eq!(reported.len(), best.logprobs.len());
     for (got, want) in reported.iter().zip(&best.logprobs) {
         assert!((got - want).abs() < 1e-4, "logprob {got} vs {want}");
     }
-    assert!((out.cum_logprob - best.score).abs() < 1e-3);
+    let end = f64::from(*best.logprobs.last().unwrap());
+    assert!((out.cum_logprob - end - best.score).abs() < 1e-3);
 
     // The order of the choices does not matter.
     let swapped = f.generate(&[plain.as_str(), trap.as_str()], SamplingParams::greedy(16));

@@ -1,6 +1,6 @@
 //! `guided_choice` over HTTP: a greedy request gets the choice the model rates
-//! highest as a whole, scored here through the server's own API (prompt
-//! logprobs of the prompt followed by each choice and an end token); nearly
+//! highest as a whole, scored here through the server's own API (the prompt
+//! logprobs of each choice after the prompt), then an end token; nearly
 //! greedy sampling keeps token-by-token decoding and walks into the other one.
 
 mod common;
@@ -53,13 +53,14 @@ fn end_tokens() -> Vec<u64> {
         .collect()
 }
 
-/// A choice's tokens' logprobs after the prompt plus the best end token's.
-fn whole_score(server: &Server, prompt: &[u64], choice: &str) -> f64 {
+/// The sum of a choice's tokens' logprobs after the prompt, and the best
+/// end token's logprob after it.
+fn whole_score(server: &Server, prompt: &[u64], choice: &str) -> (f64, f64) {
     let choice_ids = tokens(server, choice, false);
     let mut ids = prompt.to_vec();
     ids.extend(&choice_ids);
     let lps = prompt_logprobs(server, &ids);
-    let body: f64 = lps[lps.len() - choice_ids.len()..].iter().sum();
+    let score: f64 = lps[lps.len() - choice_ids.len()..].iter().sum();
     let end = end_tokens()
         .into_iter()
         .map(|e| {
@@ -68,7 +69,7 @@ fn whole_score(server: &Server, prompt: &[u64], choice: &str) -> f64 {
             *prompt_logprobs(server, &with_end).last().unwrap()
         })
         .fold(f64::NEG_INFINITY, f64::max);
-    body + end
+    (score, end)
 }
 
 fn complete(server: &Server, extra: Value) -> Value {
@@ -86,25 +87,26 @@ fn complete(server: &Server, extra: Value) -> Value {
 fn greedy_guided_choice_answers_the_best_whole_choice() {
     let server = Server::start(&[]);
     let prompt = tokens(&server, PROMPT, true);
-    let scores: Vec<f64> = CHOICES
+    let scores: Vec<(f64, f64)> = CHOICES
         .iter()
         .map(|c| whole_score(&server, &prompt, c))
         .collect();
-    let best = if scores[0] >= scores[1] { 0 } else { 1 };
+    let best = if scores[0].0 >= scores[1].0 { 0 } else { 1 };
 
     let greedy = complete(&server, json!({"temperature": 0}));
     assert_eq!(greedy["text"], CHOICES[best], "scores {scores:?}");
     assert_eq!(greedy["finish_reason"], "stop");
-    // The reported logprobs are the model's for the choice's tokens and its end
-    // token: they add up to its score.
+    // The reported logprobs are the model's for the choice's tokens (adding up
+    // to its score) and its end token.
     let reported: f64 = greedy["logprobs"]["token_logprobs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_f64().unwrap())
         .sum();
+    let (score, end) = scores[best];
     assert!(
-        (reported - scores[best]).abs() < 1e-3,
+        (reported - score - end).abs() < 1e-3,
         "{reported} vs {scores:?}"
     );
 

@@ -2,10 +2,17 @@
 //! choices as tokens: `sampling::guided::choice`). When the prompt is computed,
 //! a scoring prefill runs every choice through the model after it,
 //! teacher-forced, in temporary sequences that share the prompt's KV blocks;
-//! a choice scores the sum of its tokens' logprobs and its end token's, and
-//! the best one becomes the sequence's forced tokens, emitted one per step as
-//! if sampled. The logprobs are the request's processed ones (penalties,
-//! logit_bias) without the choice mask: the values the emitted tokens report.
+//! a choice scores the sum of its tokens' logprobs, and the best one, followed
+//! by the end token greedy decoding takes after it, becomes the sequence's
+//! forced tokens, emitted one per step as if sampled. The logprobs are the
+//! request's processed ones (penalties, logit_bias) without the choice mask:
+//! the values the emitted tokens report.
+//!
+//! The end token is not scored: a model often rates "Paris" highest and then
+//! wants a full stop, not EOS, and that must not hand the answer to a worse
+//! choice it would end more readily (on SmolLM2-135M-Instruct it would). The
+//! cost: where one choice extends another ("yes", "yes sir"), the shorter
+//! scores at least as high (logprobs are at most 0), so it is the one picked.
 
 use crate::backend::{Backend, StepMeta};
 use crate::error::Result;
@@ -26,8 +33,9 @@ struct ChoiceScore {
     fed: usize,
     /// Its temporary sequence, while it has one.
     seq: Option<SeqId>,
-    /// Sum of the logprobs of its tokens (and of its end token, once known).
+    /// Sum of the logprobs of its tokens.
     logprob: f64,
+    /// The end token greedy decoding takes after it, once known.
     end: Option<u32>,
 }
 
@@ -54,8 +62,8 @@ impl Scoring {
         processed_logprobs(&mut row, &self.params, tokens, &self.eos_token_ids)
     }
 
-    /// Adds what row `lp` (after the choice's first `at` tokens) says: the
-    /// logprob of its next token, or past its last, of the end token greedy
+    /// Takes what row `lp` (after the choice's first `at` tokens) says: the
+    /// logprob of its next token, or past its last, which end token greedy
     /// decoding would take there.
     fn add(&self, c: &mut ChoiceScore, at: usize, lp: &[f32]) {
         let logprob = |t: u32| lp.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY);
@@ -69,10 +77,7 @@ impl Scoring {
                 best = Some(t);
             }
         }
-        if let Some(t) = best {
-            c.logprob += f64::from(logprob(t));
-            c.end = logprob(t).is_finite().then_some(t);
-        }
+        c.end = best.filter(|&t| logprob(t).is_finite());
     }
 }
 
