@@ -104,15 +104,14 @@ fn send(ports: &[u16], i: usize) -> Outcome {
     Outcome::Failed(format!("every replica refused: {}", refused.join("; ")))
 }
 
-#[test]
-fn requests_survive_a_replica_killed_mid_run() {
-    let first = Server::start(&[]);
-    let second = Server::start(&[]);
-    let ports = [first.port, second.port];
-    let mut first = Some(first);
+/// Per request: its index, whether it was sent after the kill, its outcome.
+type Record = (usize, bool, Outcome);
+
+/// Runs the round-robin clients over both replicas, killing the first
+/// (SIGKILL, then reaped) once a few requests completed, while others run.
+fn run_with_a_kill(first: Server, ports: [u16; 2]) -> Vec<Record> {
     let next = Arc::new(AtomicUsize::new(0));
-    // Per request: its outcome, and whether it was sent after the kill.
-    let outcomes: Arc<Mutex<Vec<(usize, bool, Outcome)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Record>>> = Arc::default();
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
@@ -129,20 +128,50 @@ fn requests_survive_a_replica_killed_mid_run() {
             })
         })
         .collect();
-    // Kill the first replica once a few requests completed, while others run.
     while outcomes.lock().unwrap().len() < 8 {
         assert!(started.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop(first.take()); // SIGKILL, then reaped
+    drop(first);
     killed.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();
     }
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
-
     let outcomes = outcomes.lock().unwrap().clone();
+    outcomes
+}
+
+/// Requests that replica `r` completed.
+fn served_by(outcomes: &[Record], r: usize) -> usize {
+    outcomes
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Outcome::Completed { replica, .. } if *replica == r))
+        .count()
+}
+
+/// Only a request in flight on the killed replica may fail, and it says the
+/// connection closed: a load balancer answers 502 there.
+fn check_failure(i: usize, after_kill: bool, e: &str) {
+    assert!(!after_kill, "request {i}, sent after the kill, failed: {e}");
+    assert!(
+        i.is_multiple_of(2),
+        "request {i} went to the survivor first and failed: {e}"
+    );
+    let clear = ["closed", "reset", "cut", "pipe"];
+    assert!(
+        clear.iter().any(|c| e.contains(c)),
+        "request {i}: unclear error {e:?}"
+    );
+}
+
+#[test]
+fn requests_survive_a_replica_killed_mid_run() {
+    let first = Server::start(&[]);
+    let second = Server::start(&[]);
+    let ports = [first.port, second.port];
+    let outcomes = run_with_a_kill(first, ports);
     assert_eq!(outcomes.len(), REQUESTS, "every request has an outcome");
     let texts: Vec<&String> = outcomes
         .iter()
@@ -155,44 +184,21 @@ fn requests_survive_a_replica_killed_mid_run() {
         texts.windows(2).all(|w| w[0] == w[1]),
         "replicas answer alike"
     );
-    let on = |r: usize| {
-        outcomes
-            .iter()
-            .filter(|(_, _, o)| matches!(o, Outcome::Completed { replica, .. } if *replica == r))
-            .count()
-    };
-    assert!(on(0) > 0 && on(1) > 0, "both replicas served: {outcomes:?}");
+    let (on_killed, on_survivor) = (served_by(&outcomes, 0), served_by(&outcomes, 1));
+    assert!(
+        on_killed > 0 && on_survivor > 0,
+        "both served: {outcomes:?}"
+    );
     for (i, after_kill, outcome) in &outcomes {
-        match outcome {
-            Outcome::Completed { .. } => {}
-            // Only a request in flight on the killed replica may fail, and it
-            // says the connection closed: a load balancer answers 502 there.
-            Outcome::Failed(e) => {
-                assert!(!after_kill, "request {i}, sent after the kill, failed: {e}");
-                assert!(
-                    i % 2 == 0,
-                    "request {i} went to the survivor first and failed: {e}"
-                );
-                assert!(
-                    e.contains("closed")
-                        || e.contains("reset")
-                        || e.contains("cut")
-                        || e.contains("pipe"),
-                    "request {i}: unclear error {e:?}"
-                );
-            }
+        if let Outcome::Failed(e) = outcome {
+            check_failure(*i, *after_kill, e);
         }
     }
     let late = outcomes.iter().filter(|(_, after, _)| *after).count();
-    let failed = outcomes
-        .iter()
-        .filter(|(_, _, o)| matches!(o, Outcome::Failed(_)))
-        .count();
+    let failed = outcomes.len() - texts.len();
     eprintln!(
-        "served: {} by the killed replica, {} by the survivor; {failed} failed; \
-         {late} sent after the kill, in {elapsed:?}",
-        on(0),
-        on(1)
+        "served: {on_killed} by the killed replica, {on_survivor} by the survivor; \
+         {failed} failed; {late} sent after the kill"
     );
     assert!(late > 0, "some requests were sent after the kill");
     // The survivor still serves, and its gauges (what an endpoint picker reads)
