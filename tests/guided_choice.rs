@@ -12,6 +12,7 @@ use common::fixture_dir;
 use engine::engine::{FinishReason, Prompt, SeqResult};
 use engine::generate::{Llm, Request};
 use engine::loader::LoadOptions;
+use engine::sampling::guided::choice::MAX_SCORED_CHOICE_TOKENS;
 use engine::sampling::{log_softmax, GuidedDecodingParams, SamplingParams};
 
 const PROMPT: &str = "The capital of France is";
@@ -257,4 +258,36 @@ fn sampling_keeps_token_by_token_semantics() {
         ..SamplingParams::greedy(16)
     };
     assert_eq!(f.generate(&choices, min_tokens).text, walked);
+}
+
+#[test]
+fn choices_past_the_scoring_bounds_keep_token_by_token() {
+    let mut f = Fixture::new();
+    let (trap, plain) = diverging_choices(&mut f);
+    let room = f.llm.model().config.max_position_embeddings - f.prompt.len();
+    // Past the bounds, a request is decoded token by token, not scored: one
+    // choice longer than the context leaves room for, or choices that fit it
+    // but come to more than MAX_SCORED_CHOICE_TOKENS in all.
+    let words = |first: &str, n: usize| format!("{first}{}", " q".repeat(n));
+    let per_word = (f.encode(&words("q", 10)).len() - 1) / 10;
+    let third = MAX_SCORED_CHOICE_TOKENS / 3 / per_word + 1;
+    let cases = [
+        vec![words("q", room)],
+        vec![words("q", third), words("x", third), words("z", third)],
+    ];
+    for extra in cases {
+        let mut choices = vec![trap.as_str(), plain.as_str()];
+        choices.extend(extra.iter().map(String::as_str));
+        let lens: Vec<usize> = extra.iter().map(|c| f.encode(c).len()).collect();
+        let total: usize = lens.iter().sum();
+        let fit = lens.iter().all(|&l| l < room);
+        assert!(
+            !fit || total > MAX_SCORED_CHOICE_TOKENS,
+            "{lens:?}, room {room}"
+        );
+        let (walked, _) = f.token_by_token(&choices);
+        assert_eq!(walked, trap, "the long choices do not change the walk");
+        let out = f.generate(&choices, SamplingParams::greedy(16));
+        assert_eq!(out.text, walked, "lengths {lens:?}");
+    }
 }
