@@ -9,6 +9,10 @@
 //! sees the end of the response), then what the client still sends is read and
 //! dropped until it closes its side, for at most [`LINGER`] and
 //! [`LINGER_BYTES`] (nginx's "lingering close").
+//!
+//! Hand-written because tower layers see requests, not connections: neither the
+//! cap with its 503 before any request is read nor the lingering close has a
+//! tower or tower-http layer (the head timeout is hyper's own).
 
 use std::io;
 use std::pin::Pin;

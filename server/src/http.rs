@@ -234,6 +234,10 @@ fn authorize(state: &AppState, req: &Request<Incoming>) -> ApiResult<()> {
     }
 }
 
+/// The body, at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`]. Kept here, not
+/// as tower-http layers: `RequestBodyLimitLayer` answers 413 with its own plain
+/// body (vLLM's is OpenAI-shaped JSON), and `RequestBodyTimeoutLayer` times each
+/// frame, not the whole body (a trickling client would never time out).
 async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
     let too_large = || {
         ApiError::new(

@@ -1,6 +1,7 @@
 //! The state of a request while it runs: a group of sequences (one while the
 //! prompt is prefilled, then `best_of` forks sharing the prompt's blocks).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::kv_cache::block_manager::SeqId;
@@ -30,6 +31,9 @@ pub struct Sequence {
     pub stop_reason: Option<StopReason>,
     /// The output constraint's state after this sequence's tokens, if constrained.
     pub guide: Option<Guide>,
+    /// Tokens to emit next instead of sampling: the choice (and its end token)
+    /// that whole-choice scoring picked for a greedy `guided_choice`.
+    pub forced: VecDeque<u32>,
 }
 
 impl Sequence {
@@ -55,6 +59,9 @@ pub struct SequenceGroup {
     pub first_token_at: Option<Instant>,
     /// Times this group was preempted (for statistics).
     pub preemptions: u32,
+    /// A greedy `guided_choice`'s choices as token ids, until they are scored
+    /// (when the prompt is computed).
+    pub choices: Option<Vec<Vec<u32>>>,
 }
 
 impl SequenceGroup {

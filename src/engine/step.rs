@@ -14,10 +14,13 @@ use crate::sampling::beam::{top_n_outputs, ScoredSeq};
 use crate::sampling::guided::{apply_token_bitmask, Guide, LazyGuidedCompiler};
 use crate::sampling::logprobs::prompt_logprobs;
 use crate::sampling::stop::{Finish, StopChecker};
-use crate::sampling::{OutputText, Sampler, SamplingParams, SequenceTokens, TokenLogprobs};
+use crate::sampling::{
+    OutputText, SampleOutput, Sampler, SamplingParams, SequenceTokens, TokenLogprobs,
+};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 mod beam;
+mod choice;
 mod guided;
 mod logprob_text;
 mod validate;
@@ -51,6 +54,9 @@ pub struct EngineRequest {
     pub params: SamplingParams,
     /// The compiled output constraint, at its start state.
     pub guide: Option<Guide>,
+    /// A greedy `guided_choice`'s choices as token ids: the engine scores each
+    /// whole once the prompt is computed and emits the best (`step/choice.rs`).
+    pub choices: Option<Vec<Vec<u32>>>,
 }
 
 pub struct EngineCore<B: Backend> {
@@ -209,6 +215,7 @@ impl<B: Backend> EngineCore<B> {
             finish: None,
             stop_reason: None,
             guide,
+            forced: Default::default(),
         })
     }
 
@@ -241,6 +248,7 @@ impl<B: Backend> EngineCore<B> {
             first_token_at: None,
             preemptions: 0,
             prompt_logprobs_reported: false,
+            choices: request.choices,
         };
         self.groups.insert(request_id, group);
         self.scheduler.add(request_id);
@@ -426,6 +434,8 @@ impl<B: Backend> EngineCore<B> {
                     .push((p.seq_index, sample_row));
                 continue;
             }
+            // A greedy guided_choice picks its whole choice before its first token.
+            self.choose_whole_choice(p.request_id, row(sample_row))?;
             let sampled = self.sample_chunk(p, row(sample_row), masks)?;
             deltas.entry(p.request_id).or_default().extend(sampled);
         }
@@ -651,6 +661,38 @@ fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<TokenLog
     group.prompt_logprobs.clone()
 }
 
+/// The next token of `s`: its next forced one (a whole-scored choice, whose
+/// tokens the constraint was checked to accept, so unmasked), else one sampled
+/// under its constraint's `mask`. `None` at a dead end: the constraint and the
+/// other rules together leave no token.
+fn pick_token(
+    s: &mut Sequence,
+    logits_row: &[f32],
+    mask: std::result::Result<Option<&Vec<u32>>, ()>,
+    stop: &StopChecker,
+) -> Option<SampleOutput> {
+    let params = stop.params;
+    let mut row = logits_row.to_vec();
+    let tokens = SequenceTokens {
+        prompt: &s.tokens[..s.prompt_len],
+        output: &s.tokens[s.prompt_len..],
+    };
+    if let Some(token) = s.forced.pop_front() {
+        let eos = stop.eos_token_ids;
+        return Some(Sampler::forced_token(&mut row, params, tokens, eos, token));
+    }
+    let mask = mask.ok()?;
+    if let Some(mask) = mask {
+        // Before every other processor, as vLLM's guided logits processor runs.
+        apply_token_bitmask(&mut row, mask);
+    }
+    let sampled = s
+        .sampler
+        .next_token(&mut row, params, tokens, stop.eos_token_ids);
+    let dead_end = mask.is_some() && sampled.logprobs.chosen.logprob == f32::NEG_INFINITY;
+    (!dead_end).then_some(sampled)
+}
+
 /// Samples the next token of sequence `index` from its logits row (under its
 /// constraint's `mask`, if any), appends it, detokenizes it and applies the stop
 /// rules. Returns its delta for this step.
@@ -663,25 +705,9 @@ fn step_sequence(
     tokenizer: Option<&Tokenizer>,
 ) -> Result<SeqDelta> {
     let params = stop.params;
-    let Ok(mask) = mask else {
+    let Some(sampled) = pick_token(s, logits_row, mask, stop) else {
         return guided::end_at_dead_end(s, index, params, tokenizer);
     };
-    let mut row = logits_row.to_vec();
-    if let Some(mask) = mask {
-        // Before every other processor, as vLLM's guided logits processor runs.
-        apply_token_bitmask(&mut row, mask);
-    }
-    let tokens = SequenceTokens {
-        prompt: &s.tokens[..s.prompt_len],
-        output: &s.tokens[s.prompt_len..],
-    };
-    let sampled = s
-        .sampler
-        .next_token(&mut row, params, tokens, stop.eos_token_ids);
-    if mask.is_some() && sampled.logprobs.chosen.logprob == f32::NEG_INFINITY {
-        // The constraint and the other rules together leave no token.
-        return guided::end_at_dead_end(s, index, params, tokenizer);
-    }
     let token = sampled.token;
     if let Some(guide) = s.guide.as_mut() {
         // A rejected token (not possible under its own mask) makes the next

@@ -126,6 +126,22 @@ impl Sampler {
             logprobs: TokenLogprobs::new(&row, token, params.logprobs),
         }
     }
+
+    /// A token chosen ahead (whole-choice `guided_choice`) with the logprobs a
+    /// sampled one would get from the same processed row; nothing is drawn.
+    pub fn forced_token(
+        logits: &mut [f32],
+        params: &SamplingParams,
+        tokens: SequenceTokens,
+        eos_token_ids: &[u32],
+        token: u32,
+    ) -> SampleOutput {
+        let row = processed_logprobs(logits, params, tokens, eos_token_ids);
+        SampleOutput {
+            token,
+            logprobs: TokenLogprobs::new(&row, token, params.logprobs),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -333,6 +333,7 @@ impl Trial {
             finish: self.finish.as_ref().map(|f| f.reason),
             stop_reason: self.finish.as_ref().and_then(|f| f.stop_reason.clone()),
             guide,
+            forced: Default::default(),
         }
     }
 }

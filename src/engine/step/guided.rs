@@ -29,7 +29,8 @@ fn constrained_samples(
         .filter(|p| {
             groups.get(&p.request_id).is_some_and(|g| {
                 let s = &g.seqs[p.seq_index];
-                p.end == s.tokens.len() && s.guide.is_some()
+                // A sequence emitting a scored choice needs no mask.
+                p.end == s.tokens.len() && s.guide.is_some() && s.forced.is_empty()
             })
         })
         .map(|p| (p.request_id, p.seq_index))

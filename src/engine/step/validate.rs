@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::EngineRequest;
 use crate::error::{Error, Result};
-use crate::sampling::guided::LazyGuidedCompiler;
+use crate::sampling::guided::{choice, Guide, LazyGuidedCompiler};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -58,11 +58,36 @@ impl RequestValidator {
             Some(g) if g.is_active() => self.guided.compile_bounded(g, &params.stop_token_ids)?,
             _ => None,
         };
+        let choices = self.whole_choices(prompt_token_ids.len(), &params, guide.as_ref())?;
         Ok(EngineRequest {
             prompt_token_ids,
             params,
             guide,
+            choices,
         })
+    }
+
+    /// A greedy `guided_choice` request's choices as token ids, for the engine
+    /// to score whole (see `sampling::guided::choice`); `None` keeps token by token.
+    fn whole_choices(
+        &self,
+        prompt_len: usize,
+        params: &SamplingParams,
+        guide: Option<&Guide>,
+    ) -> Result<Option<Vec<Vec<u32>>>> {
+        let choices = params
+            .guided_decoding
+            .as_ref()
+            .and_then(|g| g.choice.as_ref());
+        let (Some(choices), Some(guide), Some(tokenizer)) = (choices, guide, &self.tokenizer)
+        else {
+            return Ok(None);
+        };
+        if !choice::scores_whole_choices(params) {
+            return Ok(None);
+        }
+        let room = self.max_model_len.saturating_sub(prompt_len);
+        choice::tokenize_choices(tokenizer, choices, guide, room)
     }
 
     /// The prompt is not empty, in the vocabulary, within the model's length

@@ -14,6 +14,7 @@
 //!   sequence.
 
 mod bounded;
+pub mod choice;
 mod compiler;
 mod guide;
 mod token_bytes;
