@@ -188,3 +188,42 @@ fn sizes_that_do_not_divide_the_model_are_clear_errors() {
         "{err}"
     );
 }
+
+/// On the GPU machine (scripts/device/e2e.sh sets ENGINE_TP_CUDA=1): one GPU
+/// as a tensor-parallel group of one, its all-reduces and all-gather through
+/// NCCL, against the unsharded CPU model. TP ≥ 2 needs several GPUs.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_tp1_through_nccl_matches_the_cpu() {
+    use engine::backend::cuda::CudaBackend;
+    use engine::loader::load_engine_core;
+    if std::env::var_os("ENGINE_TP_CUDA").is_none_or(|v| v != "1") {
+        eprintln!("skipped: set ENGINE_TP_CUDA=1 on a machine with a GPU and NCCL");
+        return;
+    }
+    for (name, dir, prompts) in models() {
+        let mut cpu = load(&dir, "float32", None);
+        let backend = CudaBackend::new(0).expect("a GPU");
+        let core = load_engine_core(&dir, &options("float32", Some(1)), backend, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name} on cuda -tp 1: {e}"));
+        assert_eq!(core.tensor_parallel_size(), 1);
+        let mut gpu = Llm::from_core(core);
+        let mut worst = 0f64;
+        for prompt in &prompts {
+            let want = cpu.prompt_logits(prompt).unwrap();
+            let got = gpu.prompt_logits(prompt).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                worst = worst.max(rel_l2(g, w));
+            }
+        }
+        eprintln!("{name}: cuda -tp 1 (NCCL) vs cpu: worst relative L2 {worst:.2e}");
+        assert!(worst < LOGITS_TOL, "{name}: {worst:.2e}");
+        let requests = greedy_requests(&prompts);
+        let want = cpu.generate(&requests).unwrap();
+        let got = gpu.generate(&requests).unwrap();
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            let what = format!("{name} cuda -tp 1 request {r}");
+            assert_same_greedy(&what, g.best(), w.best(), F32_TIE_MARGIN);
+        }
+    }
+}
