@@ -835,6 +835,13 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   attention, weight conversion at load and guided-decoding masks run on it), 1 to
  *   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
  *   scheduler affinity)].
+ * - "tensor_parallel_size": as vLLM's --tensor-parallel-size: the model sharded
+ *   Megatron-style over N ranks (1 to 64): GPUs 0..N joined by NCCL on "cuda",
+ *   worker threads sharing "threads" on the CPU. N must divide the attention heads
+ *   and the MLP width, and the KV heads (or be a multiple of them: they are then
+ *   replicated); on "cuda", N more than the GPUs present fails. Set to 1, the one
+ *   rank still runs its collectives (NCCL with one GPU) [unset: one unsharded
+ *   model, no collectives].
  *
  * Sizes are checked when `engine_new` loads the model: a KV cache or a
  * max_model_len larger than the memory (the device's, or the machine's on the

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::gguf::source::GgufSource;
 use crate::gguf::GgufFile;
 use crate::model::kv_sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
-use crate::model::Model;
+use crate::model::shard::check_tensor_parallel;
+use crate::model::weights::{Checkpoint, TensorSource};
+use crate::model::{Model, TpRank};
 use crate::tokenizer::Tokenizer;
 
 /// How to load and size an engine (vLLM's engine arguments).
@@ -53,6 +55,11 @@ pub struct LoadOptions {
     /// Q4_1, Q4_K, Q5_K and Q6_K matrices quantized on the CPU (as llama.cpp and
     /// vLLM serve them); `none` dequantizes every tensor to `dtype` at load.
     pub quantization: String,
+    /// vLLM's `--tensor-parallel-size`: the model sharded over this many ranks
+    /// (GPUs; worker threads on the CPU) joined by collectives. `None` runs one
+    /// unsharded model without collectives; `Some(1)` runs one rank through
+    /// the collective path (NCCL with one GPU).
+    pub tensor_parallel_size: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -73,6 +80,7 @@ impl Default for LoadOptions {
             tokenizer: None,
             skip_tokenizer_init: false,
             quantization: "auto".into(),
+            tensor_parallel_size: None,
         }
     }
 }
@@ -160,7 +168,7 @@ pub fn load_engine_core<B: Backend>(
     let override_tokenizer = override_tokenizer(options)?;
     let model_path = ModelPath::resolve(dir)?;
     let keep_quantized = keep_quantized(&options.quantization, &model_path)?;
-    let (mut model, tokenizer) = match model_path {
+    let (mut ranks, tokenizer) = match model_path {
         ModelPath::HfDir(dir) => load_hf_dir(&dir, options, override_tokenizer, backend, progress)?,
         ModelPath::Gguf(path) => load_gguf(
             &path,
@@ -178,7 +186,7 @@ pub fn load_engine_core<B: Backend>(
         (t, _) => t,
     }
     .map(Arc::new);
-    let num_blocks = size_kv_cache(&mut model, options)?;
+    let num_blocks = size_kv_cache(&mut ranks, options)?;
     let engine_config = EngineConfig {
         max_num_seqs: options.max_num_seqs,
         max_logprobs: options.max_logprobs,
@@ -187,7 +195,45 @@ pub fn load_engine_core<B: Backend>(
         num_blocks,
         enable_prefix_caching: options.enable_prefix_caching,
     };
-    EngineCore::new(model, tokenizer, engine_config)
+    EngineCore::new_parallel(ranks, tokenizer, engine_config)
+}
+
+/// The model's ranks from `source`: one unsharded model, or each rank's shard
+/// of a tensor-parallel group (checked to divide before anything loads).
+fn load_ranks<B: Backend>(
+    config: &ModelConfig,
+    source: &dyn TensorSource,
+    dtype: crate::backend::DType,
+    options: &LoadOptions,
+    backend: B,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Model<B>>> {
+    let max_len = options.max_model_len;
+    let Some(world) = options.tensor_parallel_size else {
+        let model = Model::from_source(config.clone(), source, dtype, max_len, backend, progress)?;
+        return Ok(vec![model]);
+    };
+    check_tensor_parallel(config, world)?;
+    let group = backend.tensor_parallel_group(world)?;
+    let mut ranks = Vec::with_capacity(world);
+    for (rank, (backend, comm)) in group.into_iter().enumerate() {
+        // A rank's weights go to its own device.
+        backend.bind_thread()?;
+        let shard = crate::backend::Shard { rank, world };
+        let mut rank_progress = |done: usize, total: usize| {
+            progress(rank * total + done, world * total);
+        };
+        ranks.push(Model::from_source_rank(
+            config.clone(),
+            source,
+            dtype,
+            max_len,
+            backend,
+            Some(TpRank { shard, comm }),
+            &mut rank_progress,
+        )?);
+    }
+    Ok(ranks)
 }
 
 /// The tokenizer `--tokenizer` names, unless `--skip-tokenizer-init`.
@@ -208,14 +254,14 @@ fn override_tokenizer(options: &LoadOptions) -> Result<Option<Tokenizer>> {
     }
 }
 
-/// A Hugging Face directory's model and tokenizer (the override's if given).
+/// A Hugging Face directory's model ranks and tokenizer (the override's if given).
 fn load_hf_dir<B: Backend>(
     dir: &Path,
     options: &LoadOptions,
     override_tokenizer: Option<Tokenizer>,
     backend: B,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(Model<B>, Option<Tokenizer>)> {
+) -> Result<(Vec<Model<B>>, Option<Tokenizer>)> {
     let config = ModelConfig::from_model_dir(dir)?;
     let dtype = resolve_dtype(&options.dtype, &config)?;
     let tokenizer = match override_tokenizer {
@@ -230,8 +276,9 @@ fn load_hf_dir<B: Backend>(
             ))
         })?),
     };
-    let model = Model::load(dir, dtype, options.max_model_len, backend, progress)?;
-    Ok((model, tokenizer))
+    let ckpt = Checkpoint::open(dir)?;
+    let ranks = load_ranks(&config, &ckpt, dtype, options, backend, progress)?;
+    Ok((ranks, tokenizer))
 }
 
 /// A GGUF file's model and tokenizer (the override's if given).
@@ -242,7 +289,7 @@ fn load_gguf<B: Backend>(
     keep_quantized: bool,
     backend: B,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(Model<B>, Option<Tokenizer>)> {
+) -> Result<(Vec<Model<B>>, Option<Tokenizer>)> {
     let file = GgufFile::open(path)?;
     let config = crate::gguf::config::model_config(&file)?;
     let (_, permuted_qk) = crate::gguf::config::arch_of(&file)?;
@@ -258,26 +305,27 @@ fn load_gguf<B: Backend>(
         permuted_qk,
         keep_quantized,
     };
-    let model = Model::from_source(
-        config.clone(),
-        &source,
-        dtype,
-        options.max_model_len,
-        backend,
-        progress,
-    )?;
-    Ok((model, tokenizer))
+    let ranks = load_ranks(&config, &source, dtype, options, backend, progress)?;
+    Ok((ranks, tokenizer))
 }
 
-/// Sets the KV cache's dtype and returns its size in blocks: as asked, or
-/// what the device leaves, or four times `max_model_len`; checked to fit.
-fn size_kv_cache<B: Backend>(model: &mut Model<B>, options: &LoadOptions) -> Result<usize> {
+/// Sets the KV cache's dtype on every rank and returns its size in blocks
+/// (every rank's pools have as many): as asked, or what the device leaves, or
+/// four times `max_model_len`; checked to fit.
+fn size_kv_cache<B: Backend>(ranks: &mut [Model<B>], options: &LoadOptions) -> Result<usize> {
+    let world = ranks.len();
+    let [model, ..] = ranks else {
+        return Err(Error::invalid("no model rank was loaded"));
+    };
     let kv_dtype = resolve_kv_dtype(
         &options.kv_cache_dtype,
         model.dtype,
         model.backend().kv_dtypes(),
     )?;
-    model.set_kv_dtype(kv_dtype)?;
+    for rank in ranks.iter_mut() {
+        rank.set_kv_dtype(kv_dtype)?;
+    }
+    let model = &ranks[0];
     let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     let (num_blocks, asked) = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => (n, format!("--num-kv-blocks {n}")),
@@ -290,7 +338,7 @@ fn size_kv_cache<B: Backend>(model: &mut Model<B>, options: &LoadOptions) -> Res
     check_kv_size(
         model,
         num_blocks,
-        bytes_per_block,
+        (bytes_per_block, world),
         options.block_size,
         &asked,
     )?;
@@ -335,11 +383,12 @@ fn default_kv_blocks<B: Backend>(
 }
 
 /// A KV cache of `num_blocks` must be addressable (int32 block ids on the
-/// device) and fit: in the device's memory, or the machine's on the CPU.
+/// device) and fit: in each rank's device's memory, or the machine's on the
+/// CPU (where the `ranks` share it).
 fn check_kv_size<B: Backend>(
     model: &Model<B>,
     num_blocks: usize,
-    bytes_per_block: usize,
+    (bytes_per_block, ranks): (usize, usize),
     block_size: usize,
     asked: &str,
 ) -> Result<()> {
@@ -353,7 +402,8 @@ fn check_kv_size<B: Backend>(
     }
     match model.backend().memory_info()? {
         None => {
-            crate::memory::checked_host_bytes(num_blocks, bytes_per_block, &what, "blocks", hint)?;
+            let host_bytes = bytes_per_block.saturating_mul(ranks);
+            crate::memory::checked_host_bytes(num_blocks, host_bytes, &what, "blocks", hint)?;
         }
         Some(memory) => {
             let fits = memory.free / bytes_per_block.max(1);

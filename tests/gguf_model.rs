@@ -511,3 +511,42 @@ fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
     };
     assert!(e.contains("\"awq\" is not served"), "{e}");
 }
+
+/// Tensor parallelism on a GGUF file kept quantized: the Q8_0 blocks are
+/// sharded by rows (column-parallel) and at block boundaries (row-parallel),
+/// and TP 2 and 4 give TP 1's logits; a shard that would split a block is a
+/// clear error.
+#[test]
+fn a_quantized_gguf_shards_by_blocks() {
+    let (meta, mut tensors) = tiny_llama_gguf("llama");
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.dims.len() == 2 && t.ty == 0)
+    {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
+        t.data = q8_0_bytes(&v);
+        t.ty = 8;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = save(tmp.path(), "q8.gguf", &write_gguf(&meta, &tensors));
+    let with = |tp: Option<usize>| LoadOptions {
+        quantization: "gguf".into(),
+        tensor_parallel_size: tp,
+        ..float32()
+    };
+    let prompt = [1u32, 15, 300, 7, 2500, 42, 9, 100];
+    let want = Llm::load(&path, &with(None))
+        .unwrap()
+        .prompt_logits(&prompt)
+        .unwrap();
+    for tp in [2, 4] {
+        let got = Llm::load(&path, &with(Some(tp)))
+            .unwrap()
+            .prompt_logits(&prompt)
+            .unwrap();
+        for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = rel_l2(g, w);
+            assert!(err < 1e-5, "tp {tp} position {row}: relative L2 {err:.2e}");
+        }
+    }
+}

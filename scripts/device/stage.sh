@@ -38,6 +38,7 @@ print(last or "")'
 start=$(date +%s)
 kernels_test="$(executable test --no-run --test cuda_kernels)"
 parity_test="$(executable test --no-run --test backend_parity)"
+tp_test="$(executable test --no-run --test tensor_parallel)"
 kernels_bench="$(executable bench --no-run --profile dev --bench cuda_kernels)"
 server="$(executable build -p engine-server --bin engine-server)"
 echo "stage: built in $(($(date +%s) - start)) s" >&2
@@ -46,6 +47,7 @@ rm -rf "$dest"
 mkdir -p "$dest/bin"
 cp "$kernels_test" "$dest/bin/cuda_kernels_test"
 cp "$parity_test" "$dest/bin/backend_parity"
+cp "$tp_test" "$dest/bin/tensor_parallel"
 cp "$kernels_bench" "$dest/bin/cuda_kernels_bench"
 cp "$server" "$dest/bin/engine-server"
 strip "$dest"/bin/*

@@ -112,6 +112,10 @@ pub struct Args {
     /// or RAYON_NUM_THREADS].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub threads: Option<u64>,
+    /// Ranks to shard the model over (-tp): GPUs 0..N with NCCL on CUDA,
+    /// worker threads on the CPU; N must divide the attention heads.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub tensor_parallel_size: Option<u64>,
     /// Local paths --model and --tokenizer resolved to (hub names found in the cache).
     #[arg(skip)]
     pub model_path: Option<String>,
@@ -456,6 +460,9 @@ impl Args {
         }
         if let Some(n) = self.threads {
             o.push(("threads", n.to_string()));
+        }
+        if let Some(n) = self.tensor_parallel_size {
+            o.push(("tensor_parallel_size", n.to_string()));
         }
         if self.skip_tokenizer_init {
             o.push(("skip_tokenizer_init", "true".into()));

@@ -143,7 +143,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--num-speculative-tokens", Value, Unsupported(SPEC)),
     flag("--otlp-traces-endpoint", Value, Ignored("OpenTelemetry tracing is not implemented")),
     flag("--override-neuron-config", Value, Ignored("no Neuron devices here")),
-    VllmFlag { name: "--pipeline-parallel-size", kind: Value, aliases: &["-pp"], handling: ByValue(one_device, "1: accepted with a warning; more: an error (one device only)") },
+    VllmFlag { name: "--pipeline-parallel-size", kind: Value, aliases: &["-pp"], handling: ByValue(one_stage, "1: accepted with a warning; more: an error (one stage only; use --tensor-parallel-size)") },
     flag("--port", Value, Ours),
     flag("--preemption-mode", Value, Ignored("preempted requests are always recomputed here (no swapping), with the same output")),
     flag("--prompt-adapters", Values, Unsupported("prompt adapters")),
@@ -172,7 +172,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--ssl-certfile", Value, Ours),
     flag("--ssl-keyfile", Value, Ours),
     flag("--swap-space", Value, Ignored("no CPU swap space: preempted requests are recomputed, with the same output")),
-    VllmFlag { name: "--tensor-parallel-size", kind: Value, aliases: &["-tp"], handling: ByValue(one_device, "1: accepted with a warning; more: an error (one device only)") },
+    VllmFlag { name: "--tensor-parallel-size", kind: Value, aliases: &["-tp"], handling: Ours },
     flag("--tokenizer", Value, Ours),
     flag("--tokenizer-mode", Value, ByValue(tokenizer_mode, "auto, slow: accepted with a warning (the tokenizer.json tokenizer is used); mistral: an error")),
     flag("--tokenizer-pool-extra-config", Value, Ignored(NO_POOL)),
@@ -188,13 +188,15 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--worker-use-ray", Flag, Ignored(NO_RAY)),
 ];
 
-fn one_device(v: &str) -> Verdict {
+fn one_stage(v: &str) -> Verdict {
     match v.trim().parse::<u64>() {
-        Ok(1) => Ok(Some("one device: nothing to split".into())),
-        Ok(_) => {
-            Err("model parallelism across devices is not supported: one device only (1)".into())
-        }
-        Err(_) => Err(format!("expected a number of devices, got {v:?}")),
+        Ok(1) => Ok(Some("one stage: nothing to split".into())),
+        Ok(_) => Err(
+            "pipeline parallelism is not supported: one stage only (1); \
+             --tensor-parallel-size splits a model over GPUs"
+                .into(),
+        ),
+        Err(_) => Err(format!("expected a number of stages, got {v:?}")),
     }
 }
 
@@ -525,8 +527,9 @@ mod tests {
     #[test]
     fn values_that_would_change_results_are_errors() {
         for (argv, needle) in [
-            (vec!["--tensor-parallel-size", "2"], "one device only"),
-            (vec!["-tp", "4"], "--tensor-parallel-size 4"),
+            (vec!["--pipeline-parallel-size", "2"], "one stage only"),
+            (vec!["-pp", "4"], "--pipeline-parallel-size 4"),
+            (vec!["-tp", "0"], "--tensor-parallel-size"),
             (vec!["--quantization", "awq"], "awq quantization"),
             (vec!["-q", "fp8"], "fp8 quantization"),
             (vec!["--load-format", "dummy"], "random weights"),
@@ -568,13 +571,10 @@ mod tests {
         assert_eq!(args.model.as_deref(), Some("org/m"));
         assert_eq!(args.max_model_len, Some(64));
         assert_eq!(args.served_model_names(), ["a", "b"]);
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(args.tensor_parallel_size, Some(1));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
             warnings[0].starts_with("--enable-chunked-prefill true: ignored"),
-            "{warnings:?}"
-        );
-        assert!(
-            warnings[1].starts_with("--tensor-parallel-size 1: ignored"),
             "{warnings:?}"
         );
         let (args, _) = cli::parse_from(

@@ -13,7 +13,10 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ggml;
+mod shard;
 mod tensor;
+
+pub use shard::Shard;
 
 pub use tensor::{DType, HostTensor, TensorBytes};
 
@@ -112,6 +115,9 @@ pub trait Backend: Send + Sync + 'static {
     type KvPool: Send + Sync;
     /// [`StepMeta`] as the device reads it.
     type Meta: Send + Sync;
+    /// One rank's end of a tensor-parallel group's communicator (NCCL on CUDA,
+    /// an in-process barrier and fixed-order sum on the CPU).
+    type Comm: Send + Sync;
 
     fn name(&self) -> &'static str;
     /// The device for logs ("cpu", "cuda:0 (NVIDIA H200, 140 GiB)").
@@ -218,6 +224,32 @@ pub trait Backend: Send + Sync + 'static {
         x: &Self::Buffer,
         rows: &[usize],
         width: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    // Tensor parallelism.
+    /// This backend as rank 0 of a group of `world` ranks, and the other ranks'
+    /// backends (rank order), each with its end of the group's communicator.
+    /// An error where the machine has fewer than `world` devices.
+    fn tensor_parallel_group(self, world: usize) -> Result<Vec<(Self, Self::Comm)>>
+    where
+        Self: Sized;
+    /// Makes this backend's device current on the calling thread: each rank of a
+    /// group steps on a thread of its own.
+    fn bind_thread(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Releases the group's other ranks from the collectives they wait in (or
+    /// will): this rank failed. Where the backend cannot, it does nothing.
+    fn abort_collectives(&self, _comm: &Self::Comm) {}
+    /// `buf = Σ_rank buf` over the group, every rank getting the same sum.
+    fn all_reduce_sum(&self, comm: &Self::Comm, buf: &mut Self::Buffer) -> Result<()>;
+    /// `out = [rank 0's local | rank 1's local | ...]` on every rank (each `local`
+    /// of one length, `out` world times as long).
+    fn all_gather(
+        &self,
+        comm: &Self::Comm,
+        local: &Self::Buffer,
         out: &mut Self::Buffer,
     ) -> Result<()>;
 }

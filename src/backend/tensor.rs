@@ -130,4 +130,82 @@ impl HostTensor {
             quant: first.quant,
         })
     }
+
+    /// Elements per row (1 for a vector) and bytes per row in the stored layout.
+    fn row_layout(&self) -> (usize, usize) {
+        let cols = self.shape.get(1).copied().unwrap_or(1);
+        let bytes = match self.quant {
+            Some(ty) => cols / ty.block_elems() * ty.block_bytes(),
+            None => cols * self.dtype.size_in_bytes(),
+        };
+        (cols, bytes)
+    }
+
+    /// Rows `rows` of the tensor (elements of a vector); rows past the end are
+    /// zeros (a padded shard). Whole rows of GGUF blocks are sliced as they are.
+    pub fn slice_rows(&self, rows: Range<usize>) -> Result<HostTensor> {
+        let (_, row_bytes) = self.row_layout();
+        let have = self.shape.first().copied().unwrap_or(0);
+        let mut shape = self.shape.clone();
+        shape[0] = rows.len();
+        let kept = rows.start.min(have)..rows.end.min(have);
+        let range = kept.start * row_bytes..kept.end * row_bytes;
+        let bytes = match &self.bytes {
+            TensorBytes::Mapped { map, range: whole } if kept == rows => TensorBytes::Mapped {
+                map: map.clone(),
+                range: whole.start + range.start..whole.start + range.end,
+            },
+            other => {
+                let mut bytes = other.as_slice()[range].to_vec();
+                bytes.resize(rows.len() * row_bytes, 0);
+                TensorBytes::Owned(bytes)
+            }
+        };
+        Ok(HostTensor {
+            name: self.name.clone(),
+            shape,
+            bytes,
+            ..*self
+        })
+    }
+
+    /// Columns `cols` of a matrix. GGUF blocks run along a row, so a block
+    /// type's columns can be split only at block boundaries.
+    pub fn slice_cols(&self, cols: Range<usize>) -> Result<HostTensor> {
+        let (width, row_bytes) = self.row_layout();
+        if self.shape.len() != 2 || cols.end > width {
+            return Err(Error::Model(format!(
+                "{}: cannot take columns {cols:?} of shape {:?}",
+                self.name, self.shape
+            )));
+        }
+        let (elems, bytes_per) = match self.quant {
+            Some(ty) => (ty.block_elems(), ty.block_bytes()),
+            None => (1, self.dtype.size_in_bytes()),
+        };
+        if !cols.start.is_multiple_of(elems) || !cols.end.is_multiple_of(elems) {
+            let ty = self.quant.map_or("?", |t| t.name());
+            return Err(Error::invalid(format!(
+                "tensor parallel: `{}` is {ty} in blocks of {elems} columns, and its shard \
+                 takes columns {cols:?}, which splits a block; use a tensor parallel size \
+                 that divides it at block boundaries, or --quantization none",
+                self.name
+            )));
+        }
+        let start = cols.start / elems * bytes_per;
+        let end = cols.end / elems * bytes_per;
+        let bytes: Vec<u8> = self
+            .bytes
+            .as_slice()
+            .chunks_exact(row_bytes.max(1))
+            .flat_map(|row| &row[start..end])
+            .copied()
+            .collect();
+        Ok(HostTensor {
+            name: self.name.clone(),
+            shape: vec![self.shape[0], cols.len()],
+            bytes: TensorBytes::Owned(bytes),
+            ..*self
+        })
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::backend::{Backend, StepMeta};
 use crate::error::{Error, Result};
 use crate::kv_cache::block_manager::BlockManager;
-use crate::model::{KvPools, Model};
+use crate::model::{Model, ModelGroup};
 use crate::sampling::beam::{top_n_outputs, ScoredSeq};
 use crate::sampling::guided::{apply_token_bitmask, Guide, LazyGuidedCompiler};
 use crate::sampling::logprobs::prompt_logprobs;
@@ -60,9 +60,9 @@ pub struct EngineRequest {
 }
 
 pub struct EngineCore<B: Backend> {
-    model: Model<B>,
+    /// The model's ranks (one unless tensor parallel) and their KV pools.
+    models: ModelGroup<B>,
     tokenizer: Option<Arc<Tokenizer>>,
-    kv: KvPools<B>,
     blocks: BlockManager,
     scheduler: Scheduler,
     config: EngineConfig,
@@ -82,12 +82,23 @@ impl<B: Backend> EngineCore<B> {
         tokenizer: Option<Arc<Tokenizer>>,
         config: EngineConfig,
     ) -> Result<EngineCore<B>> {
+        EngineCore::new_parallel(vec![model], tokenizer, config)
+    }
+
+    /// An engine over the ranks of a tensor-parallel group (rank order): one
+    /// scheduler and one set of block tables, every rank stepping each batch.
+    pub fn new_parallel(
+        ranks: Vec<Model<B>>,
+        tokenizer: Option<Arc<Tokenizer>>,
+        config: EngineConfig,
+    ) -> Result<EngineCore<B>> {
         if config.max_num_seqs == 0 || config.max_num_batched_tokens == 0 {
             return Err(Error::invalid(
                 "max_num_seqs and max_num_batched_tokens must be positive",
             ));
         }
-        let kv = KvPools::new(&model, config.num_blocks, config.block_size)?;
+        let models = ModelGroup::new(ranks, config.num_blocks, config.block_size)?;
+        let model = models.lead();
         let (eos_token_ids, generation_stop_ids) = match &tokenizer {
             Some(t) => (
                 t.eos_token_id().into_iter().collect(),
@@ -113,8 +124,7 @@ impl<B: Backend> EngineCore<B> {
                 config.block_size,
                 config.enable_prefix_caching,
             ),
-            kv,
-            model,
+            models,
             tokenizer,
             scheduler: Scheduler::default(),
             config,
@@ -129,9 +139,9 @@ impl<B: Backend> EngineCore<B> {
     pub fn validator(&self) -> RequestValidator {
         RequestValidator {
             tokenizer: self.tokenizer.clone(),
-            vocab_size: self.model.config.vocab_size,
+            vocab_size: self.model().config.vocab_size,
             max_logprobs: self.config.max_logprobs,
-            max_model_len: self.model.max_positions,
+            max_model_len: self.model().max_positions,
             num_blocks: self.config.num_blocks,
             block_size: self.config.block_size,
             max_num_seqs: self.config.max_num_seqs,
@@ -139,8 +149,14 @@ impl<B: Backend> EngineCore<B> {
         }
     }
 
+    /// The model (rank 0's, in a tensor-parallel group).
     pub fn model(&self) -> &Model<B> {
-        &self.model
+        self.models.lead()
+    }
+
+    /// Ranks of the tensor-parallel group (1 without tensor parallelism).
+    pub fn tensor_parallel_size(&self) -> usize {
+        self.models.world()
     }
 
     pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
@@ -320,12 +336,9 @@ impl<B: Backend> EngineCore<B> {
                     block_size: bs,
                 };
                 self.run_copies()?;
-                let be = self.model.backend();
-                let meta = be.prepare_step(meta)?;
-                let logits = self.model.forward(&meta, &mut self.kv)?;
-                let logits = be.download(&logits)?;
+                let logits = self.models.forward(meta)?;
                 Ok(logits
-                    .chunks(self.model.config.vocab_size)
+                    .chunks(self.model().config.vocab_size)
                     .map(<[f32]>::to_vec)
                     .collect())
             });
@@ -336,14 +349,10 @@ impl<B: Backend> EngineCore<B> {
     /// Runs the copy-on-write block copies the block manager asked for.
     fn run_copies(&mut self) -> Result<()> {
         let copies = self.blocks.take_pending_copies();
-        if !copies.is_empty() {
-            let be = self.model.backend();
-            for (k, v) in self.kv.pools.iter_mut() {
-                be.copy_blocks(k, self.kv.shape, &copies)?;
-                be.copy_blocks(v, self.kv.shape, &copies)?;
-            }
+        if copies.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.models.copy_blocks(&copies)
     }
 
     /// Runs one step. Returns an output for every request that gained tokens or finished.
@@ -410,7 +419,7 @@ impl<B: Backend> EngineCore<B> {
         logits: &[f32],
         masks: &GuideMasks,
     ) -> Result<Vec<RequestOutput>> {
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model().config.vocab_size;
         let row = |r: usize| &logits[r * vocab..(r + 1) * vocab];
         let mut deltas: HashMap<u64, Vec<SeqDelta>> = HashMap::new();
         let mut touched: Vec<u64> = Vec::new();
@@ -460,7 +469,7 @@ impl<B: Backend> EngineCore<B> {
         first: usize,
         logits: &[f32],
     ) -> Result<Option<usize>> {
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model().config.vocab_size;
         let Some(group) = self.groups.get_mut(&p.request_id) else {
             return Ok(None);
         };
@@ -509,6 +518,7 @@ impl<B: Backend> EngineCore<B> {
         if first_sample && group.width > 1 && !group.params.use_beam_search {
             self.fork_group(p.request_id)?;
         }
+        let max_positions = self.model().max_positions;
         let Some(group) = self.groups.get_mut(&p.request_id) else {
             return Ok(Vec::new());
         };
@@ -520,8 +530,7 @@ impl<B: Backend> EngineCore<B> {
         };
         let mut deltas = Vec::new();
         for i in indices {
-            let stop =
-                StopChecker::new(&group.params, &self.eos_token_ids, self.model.max_positions);
+            let stop = StopChecker::new(&group.params, &self.eos_token_ids, max_positions);
             // Forks of the first sample share sequence 0's mask (same state).
             let mask = guided::mask_for(&group.seqs[i], masks, (p.request_id, p.seq_index));
             let delta = step_sequence(

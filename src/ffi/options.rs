@@ -111,6 +111,7 @@ const KEYS: &[&str] = &[
     "skip_tokenizer_init",
     "quantization",
     "threads",
+    "tensor_parallel_size",
 ];
 
 /// The most "threads" an engine takes: far beyond any machine, small enough
@@ -248,6 +249,7 @@ impl engine_options_t {
                 load.quantization = name;
             }
             "threads" => self.threads = Some(threads(key, value)?),
+            "tensor_parallel_size" => load.tensor_parallel_size = Some(positive(key, value)?),
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -336,6 +338,13 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   attention, weight conversion at load and guided-decoding masks run on it), 1 to
 ///   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
 ///   scheduler affinity)].
+/// - "tensor_parallel_size": as vLLM's --tensor-parallel-size: the model sharded
+///   Megatron-style over N ranks (1 to 64): GPUs 0..N joined by NCCL on "cuda",
+///   worker threads sharing "threads" on the CPU. N must divide the attention heads
+///   and the MLP width, and the KV heads (or be a multiple of them: they are then
+///   replicated); on "cuda", N more than the GPUs present fails. Set to 1, the one
+///   rank still runs its collectives (NCCL with one GPU) [unset: one unsharded
+///   model, no collectives].
 ///
 /// Sizes are checked when `engine_new` loads the model: a KV cache or a
 /// max_model_len larger than the memory (the device's, or the machine's on the

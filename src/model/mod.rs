@@ -1,20 +1,32 @@
 //! The Llama-family decoder (Llama 2/3, Mistral, Qwen2), written once against
 //! the [`Backend`] ops.
 
+mod group;
 mod kv_pools;
 pub mod kv_sizing;
 pub mod rope;
+pub mod shard;
 pub mod weights;
 
+pub use group::ModelGroup;
 pub use kv_pools::KvPools;
 
+use std::ops::Range;
 use std::path::Path;
 
-use crate::backend::{AttnShape, Backend, DType, HostTensor, KvPoolShape};
+use crate::backend::{AttnShape, Backend, DType, HostTensor, KvPoolShape, Shard};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
+use shard::{ShardPlan, ShardedSource};
 use weights::{Checkpoint, TensorSource};
+
+/// A rank of a tensor-parallel group: its place, and its end of the group's
+/// communicator.
+pub struct TpRank<C> {
+    pub shard: Shard,
+    pub comm: C,
+}
 
 struct Layer<B: Backend> {
     input_norm: B::Weight,
@@ -42,67 +54,91 @@ pub struct Model<B: Backend> {
     embed: B::Weight,
     layers: Vec<Layer<B>>,
     norm: B::Weight,
-    /// `None` when the LM head is tied to the embedding.
+    /// This rank's rows of the LM head (of the embedding when tied, whole
+    /// when unsharded and tied: `None`).
     lm_head: Option<B::Weight>,
     cos_sin: B::Buffer,
+    plan: ShardPlan,
+    /// Present in a tensor-parallel group (even of one rank): the collectives run.
+    comm: Option<B::Comm>,
 }
 
-/// Loads `{prefix}.{part}.{suffix}` for each `(part, rows)` and stacks them, so
-/// q/k/v (and gate/up) run as one matmul.
+/// Loads `{prefix}.{part}.{suffix}` for each `(part, rows, this rank's rows)`
+/// and stacks this rank's rows, so q/k/v (and gate/up) run as one matmul.
 fn stacked(
-    ckpt: &dyn TensorSource,
+    src: &ShardedSource,
     prefix: &str,
-    parts: &[(&str, usize)],
+    parts: &[(&str, usize, Range<usize>)],
     suffix: &str,
     cols: Option<usize>,
 ) -> Result<HostTensor> {
     let tensors = parts
         .iter()
-        .map(|&(part, rows)| {
-            let shape: Vec<usize> = cols.map_or(vec![rows], |cols| vec![rows, cols]);
-            ckpt.get(&format!("{prefix}.{part}.{suffix}"), &shape)
+        .map(|(part, rows, keep)| {
+            let shape: Vec<usize> = cols.map_or(vec![*rows], |cols| vec![*rows, cols]);
+            src.rows(&format!("{prefix}.{part}.{suffix}"), &shape, keep, 1)
         })
         .collect::<Result<Vec<_>>>()?;
     HostTensor::concat_rows(&format!("{prefix}.{suffix}"), &tensors)
 }
 
 fn load_layer<B: Backend>(
-    ckpt: &dyn TensorSource,
+    src: &ShardedSource,
     c: &ModelConfig,
+    plan: &ShardPlan,
     i: usize,
     up: &dyn Fn(HostTensor) -> Result<B::Weight>,
 ) -> Result<Layer<B>> {
     let p = format!("model.layers.{i}");
     let (hidden, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
     let q_rows = c.num_heads * hd;
+    let heads = |r: &Range<usize>| r.start * hd..r.end * hd;
     let qkv = [
-        ("self_attn.q_proj", q_rows),
-        ("self_attn.k_proj", c.num_kv_heads * hd),
-        ("self_attn.v_proj", c.num_kv_heads * hd),
+        ("self_attn.q_proj", q_rows, heads(&plan.q_heads)),
+        (
+            "self_attn.k_proj",
+            c.num_kv_heads * hd,
+            heads(&plan.kv_heads),
+        ),
+        (
+            "self_attn.v_proj",
+            c.num_kv_heads * hd,
+            heads(&plan.kv_heads),
+        ),
     ];
-    let gate_up = [("mlp.gate_proj", inter), ("mlp.up_proj", inter)];
-    let get = |name: &str, shape: &[usize]| ckpt.get(&format!("{p}.{name}"), shape).and_then(up);
-    let get_if =
-        |present: bool, name: &str, shape: &[usize]| present.then(|| get(name, shape)).transpose();
-    let stacked_if = |present: bool, parts: &[(&str, usize)]| {
-        present
-            .then(|| stacked(ckpt, &p, parts, "bias", None).and_then(up))
+    let gate_up = [
+        ("mlp.gate_proj", inter, plan.intermediate.clone()),
+        ("mlp.up_proj", inter, plan.intermediate.clone()),
+    ];
+    let whole = |name: &str, shape: &[usize]| src.whole(&format!("{p}.{name}"), shape).and_then(up);
+    let row_bias = |present: bool, name: &str| {
+        (present && plan.adds_row_bias())
+            .then(|| whole(name, &[hidden]))
             .transpose()
     };
+    let stacked_if = |present: bool, parts: &[(&str, usize, Range<usize>)]| {
+        present
+            .then(|| stacked(src, &p, parts, "bias", None).and_then(up))
+            .transpose()
+    };
+    let cols = |name: &str, width: usize, keep: &Range<usize>| {
+        src.cols(&format!("{p}.{name}"), &[hidden, width], keep, 1)
+            .and_then(up)
+    };
     Ok(Layer {
-        input_norm: get("input_layernorm.weight", &[hidden])?,
-        qkv: up(stacked(ckpt, &p, &qkv, "weight", Some(hidden))?)?,
+        input_norm: whole("input_layernorm.weight", &[hidden])?,
+        qkv: up(stacked(src, &p, &qkv, "weight", Some(hidden))?)?,
         qkv_bias: stacked_if(c.qkv_bias, &qkv)?,
-        o_proj: get("self_attn.o_proj.weight", &[hidden, q_rows])?,
-        o_bias: get_if(c.o_bias, "self_attn.o_proj.bias", &[hidden])?,
-        post_norm: get("post_attention_layernorm.weight", &[hidden])?,
-        gate_up: up(stacked(ckpt, &p, &gate_up, "weight", Some(hidden))?)?,
+        o_proj: cols("self_attn.o_proj.weight", q_rows, &heads(&plan.q_heads))?,
+        o_bias: row_bias(c.o_bias, "self_attn.o_proj.bias")?,
+        post_norm: whole("post_attention_layernorm.weight", &[hidden])?,
+        gate_up: up(stacked(src, &p, &gate_up, "weight", Some(hidden))?)?,
         gate_up_bias: stacked_if(c.mlp_bias, &gate_up)?,
-        down: get("mlp.down_proj.weight", &[hidden, inter])?,
-        down_bias: get_if(c.mlp_bias, "mlp.down_proj.bias", &[hidden])?,
+        down: cols("mlp.down_proj.weight", inter, &plan.intermediate)?,
+        down_bias: row_bias(c.mlp_bias, "mlp.down_proj.bias")?,
         attn: AttnShape {
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
+            num_heads: plan.q_heads.len(),
+            num_kv_heads: plan.kv_heads.len(),
             head_dim: hd,
             sliding_window: c.sliding_window[i],
             scale: 1.0 / (hd as f32).sqrt(),
@@ -174,27 +210,58 @@ impl<B: Backend> Model<B> {
         backend: B,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model<B>> {
+        Model::from_source_rank(config, ckpt, dtype, max_positions, backend, None, progress)
+    }
+
+    /// [`Model::from_source`] for one rank of a tensor-parallel group: only
+    /// this rank's part of the sharded weights is read and uploaded.
+    pub fn from_source_rank(
+        config: ModelConfig,
+        ckpt: &dyn TensorSource,
+        dtype: DType,
+        max_positions: Option<usize>,
+        backend: B,
+        rank: Option<TpRank<B::Comm>>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model<B>> {
         // Checked before the weights load: the sizes come from a user or a file.
         let max_positions = checked_max_positions(&config, max_positions)?;
+        let shard = rank.as_ref().map_or(Shard::SINGLE, |r| r.shard);
+        let plan = ShardPlan::new(&config, shard)?;
+        let src = ShardedSource {
+            source: ckpt,
+            shard,
+        };
         let c = &config;
         let hidden = c.hidden_size;
         let up = |t: HostTensor| backend.upload_weight(t, dtype);
         let total = c.num_layers + 2;
         progress(0, total);
 
-        let embed = up(ckpt.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?)?;
+        let embed_shape = [c.vocab_size, hidden];
+        let embed = up(src.whole("model.embed_tokens.weight", &embed_shape)?)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            layers.push(load_layer(ckpt, c, i, &|t| {
+            layers.push(load_layer(&src, c, &plan, i, &|t| {
                 backend.upload_weight(t, dtype)
             })?);
             progress(i + 1, total);
         }
-        let norm = up(ckpt.get("model.norm.weight", &[hidden])?)?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else {
-            Some(up(ckpt.get("lm_head.weight", &[c.vocab_size, hidden])?)?)
+        let norm = up(src.whole("model.norm.weight", &[hidden])?)?;
+        let lm_head = match (c.tie_word_embeddings, shard.world) {
+            (true, 1) => None,
+            (true, _) => Some(up(src.rows(
+                "model.embed_tokens.weight",
+                &embed_shape,
+                &plan.vocab,
+                1,
+            )?)?),
+            (false, _) => Some(up(src.rows(
+                "lm_head.weight",
+                &embed_shape,
+                &plan.vocab,
+                1,
+            )?)?),
         };
         progress(total, total);
 
@@ -210,7 +277,14 @@ impl<B: Backend> Model<B> {
             norm,
             lm_head,
             cos_sin,
+            plan,
+            comm: rank.map(|r| r.comm),
         })
+    }
+
+    /// This model's place in its tensor-parallel group.
+    pub fn shard(&self) -> Shard {
+        self.plan.shard
     }
 
     pub fn backend(&self) -> &B {
@@ -236,14 +310,14 @@ impl<B: Backend> Model<B> {
     pub fn kv_pool_shape(&self, num_blocks: usize, block_size: usize) -> KvPoolShape {
         KvPoolShape {
             num_blocks,
-            num_kv_heads: self.config.num_kv_heads,
+            num_kv_heads: self.plan.kv_heads.len(),
             block_size,
             head_dim: self.config.head_dim,
             dtype: self.kv_dtype,
         }
     }
 
-    /// Bytes of KV cache one block takes across all layers (K and V).
+    /// Bytes of KV cache one block takes across all layers (K and V), on this rank.
     pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
         2 * self.config.num_layers
             * self.kv_pool_shape(1, block_size).len()
@@ -251,19 +325,22 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs one step: writes the step's K/V into `kv` and returns the logits of
-    /// `meta.logits_rows`, `[rows, vocab]`.
+    /// `meta.logits_rows` as [`Model::logits_to_host`] reads them. Every rank of
+    /// a group runs it on the same step at once (the collectives wait for all).
     pub fn forward(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
         let be = &self.backend;
         let host = be.step_meta(meta);
         let t = host.num_tokens();
         let c = &self.config;
         let hidden = c.hidden_size;
+        let heads = self.plan.q_heads.len();
+        let inter = self.plan.intermediate.len();
         let mut h = be.alloc(t * hidden)?;
         let mut residual = be.alloc(t * hidden)?;
         let mut qkv = be.alloc(t * self.layers.first().map_or(0, |l| l.attn.qkv_width()))?;
-        let mut attn_out = be.alloc(t * c.num_heads * c.head_dim)?;
-        let mut gate_up = be.alloc(t * 2 * c.intermediate_size)?;
-        let mut act = be.alloc(t * c.intermediate_size)?;
+        let mut attn_out = be.alloc(t * heads * c.head_dim)?;
+        let mut gate_up = be.alloc(t * 2 * inter)?;
+        let mut act = be.alloc(t * inter)?;
         let eps = c.rms_norm_eps as f32;
 
         be.embedding(&self.embed, meta, &mut h)?;
@@ -275,6 +352,7 @@ impl<B: Backend> Model<B> {
             be.reshape_and_cache(&qkv, k_pool, v_pool, meta, layer.attn)?;
             be.paged_attention(&qkv, k_pool, v_pool, meta, layer.attn, &mut attn_out)?;
             be.matmul(&attn_out, &layer.o_proj, layer.o_bias.as_ref(), &mut h)?;
+            self.all_reduce(&mut h)?;
             be.fused_add_rms_norm(&mut h, &mut residual, &layer.post_norm, eps)?;
             be.matmul(
                 &h,
@@ -282,21 +360,65 @@ impl<B: Backend> Model<B> {
                 layer.gate_up_bias.as_ref(),
                 &mut gate_up,
             )?;
-            be.silu_mul(&gate_up, c.intermediate_size, &mut act)?;
+            be.silu_mul(&gate_up, inter, &mut act)?;
             be.matmul(&act, &layer.down, layer.down_bias.as_ref(), &mut h)?;
+            self.all_reduce(&mut h)?;
         }
         be.fused_add_rms_norm(&mut h, &mut residual, &self.norm, eps)?;
+        self.lm_head(&h, &host.logits_rows)
+    }
 
-        let rows = &host.logits_rows;
+    /// Releases the other ranks of the group from the collectives they wait
+    /// in: this rank failed and will not reach them.
+    pub fn abort_collectives(&self) {
+        if let Some(comm) = &self.comm {
+            self.backend.abort_collectives(comm);
+        }
+    }
+
+    /// Sums a row-parallel matmul's partial results over the group.
+    fn all_reduce(&self, x: &mut B::Buffer) -> Result<()> {
+        match &self.comm {
+            Some(comm) => self.backend.all_reduce_sum(comm, x),
+            None => Ok(()),
+        }
+    }
+
+    /// The logits of `rows` of the final hidden state: this rank's vocabulary
+    /// slice, gathered from every rank in a group (`[world, rows, slice]`).
+    fn lm_head(&self, h: &B::Buffer, rows: &[usize]) -> Result<B::Buffer> {
+        let be = &self.backend;
+        let hidden = self.config.hidden_size;
         let mut selected = be.alloc(rows.len() * hidden)?;
-        be.gather_rows(&h, rows, hidden, &mut selected)?;
-        let mut logits = be.alloc(rows.len() * c.vocab_size)?;
-        be.matmul(
-            &selected,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            None,
-            &mut logits,
-        )?;
-        Ok(logits)
+        be.gather_rows(h, rows, hidden, &mut selected)?;
+        let mut logits = be.alloc(rows.len() * self.plan.vocab.len())?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        be.matmul(&selected, head, None, &mut logits)?;
+        let Some(comm) = &self.comm else {
+            return Ok(logits);
+        };
+        let mut gathered = be.alloc(self.plan.shard.world * be.buffer_len(&logits))?;
+        be.all_gather(comm, &logits, &mut gathered)?;
+        Ok(gathered)
+    }
+
+    /// What [`Model::forward`] returned, on the host as `[rows, vocab]`.
+    pub fn logits_to_host(&self, logits: &B::Buffer) -> Result<Vec<f32>> {
+        let values = self.backend.download(logits)?;
+        if self.comm.is_none() {
+            return Ok(values);
+        }
+        let (vocab, slice) = (self.config.vocab_size, self.plan.vocab.len());
+        let rank_len = values.len() / self.plan.shard.world;
+        let rows = rank_len / slice.max(1);
+        let mut out = Vec::with_capacity(rows * vocab);
+        for row in 0..rows {
+            for part in values.chunks_exact(rank_len.max(1)) {
+                out.extend_from_slice(&part[row * slice..(row + 1) * slice]);
+            }
+            // The last ranks' padding rows of the LM head.
+            out.truncate((row + 1) * vocab);
+        }
+        Ok(out)
     }
 }

@@ -1,6 +1,7 @@
 //! The CPU backend (rayon): the reference implementation of every op.
 
 mod attention;
+pub mod collective;
 pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
@@ -11,6 +12,7 @@ use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
 use crate::error::Result;
 
+pub use collective::CpuComm;
 pub use kv_pool::CpuKvPool;
 pub use weight::CpuWeight;
 
@@ -22,6 +24,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type KvPool = CpuKvPool;
     type Meta = StepMeta;
+    type Comm = CpuComm;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -165,5 +168,24 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         ops::gather_rows(x, rows, width, out);
         Ok(())
+    }
+
+    fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CpuBackend, CpuComm)>> {
+        Ok(CpuComm::group(world)
+            .into_iter()
+            .map(|comm| (CpuBackend, comm))
+            .collect())
+    }
+
+    fn abort_collectives(&self, comm: &CpuComm) {
+        comm.abort();
+    }
+
+    fn all_reduce_sum(&self, comm: &CpuComm, buf: &mut Vec<f32>) -> Result<()> {
+        comm.all_reduce_sum(buf)
+    }
+
+    fn all_gather(&self, comm: &CpuComm, local: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        comm.all_gather(local, out)
     }
 }

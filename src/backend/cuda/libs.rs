@@ -76,6 +76,40 @@ pub(crate) fn load_cublas() -> Result<()> {
         .map_err(|e| Error::Device(e.clone()))
 }
 
+/// NCCL's soname (the nvidia-nccl wheels and distributions ship it).
+const NCCL: &str = "libnccl.so.2";
+
+/// Loads NCCL for cudarc (which opens it by name) and keeps it loaded, or
+/// says what to install: tensor parallelism on CUDA needs it, nothing else does.
+pub(crate) fn load_nccl() -> Result<()> {
+    static NCCL_LIB: OnceLock<std::result::Result<libloading::Library, String>> = OnceLock::new();
+    NCCL_LIB
+        .get_or_init(|| {
+            // SAFETY: loading NCCL runs only its initializers.
+            if let Ok(lib) = unsafe { libloading::Library::new(NCCL) } {
+                return Ok(lib);
+            }
+            let searched = candidate_dirs();
+            let dir = searched
+                .iter()
+                .find(|d| d.join(NCCL).is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "cuda: tensor parallelism needs NCCL ({NCCL}), which was not found on \
+                         the loader's path nor in {}: install it (e.g. `pip install \
+                         nvidia-nccl-cu13`) or add its directory to LD_LIBRARY_PATH",
+                        display(&searched)
+                    )
+                })?;
+            // SAFETY: as above.
+            unsafe { libloading::Library::new(dir.join(NCCL)) }
+                .map_err(|e| format!("cuda: loading {}: {e}", dir.join(NCCL).display()))
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| Error::Device(e.clone()))
+}
+
 fn display(dirs: &[PathBuf]) -> String {
     let shown: Vec<String> = dirs
         .iter()
@@ -128,6 +162,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
                 // CUDA 13 wheels share nvidia/cu13/lib; CUDA 12's had one folder each.
                 dirs.push(nvidia.join("cu13/lib"));
                 dirs.push(nvidia.join("cublas/lib"));
+                dirs.push(nvidia.join("nccl/lib"));
             }
         }
     }

@@ -12,6 +12,7 @@
 pub mod attention;
 mod device;
 mod libs;
+mod nccl;
 #[rustfmt::skip]
 pub mod kernels_sys;
 
@@ -252,6 +253,7 @@ impl Backend for CudaBackend {
     type Weight = CudaWeightTensor;
     type KvPool = CudaSlice<f32>;
     type Meta = CudaMeta;
+    type Comm = nccl::NcclComm;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -691,5 +693,28 @@ impl Backend for CudaBackend {
                 self.stream(),
             )
         })
+    }
+
+    fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CudaBackend, nccl::NcclComm)>> {
+        nccl::group(self, world)
+    }
+
+    fn bind_thread(&self) -> Result<()> {
+        self.dev.bind()
+    }
+
+    fn all_reduce_sum(&self, comm: &nccl::NcclComm, buf: &mut CudaSlice<f32>) -> Result<()> {
+        nccl::all_reduce_sum(comm, buf)?;
+        self.sync_point("all_reduce_sum")
+    }
+
+    fn all_gather(
+        &self,
+        comm: &nccl::NcclComm,
+        local: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        nccl::all_gather(comm, local, out)?;
+        self.sync_point("all_gather")
     }
 }

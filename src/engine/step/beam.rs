@@ -91,7 +91,7 @@ impl<B: Backend> EngineCore<B> {
             params: &params,
             eos_token_ids: &eos,
             prompt_len: group.seqs[0].prompt_len,
-            max_model_len: self.model.max_positions,
+            max_model_len: self.model().max_positions,
         };
         let selection = select_beams(&existing, &checked, &ctx);
         self.stats.generation_tokens += candidates.len().min(group.width) as u64;
@@ -107,7 +107,7 @@ impl<B: Backend> EngineCore<B> {
         group: &SequenceGroup,
         step: &BeamStep,
     ) -> Result<(Vec<Trial>, Vec<CheckedCandidate>)> {
-        let stop = StopChecker::new(step.params, step.eos, self.model.max_positions);
+        let stop = StopChecker::new(step.params, step.eos, self.model().max_positions);
         let mut trials = Vec::with_capacity(step.candidates.len());
         let mut checked = Vec::with_capacity(step.candidates.len());
         for c in step.candidates {

@@ -87,6 +87,7 @@ impl<B: Backend> EngineCore<B> {
     /// Where the KV cache has no room for the scoring, the request decodes
     /// token by token instead.
     pub(super) fn choose_whole_choice(&mut self, request_id: u64, root_row: &[f32]) -> Result<()> {
+        let vocab_size = self.model().config.vocab_size;
         let Some(group) = self.groups.get_mut(&request_id) else {
             return Ok(());
         };
@@ -97,7 +98,7 @@ impl<B: Backend> EngineCore<B> {
         let mut ends = self.eos_token_ids.clone();
         ends.extend(&self.generation_stop_ids);
         ends.extend(&group.params.stop_token_ids);
-        ends.retain(|&t| (t as usize) < self.model.config.vocab_size);
+        ends.retain(|&t| (t as usize) < vocab_size);
         let scoring = Scoring {
             prompt: group.seqs[0].tokens.clone(),
             params: group.params.clone(),
@@ -143,7 +144,7 @@ impl<B: Backend> EngineCore<B> {
         scoring: &Scoring,
         scored: &mut [ChoiceScore],
     ) -> Result<bool> {
-        let vocab = self.model.config.vocab_size.max(1);
+        let vocab = self.model().config.vocab_size.max(1);
         let rows =
             (SCORING_LOGITS_BYTES / (vocab * 4)).clamp(1, self.config.max_num_batched_tokens);
         loop {
@@ -229,11 +230,8 @@ impl<B: Backend> EngineCore<B> {
         }
         meta.logits_rows = (0..meta.token_ids.len()).collect();
         self.run_copies()?;
-        let be = self.model.backend();
-        let meta = be.prepare_step(meta)?;
-        let logits = self.model.forward(&meta, &mut self.kv)?;
-        let logits = be.download(&logits)?;
-        let vocab = self.model.config.vocab_size;
+        let logits = self.models.forward(meta)?;
+        let vocab = self.model().config.vocab_size;
         let mut rows = logits.chunks_exact(vocab);
         for &(i, _, start, end) in chunks {
             let c = &mut scored[i];

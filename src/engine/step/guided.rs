@@ -61,14 +61,8 @@ impl<B: Backend> EngineCore<B> {
         plan: &[Scheduled],
     ) -> Result<(Vec<f32>, GuideMasks)> {
         let wanted = constrained_samples(&self.groups, plan);
-        let model = &self.model;
-        let kv = &mut self.kv;
-        let forward = move || -> Result<Vec<f32>> {
-            let be = model.backend();
-            let meta = be.prepare_step(meta)?;
-            let logits = model.forward(&meta, kv)?;
-            be.download(&logits)
-        };
+        let models = &mut self.models;
+        let forward = move || -> Result<Vec<f32>> { models.forward(meta) };
         if wanted.is_empty() {
             return Ok((forward()?, GuideMasks::new()));
         }
