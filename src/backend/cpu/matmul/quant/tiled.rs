@@ -67,7 +67,7 @@ impl Tiles {
             GgmlType::Q4_1 => 4,
             _ => return None,
         };
-        if !super::avx512::supported() || k % 32 != 0 {
+        if !super::avx512::supported() || !k.is_multiple_of(32) {
             return None;
         }
         let (blocks, bb, rl) = (k / 32, ty.block_bytes(), record_lines(ty));
