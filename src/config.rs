@@ -153,6 +153,7 @@ struct RawConfig {
     dtype: Option<String>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
+    quantization_config: Option<Value>,
 }
 
 /// `rope_scaling` (classic layout) or `rope_parameters` (transformers 5). A key
@@ -224,6 +225,7 @@ impl ModelConfig {
         let arch = raw.arch()?;
         let dims = raw.dims()?;
         raw.check_activation()?;
+        raw.check_quantization()?;
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
         let (rope_theta, rope_scaling) = raw.rope(max_position_embeddings)?;
         let sliding_window = raw.sliding_window(arch, dims.num_layers)?;
@@ -323,6 +325,25 @@ impl RawConfig {
             head_dim,
             vocab_size,
         })
+    }
+
+    /// A checkpoint quantized by a method with no kernels here (its
+    /// `quantization_config`) is refused by name, before its tensors (packed
+    /// int weights, FP8 with scales) are misread as plain ones.
+    fn check_quantization(&self) -> std::result::Result<(), String> {
+        let Some(q) = &self.quantization_config else {
+            return Ok(());
+        };
+        let method = q["quant_method"].as_str().unwrap_or("(no quant_method)");
+        let format = match q["format"].as_str() {
+            Some(f) => format!(" (format {f:?})"),
+            None => String::new(),
+        };
+        Err(format!(
+            "quantization_config: quant_method {method:?}{format} is not served: this engine \
+             loads unquantized checkpoints and GGUF files (serve a GGUF quantization or the \
+             unquantized model)"
+        ))
     }
 
     fn check_activation(&self) -> std::result::Result<(), String> {
@@ -541,6 +562,27 @@ mod tests {
         assert!(ModelConfig::from_json_str(&bad)
             .unwrap_err()
             .contains("yarn"));
+    }
+
+    #[test]
+    fn rejects_quantized_checkpoints_by_method() {
+        let fp8 = LLAMA3.replacen(
+            '{',
+            r#"{"quantization_config":{"quant_method":"compressed-tensors","format":"float-quantized","config_groups":{}},"#,
+            1,
+        );
+        let e = ModelConfig::from_json_str(&fp8).unwrap_err();
+        assert!(
+            e.contains("\"compressed-tensors\" (format \"float-quantized\") is not served"),
+            "{e}"
+        );
+        let gptq = LLAMA3.replacen(
+            '{',
+            r#"{"quantization_config":{"quant_method":"gptq","bits":4},"#,
+            1,
+        );
+        let e = ModelConfig::from_json_str(&gptq).unwrap_err();
+        assert!(e.contains("quant_method \"gptq\" is not served"), "{e}");
     }
 
     #[test]

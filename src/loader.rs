@@ -142,6 +142,10 @@ fn keep_quantized(requested: &str, model: &ModelPath) -> Result<bool> {
             "quantization \"gguf\" needs a GGUF model, and {} is a Hugging Face directory",
             dir.display()
         ))),
+        ("fp8", _) => Err(Error::invalid(
+            "quantization \"fp8\" (weights quantized to FP8 at load) is a GPU feature and is \
+             not served on the CPU backend: use auto, gguf or none",
+        )),
         (other, _) => Err(Error::invalid(format!(
             "quantization {other:?} is not served: expected auto, gguf (a GGUF file's blocks \
              kept quantized) or none (dequantized to --dtype)"

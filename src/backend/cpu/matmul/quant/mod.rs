@@ -7,6 +7,11 @@
 //! `scalar` ones. Every output `(i, j)` is one kernel call on weight row `j` and
 //! activation row `i`, and rows are quantized independently, so a row's result
 //! is bitwise the same whatever the batch.
+//!
+//! On AVX-512 VNNI CPUs the 32-wide types are also repacked at load into
+//! 16-row tiles (`tiled`), which serve every matmul of those matrices (decode
+//! and prefill alike, so still batch-invariant); the mapped blocks stay for row
+//! reads (embedding lookups) and the portable kernels.
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
@@ -14,6 +19,8 @@ pub mod avx512;
 pub mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod tiled;
 
 use rayon::prelude::*;
 
@@ -90,6 +97,9 @@ pub struct QuantMatrix {
     pub n: usize,
     pub k: usize,
     data: Slab<u8>,
+    /// The rows in 16-row tiles, where this CPU and type have tiled kernels.
+    #[cfg(target_arch = "x86_64")]
+    tiles: Option<tiled::Tiles>,
 }
 
 impl QuantMatrix {
@@ -103,7 +113,25 @@ impl QuantMatrix {
     /// The matrix of `data`, which [`QuantMatrix::fits`] has accepted.
     pub fn from_parts(ty: GgmlType, n: usize, k: usize, data: Slab<u8>) -> QuantMatrix {
         debug_assert!(QuantMatrix::fits(ty, n, k, data.as_slice().len()));
-        QuantMatrix { ty, n, k, data }
+        let rb = k / ty.block_elems() * ty.block_bytes();
+        #[cfg(target_arch = "x86_64")]
+        let tiles = tiled::Tiles::repack(ty, n, k, |j| &data.as_slice()[j * rb..(j + 1) * rb]);
+        QuantMatrix {
+            ty,
+            n,
+            k,
+            data,
+            #[cfg(target_arch = "x86_64")]
+            tiles,
+        }
+    }
+
+    /// Whether matmuls with the best kernels read 16-row tiles.
+    pub fn is_tiled(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.tiles.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -132,6 +160,10 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], kernels: Ke
     let (n, k) = (w.n, w.k);
     debug_assert!(x.len() == m * k && out.len() == m * n);
     let acts = QuantActs::new(x, k, act_block(w.ty));
+    #[cfg(target_arch = "x86_64")]
+    if let (Kernels::Best, Some(tiles)) = (kernels, &w.tiles) {
+        return tiles.matmul(&acts, m, out);
+    }
     let dot = kernel(w.ty, kernels);
     let ptr = OutPtr(out.as_mut_ptr());
     let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();

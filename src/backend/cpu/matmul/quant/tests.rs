@@ -187,3 +187,31 @@ fn cpu_weight_keeps_blocks_and_reads_rows() {
     let natural = CpuWeight::natural(host, DType::F32);
     assert_eq!(natural.f32_values().as_ref(), wf.as_slice());
 }
+
+#[test]
+fn tiled_matmul_matches_portable_for_any_row_and_column_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        // 35 columns: two full 16-row tiles and a padded one.
+        let (n, k) = (35, 3 * 32);
+        let w = quant_weight(ty, n, k, random_blocks(ty, n, k, &mut rng));
+        if !w.is_tiled() {
+            println!("tiled kernels not checked: this CPU lacks AVX-512 VNNI");
+            return;
+        }
+        // 9 rows: two passes of 4 and one row alone.
+        let m = 9;
+        let x = random_x(m * k, &mut rng);
+        let (mut tiled, mut portable) = (vec![0f32; m * n], vec![0f32; m * n]);
+        matmul(&x, m, &w, &mut tiled, Kernels::Best);
+        matmul(&x, m, &w, &mut portable, Kernels::Portable);
+        for (i, (t, p)) in tiled.iter().zip(&portable).enumerate() {
+            // Same integer sums; only the f32 order of the per-block scaling differs.
+            assert!(
+                (t - p).abs() <= 1e-4 * p.abs().max(1.0),
+                "{} [{i}]: {t} vs {p}",
+                ty.name()
+            );
+        }
+    }
+}

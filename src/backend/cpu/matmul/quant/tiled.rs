@@ -1,0 +1,242 @@
+//! The 32-wide block types (Q4_0, Q4_1, Q8_0) repacked into tiles of 16
+//! weight rows for AVX-512 VNNI, as llama.cpp's CPU "repack" buffers do: one
+//! 512-bit register holds 4 quant bytes of each of 16 rows, so `vpdpbusd`
+//! against 4 activation bytes broadcast to every lane advances 16 outputs at
+//! once. A block's 16 scales are one `vcvtph2ps`, and the float work per
+//! block (scale, convert, add) is shared by 16 outputs instead of repeated for
+//! each — which is what made the row-by-row kernels slow at prefill.
+//!
+//! Layout: for each group of 16 rows (the last padded with zero rows), for each
+//! block, one record of 64-byte lines:
+//! - line 0: the 16 rows' `d` as f16 (bytes 0..32), their `m` (Q4_1; else 0);
+//! - Q4_0 / Q4_1: 4 lines, line `t` lane `j` = bytes `4t..4t+4` of row `j`'s
+//!   16 nibble bytes (low nibbles: values `4t..`, high: `16+4t..`);
+//! - Q8_0: 8 lines, line `t` lane `j` = values `4t..4t+4` of row `j`, xor 0x80
+//!   (biased to u8; 128·Σq is taken back out with the activation sums).
+//!
+//! Every output is computed by the same instructions in the same order,
+//! whatever the number of rows or their grouping: batch-invariant.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::acts::{ActRow, QuantActs};
+use crate::backend::cpu::matmul::OutPtr;
+use crate::backend::ggml::GgmlType;
+
+/// Weight rows per tile: the 16 i32 lanes of a 512-bit register.
+const TILE: usize = 16;
+/// Activation rows multiplied per pass over a tile's unpacked blocks.
+const R: usize = 4;
+
+/// One 64-byte line, so records start on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A matrix of Q4_0, Q4_1 or Q8_0 rows in 16-row tiles.
+pub struct Tiles {
+    ty: GgmlType,
+    n: usize,
+    blocks: usize,
+    lines: Vec<Line>,
+}
+
+/// Lines per (tile, block) record.
+fn record_lines(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q8_0 {
+        9
+    } else {
+        5
+    }
+}
+
+impl Tiles {
+    /// `n` rows of `k` values of `ty` (`row(j)`: row `j`'s blocks) in tiles, or
+    /// `None` where this CPU lacks the kernels, `ty` has none here, or the copy
+    /// cannot be allocated (the row-by-row kernels then serve).
+    pub fn repack<'a>(
+        ty: GgmlType,
+        n: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [u8],
+    ) -> Option<Tiles> {
+        let quants_at = match ty {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => 2,
+            GgmlType::Q4_1 => 4,
+            _ => return None,
+        };
+        if !super::avx512::supported() || !k.is_multiple_of(32) {
+            return None;
+        }
+        let (blocks, bb, rl) = (k / 32, ty.block_bytes(), record_lines(ty));
+        let len = n.div_ceil(TILE).checked_mul(blocks)?.checked_mul(rl)?;
+        let mut lines = Vec::new();
+        lines.try_reserve_exact(len).ok()?;
+        lines.resize(len, Line([0; 64]));
+        for j in 0..n {
+            let (g, lane) = (j / TILE, j % TILE);
+            for (b, blk) in row(j).chunks_exact(bb).enumerate() {
+                let at = (g * blocks + b) * rl;
+                let head = &mut lines[at].0;
+                head[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]);
+                if ty == GgmlType::Q4_1 {
+                    head[32 + 2 * lane..34 + 2 * lane].copy_from_slice(&blk[2..4]);
+                }
+                for t in 0..rl - 1 {
+                    let src = &blk[quants_at + 4 * t..quants_at + 4 * t + 4];
+                    let dst = &mut lines[at + 1 + t].0[4 * lane..4 * lane + 4];
+                    for (d, &q) in dst.iter_mut().zip(src) {
+                        *d = if ty == GgmlType::Q8_0 { q ^ 0x80 } else { q };
+                    }
+                }
+            }
+        }
+        Some(Tiles {
+            ty,
+            n,
+            blocks,
+            lines,
+        })
+    }
+
+    /// `out = acts · wᵀ` for the `m` rows of `acts` (32-wide blocks).
+    pub fn matmul(&self, acts: &QuantActs, m: usize, out: &mut [f32]) {
+        debug_assert!(acts.block == 32 && acts.k == 32 * self.blocks && out.len() == m * self.n);
+        let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
+        let ptr = OutPtr(out.as_mut_ptr());
+        let rl = record_lines(self.ty);
+        let kind = Kind::of(self.ty);
+        (0..self.n.div_ceil(TILE)).into_par_iter().for_each(|g| {
+            let records = &self.lines[g * self.blocks * rl..(g + 1) * self.blocks * rl];
+            let cols = (self.n - g * TILE).min(TILE);
+            let mut i = 0;
+            while i < m {
+                let take = if m - i >= R { R } else { 1 };
+                let mut acc = [[0f32; TILE]; R];
+                // SAFETY: the features were checked when the tiles were made;
+                // `records` holds `blocks` records; every row holds 32·blocks
+                // activations (debug-asserted above, and QuantActs makes them so).
+                unsafe {
+                    if take == R {
+                        tile::<R>(records, kind, &rows[i..i + R], &mut acc);
+                    } else {
+                        tile::<1>(records, kind, &rows[i..i + 1], &mut acc[..1]);
+                    }
+                }
+                for (r, a) in acc[..take].iter().enumerate() {
+                    for (c, &v) in a[..cols].iter().enumerate() {
+                        // SAFETY: columns g·16.. belong to this task alone; (i + r, col) < (m, n).
+                        unsafe { *ptr.at((i + r) * self.n + g * TILE + c) = v };
+                    }
+                }
+                i += take;
+            }
+        });
+    }
+}
+
+/// What a tile's integer sums need besides the scale.
+#[derive(Clone, Copy)]
+struct Kind {
+    /// Added to every stored quant (Q4_0: 8, Q8_0's bias: 128): `offset·Σq` comes off.
+    offset: i32,
+    /// Q4_1's per-row `m`: `m·da·Σq` goes on.
+    min: bool,
+    /// Nibbles (two values per byte) or bytes.
+    nibbles: bool,
+}
+
+impl Kind {
+    fn of(ty: GgmlType) -> Kind {
+        match ty {
+            GgmlType::Q4_0 => Kind {
+                offset: 8,
+                min: false,
+                nibbles: true,
+            },
+            GgmlType::Q4_1 => Kind {
+                offset: 0,
+                min: true,
+                nibbles: true,
+            },
+            _ => Kind {
+                offset: 128,
+                min: false,
+                nibbles: false,
+            },
+        }
+    }
+}
+
+/// The 8 registers of a block's quants (u8 per value, 16 rows × 4 values
+/// each) and the activation offset each pairs with.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn unpack(rec: &[Line], nibbles: bool) -> ([__m512i; 8], [usize; 8]) {
+    let load = |t: usize| unsafe { _mm512_load_si512(rec[1 + t].0.as_ptr().cast()) };
+    if !nibbles {
+        return (std::array::from_fn(load), [0, 4, 8, 12, 16, 20, 24, 28]);
+    }
+    let low4 = _mm512_set1_epi8(0x0F);
+    let mut w = [_mm512_setzero_si512(); 8];
+    for t in 0..4 {
+        let raw = load(t);
+        w[2 * t] = _mm512_and_si512(raw, low4);
+        w[2 * t + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+    }
+    (w, [0, 16, 4, 20, 8, 24, 12, 28])
+}
+
+/// `acc[r][j] = Σ_b w_j(b) · a_r(b)` for the tile's 16 rows `j` and the `N`
+/// activation rows: each row by the same operations whatever `N` is.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn tile<const N: usize>(
+    records: &[Line],
+    kind: Kind,
+    a: &[ActRow],
+    acc: &mut [[f32; TILE]],
+) {
+    let rl = if kind.nibbles { 5 } else { 9 };
+    let mut sum = [_mm512_setzero_ps(); N];
+    for (b, rec) in records.chunks_exact(rl).enumerate() {
+        let head = rec[0].0.as_ptr();
+        // SAFETY: line 0 holds 16 f16 `d` then 16 f16 `m`.
+        let (dw, mw) = unsafe {
+            (
+                _mm512_cvtph_ps(_mm256_load_si256(head.cast())),
+                _mm512_cvtph_ps(_mm256_load_si256(head.add(32).cast())),
+            )
+        };
+        // SAFETY: the record has `rl` lines.
+        let (w, offs) = unsafe { unpack(rec, kind.nibbles) };
+        for r in 0..N {
+            let ar = a[r];
+            let q = ar.qs[32 * b..32 * b + 32].as_ptr();
+            // SAFETY: each offset + 4 ≤ 32, inside the block's activations.
+            let x = |i: usize| unsafe {
+                _mm512_set1_epi32(q.add(offs[i]).cast::<i32>().read_unaligned())
+            };
+            // Two chains, so consecutive vpdpbusd do not wait on each other.
+            let mut lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], x(0));
+            let mut hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], x(1));
+            for i in (2..8).step_by(2) {
+                lo = _mm512_dpbusd_epi32(lo, w[i], x(i));
+                hi = _mm512_dpbusd_epi32(hi, w[i + 1], x(i + 1));
+            }
+            let (da, s) = (ar.d[b], ar.sums[b]);
+            let isum =
+                _mm512_sub_epi32(_mm512_add_epi32(lo, hi), _mm512_set1_epi32(kind.offset * s));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+            sum[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), sum[r]);
+            if kind.min {
+                sum[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(da * s as f32), sum[r]);
+            }
+        }
+    }
+    for r in 0..N {
+        // SAFETY: acc[r] is 16 f32.
+        unsafe { _mm512_storeu_ps(acc[r].as_mut_ptr(), sum[r]) };
+    }
+}
