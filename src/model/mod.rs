@@ -253,6 +253,10 @@ impl<B: Backend> Model<B> {
     /// Runs one step: writes the step's K/V into `kv` and returns the logits of
     /// `meta.logits_rows`, `[rows, vocab]`.
     pub fn forward(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
+        self.backend.run_step(|| self.forward_ops(meta, kv))
+    }
+
+    fn forward_ops(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
         let be = &self.backend;
         let host = be.step_meta(meta);
         let t = host.num_tokens();
