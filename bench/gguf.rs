@@ -48,24 +48,26 @@ fn run() -> engine::Result<()> {
     };
     let threads = rayon::current_num_threads();
     let llama = std::env::var_os("LLAMA_BENCH").map(PathBuf::from);
-    let load = |quantization: &str| {
+    let load = |quantization: &str, dtype: &str| {
         let options = LoadOptions {
             quantization: quantization.into(),
+            dtype: dtype.into(),
             max_model_len: Some(1024),
             ..LoadOptions::default()
         };
         Llm::load(&path, &options)
     };
     let mut engines = [
-        ("engine, quantized", load("auto")?),
-        ("engine, f32", load("none")?),
+        ("engine, quantized", load("auto", "auto")?),
+        ("engine, f32", load("none", "float32")?),
+        ("engine, bf16", load("none", "bfloat16")?),
     ];
     println!(
         "{}; {threads} threads; best of {ROUNDS} interleaved rounds\n",
         path.display()
     );
-    // [engine quantized, engine f32, llama.cpp] x [decode, prefill], best tok/s.
-    let mut best = [[0f64; 2]; 3];
+    // [engine quantized, engine f32, engine bf16, llama.cpp] x [decode, prefill], best tok/s.
+    let mut best = [[0f64; 2]; 4];
     for round in 0..ROUNDS {
         for (e, (_, llm)) in engines.iter_mut().enumerate() {
             best[e][0] = best[e][0].max(decode(llm)?);
@@ -73,8 +75,8 @@ fn run() -> engine::Result<()> {
         }
         if let Some(bin) = &llama {
             let (tg, pp) = llama_bench(bin, &path, threads)?;
-            best[2][0] = best[2][0].max(tg);
-            best[2][1] = best[2][1].max(pp);
+            best[3][0] = best[3][0].max(tg);
+            best[3][1] = best[3][1].max(pp);
         }
         println!("round {} done", round + 1);
     }
@@ -82,7 +84,12 @@ fn run() -> engine::Result<()> {
         "\n{:<20} {:>18} {:>22}",
         "", "decode b1 tok/s", "prefill 128 tok/s"
     );
-    let names = ["engine, quantized", "engine, f32", "llama.cpp"];
+    let names = [
+        "engine, quantized",
+        "engine, f32",
+        "engine, bf16",
+        "llama.cpp",
+    ];
     for (name, b) in names.iter().zip(best) {
         if b[0] > 0.0 {
             println!("{name:<20} {:>18.1} {:>22.1}", b[0], b[1]);
@@ -91,8 +98,8 @@ fn run() -> engine::Result<()> {
     if llama.is_some() {
         println!(
             "\nquantized engine / llama.cpp: decode {:.2}x, prefill {:.2}x",
-            best[0][0] / best[2][0],
-            best[0][1] / best[2][1]
+            best[0][0] / best[3][0],
+            best[0][1] / best[3][1]
         );
     }
     Ok(())

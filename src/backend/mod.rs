@@ -143,6 +143,13 @@ pub trait Backend: Send + Sync + 'static {
     fn memory_info(&self) -> Result<Option<DeviceMemory>> {
         Ok(None)
     }
+    /// Runs one forward step (`step` issues all its ops). A backend whose ops
+    /// fork work onto a thread pool runs the step on that pool, so each op's
+    /// fork is a cheap join among the pool's threads rather than a hand-off
+    /// from an outside thread that sleeps until the op is done.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        step()
+    }
     fn prepare_step(&self, meta: StepMeta) -> Result<Self::Meta>;
     /// The host copy of what was prepared (the scheduler reads it back to sample).
     fn step_meta<'a>(&self, meta: &'a Self::Meta) -> &'a StepMeta;

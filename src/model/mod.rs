@@ -328,6 +328,10 @@ impl<B: Backend> Model<B> {
     /// `meta.logits_rows` as [`Model::logits_to_host`] reads them. Every rank of
     /// a group runs it on the same step at once (the collectives wait for all).
     pub fn forward(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
+        self.backend.run_step(|| self.forward_ops(meta, kv))
+    }
+
+    fn forward_ops(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
         let be = &self.backend;
         let host = be.step_meta(meta);
         let t = host.num_tokens();

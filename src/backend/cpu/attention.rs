@@ -209,10 +209,19 @@ fn attend<'a>(
     let chunks = (context - start).div_ceil(LANES);
     let mut keys = vec![[0f32; LANES]; (chunks + CHUNKS_AT_ONCE - 1) * hd];
     let zeros = vec![0f32; hd];
+    // bf16 keys are widened a chunk at a time here, where the chunk stays in L1.
+    let mut widened = vec![0f32; LANES * hd];
     for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
-        let chunk_rows = std::array::from_fn(|l| match start + c * LANES + l {
-            j if j < context => k_rows.get(j - start, hd),
-            _ => &zeros[..],
+        let visible = (c * LANES..(c * LANES + LANES).min(context - start)).len();
+        if let Rows::Bf16(pool, offsets) = &k_rows {
+            for (l, row) in widened.chunks_exact_mut(hd).take(visible).enumerate() {
+                widen_bf16(&pool[offsets[c * LANES + l]..][..hd], row);
+            }
+        }
+        let chunk_rows = std::array::from_fn(|l| match &k_rows {
+            _ if l >= visible => &zeros[..],
+            Rows::Bf16(..) => &widened[l * hd..(l + 1) * hd],
+            rows => rows.get(c * LANES + l, hd),
         });
         transpose(&chunk_rows, dst);
     }
@@ -246,74 +255,103 @@ fn attend<'a>(
             for p in probs.iter_mut() {
                 *p /= sum;
             }
-            weighted_values(o, probs, |j| v_rows.get(lo - start + j, hd));
+            let first_v = lo - start;
+            match &v_rows {
+                Rows::Bf16(pool, offsets) => weighted_values(o, probs, bf16_to_f32, |j| {
+                    &pool[offsets[first_v + j]..][..hd]
+                }),
+                rows => weighted_values(o, probs, |v| v, |j| rows.get(first_v + j, hd)),
+            }
         }
     }
     out
 }
 
-/// The K or V rows of a task's visible positions as f32: views into an f32
-/// pool, or one widened copy of a 16-bit pool's rows (exact: every 16-bit
-/// value is an f32).
+/// The K or V rows of a task's visible positions: views into an f32 or bf16
+/// pool (bf16 is widened where it is used, by a shift), or one widened copy of
+/// an f16 pool's rows. Widening is exact: every 16-bit value is an f32.
 enum Rows<'a> {
     View(&'a [f32], &'a [usize]),
+    Bf16(&'a [u16], &'a [usize]),
     Widened(Vec<f32>),
 }
 
 impl<'a> Rows<'a> {
     fn new(pool: &'a CpuKvPool, offsets: &'a [usize], hd: usize) -> Rows<'a> {
-        match pool.as_f32() {
-            Some(values) => Rows::View(values, offsets),
-            None => {
-                let mut rows = vec![0f32; offsets.len() * hd];
-                for (dst, &at) in rows.chunks_exact_mut(hd).zip(offsets) {
-                    pool.read(at, dst);
-                }
-                Rows::Widened(rows)
-            }
+        if let Some(values) = pool.as_f32() {
+            return Rows::View(values, offsets);
         }
+        if let Some(bits) = pool.as_bf16_bits() {
+            return Rows::Bf16(bits, offsets);
+        }
+        let mut rows = vec![0f32; offsets.len() * hd];
+        for (dst, &at) in rows.chunks_exact_mut(hd).zip(offsets) {
+            pool.read(at, dst);
+        }
+        Rows::Widened(rows)
     }
 
-    /// Row `i` (position `start + i`).
+    /// Row `i` (position `start + i`) of an f32 view or widened copy.
     #[inline(always)]
     fn get(&self, i: usize, hd: usize) -> &[f32] {
         match self {
             Rows::View(pool, offsets) => &pool[offsets[i]..offsets[i] + hd],
             Rows::Widened(rows) => &rows[i * hd..(i + 1) * hd],
+            Rows::Bf16(..) => unreachable!("bf16 rows are widened where they are read"),
         }
+    }
+}
+
+/// A bf16 value (its bits) as f32: the high half of the f32's bits, exactly.
+#[inline(always)]
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+#[inline(always)]
+fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+    for (d, &b) in dst.iter_mut().zip(src) {
+        *d = bf16_to_f32(b);
     }
 }
 
 /// `o[d] = Σⱼ weights[j] · v(j)[d]`, summed in `j` order for every `d`, in
 /// blocks of dimensions that stay in registers across all the values.
+/// Values are `T` (f32, or bf16 bits read straight from the pool), widened by `widen`.
 #[inline(always)]
-fn weighted_values<'v>(o: &mut [f32], weights: &[f32], v: impl Fn(usize) -> &'v [f32]) {
+fn weighted_values<'v, T: Copy + 'v>(
+    o: &mut [f32],
+    weights: &[f32],
+    widen: impl Fn(T) -> f32 + Copy,
+    v: impl Fn(usize) -> &'v [T],
+) {
     let mut d = 0;
     while d < o.len() {
         let left = o.len() - d;
         d += if left >= 64 {
-            weighted_block::<64>(o, d, weights, &v)
+            weighted_block::<64, T>(o, d, weights, widen, &v)
         } else if left >= 16 {
-            weighted_block::<16>(o, d, weights, &v)
+            weighted_block::<16, T>(o, d, weights, widen, &v)
         } else {
-            weighted_block::<1>(o, d, weights, &v)
+            weighted_block::<1, T>(o, d, weights, widen, &v)
         };
     }
 }
 
 /// Dimensions `d0..d0 + W` of [`weighted_values`]; returns `W`.
 #[inline(always)]
-fn weighted_block<'v, const W: usize>(
+fn weighted_block<'v, const W: usize, T: Copy + 'v>(
     o: &mut [f32],
     d0: usize,
     weights: &[f32],
-    v: &impl Fn(usize) -> &'v [f32],
+    widen: impl Fn(T) -> f32,
+    v: &impl Fn(usize) -> &'v [T],
 ) -> usize {
     let mut acc = [0f32; W];
     for (j, &w) in weights.iter().enumerate() {
         let v = &v(j)[d0..d0 + W];
         for (a, &v) in acc.iter_mut().zip(v) {
-            *a += w * v;
+            *a += w * widen(v);
         }
     }
     o[d0..d0 + W].copy_from_slice(&acc);
@@ -396,6 +434,20 @@ mod tests {
 
     fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
         (0..len).map(|_| rng.random_range(-1f32..1.0)).collect()
+    }
+
+    /// The kernel's shift widens every bf16 value as `half` does, bit for bit
+    /// (a NaN stays a NaN; `half` also sets the quiet bit of a signaling one).
+    #[test]
+    fn bf16_widening_is_exact_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let (got, want) = (bf16_to_f32(bits), half::bf16::from_bits(bits).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan(), "bits {bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "bits {bits:#06x}");
+            }
+        }
     }
 
     /// Decode, prefill and chunked prefill in one batch, scattered blocks, with

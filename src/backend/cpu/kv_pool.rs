@@ -79,6 +79,15 @@ impl CpuKvPool {
         }
     }
 
+    /// The bf16 values' bits, where the pool holds bf16 (attention widens them
+    /// where it reads them).
+    pub fn as_bf16_bits(&self) -> Option<&[u16]> {
+        match self {
+            CpuKvPool::BF16(v) => Some(bytemuck::cast_slice(v)),
+            _ => None,
+        }
+    }
+
     /// The f32 values themselves, where the pool holds f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
@@ -111,6 +120,31 @@ mod tests {
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one, 1.0.
         assert_eq!(back[1], 1.0);
         assert_eq!(pool.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn only_a_bf16_pool_lends_its_bits() {
+        let shape = |dtype| KvPoolShape {
+            num_blocks: 1,
+            num_kv_heads: 1,
+            block_size: 1,
+            head_dim: 3,
+            dtype,
+        };
+        let mut pool = CpuKvPool::zeros(shape(DType::BF16)).unwrap();
+        let values = [1.5, -2.0e-3, 7.0e4];
+        pool.write(0, &values);
+        let want: Vec<u16> = values
+            .iter()
+            .map(|&x| bf16::from_f32(x).to_bits())
+            .collect();
+        assert_eq!(pool.as_bf16_bits(), Some(&want[..]));
+        for dtype in [DType::F32, DType::F16] {
+            assert!(CpuKvPool::zeros(shape(dtype))
+                .unwrap()
+                .as_bf16_bits()
+                .is_none());
+        }
     }
 
     #[test]

@@ -58,6 +58,13 @@ impl Backend for CpuBackend {
         &[DType::F32, DType::BF16, DType::F16]
     }
 
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        // On a thread outside the pool this moves the step onto a pool thread
+        // (one hand-off per step instead of one per op); on a pool thread it
+        // runs in place.
+        rayon::scope(|_| step())
+    }
+
     fn prepare_step(&self, meta: StepMeta) -> Result<StepMeta> {
         Ok(meta)
     }
