@@ -57,7 +57,7 @@
  * ONNX Runtime's C API), so a program compiled against version V works with
  * any library whose `engine_abi_version()` is V or more.
  */
-#define ENGINE_ABI_VERSION 4
+#define ENGINE_ABI_VERSION 5
 
 /**
  * A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
@@ -141,6 +141,12 @@ enum engine_status
      * or `engine_free` from inside an event callback.
      */
     ENGINE_ERR_WRONG_THREAD = 13,
+    /**
+     * The compute device is missing or failed: no usable driver or library,
+     * a failed kernel launch or copy, or a tensor-parallel rank that stopped.
+     * A failure during a step also stops the engine (ENGINE_ERR_STOPPED after).
+     */
+    ENGINE_ERR_DEVICE = 14,
     /**
      * A bug in the library (an internal panic, caught at the boundary). The
      * engine may keep working, but please report the message.

@@ -68,14 +68,15 @@ impl ApiError {
 }
 
 /// The engine's status codes mapped to HTTP: the client's mistakes are 400s; a
-/// stopped engine is 503; only the engine's own bugs are 500s.
+/// stopped engine is 503; only the engine's own bugs and a failed device are 500s.
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e.status {
             sys::ENGINE_ERR_STOPPED => ApiError::unavailable(e.message),
-            sys::ENGINE_ERR_INTERNAL | sys::ENGINE_ERR_WRONG_THREAD | sys::ENGINE_ERR_NULL => {
-                ApiError::internal(e.message)
-            }
+            sys::ENGINE_ERR_INTERNAL
+            | sys::ENGINE_ERR_WRONG_THREAD
+            | sys::ENGINE_ERR_NULL
+            | sys::ENGINE_ERR_DEVICE => ApiError::internal(e.message),
             _ => ApiError::bad_request(e.message),
         }
     }

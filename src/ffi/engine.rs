@@ -147,7 +147,7 @@ fn load_error(dir: &str, e: Error) -> FfiError {
         Error::ChatTemplate(_) => ENGINE_ERR_CHAT_TEMPLATE,
         Error::InvalidArgument(_) => ENGINE_ERR_INVALID_ARGUMENT,
         Error::OutOfBlocks(_) => ENGINE_ERR_CAPACITY,
-        Error::Device(_) => ENGINE_ERR_UNSUPPORTED,
+        Error::Device(_) => ENGINE_ERR_DEVICE,
     };
     FfiError::new(
         status,

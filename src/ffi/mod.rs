@@ -32,7 +32,7 @@ use crate::error::Error;
 /// signatures, struct fields their offsets and enum constants their values (as in
 /// ONNX Runtime's C API), so a program compiled against version V works with
 /// any library whose `engine_abi_version()` is V or more.
-pub const ENGINE_ABI_VERSION: u32 = 4;
+pub const ENGINE_ABI_VERSION: u32 = 5;
 
 /// A status code. Every function that can fail returns one; `ENGINE_OK` (0) is
 /// success, anything else an error whose message `engine_last_error` returns.
@@ -84,6 +84,10 @@ pub enum engine_status {
     /// The function may not be called from where it was called: `engine_shutdown`
     /// or `engine_free` from inside an event callback.
     ENGINE_ERR_WRONG_THREAD = 13,
+    /// The compute device is missing or failed: no usable driver or library,
+    /// a failed kernel launch or copy, or a tensor-parallel rank that stopped.
+    /// A failure during a step also stops the engine (ENGINE_ERR_STOPPED after).
+    ENGINE_ERR_DEVICE = 14,
     /// A bug in the library (an internal panic, caught at the boundary). The
     /// engine may keep working, but please report the message.
     ENGINE_ERR_INTERNAL = 100,
@@ -129,7 +133,7 @@ impl From<Error> for FfiError {
             Error::ChatTemplate(_) => ENGINE_ERR_CHAT_TEMPLATE,
             Error::InvalidArgument(_) => ENGINE_ERR_INVALID_ARGUMENT,
             Error::OutOfBlocks(_) => ENGINE_ERR_CAPACITY,
-            Error::Device(_) => ENGINE_ERR_UNSUPPORTED,
+            Error::Device(_) => ENGINE_ERR_DEVICE,
         };
         FfiError::new(status, message(&e))
     }
@@ -412,6 +416,7 @@ pub extern "C" fn engine_status_name(status: i32) -> *const c_char {
         11 => "ENGINE_ERR_STOPPED\0",
         12 => "ENGINE_ERR_BUFFER_TOO_SMALL\0",
         13 => "ENGINE_ERR_WRONG_THREAD\0",
+        14 => "ENGINE_ERR_DEVICE\0",
         100 => "ENGINE_ERR_INTERNAL\0",
         _ => "ENGINE_ERR_UNKNOWN\0",
     };
@@ -461,6 +466,13 @@ mod tests {
     }
 
     #[test]
+    fn a_device_failure_has_its_own_status() {
+        let e = FfiError::from(Error::Device("cuda: launch failed".into()));
+        assert_eq!(e.status, ENGINE_ERR_DEVICE);
+        assert_eq!(e.message, "cuda: launch failed");
+    }
+
+    #[test]
     fn a_panic_becomes_a_status_and_a_message() {
         let status = call("engine_test", || panic!("boom {}", 1));
         assert_eq!(status, ENGINE_ERR_INTERNAL);
@@ -498,6 +510,7 @@ mod tests {
             ENGINE_ERR_STOPPED,
             ENGINE_ERR_BUFFER_TOO_SMALL,
             ENGINE_ERR_WRONG_THREAD,
+            ENGINE_ERR_DEVICE,
             ENGINE_ERR_INTERNAL,
         ];
         for s in all {

@@ -4,7 +4,7 @@
 //! `UPDATE_BINDINGS=1 cargo test -p engine-sys --test bindings` rewrites it.
 #![allow(non_camel_case_types, non_upper_case_globals, dead_code)]
 
-pub const ENGINE_ABI_VERSION: u32 = 4;
+pub const ENGINE_ABI_VERSION: u32 = 5;
 pub const ENGINE_OK: engine_status = 0;
 pub const ENGINE_ERR_NULL: engine_status = 1;
 pub const ENGINE_ERR_UTF8: engine_status = 2;
@@ -19,6 +19,7 @@ pub const ENGINE_ERR_CAPACITY: engine_status = 10;
 pub const ENGINE_ERR_STOPPED: engine_status = 11;
 pub const ENGINE_ERR_BUFFER_TOO_SMALL: engine_status = 12;
 pub const ENGINE_ERR_WRONG_THREAD: engine_status = 13;
+pub const ENGINE_ERR_DEVICE: engine_status = 14;
 pub const ENGINE_ERR_INTERNAL: engine_status = 100;
 pub type engine_status = i32;
 pub const ENGINE_EVENT_DELTA: engine_event_kind = 0;
