@@ -1,4 +1,4 @@
-//! Strategies for the fuzz targets over requests (tests/c_abi_fuzz.rs and
+//! Strategies for the fuzz targets over requests (tests/c_abi/fuzz.rs and
 //! server/tests/fuzz.rs): the real field names of vLLM's requests with values of
 //! their own kind most of the time and hostile ones otherwise.
 

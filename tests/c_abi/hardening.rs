@@ -2,7 +2,7 @@
 //! the process. Each test names its finding; each failed (aborted the test
 //! binary, or got the wrong status) before the fix.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::ptr::null_mut;

@@ -2,7 +2,7 @@
 //! response_format reach the engine, bad constraints are ENGINE_ERR_INVALID_ARGUMENT
 //! with the parser's message at submit time, and the engine serves on.
 
-mod common;
+use crate::common;
 
 use common::c_engine::Engine;
 use engine::ffi::engine_status::{self, *};

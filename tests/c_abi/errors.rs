@@ -2,7 +2,7 @@
 //! themselves: each gets its status code and a message that says what is wrong,
 //! nothing crashes, and the engine serves a good request afterwards.
 
-mod common;
+use crate::common;
 
 use std::ffi::{c_char, c_void, CString};
 use std::ptr::{null, null_mut};

@@ -3,7 +3,7 @@
 //! masked tokens never appear, and seeded sequences are reproducible and
 //! independent of every other sequence.
 
-mod sampling_reference;
+use crate::sampling_reference;
 
 use engine::sampling::processors::processed_logprobs;
 use engine::sampling::{Sampler, SamplingParams, SequenceTokens};

@@ -10,8 +10,8 @@
 //! Bounded for CI: a fixed seed and `PROPTEST_CASES` cases (default 256 per
 //! property); raise it locally to search longer.
 
-mod common;
-#[path = "fuzz/strategies.rs"]
+use crate::common;
+#[path = "../fuzz/strategies.rs"]
 mod strategies;
 
 use std::time::Duration;

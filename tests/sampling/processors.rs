@@ -2,7 +2,7 @@
 //! against hand-computed values and against a naive transcription of vLLM's
 //! sampler, the order they are applied in, and logprobs (ranks, top-N, -9999).
 
-mod sampling_reference;
+use crate::sampling_reference;
 
 use std::collections::BTreeMap;
 

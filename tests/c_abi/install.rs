@@ -6,7 +6,7 @@
 //! and C++ programs built against it with pkg-config and with CMake (shared and
 //! static) and run, and the exported symbols held to the header's functions.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
