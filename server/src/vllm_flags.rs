@@ -87,7 +87,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--cpu-offload-gb", Value, Ignored("weights are not offloaded: on the CPU device they are in memory already")),
     flag("--device", Value, Ours),
     flag("--disable-async-output-proc", Flag, Ignored("outputs are processed on the engine thread either way")),
-    flag("--disable-custom-all-reduce", Flag, Ignored("one device: no all-reduce")),
+    flag("--disable-custom-all-reduce", Flag, Ignored("all-reduces run on NCCL (GPU) or the in-process sum (CPU); there is no custom kernel to turn off")),
     flag("--disable-frontend-multiprocessing", Flag, Ignored("the server and the engine are one process here")),
     flag("--disable-log-requests", Flag, Ours),
     flag("--disable-log-stats", Flag, Ours),

@@ -183,7 +183,7 @@ fn hub_names_load_from_the_hugging_face_cache_at_a_revision() {
 #[test]
 fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
     let ignored = [
-        vec!["--tensor-parallel-size", "1"],
+        vec!["--pipeline-parallel-size", "1"],
         vec!["--trust-remote-code"],
         vec!["--swap-space", "4"],
         vec!["--enforce-eager"],
@@ -200,8 +200,10 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
         "512",
     ];
     args.extend(ignored.iter().flatten());
-    // Another helper may implement these: accepted either way.
+    // Implemented here: accepted without a warning.
     args.extend([
+        "--tensor-parallel-size",
+        "1",
         "--disable-log-stats",
         "--max-log-len",
         "100",
@@ -248,8 +250,8 @@ fn flags_that_would_change_results_exit_2_naming_the_feature() {
             "not supported by this server (speculative decoding)",
         ),
         (
-            vec!["-tp", "2"],
-            "--tensor-parallel-size 2: model parallelism",
+            vec!["-pp", "2"],
+            "--pipeline-parallel-size 2: pipeline parallelism is not supported",
         ),
         (
             vec!["--quantization", "awq"],
