@@ -20,7 +20,8 @@ use tower::Layer;
 use tower_http::cors::{Cors, CorsLayer};
 
 use crate::conn::Lingering;
-use crate::http::{self, Body};
+use crate::http;
+use crate::response::Body;
 use crate::state::AppState;
 
 /// The router as a tower service, so tower-http layers wrap it.

@@ -11,18 +11,18 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::endpoints::{random_id, unix_time};
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::engine_request::{
     engine_request, keep_last, max_tokens, streams_incrementally, uses_guided_decoding,
     EngineParams,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::generation::Generation;
-use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{chat_logprobs, TokenText};
 use crate::offload;
 use crate::prompt_bound::PromptBound;
 use crate::request::{parse_chat, ChatFields, ChatMessage, ChatRequest, CommonFields};
+use crate::response::{json_response, sse_event, sse_response, Body};
 use crate::state::AppState;
 use crate::stream::{
     check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
@@ -41,7 +41,7 @@ pub struct RenderedChat {
 /// Flattens messages as vLLM does (text parts joined by newlines; a message
 /// without content is dropped) and renders them with the chat template.
 pub fn render_chat(
-    engine: &Engine,
+    engine: &EngineHandle,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
     extras: Option<&ChatFields>,
@@ -112,7 +112,7 @@ pub fn render_chat(
 
 /// Everything the response needs besides the engine's events.
 struct Chat {
-    engine: Arc<Engine>,
+    engine: Arc<EngineHandle>,
     header: ChunkHeader,
     n: usize,
     role: String,
@@ -290,7 +290,7 @@ impl Chat {
 
 /// The rendered conversation and its token ids (on the blocking pool).
 fn render_and_tokenize(
-    engine: &Engine,
+    engine: &EngineHandle,
     req: &ChatRequest,
     add_generation_prompt: bool,
     bound: Option<PromptBound>,

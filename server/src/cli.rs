@@ -364,7 +364,7 @@ impl Args {
     }
 
     /// What `vllm:cache_config_info` reports of the loaded engine.
-    pub fn cache_config(&self, info: &crate::engine::ModelInfo) -> Vec<(String, String)> {
+    pub fn cache_config(&self, info: &crate::engine_handle::ModelInfo) -> Vec<(String, String)> {
         crate::metrics::cache_config_labels(
             info.block_size,
             &self.kv_cache_dtype,

@@ -7,16 +7,16 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::endpoints::{random_id, unix_time};
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::engine_request::{
     engine_request, keep_last, max_tokens, streams_incrementally, EngineParams,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::generation::Generation;
-use crate::http::{json_response, sse_event, sse_response, Body};
 use crate::logprobs::{completion_logprobs, TokenText};
 use crate::offload;
 use crate::request::{parse_completion, CompletionRequest};
+use crate::response::{json_response, sse_event, sse_response, Body};
 use crate::state::AppState;
 use crate::stream::{
     check_stream_options, end_stream, pump, send_done, send_error, usage, ChunkHeader,
@@ -35,7 +35,7 @@ struct Prompt {
 
 /// Everything the response needs besides the engine's events.
 struct Completion {
-    engine: Arc<Engine>,
+    engine: Arc<EngineHandle>,
     header: ChunkHeader,
     prompts: Vec<Prompt>,
     /// Choices per prompt.
@@ -127,7 +127,7 @@ pub async fn create(state: Arc<AppState>, body: &[u8]) -> ApiResult<Response<Bod
 
 /// Tokenizes, truncates and length-checks each prompt; builds its engine request.
 fn prepare(
-    engine: &Engine,
+    engine: &EngineHandle,
     req: &CompletionRequest,
 ) -> ApiResult<(Vec<Prompt>, Vec<SubmitRequest>)> {
     let c = &req.common;

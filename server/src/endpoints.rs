@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::chat::render_chat;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{full, Body};
 use crate::request::{parse_detokenize, parse_tokenize};
+use crate::response::{full, Body};
 use crate::state::AppState;
 
 pub fn unix_time() -> u64 {

@@ -86,16 +86,16 @@ pub struct RawEvent {
 pub type EventSender = mpsc::UnboundedSender<RawEvent>;
 
 /// A loaded engine. The ABI allows any number of threads to use it at once.
-pub struct Engine {
+pub struct EngineHandle {
     handle: NonNull<sys::engine_t>,
     info: ModelInfo,
 }
 
 // SAFETY: engine.h states every function used here may be called from any
 // thread concurrently, except engine_free, which only Drop calls.
-unsafe impl Send for Engine {}
+unsafe impl Send for EngineHandle {}
 // SAFETY: as above.
-unsafe impl Sync for Engine {}
+unsafe impl Sync for EngineHandle {}
 
 /// Progress while weights load: `(done, total)`.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
@@ -103,16 +103,16 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 unsafe extern "C" fn on_progress(user_data: *mut c_void, done: u64, total: u64) {
     // Never unwind into the library.
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: user_data is the `&mut Progress` that `Engine::load` passed,
+        // SAFETY: user_data is the `&mut Progress` that `EngineHandle::load` passed,
         // alive for the whole engine_new call this runs inside.
         let progress = unsafe { &mut *(user_data as *mut Progress) };
         progress(done, total);
     }));
 }
 
-impl Engine {
+impl EngineHandle {
     /// Loads a model with `engine_options_set` pairs ("model", "dtype", ...).
-    pub fn load(options: &[(&str, String)], mut progress: Progress) -> Result<Engine> {
+    pub fn load(options: &[(&str, String)], mut progress: Progress) -> Result<EngineHandle> {
         let mut opts: *mut sys::engine_options_t = null_mut();
         // SAFETY: a valid out pointer.
         check(unsafe { sys::engine_options_new(&mut opts) })?;
@@ -139,7 +139,7 @@ impl Engine {
         unsafe { sys::engine_options_free(opts) };
         let handle = result?;
         let info = model_info(handle)?;
-        Ok(Engine { handle, info })
+        Ok(EngineHandle { handle, info })
     }
 
     fn ptr(&self) -> *const sys::engine_t {
@@ -267,7 +267,7 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
+impl Drop for EngineHandle {
     fn drop(&mut self) {
         // SAFETY: the last use of the handle.
         unsafe { sys::engine_free(self.handle.as_ptr()) };

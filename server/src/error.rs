@@ -7,7 +7,7 @@ use engine_api::python::json_repr;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::engine::EngineError;
+use crate::engine_handle::EngineError;
 use crate::sys;
 
 #[derive(Debug, Clone)]

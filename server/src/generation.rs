@@ -10,7 +10,7 @@ use engine_api::request::{Prompt, SubmitRequest};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, RawEvent};
+use crate::engine_handle::{EngineHandle, RawEvent};
 use crate::error::{ApiError, ApiResult};
 use crate::http::cut_for_log;
 use crate::metrics::RequestRecord;
@@ -30,7 +30,7 @@ struct Tracked {
 
 pub struct Generation {
     state: Arc<AppState>,
-    engine: Arc<Engine>,
+    engine: Arc<EngineHandle>,
     request_id: String,
     events: mpsc::UnboundedReceiver<RawEvent>,
     requests: Vec<Tracked>,
@@ -46,7 +46,7 @@ impl Generation {
     /// aborted and its error returned.
     pub fn start(
         state: Arc<AppState>,
-        engine: Arc<Engine>,
+        engine: Arc<EngineHandle>,
         request_id: String,
         bodies: &[SubmitRequest],
         prompts: &[&str],

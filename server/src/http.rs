@@ -1,5 +1,5 @@
-//! Routing (under `--root-path` too), the API key, the content type, body
-//! limits and the response helpers. Every error a handler returns becomes an
+//! Routing (under `--root-path` too), the API key, the content type and body
+//! limits (the responses are built in response.rs). Every error a handler returns becomes an
 //! OpenAI-shaped JSON body and a log line; nothing a client sends can make a
 //! handler panic or leave a request behind.
 
@@ -8,26 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH,
-    CONTENT_TYPE,
+    HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::Value;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 
 use crate::endpoints::random_id;
 use crate::error::{ApiError, ApiResult};
+use crate::response::{error_response, json_response, Body};
 use crate::state::AppState;
 use crate::{chat, completions, endpoints, offload};
-
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted (413 beyond it).
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -270,44 +263,4 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<Bytes> {
             ),
         )),
     }
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed_unsync()
-}
-
-pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut r = Response::new(full(value.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-pub fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.status, &e.body())
-}
-
-/// A `text/event-stream` response whose events are sent through the returned
-/// sender; the client going away closes it (`Sender::closed`).
-pub fn sse_response() -> (mpsc::Sender<Bytes>, Response<Body>) {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
-    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
-    let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    (tx, r)
-}
-
-/// One server-sent event: `data: <json>\n\n`.
-pub fn sse_event(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
-}
-
-pub fn sse_done() -> Bytes {
-    Bytes::from_static(b"data: [DONE]\n\n")
 }

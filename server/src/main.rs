@@ -1,9 +1,10 @@
 //! engine-server: vLLM's OpenAI-compatible API over engine's C ABI.
 //!
 //! Data flows one way: connection (accept.rs: TLS, then tower-http's CORS
-//! layer) → HTTP request (http.rs) → validation (request.rs, sampling.rs) →
-//! engine_submit (engine.rs) → events on a channel (generation.rs) → JSON or
-//! server-sent events (completions.rs, chat.rs, stream.rs).
+//! layer) → HTTP request (http.rs: routing) → validation (request.rs) → the
+//! engine's request (engine_request.rs) → engine_submit (engine_handle.rs) →
+//! events on a channel (generation.rs) → JSON or server-sent events
+//! (completions.rs, chat.rs, stream.rs; built in response.rs).
 
 mod accept;
 mod chat;
@@ -12,7 +13,7 @@ mod completions;
 mod conn;
 mod cors;
 mod endpoints;
-mod engine;
+mod engine_handle;
 mod engine_request;
 mod error;
 mod generation;
@@ -23,6 +24,7 @@ mod model_path;
 mod offload;
 mod prompt_bound;
 mod request;
+mod response;
 mod state;
 mod stats_log;
 mod stream;
@@ -97,7 +99,7 @@ async fn serve(args: Args) -> Result<(), String> {
     tracing::info!(
         "engine-server {} (engine {}): port {} bound; loading the model (/health answers 503 until it is loaded)",
         env!("CARGO_PKG_VERSION"),
-        engine::library_version(),
+        engine_handle::library_version(),
         address.port()
     );
     let state = Arc::new(AppState::new(config(&args)));
@@ -199,7 +201,7 @@ async fn shut_down(graceful: GracefulShutdown, state: &AppState, grace: Duration
 fn engine_ready(
     args: &Args,
     state: &Arc<AppState>,
-    engine: engine::Engine,
+    engine: engine_handle::EngineHandle,
     bound: prompt_bound::PromptBound,
 ) {
     let info = engine.info();
@@ -233,7 +235,10 @@ fn engine_ready(
 }
 
 /// Loads the model, showing progress: a bar on a terminal, else a log line per quarter.
-fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine, String> {
+fn load_engine(
+    model: &str,
+    options: &[(&str, String)],
+) -> Result<engine_handle::EngineHandle, String> {
     tracing::info!("loading {model}");
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -259,7 +264,7 @@ fn load_engine(model: &str, options: &[(&str, String)]) -> Result<engine::Engine
             }
         }
     };
-    let result = engine::Engine::load(options, &mut progress);
+    let result = engine_handle::EngineHandle::load(options, &mut progress);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -24,7 +24,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::sys::engine_stats_t;
 
 /// vLLM's bucket bounds.
@@ -136,7 +136,7 @@ pub struct Metrics {
 
 /// What exists once the model has loaded.
 struct Loaded {
-    engine: Arc<Engine>,
+    engine: Arc<EngineHandle>,
     cache_config: Vec<(String, LabelText)>,
     prompt_tokens: TokenHist,
     generation_tokens: TokenHist,
@@ -221,7 +221,7 @@ impl Metrics {
     /// Called once, when the model has loaded: the engine's statistics, the
     /// cache settings and the token histograms (bucketed up to max_model_len)
     /// join the exposition.
-    pub fn engine_loaded(&self, engine: Arc<Engine>, cache_config: Vec<(String, String)>) {
+    pub fn engine_loaded(&self, engine: Arc<EngineHandle>, cache_config: Vec<(String, String)>) {
         let max_len = engine.info().max_model_len as u64;
         let token_hist = || -> TokenHist {
             Family::new_with_constructor(Box::new(move || Histogram::new(buckets_1_2_5(max_len))))

@@ -18,7 +18,7 @@
 //! such texts and turns the bound off (everything is tokenized) when any of
 //! them has fewer tokens than the bound claims.
 
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::error::{ApiError, ApiResult};
 
 /// Bytes a decoded token may lack of the text it covered (a stripped space).
@@ -71,7 +71,7 @@ impl PromptBound {
     }
 
     /// Measures the engine's tokenizer and checks the bound against the probes.
-    pub fn measure(engine: &Engine) -> PromptBound {
+    pub fn measure(engine: &EngineHandle) -> PromptBound {
         let ids = 0..(engine.info().vocab_size as u32).saturating_add(EXTRA_IDS);
         let longest = ids
             .filter_map(|id| engine.detokenize(&[id], false).ok())

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::offload;
@@ -35,7 +35,7 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Slots for tokenizing large texts (see `offload`).
     pub large_jobs: tokio::sync::Semaphore,
-    engine: OnceLock<(Arc<Engine>, PromptBound)>,
+    engine: OnceLock<(Arc<EngineHandle>, PromptBound)>,
 }
 
 impl AppState {
@@ -49,7 +49,7 @@ impl AppState {
     }
 
     /// Called once, when the model has loaded.
-    pub fn set_engine(&self, engine: Arc<Engine>, bound: PromptBound) {
+    pub fn set_engine(&self, engine: Arc<EngineHandle>, bound: PromptBound) {
         let _ = self.engine.set((engine, bound));
     }
 
@@ -61,14 +61,14 @@ impl AppState {
     }
 
     /// The engine, or 503 while the model is still loading.
-    pub fn engine(&self) -> ApiResult<Arc<Engine>> {
+    pub fn engine(&self) -> ApiResult<Arc<EngineHandle>> {
         self.engine
             .get()
             .map(|(e, _)| e.clone())
             .ok_or_else(|| ApiError::unavailable("The model is still loading; try again shortly."))
     }
 
-    pub fn loaded_engine(&self) -> Option<&Arc<Engine>> {
+    pub fn loaded_engine(&self) -> Option<&Arc<EngineHandle>> {
         self.engine.get().map(|(e, _)| e)
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::state::AppState;
 use crate::sys::engine_stats_t;
 
@@ -68,7 +68,7 @@ impl Window {
 /// Runs for the life of the server: every interval, sets the throughput
 /// gauges and, when `log` (no `--disable-log-stats`) and the engine was busy,
 /// logs the line.
-pub async fn run(state: Arc<AppState>, engine: Arc<Engine>, log: bool) {
+pub async fn run(state: Arc<AppState>, engine: Arc<EngineHandle>, log: bool) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + INTERVAL, INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut before = engine.stats();

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::engine::Engine;
+use crate::engine_handle::EngineHandle;
 use crate::error::{ApiError, ApiResult};
 use crate::generation::Generation;
-use crate::http::{sse_done, sse_event};
 use crate::request::CommonFields;
+use crate::response::{sse_done, sse_event};
 use engine_api::event::Event;
 
 /// What every chunk of one response repeats.
@@ -155,7 +155,7 @@ pub async fn send_error(tx: &mpsc::Sender<Bytes>, request_id: &str, e: &ApiError
 /// stopped under the request, then the usage chunk if asked for.
 pub async fn end_stream(
     header: &ChunkHeader,
-    engine: &Engine,
+    engine: &EngineHandle,
     tx: &mpsc::Sender<Bytes>,
     totals: &Totals,
     engine_stopped: bool,
