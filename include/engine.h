@@ -848,6 +848,10 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   replicated); on "cuda", N more than the GPUs present fails. Set to 1, the one
  *   rank still runs its collectives (NCCL with one GPU) [unset: one unsharded
  *   model, no collectives].
+ * - "load_format": as vLLM's --load-format: "auto" reads the weights from the
+ *   model's files; "dummy" makes them up (uniform in [-1e-3, 1e-3], the same
+ *   every run) for a Hugging Face directory that may hold only config.json
+ *   (benchmarks of a model's shape without its weights) ["auto"].
  *
  * Sizes are checked when `engine_new` loads the model: a KV cache or a
  * max_model_len larger than the memory (the device's, or the machine's on the

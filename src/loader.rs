@@ -11,10 +11,11 @@ use crate::engine::{EngineConfig, EngineCore};
 use crate::error::{Error, Result};
 use crate::gguf::source::GgufSource;
 use crate::gguf::GgufFile;
+use crate::model::dummy::DummyWeights;
 use crate::model::kv_sizing::{kv_blocks_for_device, DEFAULT_GPU_MEMORY_UTILIZATION};
 use crate::model::shard::check_tensor_parallel;
 use crate::model::weights::{Checkpoint, TensorSource};
-use crate::model::{Model, TpRank};
+use crate::model::{Model, ModelGroup, TpRank};
 use crate::tokenizer::Tokenizer;
 
 /// How to load and size an engine (vLLM's engine arguments).
@@ -60,6 +61,10 @@ pub struct LoadOptions {
     /// unsharded model without collectives; `Some(1)` runs one rank through
     /// the collective path (NCCL with one GPU).
     pub tensor_parallel_size: Option<usize>,
+    /// vLLM's `--load-format`: `auto` reads the weights from the files;
+    /// `dummy` makes them up (see [`DummyWeights`]) for a directory that may
+    /// hold only config.json, to benchmark a model's shape without its file.
+    pub load_format: String,
 }
 
 impl Default for LoadOptions {
@@ -81,6 +86,7 @@ impl Default for LoadOptions {
             skip_tokenizer_init: false,
             quantization: "auto".into(),
             tensor_parallel_size: None,
+            load_format: "auto".into(),
         }
     }
 }
@@ -172,7 +178,7 @@ pub fn load_engine_core<B: Backend>(
     let override_tokenizer = override_tokenizer(options)?;
     let model_path = ModelPath::resolve(dir)?;
     let keep_quantized = keep_quantized(&options.quantization, &model_path)?;
-    let (mut ranks, tokenizer) = match model_path {
+    let (ranks, tokenizer) = match model_path {
         ModelPath::HfDir(dir) => load_hf_dir(&dir, options, override_tokenizer, backend, progress)?,
         ModelPath::Gguf(path) => load_gguf(
             &path,
@@ -190,7 +196,8 @@ pub fn load_engine_core<B: Backend>(
         (t, _) => t,
     }
     .map(Arc::new);
-    let num_blocks = size_kv_cache(&mut ranks, options)?;
+    let mut group = ModelGroup::new(ranks)?;
+    let num_blocks = size_kv_cache(&mut group, options)?;
     let engine_config = EngineConfig {
         max_num_seqs: options.max_num_seqs,
         max_logprobs: options.max_logprobs,
@@ -199,7 +206,7 @@ pub fn load_engine_core<B: Backend>(
         num_blocks,
         enable_prefix_caching: options.enable_prefix_caching,
     };
-    EngineCore::new_parallel(ranks, tokenizer, engine_config)
+    EngineCore::new_parallel(group, tokenizer, engine_config)
 }
 
 /// The model's ranks from `source`: one unsharded model, or each rank's shard
@@ -280,8 +287,13 @@ fn load_hf_dir<B: Backend>(
             ))
         })?),
     };
-    let ckpt = Checkpoint::open(dir)?;
-    let ranks = load_ranks(&config, &ckpt, dtype, options, backend, progress)?;
+    let ranks = if options.load_format == "dummy" {
+        let source = DummyWeights { seed: 0 };
+        load_ranks(&config, &source, dtype, options, backend, progress)?
+    } else {
+        let ckpt = Checkpoint::open(dir)?;
+        load_ranks(&config, &ckpt, dtype, options, backend, progress)?
+    };
     Ok((ranks, tokenizer))
 }
 
@@ -316,29 +328,27 @@ fn load_gguf<B: Backend>(
 /// Sets the KV cache's dtype on every rank and returns its size in blocks
 /// (every rank's pools have as many): as asked, or what the device leaves, or
 /// four times `max_model_len`; checked to fit.
-fn size_kv_cache<B: Backend>(ranks: &mut [Model<B>], options: &LoadOptions) -> Result<usize> {
-    let world = ranks.len();
-    let [model, ..] = ranks else {
-        return Err(Error::invalid("no model rank was loaded"));
-    };
+fn size_kv_cache<B: Backend>(group: &mut ModelGroup<B>, options: &LoadOptions) -> Result<usize> {
+    let world = group.world();
+    let model = group.lead();
     let kv_dtype = resolve_kv_dtype(
         &options.kv_cache_dtype,
         model.dtype,
         model.backend().kv_dtypes(),
     )?;
-    for rank in ranks.iter_mut() {
+    for rank in group.models_mut() {
         rank.set_kv_dtype(kv_dtype)?;
     }
-    let model = &ranks[0];
-    let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     let (num_blocks, asked) = match (options.num_kv_blocks, options.kv_cache_memory) {
         (Some(n), _) => (n, format!("--num-kv-blocks {n}")),
         (None, Some(bytes)) => (
-            bytes / bytes_per_block,
+            bytes / group.lead().kv_bytes_per_block(options.block_size),
             format!("--kv-cache-memory {}", crate::memory::human_bytes(bytes)),
         ),
-        (None, None) => default_kv_blocks(model, options)?,
+        (None, None) => default_kv_blocks(group, options)?,
     };
+    let model = group.lead();
+    let bytes_per_block = model.kv_bytes_per_block(options.block_size);
     check_kv_size(
         model,
         num_blocks,
@@ -358,7 +368,7 @@ fn size_kv_cache<B: Backend>(ranks: &mut [Model<B>], options: &LoadOptions) -> R
 /// Without a size asked for: what the device's memory leaves (a GPU), else
 /// four times `max_model_len`; with how the size was chosen, for errors.
 fn default_kv_blocks<B: Backend>(
-    model: &Model<B>,
+    group: &mut ModelGroup<B>,
     options: &LoadOptions,
 ) -> Result<(usize, String)> {
     let utilization = options
@@ -366,20 +376,21 @@ fn default_kv_blocks<B: Backend>(
         .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
     Ok(
         match kv_blocks_for_device(
-            model,
+            group,
             options.block_size,
             options.max_num_batched_tokens,
             utilization,
         )? {
             Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
             None => (
-                model
+                group
+                    .lead()
                     .max_positions
                     .div_ceil(options.block_size)
                     .saturating_mul(4),
                 format!(
                     "the default (four times max_model_len {})",
-                    model.max_positions
+                    group.lead().max_positions
                 ),
             ),
         },

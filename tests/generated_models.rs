@@ -175,3 +175,44 @@ fn stored_dtype_converts_to_requested() {
         assert_eq!(llm.model().dtype, expect, "{requested}");
     }
 }
+
+/// vLLM's `--load-format dummy`: a directory with only config.json and a
+/// tokenizer serves random weights, the same every time and on every rank.
+#[test]
+fn dummy_weights_need_only_the_config() {
+    let dir = write(&FixtureSpec::tiny(Arch::Llama));
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let err = Llm::load(dir.path(), &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("safetensors"), "{err}");
+    let dummy = |tp: Option<usize>| LoadOptions {
+        dtype: "float32".into(),
+        load_format: "dummy".into(),
+        tensor_parallel_size: tp,
+        ..LoadOptions::default()
+    };
+    let logits = |tp| {
+        let mut llm = Llm::load(dir.path(), &dummy(tp)).unwrap();
+        llm.prompt_logits(&PROMPT).unwrap().pop().unwrap()
+    };
+    let one = logits(None);
+    assert!(one.iter().all(|x| x.is_finite()));
+    assert!(one.iter().any(|&x| x != one[0]), "the logits vary");
+    assert_eq!(one, logits(None), "the same weights every run");
+    let two = logits(Some(2));
+    let err = one
+        .iter()
+        .zip(&two)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        err <= 1e-5 * one.iter().fold(0f32, |m, x| m.max(x.abs())),
+        "tp 2 differs by {err}"
+    );
+}

@@ -146,6 +146,11 @@ pub struct Args {
     /// matrices quantized on the CPU; none dequantizes them to --dtype at load.
     #[arg(long, short = 'q', default_value = "auto", value_parser = quantization)]
     pub quantization: String,
+    /// Where the weights come from: auto (the model's files; safetensors, pt,
+    /// npcache and gguf mean the same here) or dummy (random weights, for a
+    /// directory that may hold only config.json: benchmarks of a model's shape).
+    #[arg(long, default_value = "auto", value_parser = load_format)]
+    pub load_format: String,
     /// Longest sequence (prompt + output); defaults to the model's config.
     #[arg(long)]
     pub max_model_len: Option<u64>,
@@ -314,6 +319,19 @@ pub fn parse_from(argv: Vec<std::ffi::OsString>) -> Result<(Args, Vec<String>), 
     Ok((args, warnings))
 }
 
+/// --load-format: the engine's "auto" for the formats it finds from the files,
+/// or "dummy"; an error naming any other.
+fn load_format(v: &str) -> Result<String, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "auto" | "safetensors" | "pt" | "npcache" | "gguf" => Ok("auto".into()),
+        "dummy" => Ok("dummy".into()),
+        other => Err(format!(
+            "the {other} load format is not supported (served: auto, safetensors and gguf \
+             found from the files, dummy)"
+        )),
+    }
+}
+
 /// --quantization: the methods served, or an error naming the one that is not.
 fn quantization(v: &str) -> Result<String, String> {
     let name = v.trim().to_ascii_lowercase();
@@ -463,6 +481,9 @@ impl Args {
         }
         if let Some(n) = self.tensor_parallel_size {
             o.push(("tensor_parallel_size", n.to_string()));
+        }
+        if self.load_format != "auto" {
+            o.push(("load_format", self.load_format.clone()));
         }
         if self.skip_tokenizer_init {
             o.push(("skip_tokenizer_init", "true".into()));

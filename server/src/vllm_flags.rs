@@ -114,7 +114,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--image-token-id", Value, Unsupported(VISION)),
     flag("--kv-cache-dtype", Value, Ours),
     flag("--limit-mm-per-prompt", Value, Ignored("no multimodal models are supported here")),
-    flag("--load-format", Value, ByValue(load_format, "auto, safetensors, pt, npcache, gguf: accepted with a warning (safetensors or GGUF are found from the files); dummy, tensorizer, sharded_state, bitsandbytes, mistral: an error")),
+    flag("--load-format", Value, Ours),
     flag("--long-lora-scaling-factors", Value, Unsupported(LORA)),
     flag("--lora-dtype", Value, Ignored(NO_LORA)),
     flag("--lora-extra-vocab-size", Value, Ignored(NO_LORA)),
@@ -197,18 +197,6 @@ fn one_stage(v: &str) -> Verdict {
                 .into(),
         ),
         Err(_) => Err(format!("expected a number of stages, got {v:?}")),
-    }
-}
-
-fn load_format(v: &str) -> Verdict {
-    match v.trim() {
-        "auto" | "safetensors" | "pt" | "npcache" | "gguf" => Ok(Some(
-            "the weights' format is found from the files (*.safetensors or a GGUF file)".into(),
-        )),
-        "dummy" => Err("random weights (load format dummy) are not supported".into()),
-        other => Err(format!(
-            "the {other} load format is not supported (only safetensors and GGUF)"
-        )),
     }
 }
 
@@ -532,7 +520,10 @@ mod tests {
             (vec!["-tp", "0"], "--tensor-parallel-size"),
             (vec!["--quantization", "awq"], "awq quantization"),
             (vec!["-q", "fp8"], "fp8 quantization"),
-            (vec!["--load-format", "dummy"], "random weights"),
+            (
+                vec!["--load-format", "tensorizer"],
+                "tensorizer load format",
+            ),
             (
                 vec!["--tokenizer-mode", "mistral"],
                 "mistral tokenizer mode",

@@ -187,7 +187,6 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
         vec!["--trust-remote-code"],
         vec!["--swap-space", "4"],
         vec!["--enforce-eager"],
-        vec!["--load-format", "auto"],
         vec!["--guided-decoding-backend", "outlines"],
         vec!["--enable-chunked-prefill"],
         vec!["--disable-custom-all-reduce"],
@@ -209,6 +208,8 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
         "100",
         "--threads",
         "1",
+        "--load-format",
+        "safetensors",
     ]);
     let s = Server::start(&args);
     let log = s.log.lock().unwrap().clone();
@@ -263,4 +264,23 @@ fn flags_that_would_change_results_exit_2_naming_the_feature() {
         assert!(out.contains(needle), "{args:?}: {out}");
         assert!(!out.contains("loading"), "{args:?}: {out}");
     }
+}
+
+/// `--load-format dummy` serves a directory that has no weights at all.
+#[test]
+fn dummy_weights_serve_a_directory_with_only_a_config() {
+    let dir = temp_dir("dummy-weights");
+    for entry in std::fs::read_dir(FIXTURE).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.extension().is_none_or(|e| e != "safetensors") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let model = dir.to_str().unwrap();
+    let s = Server::start(&[model, "--load-format", "dummy", "--max-model-len", "128"]);
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": model, "prompt": "Hello", "max_tokens": 3, "ignore_eos": true}),
+    );
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3, "{}", r.text());
 }

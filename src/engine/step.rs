@@ -82,13 +82,14 @@ impl<B: Backend> EngineCore<B> {
         tokenizer: Option<Arc<Tokenizer>>,
         config: EngineConfig,
     ) -> Result<EngineCore<B>> {
-        EngineCore::new_parallel(vec![model], tokenizer, config)
+        EngineCore::new_parallel(ModelGroup::new(vec![model])?, tokenizer, config)
     }
 
     /// An engine over the ranks of a tensor-parallel group (rank order): one
     /// scheduler and one set of block tables, every rank stepping each batch.
+    /// The group's KV pools are allocated here, `config.num_blocks` per rank.
     pub fn new_parallel(
-        ranks: Vec<Model<B>>,
+        mut models: ModelGroup<B>,
         tokenizer: Option<Arc<Tokenizer>>,
         config: EngineConfig,
     ) -> Result<EngineCore<B>> {
@@ -97,7 +98,7 @@ impl<B: Backend> EngineCore<B> {
                 "max_num_seqs and max_num_batched_tokens must be positive",
             ));
         }
-        let models = ModelGroup::new(ranks, config.num_blocks, config.block_size)?;
+        models.allocate_kv(config.num_blocks, config.block_size)?;
         let model = models.lead();
         let (eos_token_ids, generation_stop_ids) = match &tokenizer {
             Some(t) => (

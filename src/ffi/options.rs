@@ -112,6 +112,7 @@ const KEYS: &[&str] = &[
     "quantization",
     "threads",
     "tensor_parallel_size",
+    "load_format",
 ];
 
 /// The most "threads" an engine takes: far beyond any machine, small enough
@@ -240,16 +241,14 @@ impl engine_options_t {
             "tokenizer" => load.tokenizer = Some(value.to_string()),
             "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
             "quantization" => {
-                let name = value.trim().to_ascii_lowercase();
-                if !["auto", "gguf", "none"].contains(&name.as_str()) {
-                    return Err(FfiError::invalid(format!(
-                        "option \"quantization\": \"{value}\" is not served: expected auto, gguf or none"
-                    )));
-                }
-                load.quantization = name;
+                load.quantization = one_of(key, value, &["auto", "gguf", "none"], "auto, gguf or none")?
             }
             "threads" => self.threads = Some(threads(key, value)?),
             "tensor_parallel_size" => load.tensor_parallel_size = Some(positive(key, value)?),
+            "load_format" => {
+                let served = "auto (the weights from the model's files) or dummy (random weights)";
+                load.load_format = one_of(key, value, &["auto", "dummy"], served)?
+            }
             _ => {
                 return Err(FfiError::invalid(format!(
                     "unknown option \"{key}\" (known options: {})",
@@ -259,6 +258,18 @@ impl engine_options_t {
         }
         Ok(())
     }
+}
+
+/// `value`, trimmed and lowercased, if it is one of `allowed`; else an error
+/// saying what `key` serves.
+fn one_of(key: &str, value: &str, allowed: &[&str], served: &str) -> FfiResult<String> {
+    let name = value.trim().to_ascii_lowercase();
+    if !allowed.contains(&name.as_str()) {
+        return Err(FfiError::invalid(format!(
+            "option \"{key}\": \"{value}\" is not served: expected {served}"
+        )));
+    }
+    Ok(name)
 }
 
 /// Creates an options object holding the defaults, and stores it in `*out`.
@@ -345,6 +356,10 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   replicated); on "cuda", N more than the GPUs present fails. Set to 1, the one
 ///   rank still runs its collectives (NCCL with one GPU) [unset: one unsharded
 ///   model, no collectives].
+/// - "load_format": as vLLM's --load-format: "auto" reads the weights from the
+///   model's files; "dummy" makes them up (uniform in [-1e-3, 1e-3], the same
+///   every run) for a Hugging Face directory that may hold only config.json
+///   (benchmarks of a model's shape without its weights) ["auto"].
 ///
 /// Sizes are checked when `engine_new` loads the model: a KV cache or a
 /// max_model_len larger than the memory (the device's, or the machine's on the

@@ -6,14 +6,21 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::backend::{Backend, KvPoolShape, StepMeta};
+use crate::backend::{Backend, StepMeta};
 use crate::error::{Error, Result};
 
 use super::{KvPools, Model};
 
 struct Rank<B: Backend> {
     model: Model<B>,
-    kv: KvPools<B>,
+    /// Allocated once the cache is sized ([`ModelGroup::allocate_kv`]).
+    kv: Option<KvPools<B>>,
+}
+
+/// A rank's KV pools, once allocated.
+fn allocated<B: Backend>(kv: &mut Option<KvPools<B>>) -> Result<&mut KvPools<B>> {
+    kv.as_mut()
+        .ok_or_else(|| Error::invalid("the KV cache is not allocated yet"))
 }
 
 /// Every rank of the model with its KV pools; the block tables are shared
@@ -26,19 +33,17 @@ pub struct ModelGroup<B: Backend> {
 }
 
 impl<B: Backend> ModelGroup<B> {
-    /// The ranks in rank order; their KV pools of `num_blocks` blocks each.
-    pub fn new(models: Vec<Model<B>>, num_blocks: usize, block_size: usize) -> Result<Self> {
+    /// The ranks in rank order, without a KV cache yet: the cache is sized
+    /// (which may run a step on every rank) and then allocated.
+    pub fn new(models: Vec<Model<B>>) -> Result<Self> {
         if models.is_empty() {
             return Err(Error::invalid("a model group needs at least one rank"));
         }
         let world = models.len();
         let ranks = models
             .into_iter()
-            .map(|model| {
-                let kv = KvPools::new(&model, num_blocks, block_size)?;
-                Ok(Rank { model, kv })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|model| Rank { model, kv: None })
+            .collect();
         let threads = if world == 1 {
             Vec::new()
         } else {
@@ -59,6 +64,30 @@ impl<B: Backend> ModelGroup<B> {
         Ok(ModelGroup { ranks, threads })
     }
 
+    /// Every rank's KV pools: `num_blocks` blocks of `block_size` tokens each
+    /// (the block tables are shared, so every rank has as many).
+    pub fn allocate_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<()> {
+        for rank in &mut self.ranks {
+            rank.kv = None; // the old pools go before the new ones are made
+            rank.kv = Some(KvPools::new(&rank.model, num_blocks, block_size)?);
+        }
+        Ok(())
+    }
+
+    /// Every rank's model, mutably, for settings made before the cache exists.
+    pub fn models_mut(&mut self) -> impl Iterator<Item = &mut Model<B>> {
+        self.ranks.iter_mut().map(|r| &mut r.model)
+    }
+
+    /// Runs `work` on every rank's model at once, in lockstep (a forward pass
+    /// outside the engine's steps, e.g. the KV sizing's profiling step).
+    pub fn on_each_model<T: Send>(
+        &mut self,
+        work: &(dyn Fn(&Model<B>) -> Result<T> + Sync),
+    ) -> Result<Vec<T>> {
+        self.on_ranks(&|rank: &mut Rank<B>, _| work(&rank.model))
+    }
+
     /// Rank 0's model: the config, the limits and the backend the engine reports.
     pub fn lead(&self) -> &Model<B> {
         &self.ranks[0].model
@@ -68,18 +97,13 @@ impl<B: Backend> ModelGroup<B> {
         self.ranks.len()
     }
 
-    /// One rank's pool geometry (every rank's is the same).
-    pub fn kv_shape(&self) -> KvPoolShape {
-        self.ranks[0].kv.shape
-    }
-
     /// Runs `meta` on every rank; returns the logits of `meta.logits_rows`,
     /// `[rows, vocab]`.
     pub fn forward(&mut self, meta: StepMeta) -> Result<Vec<f32>> {
         let results = self.on_ranks(&|rank: &mut Rank<B>, lead| {
             let be = rank.model.backend();
             let meta = be.prepare_step(meta.clone())?;
-            let logits = rank.model.forward(&meta, &mut rank.kv)?;
+            let logits = rank.model.forward(&meta, allocated(&mut rank.kv)?)?;
             if lead {
                 rank.model.logits_to_host(&logits)
             } else {
@@ -93,8 +117,9 @@ impl<B: Backend> ModelGroup<B> {
     pub fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
         self.on_ranks(&|rank: &mut Rank<B>, _| {
             let be = rank.model.backend();
-            let shape = rank.kv.shape;
-            for (k, v) in rank.kv.pools.iter_mut() {
+            let kv = allocated(&mut rank.kv)?;
+            let shape = kv.shape;
+            for (k, v) in kv.pools.iter_mut() {
                 be.copy_blocks(k, shape, pairs)?;
                 be.copy_blocks(v, shape, pairs)?;
             }
@@ -105,27 +130,31 @@ impl<B: Backend> ModelGroup<B> {
 
     /// Runs `work(rank, is_rank_0)` on every rank at once, each on its own
     /// thread; the first error wins. A rank that fails releases the others
-    /// from the collectives they wait in.
+    /// from the collectives they wait in; a rank that panics does so too, and
+    /// its panic goes on once every rank has returned (a bug stays a panic,
+    /// which the C ABI reports as an internal error).
     fn on_ranks<T: Send>(
         &mut self,
         work: &(dyn Fn(&mut Rank<B>, bool) -> Result<T> + Sync),
     ) -> Result<Vec<T>> {
-        let run = |rank: &mut Rank<B>, lead: bool| -> Result<T> {
+        if self.threads.is_empty() {
+            // One rank: nothing to release, so nothing to catch.
+            let rank = &mut self.ranks[0];
+            rank.model.backend().bind_thread()?;
+            return Ok(vec![work(rank, true)?]);
+        }
+        let run = |rank: &mut Rank<B>, lead: bool| -> std::thread::Result<Result<T>> {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 rank.model.backend().bind_thread()?;
                 work(rank, lead)
-            }))
-            .unwrap_or_else(|panic| Err(Error::Device(panic_message(&panic))));
-            if outcome.is_err() {
+            }));
+            if !matches!(outcome, Ok(Ok(_))) {
                 rank.model.abort_collectives();
             }
             outcome
         };
-        if self.threads.is_empty() {
-            return self.ranks.iter_mut().map(|r| run(r, true)).collect();
-        }
         let threads = &self.threads;
-        std::thread::scope(|scope| {
+        let outcomes: Vec<std::thread::Result<Result<T>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .ranks
                 .iter_mut()
@@ -138,20 +167,99 @@ impl<B: Backend> ModelGroup<B> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|p| Err(Error::Device(panic_message(&p))))
-                })
+                .map(|h| h.join().unwrap_or_else(Err))
                 .collect()
-        })
+        });
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome {
+                Ok(result) => results.push(result),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        results.into_iter().collect()
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into());
-    format!("tensor parallel: a rank failed: {what}")
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::{DType, Shard};
+    use crate::config::{Arch, ModelConfig};
+    use crate::fixture::{write_model_dir, FixtureSpec};
+    use crate::model::weights::Checkpoint;
+    use crate::model::TpRank;
+
+    /// The `spec` fixture as `world` CPU ranks, without a KV cache.
+    pub(crate) fn cpu_ranks(spec: &FixtureSpec, world: usize) -> ModelGroup<CpuBackend> {
+        let dir = tempfile::tempdir().unwrap();
+        write_model_dir(spec, dir.path()).unwrap();
+        let config = ModelConfig::from_model_dir(dir.path()).unwrap();
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let comms = CpuBackend.tensor_parallel_group(world).unwrap();
+        let models = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (be, comm))| {
+                let tp = TpRank {
+                    shard: Shard { rank, world },
+                    comm,
+                };
+                let c = config.clone();
+                Model::from_source_rank(c, &ckpt, DType::F32, None, be, Some(tp), &mut |_, _| {})
+                    .unwrap()
+            })
+            .collect();
+        ModelGroup::new(models).unwrap()
+    }
+
+    /// The tiny Llama fixture as `world` CPU ranks with a KV cache.
+    fn cpu_group(world: usize) -> ModelGroup<CpuBackend> {
+        let mut group = cpu_ranks(&FixtureSpec::tiny(Arch::Llama), world);
+        group.allocate_kv(4, 16).unwrap();
+        group
+    }
+
+    /// Rank 0 fails (`panic` or an error) while rank 1 waits in an all-reduce.
+    fn rank_0_fails(group: &mut ModelGroup<CpuBackend>, panic: bool) -> Result<Vec<()>> {
+        group.on_ranks(&|rank: &mut Rank<CpuBackend>, lead| {
+            if lead && panic {
+                panic!("rank 0 broke");
+            } else if lead {
+                return Err(Error::invalid("rank 0 failed"));
+            }
+            let mut buf = rank.model.backend().upload(&[1.0; 8])?;
+            rank.model.all_reduce(&mut buf)
+        })
+    }
+
+    #[test]
+    fn a_failing_rank_releases_the_others_and_its_error_wins() {
+        let mut group = cpu_group(2);
+        let err = rank_0_fails(&mut group, false).unwrap_err();
+        assert!(err.to_string().contains("rank 0 failed"), "{err}");
+    }
+
+    #[test]
+    fn a_panicking_rank_releases_the_others_and_stays_a_panic() {
+        let mut group = cpu_group(2);
+        let caught = catch_unwind(AssertUnwindSafe(|| rank_0_fails(&mut group, true)));
+        let panic = caught.expect_err("the panic went on");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"rank 0 broke"));
+    }
+
+    #[test]
+    fn one_rank_runs_on_the_callers_thread_and_panics_through() {
+        let mut group = cpu_group(1);
+        let caller = std::thread::current().id();
+        let ran_on = group
+            .on_ranks(&|_: &mut Rank<CpuBackend>, _| Ok(std::thread::current().id()))
+            .unwrap();
+        assert_eq!(ran_on, vec![caller]);
+        let caught = catch_unwind(AssertUnwindSafe(|| rank_0_fails(&mut group, true)));
+        assert!(caught.is_err());
+    }
 }

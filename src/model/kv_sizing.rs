@@ -3,25 +3,39 @@
 //! has used since (weights, that step's peak, anything else on the GPU), and
 //! give the KV cache what is left of `utilization × total`.
 
-use super::{KvPools, Model};
+use super::{KvPools, Model, ModelGroup};
 use crate::backend::{Backend, DeviceMemory, StepMeta};
 use crate::error::{Error, Result};
 
 /// vLLM's default share of the GPU's memory.
 pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
 
-/// Blocks of `block_size` tokens that fit in `utilization` of the device's
-/// memory next to the model and a step of `max_tokens` tokens; `None` on a
-/// backend without memory of its own.
+/// Blocks of `block_size` tokens that fit in `utilization` of each rank's
+/// device memory next to its part of the model and a step of `max_tokens`
+/// tokens (the fewest any rank has room for: the block tables are shared);
+/// `None` on a backend without memory of its own. The profiling step runs on
+/// every rank at once, as its collectives need.
 pub fn kv_blocks_for_device<B: Backend>(
+    group: &mut ModelGroup<B>,
+    block_size: usize,
+    max_tokens: usize,
+    utilization: f64,
+) -> Result<Option<usize>> {
+    if group.lead().backend().memory_info()?.is_none() {
+        return Ok(None);
+    }
+    let per_rank =
+        group.on_each_model(&|model| rank_blocks(model, block_size, max_tokens, utilization))?;
+    Ok(per_rank.into_iter().flatten().min())
+}
+
+/// [`kv_blocks_for_device`] for one rank.
+fn rank_blocks<B: Backend>(
     model: &Model<B>,
     block_size: usize,
     max_tokens: usize,
     utilization: f64,
 ) -> Result<Option<usize>> {
-    if model.backend().memory_info()?.is_none() {
-        return Ok(None);
-    }
     let profile_kv_bytes = profile_step(model, block_size, max_tokens)?;
     let Some(memory) = model.backend().memory_info()? else {
         return Ok(None);
@@ -148,8 +162,29 @@ mod tests {
         let bytes = profile_step(&model, 16, 100).unwrap();
         assert_eq!(bytes, 8 * model.kv_bytes_per_block(16));
         // No device memory on the CPU: the caller keeps its own rule.
-        assert!(kv_blocks_for_device(&model, 16, 100, 0.9)
+        let mut group = ModelGroup::new(vec![model]).unwrap();
+        assert!(kv_blocks_for_device(&mut group, 16, 100, 0.9)
             .unwrap()
             .is_none());
+    }
+
+    /// With tensor parallelism every rank profiles at once: one rank alone
+    /// would wait forever in its first all-reduce.
+    #[test]
+    fn every_rank_profiles_in_lockstep() {
+        let spec = FixtureSpec {
+            max_position_embeddings: 40,
+            ..FixtureSpec::tiny(Arch::Llama)
+        };
+        let mut group = crate::model::group::tests::cpu_ranks(&spec, 2);
+        let bytes = group
+            .on_each_model(&|model| {
+                Ok((profile_step(model, 16, 100)?, model.kv_bytes_per_block(16)))
+            })
+            .unwrap();
+        assert_eq!(bytes.len(), 2);
+        for (profiled, per_block) in bytes {
+            assert_eq!(profiled, 8 * per_block);
+        }
     }
 }

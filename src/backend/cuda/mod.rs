@@ -703,6 +703,10 @@ impl Backend for CudaBackend {
         self.dev.bind()
     }
 
+    fn abort_collectives(&self, comm: &nccl::NcclComm) {
+        nccl::abort(comm);
+    }
+
     fn all_reduce_sum(&self, comm: &nccl::NcclComm, buf: &mut CudaSlice<f32>) -> Result<()> {
         nccl::all_reduce_sum(comm, buf)?;
         self.sync_point("all_reduce_sum")

@@ -1,6 +1,15 @@
 //! Tensor parallelism on CUDA: one NCCL communicator per GPU, all made at
 //! once by this process (ncclCommInitAll), each rank's collectives enqueued on
 //! its GPU's one stream, in order with that rank's kernels.
+//!
+//! A rank that fails mid-step leaves the others' collectives waiting on the
+//! GPU for data that never comes, and their threads waiting for their streams.
+//! Every communicator of the group lives in this process, so the failing rank
+//! aborts them all (ncclCommAbort, which cudarc runs when a `Comm` drops):
+//! the waiting kernels end, the other ranks see errors, and the group is done
+//! (the engine reports the device failure; a new engine makes new ones).
+
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaSlice;
 use cudarc::nccl::{Comm, ReduceOp};
@@ -10,15 +19,48 @@ use super::CudaBackend;
 use crate::error::{Error, Result};
 
 /// One GPU's end of the group's NCCL communicator.
-pub struct NcclComm(Comm);
+pub struct NcclComm {
+    rank: usize,
+    group: Arc<Communicators>,
+}
 
-// SAFETY: a communicator is used by one rank's thread at a time: the model
-// group steps each rank on its own thread and never calls one rank's
-// collectives from two threads at once. NCCL allows a communicator to be used
-// from any thread so long as calls on it are not concurrent.
-unsafe impl Send for NcclComm {}
-// SAFETY: see above; `&NcclComm` is only used from its rank's thread.
-unsafe impl Sync for NcclComm {}
+/// Every rank's communicator; `None` once the group was aborted.
+struct Communicators(Vec<Mutex<Option<Comm>>>);
+
+// SAFETY: each communicator is used under its own mutex, so never from two
+// threads at once; NCCL allows a communicator to be used from any thread so
+// long as calls on it are not concurrent.
+unsafe impl Send for Communicators {}
+// SAFETY: see above.
+unsafe impl Sync for Communicators {}
+
+impl NcclComm {
+    /// Runs `f` on this rank's communicator, unless the group was aborted.
+    fn with<T>(&self, f: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
+        let slot = self.group.0[self.rank]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slot.as_ref() {
+            Some(comm) => f(comm),
+            None => Err(Error::Device(
+                "NCCL: the tensor-parallel group was aborted after a rank failed".into(),
+            )),
+        }
+    }
+}
+
+/// Aborts every communicator of `comm`'s group (see the module comment).
+pub(super) fn abort(comm: &NcclComm) {
+    for slot in &comm.group.0 {
+        let taken = slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        // cudarc panics if ncclCommAbort fails: the group is lost either way,
+        // and a panic must not escape the failing rank's clean-up.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(taken)));
+    }
+}
 
 /// `lead` as rank 0 and the next `world - 1` GPUs after it, with their communicators.
 pub(super) fn group(lead: CudaBackend, world: usize) -> Result<Vec<(CudaBackend, NcclComm)>> {
@@ -38,17 +80,25 @@ pub(super) fn group(lead: CudaBackend, world: usize) -> Result<Vec<(CudaBackend,
     let streams = backends.iter().map(|b| b.dev.stream.clone()).collect();
     let comms = Comm::from_devices(streams)
         .map_err(|e| device_error("creating the NCCL communicators", format!("{e:?}")))?;
+    let group = Arc::new(Communicators(
+        comms.into_iter().map(|c| Mutex::new(Some(c))).collect(),
+    ));
     Ok(backends
         .into_iter()
-        .zip(comms.into_iter().map(NcclComm))
+        .enumerate()
+        .map(|(rank, backend)| {
+            let group = Arc::clone(&group);
+            (backend, NcclComm { rank, group })
+        })
         .collect())
 }
 
 pub(super) fn all_reduce_sum(comm: &NcclComm, buf: &mut CudaSlice<f32>) -> Result<()> {
-    comm.0
-        .all_reduce_in_place(buf, &ReduceOp::Sum)
-        .map(drop)
-        .map_err(|e| device_error("NCCL all_reduce", format!("{e:?}")))
+    comm.with(|comm| {
+        comm.all_reduce_in_place(buf, &ReduceOp::Sum)
+            .map(drop)
+            .map_err(|e| device_error("NCCL all_reduce", format!("{e:?}")))
+    })
 }
 
 pub(super) fn all_gather(
@@ -56,16 +106,17 @@ pub(super) fn all_gather(
     local: &CudaSlice<f32>,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    if out.len() != local.len() * comm.0.world_size() {
-        return Err(Error::Device(format!(
-            "cuda: all_gather of {} values into {} (world {})",
-            local.len(),
-            out.len(),
-            comm.0.world_size()
-        )));
-    }
-    comm.0
-        .all_gather(local, out)
-        .map(drop)
-        .map_err(|e| device_error("NCCL all_gather", format!("{e:?}")))
+    comm.with(|comm| {
+        if out.len() != local.len() * comm.world_size() {
+            return Err(Error::Device(format!(
+                "cuda: all_gather of {} values into {} (world {})",
+                local.len(),
+                out.len(),
+                comm.world_size()
+            )));
+        }
+        comm.all_gather(local, out)
+            .map(drop)
+            .map_err(|e| device_error("NCCL all_gather", format!("{e:?}")))
+    })
 }
