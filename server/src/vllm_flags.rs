@@ -531,7 +531,7 @@ mod tests {
             (vec!["-pp", "4"], "--pipeline-parallel-size 4"),
             (vec!["-tp", "0"], "--tensor-parallel-size"),
             (vec!["--quantization", "awq"], "awq quantization"),
-            (vec!["-q", "fp8"], "fp8 quantization"),
+            (vec!["-q", "gptq"], "gptq quantization"),
             (vec!["--load-format", "dummy"], "random weights"),
             (
                 vec!["--tokenizer-mode", "mistral"],
