@@ -108,7 +108,11 @@ pub fn quantize_per_tensor(values: &[f32]) -> (Vec<u8>, f32) {
 /// Dequantizes an `[n, k]` matrix of codes with one scale per row into `out`.
 pub fn dequantize(codes: &[u8], row_scales: &[f32], out: &mut [f32]) {
     let k = codes.len() / row_scales.len().max(1);
-    for ((row, out), &scale) in codes.chunks(k.max(1)).zip(out.chunks_mut(k.max(1))).zip(row_scales) {
+    for ((row, out), &scale) in codes
+        .chunks(k.max(1))
+        .zip(out.chunks_mut(k.max(1)))
+        .zip(row_scales)
+    {
         for (o, &b) in out.iter_mut().zip(row) {
             *o = E4M3_TO_F32[b as usize] * scale;
         }
@@ -172,7 +176,11 @@ mod tests {
         assert_eq!(f32_to_e4m3(1.07), 0x39);
         assert_eq!(f32_to_e4m3(1e6), 0x7E);
         assert_eq!(f32_to_e4m3(-1e6), 0xFE);
-        assert_eq!(f32_to_e4m3(2f32.powi(-11)), 0x00, "below half the smallest subnormal");
+        assert_eq!(
+            f32_to_e4m3(2f32.powi(-11)),
+            0x00,
+            "below half the smallest subnormal"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub fn compressed_tensors_scheme(q: &Value) -> Result<Fp8Scheme, String> {
         ));
     }
     if !is_empty(&q["kv_cache_scheme"]) {
-        return Err("compressed-tensors kv_cache_scheme (FP8 KV-cache scales) is not served".into());
+        return Err(
+            "compressed-tensors kv_cache_scheme (FP8 KV-cache scales) is not served".into(),
+        );
     }
     let groups = q["config_groups"]
         .as_object()
@@ -156,8 +158,12 @@ mod tests {
 
     #[test]
     fn fp8_tensor_and_channel_are_served() {
-        for (s, want) in [("tensor", Fp8Strategy::Tensor), ("channel", Fp8Strategy::Channel)] {
-            let q = config(json!({"num_bits": 8, "type": "float", "strategy": s, "dynamic": false}));
+        for (s, want) in [
+            ("tensor", Fp8Strategy::Tensor),
+            ("channel", Fp8Strategy::Channel),
+        ] {
+            let q =
+                config(json!({"num_bits": 8, "type": "float", "strategy": s, "dynamic": false}));
             assert_eq!(compressed_tensors_scheme(&q).unwrap().strategy, want);
         }
     }
@@ -165,10 +171,22 @@ mod tests {
     #[test]
     fn other_schemes_are_refused_by_name() {
         let cases = [
-            (json!({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}), "4-bit int"),
-            (json!({"num_bits": 8, "type": "int", "strategy": "channel"}), "8-bit int"),
-            (json!({"num_bits": 8, "type": "float", "strategy": "group"}), "\"group\""),
-            (json!({"num_bits": 8, "type": "float", "strategy": "block"}), "\"block\""),
+            (
+                json!({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}),
+                "4-bit int",
+            ),
+            (
+                json!({"num_bits": 8, "type": "int", "strategy": "channel"}),
+                "8-bit int",
+            ),
+            (
+                json!({"num_bits": 8, "type": "float", "strategy": "group"}),
+                "\"group\"",
+            ),
+            (
+                json!({"num_bits": 8, "type": "float", "strategy": "block"}),
+                "\"block\"",
+            ),
         ];
         for (weights, needle) in cases {
             let err = compressed_tensors_scheme(&config(weights)).unwrap_err();
@@ -176,9 +194,13 @@ mod tests {
         }
         let mut q = config(json!({"num_bits": 8, "type": "float", "strategy": "tensor"}));
         q["sparsity_config"] = json!({"format": "sparse-24-bitmask"});
-        assert!(compressed_tensors_scheme(&q).unwrap_err().contains("sparse-24"));
+        assert!(compressed_tensors_scheme(&q)
+            .unwrap_err()
+            .contains("sparse-24"));
         q["sparsity_config"] = json!({});
         q["format"] = json!("pack-quantized");
-        assert!(compressed_tensors_scheme(&q).unwrap_err().contains("pack-quantized"));
+        assert!(compressed_tensors_scheme(&q)
+            .unwrap_err()
+            .contains("pack-quantized"));
     }
 }

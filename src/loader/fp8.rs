@@ -22,7 +22,10 @@ pub enum TensorMode {
 /// whether its config.json declares FP8 weights). GGUF names are handled by the
 /// GGUF path; this sees only what reaches a directory.
 pub fn hf_quantization(requested: &str, fp8_checkpoint: bool) -> Result<TensorMode> {
-    match (requested.trim().to_ascii_lowercase().as_str(), fp8_checkpoint) {
+    match (
+        requested.trim().to_ascii_lowercase().as_str(),
+        fp8_checkpoint,
+    ) {
         ("auto", _) | ("fp8" | "compressed-tensors", true) => Ok(TensorMode::AsStored),
         ("none", true) => Ok(TensorMode::Dequantize),
         ("none", false) => Ok(TensorMode::AsStored),
@@ -66,9 +69,7 @@ impl TensorSource for Mapped<'_> {
             TensorMode::AsStored => t,
             TensorMode::Dequantize => t.dequantized(),
             // The linear layers only, as vLLM: embeddings, norms and lm_head stay.
-            TensorMode::DynamicFp8 if is_projection(name) => {
-                fp8::quantize_matrix(t.dequantized())
-            }
+            TensorMode::DynamicFp8 if is_projection(name) => fp8::quantize_matrix(t.dequantized()),
             TensorMode::DynamicFp8 => t,
         })
     }

@@ -189,21 +189,30 @@ impl Checkpoint {
         let path = &self.files[entry.file].0;
         let bad = |msg: String| Error::bad_file(path, format!("tensor `{name}`: {msg}"));
         let Some(scheme) = self.fp8 else {
-            return Err(bad("is F8_E4M3, but config.json has no FP8 quantization_config \
+            return Err(bad(
+                "is F8_E4M3, but config.json has no FP8 quantization_config \
                  (compressed-tensors float-quantized)"
-                .into()));
+                    .into(),
+            ));
         };
         let [rows, _] = entry.shape[..] else {
-            return Err(bad(format!("an FP8 tensor must be a matrix, it has shape {:?}", entry.shape)));
+            return Err(bad(format!(
+                "an FP8 tensor must be a matrix, it has shape {:?}",
+                entry.shape
+            )));
         };
         let map = &self.files[entry.file].1;
-        if map[entry.range.clone()].iter().any(|&b| crate::backend::fp8::is_nan(b)) {
+        if map[entry.range.clone()]
+            .iter()
+            .any(|&b| crate::backend::fp8::is_nan(b))
+        {
             return Err(bad("holds FP8 NaN codes".into()));
         }
         let scale_name = format!("{name}_scale");
-        let scale = self.entries.get(&scale_name).ok_or_else(|| {
-            bad(format!("is F8_E4M3 and has no `{scale_name}`"))
-        })?;
+        let scale = self
+            .entries
+            .get(&scale_name)
+            .ok_or_else(|| bad(format!("is F8_E4M3 and has no `{scale_name}`")))?;
         let values = scale_values(&self.files[scale.file].1[scale.range.clone()], scale)
             .ok_or_else(|| bad(format!("`{scale_name}` must be F32, F16 or BF16")))?;
         let per_row = match (scheme.strategy, &scale.shape[..]) {
@@ -221,7 +230,9 @@ impl Checkpoint {
             }
         };
         if let Some(v) = per_row.iter().find(|v| !v.is_finite() || **v < 0.0) {
-            return Err(bad(format!("`{scale_name}` holds {v}; scales are finite and not negative")));
+            return Err(bad(format!(
+                "`{scale_name}` holds {v}; scales are finite and not negative"
+            )));
         }
         Ok(per_row)
     }
@@ -233,9 +244,18 @@ fn scale_values(bytes: &[u8], entry: &Entry) -> Option<Vec<f32>> {
         return None;
     }
     let values: Vec<f32> = match entry.dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     };
     (!values.is_empty()).then_some(values)
 }

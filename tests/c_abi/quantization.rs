@@ -15,7 +15,10 @@ fn quantization_fp8_loads_and_serves() {
 #[test]
 fn an_unserved_quantization_is_named() {
     let o = options(&[]);
-    let (k, v) = (CString::new("quantization").unwrap(), CString::new("awq").unwrap());
+    let (k, v) = (
+        CString::new("quantization").unwrap(),
+        CString::new("awq").unwrap(),
+    );
     // SAFETY: a live options object and NUL-terminated strings.
     let status = unsafe { engine_options_set(o, k.as_ptr(), v.as_ptr()) };
     assert_error(status, ENGINE_ERR_INVALID_ARGUMENT, "\"awq\" is not served");

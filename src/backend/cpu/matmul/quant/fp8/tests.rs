@@ -27,7 +27,9 @@ fn matrix(n: usize, k: usize, seed: u64) -> Fp8Matrix {
             }
         })
         .collect();
-    let scales = (0..n).map(|_| (next() % 1000) as f32 / 1e5 + 1e-4).collect();
+    let scales = (0..n)
+        .map(|_| (next() % 1000) as f32 / 1e5 + 1e-4)
+        .collect();
     Fp8Matrix::new(n, k, Slab::Owned(codes), scales).unwrap()
 }
 
@@ -45,7 +47,11 @@ fn reference(x: &[f32], m: usize, w: &Fp8Matrix) -> Vec<f64> {
         w.dequantize_row(j, &mut row);
         for i in 0..m {
             let xr = &x[i * w.k..(i + 1) * w.k];
-            out[i * w.n + j] = xr.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum();
+            out[i * w.n + j] = xr
+                .iter()
+                .zip(&row)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
         }
     }
     out
@@ -89,8 +95,17 @@ fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
         for i in 0..m {
             let alone = run_kernel(&x[i * k..(i + 1) * k], 1, &w, kernels);
             assert_eq!(alone, batch[i * n..(i + 1) * n], "row {i} {kernels:?}");
-            let pair = run_kernel(&x[i * k..((i + 2).min(m)) * k], (i + 2).min(m) - i, &w, kernels);
-            assert_eq!(pair[..n], batch[i * n..(i + 1) * n], "row {i} in a pair {kernels:?}");
+            let pair = run_kernel(
+                &x[i * k..((i + 2).min(m)) * k],
+                (i + 2).min(m) - i,
+                &w,
+                kernels,
+            );
+            assert_eq!(
+                pair[..n],
+                batch[i * n..(i + 1) * n],
+                "row {i} in a pair {kernels:?}"
+            );
         }
     }
 }
