@@ -56,6 +56,7 @@ fn weight(shape: &[usize], dtype: DType, seed: u64) -> CpuWeight {
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
         quant: None,
+        fp8_scales: None,
     };
     let weight = CpuBackend.upload_weight(host, dtype);
     weight.unwrap_or_else(|e| panic!("upload_weight: {e}"))
@@ -282,6 +283,7 @@ fn natural_weight(shape: &[usize], dtype: DType, seed: u64) -> CpuWeight {
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
         quant: None,
+        fp8_scales: None,
     };
     CpuWeight::natural(host, dtype)
 }

@@ -516,6 +516,7 @@ fn cpu_weight(len: usize, seed: u64) -> CpuWeight {
         shape: vec![len],
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&random(len, seed)).to_vec()),
         quant: None,
+        fp8_scales: None,
     };
     CpuWeight::natural(host, DType::F32)
 }

@@ -1,6 +1,7 @@
 //! A real quantized model end to end: SmolLM2-135M-Instruct Q4_1 GGUF (the demo;
 //! scripts/fetch-demo-model.sh caches it) served quantized and dequantized to
-//! f32, interleaved in one run with llama.cpp's `llama-bench` on the same file
+//! f32 and bf16, and its tensors requantized to FP8 e4m3 at load (`--quantization
+//! fp8`, per-tensor scales: the FP8 kernels on a real model's shapes), interleaved in one run with llama.cpp's `llama-bench` on the same file
 //! when `LLAMA_BENCH` names its binary (built from source outside this repo).
 //!
 //! `LLAMA_BENCH=/path/to/llama-bench cargo bench --bench gguf` measures batch-1
@@ -61,13 +62,14 @@ fn run() -> engine::Result<()> {
         ("engine, quantized", load("auto", "auto")?),
         ("engine, f32", load("none", "float32")?),
         ("engine, bf16", load("none", "bfloat16")?),
+        ("engine, fp8", load("fp8", "bfloat16")?),
     ];
     println!(
         "{}; {threads} threads; best of {ROUNDS} interleaved rounds\n",
         path.display()
     );
-    // [engine quantized, engine f32, engine bf16, llama.cpp] x [decode, prefill], best tok/s.
-    let mut best = [[0f64; 2]; 4];
+    // [engine quantized, f32, bf16, fp8, llama.cpp] x [decode, prefill], best tok/s.
+    let mut best = [[0f64; 2]; 5];
     for round in 0..ROUNDS {
         for (e, (_, llm)) in engines.iter_mut().enumerate() {
             best[e][0] = best[e][0].max(decode(llm)?);
@@ -75,8 +77,8 @@ fn run() -> engine::Result<()> {
         }
         if let Some(bin) = &llama {
             let (tg, pp) = llama_bench(bin, &path, threads)?;
-            best[3][0] = best[3][0].max(tg);
-            best[3][1] = best[3][1].max(pp);
+            best[4][0] = best[4][0].max(tg);
+            best[4][1] = best[4][1].max(pp);
         }
         println!("round {} done", round + 1);
     }
@@ -88,6 +90,7 @@ fn run() -> engine::Result<()> {
         "engine, quantized",
         "engine, f32",
         "engine, bf16",
+        "engine, fp8",
         "llama.cpp",
     ];
     for (name, b) in names.iter().zip(best) {
@@ -98,10 +101,15 @@ fn run() -> engine::Result<()> {
     if llama.is_some() {
         println!(
             "\nquantized engine / llama.cpp: decode {:.2}x, prefill {:.2}x",
-            best[0][0] / best[3][0],
-            best[0][1] / best[3][1]
+            best[0][0] / best[4][0],
+            best[0][1] / best[4][1]
         );
     }
+    println!(
+        "fp8 / bf16: decode {:.2}x, prefill {:.2}x",
+        best[3][0] / best[2][0],
+        best[3][1] / best[2][1]
+    );
     Ok(())
 }
 

@@ -801,9 +801,12 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   On a GGUF model it is the dtype of the tensors that are not kept quantized.
  * - "quantization": as vLLM's --quantization: "auto" or "gguf" serve a GGUF file's
  *   Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K matrices quantized on the CPU, as
- *   llama.cpp does (the activations quantized to 8 bits per block); "none"
- *   dequantizes every tensor to "dtype" at load (the exact-reference path). Other
- *   GGUF types are dequantized either way; a CUDA device dequantizes all ["auto"].
+ *   llama.cpp does (the activations quantized to 8 bits per block), and "auto" an
+ *   FP8 checkpoint's (compressed-tensors) e4m3 weights with their scales; "fp8"
+ *   quantizes a 16/32-bit checkpoint's projections to FP8 e4m3 at load (one dynamic
+ *   scale per matrix, as vLLM); "none" dequantizes every tensor to "dtype" at load
+ *   (the exact-reference path). Other GGUF types are dequantized either way; a CUDA
+ *   device dequantizes all ["auto"].
  * - "max_model_len": longest sequence, prompt plus output [the config's
  *   max_position_embeddings].
  * - "block_size": tokens per KV cache block: 8, 16 or 32 [16].

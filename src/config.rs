@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::backend::DType;
 use crate::error::{read_json, Error, Result};
 
+pub mod fp8;
+
 /// Resolves vLLM's `--dtype` (`auto` or a dtype name) against the config's dtype.
 /// `auto` keeps the config's dtype (float32 when the config names none).
 pub fn resolve_dtype(requested: &str, config: &ModelConfig) -> Result<DType> {
@@ -214,6 +216,14 @@ impl ModelConfig {
         ModelConfig::from_raw(raw).map_err(|msg| Error::bad_file(&path, msg))
     }
 
+    /// The FP8 scheme of the `quantization_config` in `dir/config.json` (none
+    /// for an unquantized checkpoint; others are refused by [`ModelConfig::from_model_dir`]).
+    pub fn fp8_scheme_of_model_dir(dir: &Path) -> Result<Option<fp8::Fp8Scheme>> {
+        let path = dir.join("config.json");
+        let raw: RawConfig = read_json(&path)?;
+        raw.fp8_scheme().map_err(|msg| Error::bad_file(&path, msg))
+    }
+
     /// Parses the text of a `config.json`.
     pub fn from_json_str(text: &str) -> std::result::Result<ModelConfig, String> {
         let raw: RawConfig =
@@ -331,18 +341,29 @@ impl RawConfig {
     /// `quantization_config`) is refused by name, before its tensors (packed
     /// int weights, FP8 with scales) are misread as plain ones.
     fn check_quantization(&self) -> std::result::Result<(), String> {
+        self.fp8_scheme().map(|_| ())
+    }
+
+    /// The FP8 scheme (compressed-tensors, see [`fp8`]) of `quantization_config`,
+    /// none without one, or why the method is not served.
+    fn fp8_scheme(&self) -> std::result::Result<Option<fp8::Fp8Scheme>, String> {
         let Some(q) = &self.quantization_config else {
-            return Ok(());
+            return Ok(None);
         };
         let method = q["quant_method"].as_str().unwrap_or("(no quant_method)");
+        if method == "compressed-tensors" {
+            return fp8::compressed_tensors_scheme(q)
+                .map(Some)
+                .map_err(|e| format!("quantization_config: {e}"));
+        }
         let format = match q["format"].as_str() {
             Some(f) => format!(" (format {f:?})"),
             None => String::new(),
         };
         Err(format!(
             "quantization_config: quant_method {method:?}{format} is not served: this engine \
-             loads unquantized checkpoints and GGUF files (serve a GGUF quantization or the \
-             unquantized model)"
+             loads unquantized checkpoints, FP8 compressed-tensors checkpoints and GGUF files \
+             (serve a GGUF quantization or the unquantized model)"
         ))
     }
 
@@ -572,10 +593,7 @@ mod tests {
             1,
         );
         let e = ModelConfig::from_json_str(&fp8).unwrap_err();
-        assert!(
-            e.contains("\"compressed-tensors\" (format \"float-quantized\") is not served"),
-            "{e}"
-        );
+        assert!(e.contains("config_groups is missing or empty"), "{e}");
         let gptq = LLAMA3.replacen(
             '{',
             r#"{"quantization_config":{"quant_method":"gptq","bits":4},"#,

@@ -2,6 +2,8 @@
 //! a GGUF file), read its config, weights and tokenizer onto a backend, and size
 //! the KV cache (vLLM's engine arguments in [`LoadOptions`]).
 
+mod fp8;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use crate::model::shard::check_tensor_parallel;
 use crate::model::weights::{Checkpoint, TensorSource};
 use crate::model::{Model, ModelGroup, TpRank};
 use crate::tokenizer::Tokenizer;
+use fp8::TensorMode;
 
 /// How to load and size an engine (vLLM's engine arguments).
 #[derive(Debug, Clone)]
@@ -54,7 +57,10 @@ pub struct LoadOptions {
     pub skip_tokenizer_init: bool,
     /// vLLM's `--quantization`: `auto` or `gguf` keep a GGUF file's Q8_0, Q4_0,
     /// Q4_1, Q4_K, Q5_K and Q6_K matrices quantized on the CPU (as llama.cpp and
-    /// vLLM serve them); `none` dequantizes every tensor to `dtype` at load.
+    /// vLLM serve them), and `auto` an FP8 checkpoint's e4m3 weights; `fp8`
+    /// quantizes a 16/32-bit checkpoint's projections to FP8 at load (one
+    /// dynamic scale per matrix, as vLLM); `none` dequantizes every tensor to
+    /// `dtype` at load.
     pub quantization: String,
     /// vLLM's `--tensor-parallel-size`: the model sharded over this many ranks
     /// (GPUs; worker threads on the CPU) joined by collectives. `None` runs one
@@ -141,20 +147,18 @@ impl ModelPath {
 /// Resolves `--quantization` for the model: whether GGUF blocks stay quantized.
 fn keep_quantized(requested: &str, model: &ModelPath) -> Result<bool> {
     match (requested.trim().to_ascii_lowercase().as_str(), model) {
-        ("auto" | "none", ModelPath::HfDir(_)) => Ok(false),
+        ("auto" | "none" | "fp8" | "compressed-tensors", ModelPath::HfDir(_)) => Ok(false),
         ("auto" | "gguf", ModelPath::Gguf(_)) => Ok(true),
         ("none", ModelPath::Gguf(_)) => Ok(false),
         ("gguf", ModelPath::HfDir(dir)) => Err(Error::invalid(format!(
             "quantization \"gguf\" needs a GGUF model, and {} is a Hugging Face directory",
             dir.display()
         ))),
-        ("fp8", _) => Err(Error::invalid(
-            "quantization \"fp8\" (weights quantized to FP8 at load) is a GPU feature and is \
-             not served on the CPU backend: use auto, gguf or none",
-        )),
+        // GGUF tensors dequantized, then the projections quantized to FP8.
+        ("fp8", ModelPath::Gguf(_)) => Ok(false),
         (other, _) => Err(Error::invalid(format!(
             "quantization {other:?} is not served: expected auto, gguf (a GGUF file's blocks \
-             kept quantized) or none (dequantized to --dtype)"
+             kept quantized), fp8 (FP8 weights) or none (dequantized to --dtype)"
         ))),
     }
 }
@@ -287,12 +291,23 @@ fn load_hf_dir<B: Backend>(
             ))
         })?),
     };
+    let fp8_scheme = ModelConfig::fp8_scheme_of_model_dir(dir)?;
+    let quantization = fp8::hf_quantization(&options.quantization, fp8_scheme.is_some())?;
     let ranks = if options.load_format == "dummy" {
-        let source = DummyWeights { seed: 0 };
+        // Random weights for an FP8 checkpoint's shape are quantized as
+        // its own would be served: FP8, one scale per matrix.
+        let quantization = match quantization {
+            TensorMode::AsStored if fp8_scheme.is_some() => TensorMode::DynamicFp8,
+            q => q,
+        };
+        let inner = &DummyWeights { seed: 0 };
+        let source = fp8::Mapped { inner, quantization };
         load_ranks(&config, &source, dtype, options, backend, progress)?
     } else {
-        let ckpt = Checkpoint::open(dir)?;
-        load_ranks(&config, &ckpt, dtype, options, backend, progress)?
+        let ckpt = Checkpoint::open(dir)?.with_fp8(fp8_scheme);
+        let inner = &ckpt;
+        let source = fp8::Mapped { inner, quantization };
+        load_ranks(&config, &source, dtype, options, backend, progress)?
     };
     Ok((ranks, tokenizer))
 }
@@ -320,6 +335,10 @@ fn load_gguf<B: Backend>(
         config: &config,
         permuted_qk,
         keep_quantized,
+    };
+    let source = fp8::Mapped {
+        inner: &source,
+        quantization: fp8::gguf_quantization(&options.quantization),
     };
     let ranks = load_ranks(&config, &source, dtype, options, backend, progress)?;
     Ok((ranks, tokenizer))

@@ -210,6 +210,7 @@ fn host_tensor(v: &[f32], shape: &[usize]) -> HostTensor {
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(v).to_vec()),
         quant: None,
+        fp8_scales: None,
     }
 }
 

@@ -143,7 +143,9 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// As vLLM's: auto or gguf keep a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K
-    /// matrices quantized on the CPU; none dequantizes them to --dtype at load.
+    /// matrices quantized on the CPU, and auto an FP8 (compressed-tensors) checkpoint's
+    /// weights; fp8 quantizes 16/32-bit weights to FP8 e4m3 at load (per-tensor
+    /// scales); none dequantizes them to --dtype at load.
     #[arg(long, short = 'q', default_value = "auto", value_parser = quantization)]
     pub quantization: String,
     /// Where the weights come from: auto (the model's files; safetensors, pt,
@@ -336,9 +338,10 @@ fn load_format(v: &str) -> Result<String, String> {
 fn quantization(v: &str) -> Result<String, String> {
     let name = v.trim().to_ascii_lowercase();
     match name.as_str() {
-        "auto" | "gguf" | "none" => Ok(name),
+        "auto" | "gguf" | "fp8" | "compressed-tensors" | "none" => Ok(name),
         other => Err(format!(
-            "the {other} quantization method is not supported (served: auto, gguf, none)"
+            "the {other} quantization method is not supported (served: auto, gguf, fp8, \
+             compressed-tensors, none)"
         )),
     }
 }

@@ -519,7 +519,7 @@ mod tests {
             (vec!["-pp", "4"], "--pipeline-parallel-size 4"),
             (vec!["-tp", "0"], "--tensor-parallel-size"),
             (vec!["--quantization", "awq"], "awq quantization"),
-            (vec!["-q", "fp8"], "fp8 quantization"),
+            (vec!["-q", "gptq"], "gptq quantization"),
             (
                 vec!["--load-format", "tensorizer"],
                 "tensorizer load format",

@@ -12,6 +12,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod fp8;
 pub mod ggml;
 mod shard;
 mod tensor;

@@ -74,6 +74,9 @@ pub struct HostTensor {
     /// `Some`: `bytes` are GGUF blocks of this type, row after row (a backend
     /// multiplies them as they are or calls [`HostTensor::dequantized`]).
     pub quant: Option<GgmlType>,
+    /// `Some`: `bytes` are FP8 e4m3 codes of a matrix, one per element, and
+    /// row `r`'s values are multiplied by `fp8_scales[r]` (see [`super::fp8`]).
+    pub fp8_scales: Option<Vec<f32>>,
 }
 
 impl HostTensor {
@@ -81,17 +84,23 @@ impl HostTensor {
         self.shape.iter().product()
     }
 
-    /// The tensor with GGUF blocks dequantized to f32 (others as they are).
+    /// The tensor with GGUF blocks or FP8 codes dequantized to f32 (others as they are).
     pub fn dequantized(self) -> HostTensor {
-        let Some(ty) = self.quant else { return self };
         let mut values = vec![0f32; self.numel()];
-        super::ggml::dequantize_parallel(ty, self.bytes.as_slice(), &mut values);
+        if let Some(scales) = &self.fp8_scales {
+            super::fp8::dequantize(self.bytes.as_slice(), scales, &mut values);
+        } else if let Some(ty) = self.quant {
+            super::ggml::dequantize_parallel(ty, self.bytes.as_slice(), &mut values);
+        } else {
+            return self;
+        }
         HostTensor {
             name: self.name,
             dtype: DType::F32,
             shape: self.shape,
             bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
             quant: None,
+            fp8_scales: None,
         }
     }
 
@@ -106,6 +115,7 @@ impl HostTensor {
         for p in parts {
             if p.dtype != first.dtype
                 || p.quant != first.quant
+                || p.fp8_scales.is_some() != first.fp8_scales.is_some()
                 || p.shape.len() != first.shape.len()
                 || p.shape.get(1).copied().unwrap_or(1) != cols
             {
@@ -117,6 +127,10 @@ impl HostTensor {
             rows += p.shape[0];
             bytes.extend_from_slice(p.bytes.as_slice());
         }
+        let fp8_scales = first.fp8_scales.as_ref().map(|_| {
+            let scales = parts.iter().flat_map(|p| p.fp8_scales.iter().flatten());
+            scales.copied().collect()
+        });
         let shape = if first.shape.len() == 1 {
             vec![rows]
         } else {
@@ -128,6 +142,7 @@ impl HostTensor {
             shape,
             bytes: TensorBytes::Owned(bytes),
             quant: first.quant,
+            fp8_scales,
         })
     }
 
@@ -136,6 +151,7 @@ impl HostTensor {
         let cols = self.shape.get(1).copied().unwrap_or(1);
         let bytes = match self.quant {
             Some(ty) => cols / ty.block_elems() * ty.block_bytes(),
+            None if self.fp8_scales.is_some() => cols,
             None => cols * self.dtype.size_in_bytes(),
         };
         (cols, bytes)
@@ -161,10 +177,17 @@ impl HostTensor {
                 TensorBytes::Owned(bytes)
             }
         };
+        // Padding rows are zeros whatever their scale.
+        let fp8_scales = self.fp8_scales.as_ref().map(|s| {
+            let mut kept = s[kept.clone()].to_vec();
+            kept.resize(rows.len(), 1.0);
+            kept
+        });
         Ok(HostTensor {
             name: self.name.clone(),
             shape,
             bytes,
+            fp8_scales,
             ..*self
         })
     }
@@ -181,7 +204,7 @@ impl HostTensor {
         }
         let (elems, bytes_per) = match self.quant {
             Some(ty) => (ty.block_elems(), ty.block_bytes()),
-            None => (1, self.dtype.size_in_bytes()),
+            None => (1, row_bytes / width.max(1)),
         };
         if !cols.start.is_multiple_of(elems) || !cols.end.is_multiple_of(elems) {
             let ty = self.quant.map_or("?", |t| t.name());
@@ -205,6 +228,7 @@ impl HostTensor {
             name: self.name.clone(),
             shape: vec![self.shape[0], cols.len()],
             bytes: TensorBytes::Owned(bytes),
+            fp8_scales: self.fp8_scales.clone(),
             ..*self
         })
     }

@@ -117,6 +117,7 @@ impl TensorSource for GgufSource<'_> {
                 shape: shape.to_vec(),
                 bytes,
                 quant: Some(ty),
+                fp8_scales: None,
             });
         }
         let mut values = vec![0f32; info.numel()];
@@ -132,6 +133,7 @@ impl TensorSource for GgufSource<'_> {
             shape: shape.to_vec(),
             bytes: TensorBytes::Owned(bytes),
             quant: None,
+            fp8_scales: None,
         })
     }
 }

@@ -12,11 +12,15 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 
 use crate::backend::{DType, HostTensor, TensorBytes};
+use crate::config::fp8::{Fp8Scheme, Fp8Strategy};
 use crate::error::{read_json, Error, Result};
 
 struct Entry {
     file: usize,
+    /// For FP8 codes (`fp8`), F32: the type they dequantize to.
     dtype: DType,
+    /// Safetensors `F8_E4M3`: one e4m3 code per element, scaled by `<name>_scale`.
+    fp8: bool,
     shape: Vec<usize>,
     range: Range<usize>,
 }
@@ -44,6 +48,8 @@ impl TensorSource for Checkpoint {
 pub struct Checkpoint {
     files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
+    /// The FP8 scheme config.json declares (`F8_E4M3` tensors need one).
+    fp8: Option<Fp8Scheme>,
 }
 
 impl Checkpoint {
@@ -69,6 +75,7 @@ impl Checkpoint {
         let mut ckpt = Checkpoint {
             files: Vec::new(),
             entries: HashMap::new(),
+            fp8: None,
         };
         for path in files {
             ckpt.add_file(path)?;
@@ -90,14 +97,18 @@ impl Checkpoint {
         let base = map.as_ptr() as usize;
         let file_index = self.files.len();
         for (name, view) in parsed.tensors() {
-            let dtype = match view.dtype() {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
+            let (dtype, fp8) = match view.dtype() {
+                safetensors::Dtype::F32 => (DType::F32, false),
+                safetensors::Dtype::F16 => (DType::F16, false),
+                safetensors::Dtype::BF16 => (DType::BF16, false),
+                safetensors::Dtype::F8_E4M3 => (DType::F32, true),
                 other => {
                     return Err(Error::bad_file(
                         &path,
-                        format!("tensor `{name}` has dtype {other:?}; supported: F32, F16, BF16"),
+                        format!(
+                            "tensor `{name}` has dtype {other:?}; supported: F32, F16, BF16, \
+                             F8_E4M3 (FP8 checkpoints)"
+                        ),
                     ))
                 }
             };
@@ -106,6 +117,7 @@ impl Checkpoint {
             let entry = Entry {
                 file: file_index,
                 dtype,
+                fp8,
                 shape: view.shape().to_vec(),
                 range,
             };
@@ -119,6 +131,12 @@ impl Checkpoint {
         drop(parsed);
         self.files.push((path, Arc::new(map)));
         Ok(())
+    }
+
+    /// Declares the FP8 scheme of config.json's `quantization_config`.
+    pub fn with_fp8(mut self, scheme: Option<Fp8Scheme>) -> Checkpoint {
+        self.fp8 = scheme;
+        self
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -148,6 +166,10 @@ impl Checkpoint {
                 ),
             ));
         }
+        let fp8_scales = match entry.fp8 {
+            true => Some(self.fp8_scales(name, entry)?),
+            false => None,
+        };
         Ok(HostTensor {
             name: name.to_string(),
             dtype: entry.dtype,
@@ -157,8 +179,85 @@ impl Checkpoint {
                 range: entry.range.clone(),
             },
             quant: None,
+            fp8_scales,
         })
     }
+
+    /// The row scales of FP8 tensor `name` from its `weight_scale`, checked
+    /// against the declared strategy; the codes checked free of NaN.
+    fn fp8_scales(&self, name: &str, entry: &Entry) -> Result<Vec<f32>> {
+        let path = &self.files[entry.file].0;
+        let bad = |msg: String| Error::bad_file(path, format!("tensor `{name}`: {msg}"));
+        let Some(scheme) = self.fp8 else {
+            return Err(bad(
+                "is F8_E4M3, but config.json has no FP8 quantization_config \
+                 (compressed-tensors float-quantized)"
+                    .into(),
+            ));
+        };
+        let [rows, _] = entry.shape[..] else {
+            return Err(bad(format!(
+                "an FP8 tensor must be a matrix, it has shape {:?}",
+                entry.shape
+            )));
+        };
+        let map = &self.files[entry.file].1;
+        if map[entry.range.clone()]
+            .iter()
+            .any(|&b| crate::backend::fp8::is_nan(b))
+        {
+            return Err(bad("holds FP8 NaN codes".into()));
+        }
+        let scale_name = format!("{name}_scale");
+        let scale = self
+            .entries
+            .get(&scale_name)
+            .ok_or_else(|| bad(format!("is F8_E4M3 and has no `{scale_name}`")))?;
+        let values = scale_values(&self.files[scale.file].1[scale.range.clone()], scale)
+            .ok_or_else(|| bad(format!("`{scale_name}` must be F32, F16 or BF16")))?;
+        let per_row = match (scheme.strategy, &scale.shape[..]) {
+            (Fp8Strategy::Tensor, [] | [1]) => vec![values[0]; rows],
+            (Fp8Strategy::Channel, [n] | [n, 1]) if *n == rows => values,
+            (strategy, shape) => {
+                return Err(bad(format!(
+                    "`{scale_name}` has shape {shape:?}; the {} strategy of config.json wants {}",
+                    strategy.name(),
+                    match strategy {
+                        Fp8Strategy::Tensor => "[] or [1]".to_string(),
+                        Fp8Strategy::Channel => format!("[{rows}, 1]"),
+                    }
+                )))
+            }
+        };
+        if let Some(v) = per_row.iter().find(|v| !v.is_finite() || **v < 0.0) {
+            return Err(bad(format!(
+                "`{scale_name}` holds {v}; scales are finite and not negative"
+            )));
+        }
+        Ok(per_row)
+    }
+}
+
+/// A scale tensor's values as f32, if it has a float dtype.
+fn scale_values(bytes: &[u8], entry: &Entry) -> Option<Vec<f32>> {
+    if entry.fp8 {
+        return None;
+    }
+    let values: Vec<f32> = match entry.dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    };
+    (!values.is_empty()).then_some(values)
 }
 
 #[derive(serde::Deserialize)]

@@ -7,3 +7,4 @@ mod fuzz;
 mod guided;
 mod hardening;
 mod install;
+mod quantization;

@@ -25,6 +25,7 @@ use crate::backend::{HostTensor, TensorBytes};
 
 #[cfg(target_arch = "x86_64")]
 use super::matmul::packed::PackedMatrix;
+use super::matmul::quant::fp8::Fp8Matrix;
 use super::matmul::quant::{self, QuantMatrix};
 
 /// A read-only typed slice, mapped or owned.
@@ -56,6 +57,8 @@ pub enum WeightData {
     Packed(PackedMatrix),
     /// GGUF blocks, multiplied by the quantized kernels.
     Quant(QuantMatrix),
+    /// FP8 e4m3 codes with row scales, multiplied by the FP8 kernels.
+    Fp8(Fp8Matrix),
 }
 
 /// A weight tensor with its shape (`[out_features, in_features]` for matrices).
@@ -69,7 +72,7 @@ pub struct CpuWeight {
 impl CpuWeight {
     /// Takes `t` in `dtype`, in the layout the matmul kernels of this CPU want.
     pub fn from_host(t: HostTensor, dtype: DType) -> CpuWeight {
-        let t = match quantized(t, dtype) {
+        let t = match quantized(t, dtype).or_else(|t| fp8(t, dtype)) {
             Ok(w) => return w,
             Err(t) => t,
         };
@@ -163,6 +166,16 @@ impl CpuWeight {
                     *o = p.get(i / k, i % k);
                 }
             }
+            WeightData::Fp8(q) => {
+                let (k, start) = (self.cols(), range.start);
+                let mut row = vec![0f32; k];
+                for (i, o) in range.zip(out) {
+                    if i % k == 0 || i == start {
+                        q.dequantize_row(i / k, &mut row);
+                    }
+                    *o = row[i % k];
+                }
+            }
             WeightData::Quant(q) => {
                 // Whole rows dequantized, the wanted part copied out.
                 let k = self.cols();
@@ -188,6 +201,9 @@ impl CpuWeight {
             return p.read_row_f32(row, out);
         }
         if let WeightData::Quant(q) = &self.data {
+            return q.dequantize_row(row, out);
+        }
+        if let WeightData::Fp8(q) = &self.data {
             return q.dequantize_row(row, out);
         }
         let k = self.cols();
@@ -231,6 +247,32 @@ fn quantized(t: HostTensor, dtype: DType) -> Result<CpuWeight, HostTensor> {
         shape: t.shape,
         dtype,
         data: WeightData::Quant(QuantMatrix::from_parts(ty, n, k, slab)),
+    })
+}
+
+/// A matrix of FP8 codes kept as an [`Fp8Matrix`] (borrowed from the map when
+/// mapped); anything else handed back.
+fn fp8(t: HostTensor, dtype: DType) -> Result<CpuWeight, HostTensor> {
+    let (&[n, k], Some(scales)) = (&t.shape[..], &t.fp8_scales) else {
+        return Err(t);
+    };
+    if n.checked_mul(k) != Some(t.bytes.as_slice().len()) || scales.len() != n {
+        return Err(t);
+    }
+    let codes = match t.bytes {
+        TensorBytes::Mapped { map, range } => Slab::Mapped {
+            map,
+            range,
+            elem: PhantomData,
+        },
+        TensorBytes::Owned(v) => Slab::Owned(v),
+    };
+    let scales = t.fp8_scales.unwrap_or_default();
+    let matrix = Fp8Matrix::new(n, k, codes, scales).expect("sizes checked above");
+    Ok(CpuWeight {
+        shape: t.shape,
+        dtype,
+        data: WeightData::Fp8(matrix),
     })
 }
 

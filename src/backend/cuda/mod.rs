@@ -293,8 +293,8 @@ impl Backend for CudaBackend {
                     "cuda: a packed CPU weight cannot be uploaded",
                 ))
             }
-            // `natural` dequantizes GGUF blocks, so this does not occur.
-            WeightData::Quant(_) => {
+            // `natural` dequantizes GGUF blocks and FP8, so this does not occur.
+            WeightData::Quant(_) | WeightData::Fp8(_) => {
                 return Err(Error::invalid(
                     "cuda: a quantized CPU weight cannot be uploaded",
                 ))

@@ -10,6 +10,7 @@
 //!   batch it runs in.
 //! - `quant`: GGUF blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) read in place,
 //!   the activations quantized to 8-bit blocks (see its docs); batch-invariant.
+//!   `quant::fp8`: FP8 e4m3 weights with row scales, f32 activations; batch-invariant.
 //! - `portable`: the stored row-major layout on any CPU — a streaming kernel for
 //!   few rows and the `gemm` crate for many. f32 weights always take it; bf16 and
 //!   f16 take it on CPUs without AVX-512 (BF16). Its results for a row may
@@ -68,6 +69,9 @@ pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
 fn multiply(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if let WeightData::Quant(q) = &w.data {
         return quant::matmul(x, m, q, out, quant::Kernels::Best);
+    }
+    if let WeightData::Fp8(q) = &w.data {
+        return quant::fp8::matmul(x, m, q, out, quant::Kernels::Best);
     }
     #[cfg(target_arch = "x86_64")]
     if let WeightData::Packed(p) = &w.data {

@@ -41,6 +41,7 @@ fn host(values: &[f32], shape: &[usize]) -> HostTensor {
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(values).to_vec()),
         quant: None,
+        fp8_scales: None,
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod fp8;
 pub mod scalar;
 #[cfg(test)]
 mod tests;

@@ -174,6 +174,7 @@ fn cpu_weight_keeps_blocks_and_reads_rows() {
         shape: vec![n, k],
         bytes: TensorBytes::Owned(bytes),
         quant: Some(ty),
+        fp8_scales: None,
     };
     let w = CpuWeight::from_host(host.clone(), DType::F32);
     assert!(matches!(w.data, WeightData::Quant(_)));
