@@ -47,6 +47,7 @@ impl TensorSource for DummyWeights {
             shape: shape.to_vec(),
             bytes: TensorBytes::Owned(bytes),
             quant: None,
+            fp8_scales: None,
         })
     }
 }
