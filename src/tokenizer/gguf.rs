@@ -1,25 +1,27 @@
-//! The tokenizer of a GGUF file, from its `tokenizer.ggml.*` metadata: a GPT-2-style
-//! byte-level BPE (`tokenizer.ggml.model` = "gpt2": tokens, merges, token types,
-//! BOS/EOS ids, `add_bos_token`) built as a `tokenizers` tokenizer, the pre-tokenizer
-//! picked from `tokenizer.ggml.pre` as llama.cpp does, and the chat template from
-//! `tokenizer.chat_template`. SentencePiece-style vocabularies ("llama") are not
-//! built yet: they are a clear error, and `--tokenizer DIR` can stand in.
+//! The tokenizer of a GGUF file, from its `tokenizer.ggml.*` metadata, built as a
+//! `tokenizers` tokenizer: a GPT-2-style byte-level BPE (`tokenizer.ggml.model` =
+//! "gpt2": tokens, merges, token types, BOS/EOS ids, `add_bos_token`) with the
+//! pre-tokenizer picked from `tokenizer.ggml.pre` as llama.cpp does, or a
+//! SentencePiece-style vocabulary ("llama", `gguf_spm.rs`); and the chat template
+//! from `tokenizer.chat_template`. Other vocabulary types are a clear error
+//! (`--tokenizer DIR` can stand in).
 
 use serde_json::{json, Map, Value as Json};
 
+use super::gguf_spm::{self, SpmIds};
 use super::{ChatTemplate, NamedTemplate, SpecialTokens, Tokenizer};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 
 /// llama.cpp's token types.
-const TOKEN_CONTROL: u64 = 3;
-const TOKEN_USER_DEFINED: u64 = 4;
+pub(super) const TOKEN_CONTROL: u64 = 3;
+pub(super) const TOKEN_USER_DEFINED: u64 = 4;
 
 /// The split regex of Qwen2 and Llama 3 vocabularies (llama.cpp's "qwen2" and
 /// "llama-bpe" pre-tokenizers).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>> {
+pub(super) fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>> {
     let Some(v) = file.get(key) else {
         return Ok(None);
     };
@@ -57,22 +59,10 @@ fn pre_tokenizer(pre: &str) -> Json {
 }
 
 pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-    check_model(file)?;
+    let model = vocabulary_type(file)?;
     let tokens = strings(file, "tokenizer.ggml.tokens")?
         .ok_or_else(|| file.error("no `tokenizer.ggml.tokens`"))?;
-    let merges = strings(file, "tokenizer.ggml.merges")?
-        .ok_or_else(|| file.error("the BPE vocabulary has no merges (`tokenizer.ggml.merges`)"))?;
     let types = token_types(file, tokens.len())?;
-    let (vocab, added) = vocab_and_added(&tokens, &types);
-    let merge_pairs = merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| json!([a, b]))
-                .ok_or_else(|| file.error(format!("merge {m:?} is not two tokens")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-
     let id_key = |k: &str| -> Option<u32> {
         file.get(k)
             .and_then(Value::as_u64)
@@ -82,27 +72,12 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let bos = id_key("tokenizer.ggml.bos_token_id");
     let eos = id_key("tokenizer.ggml.eos_token_id");
     let eot = id_key("tokenizer.ggml.eot_token_id");
-    let add_bos = file
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let spec = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer(pre),
-        "post_processor": post_processor(&tokens, bos.filter(|_| add_bos)),
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merge_pairs},
-    });
+    let unk = id_key("tokenizer.ggml.unknown_token_id");
+    let spec = if model == "llama" {
+        gguf_spm::spec(file, &tokens, &types, &SpmIds { bos, eos, unk })?
+    } else {
+        byte_level_spec(file, &tokens, &types, bos)?
+    };
     let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| {
         file.error(format!(
             "cannot build the tokenizer from the vocabulary: {e}"
@@ -113,7 +88,7 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let special_tokens = SpecialTokens {
         bos_token: name(bos),
         eos_token: name(eos),
-        unk_token: name(id_key("tokenizer.ggml.unknown_token_id")),
+        unk_token: name(unk),
         pad_token: name(id_key("tokenizer.ggml.padding_token_id")),
     };
     let mut generation_eos_token_ids: Vec<u32> = eos.into_iter().collect();
@@ -139,8 +114,55 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     })
 }
 
-/// Only GPT-2-style byte-level BPE vocabularies are built.
-fn check_model(file: &GgufFile) -> Result<()> {
+/// A GPT-2-style byte-level BPE vocabulary's `tokenizer.json` value.
+fn byte_level_spec(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[u64],
+    bos: Option<u32>,
+) -> Result<Json> {
+    let merges = strings(file, "tokenizer.ggml.merges")?
+        .ok_or_else(|| file.error("the BPE vocabulary has no merges (`tokenizer.ggml.merges`)"))?;
+    let (vocab, added) = vocab_and_added(tokens, types);
+    let merge_pairs = split_merges(file, &merges)?;
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(pre),
+        "post_processor": post_processor(tokens, bos.filter(|_| add_bos)),
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merge_pairs},
+    }))
+}
+
+/// `tokenizer.ggml.merges` entries ("a b") as `tokenizers` merge pairs.
+pub(super) fn split_merges(file: &GgufFile, merges: &[&str]) -> Result<Vec<Json>> {
+    merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| json!([a, b]))
+                .ok_or_else(|| file.error(format!("merge {m:?} is not two tokens")))
+        })
+        .collect()
+}
+
+/// `tokenizer.ggml.model`: "gpt2" (byte-level BPE) or "llama" (SentencePiece);
+/// anything else is an error naming it.
+fn vocabulary_type(file: &GgufFile) -> Result<&str> {
     let model = file
         .get("tokenizer.ggml.model")
         .and_then(Value::as_str)
@@ -149,12 +171,12 @@ fn check_model(file: &GgufFile) -> Result<()> {
                 "no tokenizer in the metadata (`tokenizer.ggml.model`); pass --tokenizer DIR",
             )
         })?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(file.error(format!(
-            "tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); pass a Hugging Face tokenizer with --tokenizer DIR"
+            "tokenizer model {model:?} (`tokenizer.ggml.model`) is not supported (only \"gpt2\" byte-level BPE and \"llama\" SentencePiece); pass a Hugging Face tokenizer with --tokenizer DIR"
         )));
     }
-    Ok(())
+    Ok(model)
 }
 
 /// Each token's llama.cpp type (normal when the file gives none).

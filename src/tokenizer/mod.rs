@@ -9,6 +9,7 @@
 mod chat_template;
 mod detokenizer;
 mod gguf;
+mod gguf_spm;
 mod load;
 mod python;
 

@@ -8,8 +8,8 @@
 //! activation row `i`, and rows are quantized independently, so a row's result
 //! is bitwise the same whatever the batch.
 //!
-//! On AVX-512 VNNI CPUs the 32-wide types are also repacked at load into
-//! 16-row tiles (`tiled`), which serve every matmul of those matrices (decode
+//! On AVX-512 VNNI CPUs every type is also repacked at load into 16-row tiles
+//! (`tiled`; the K-quants' records in `tiled_k`), which serve every matmul of those matrices (decode
 //! and prefill alike, so still batch-invariant); the mapped blocks stay for row
 //! reads (embedding lookups) and the portable kernels.
 
@@ -22,6 +22,8 @@ pub mod scalar;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 pub mod tiled;
+#[cfg(target_arch = "x86_64")]
+mod tiled_k;
 
 use rayon::prelude::*;
 

@@ -192,11 +192,13 @@ fn cpu_weight_keeps_blocks_and_reads_rows() {
 #[test]
 fn tiled_matmul_matches_portable_for_any_row_and_column_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(19);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+    for ty in TYPES {
         // 35 columns: two full 16-row tiles and a padded one.
-        let (n, k) = (35, 3 * 32);
+        let (n, k) = (35, 3 * ty.block_elems());
         let w = quant_weight(ty, n, k, random_blocks(ty, n, k, &mut rng));
         if !w.is_tiled() {
+            #[cfg(target_arch = "x86_64")]
+            assert!(!super::avx512::supported(), "{} is not tiled", ty.name());
             println!("tiled kernels not checked: this CPU lacks AVX-512 VNNI");
             return;
         }

@@ -14,6 +14,8 @@
 //! - Q8_0: 8 lines, line `t` lane `j` = values `4t..4t+4` of row `j`, xor 0x80
 //!   (biased to u8; 128·Σq is taken back out with the activation sums).
 //!
+//! The K-quants (Q4_K, Q5_K, Q6_K) have their own records (`tiled_k`).
+//!
 //! Every output is computed by the same instructions in the same order,
 //! whatever the number of rows or their grouping: batch-invariant.
 
@@ -22,20 +24,21 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::acts::{ActRow, QuantActs};
+use super::tiled_k;
 use crate::backend::cpu::matmul::OutPtr;
 use crate::backend::ggml::GgmlType;
 
 /// Weight rows per tile: the 16 i32 lanes of a 512-bit register.
-const TILE: usize = 16;
+pub(super) const TILE: usize = 16;
 /// Activation rows multiplied per pass over a tile's unpacked blocks.
 const R: usize = 4;
 
 /// One 64-byte line, so records start on cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(super) struct Line(pub(super) [u8; 64]);
 
-/// A matrix of Q4_0, Q4_1 or Q8_0 rows in 16-row tiles.
+/// A matrix of Q4_0, Q4_1, Q8_0 or K-quant rows in 16-row tiles.
 pub struct Tiles {
     ty: GgmlType,
     n: usize,
@@ -45,10 +48,10 @@ pub struct Tiles {
 
 /// Lines per (tile, block) record.
 fn record_lines(ty: GgmlType) -> usize {
-    if ty == GgmlType::Q8_0 {
-        9
-    } else {
-        5
+    match ty {
+        GgmlType::Q8_0 => 9,
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => tiled_k::record_lines(ty),
+        _ => 5,
     }
 }
 
@@ -65,12 +68,14 @@ impl Tiles {
         let quants_at = match ty {
             GgmlType::Q4_0 | GgmlType::Q8_0 => 2,
             GgmlType::Q4_1 => 4,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 0,
             _ => return None,
         };
-        if !super::avx512::supported() || !k.is_multiple_of(32) {
+        let width = ty.block_elems();
+        if !super::avx512::supported() || !k.is_multiple_of(width) {
             return None;
         }
-        let (blocks, bb, rl) = (k / 32, ty.block_bytes(), record_lines(ty));
+        let (blocks, bb, rl) = (k / width, ty.block_bytes(), record_lines(ty));
         let len = n.div_ceil(TILE).checked_mul(blocks)?.checked_mul(rl)?;
         let mut lines = Vec::new();
         lines.try_reserve_exact(len).ok()?;
@@ -79,6 +84,10 @@ impl Tiles {
             let (g, lane) = (j / TILE, j % TILE);
             for (b, blk) in row(j).chunks_exact(bb).enumerate() {
                 let at = (g * blocks + b) * rl;
+                if width == 256 {
+                    tiled_k::repack_block(ty, blk, lane, &mut lines[at..at + rl]);
+                    continue;
+                }
                 let head = &mut lines[at].0;
                 head[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]);
                 if ty == GgmlType::Q4_1 {
@@ -101,9 +110,12 @@ impl Tiles {
         })
     }
 
-    /// `out = acts · wᵀ` for the `m` rows of `acts` (32-wide blocks).
+    /// `out = acts · wᵀ` for the `m` rows of `acts` (32- or 256-wide blocks, as the type's).
     pub fn matmul(&self, acts: &QuantActs, m: usize, out: &mut [f32]) {
-        debug_assert!(acts.block == 32 && acts.k == 32 * self.blocks && out.len() == m * self.n);
+        let width = self.ty.block_elems();
+        debug_assert!(
+            acts.block == width && acts.k == width * self.blocks && out.len() == m * self.n
+        );
         let rows: Vec<ActRow> = (0..m).map(|i| acts.row(i)).collect();
         let ptr = OutPtr(out.as_mut_ptr());
         let rl = record_lines(self.ty);
@@ -117,12 +129,18 @@ impl Tiles {
                 let mut acc = [[0f32; TILE]; R];
                 // SAFETY: the features were checked when the tiles were made;
                 // `records` holds `blocks` records; every row holds 32·blocks
-                // activations (debug-asserted above, and QuantActs makes them so).
+                // activations (debug-asserted above, and QuantActs makes them so),
+                // in 256-wide blocks with sums of 16 for the K-quants.
                 unsafe {
-                    if take == R {
-                        tile::<R>(records, kind, &rows[i..i + R], &mut acc);
-                    } else {
-                        tile::<1>(records, kind, &rows[i..i + 1], &mut acc[..1]);
+                    match (width == 256, take == R) {
+                        (false, true) => tile::<R>(records, kind, &rows[i..i + R], &mut acc),
+                        (false, false) => tile::<1>(records, kind, &rows[i..i + 1], &mut acc[..1]),
+                        (true, true) => {
+                            tiled_k::tile::<R>(self.ty, records, &rows[i..i + R], &mut acc)
+                        }
+                        (true, false) => {
+                            tiled_k::tile::<1>(self.ty, records, &rows[i..i + 1], &mut acc[..1])
+                        }
                     }
                 }
                 for (r, a) in acc[..take].iter().enumerate() {
