@@ -20,9 +20,11 @@ use safetensors::tensor::{Dtype, TensorView};
 
 /// Teacher-forced logits against the float32 cache, relative L2 per row
 /// (one rounding of every K and V value to 4 (e4m3) or 3 (e5m2) significant
-/// bits). Measured on the fixtures with float32 weights: see MEASURED.
-const E4M3_LOGITS_TOL: f64 = 1e-1;
-const E5M2_LOGITS_TOL: f64 = 2e-1;
+/// bits). Measured on the three fixtures with float32 weights and a 200-token
+/// prompt: e4m3 4.1–4.5e-2, e5m2 7.6–8.7e-2, float16 3.3–3.8e-4.
+const E4M3_LOGITS_TOL: f64 = 7e-2;
+const E5M2_LOGITS_TOL: f64 = 1.4e-1;
+const F16_LOGITS_TOL: f64 = 1e-3;
 /// A float32-cache top-2 logprob margin at or under this may flip with FP8
 /// (an e5m2 flip at a margin of 0.104 was seen).
 const E4M3_TIE_MARGIN: f32 = 0.15;
@@ -88,7 +90,7 @@ fn fp8_kv_logits_stay_within_tolerance_of_the_f32_kv() {
         for (kv, tolerance) in [
             ("fp8", E4M3_LOGITS_TOL),
             ("fp8_e5m2", E5M2_LOGITS_TOL),
-            ("float16", 2e-3),
+            ("float16", F16_LOGITS_TOL),
         ] {
             let mut llm = load(&fixture_dir(name), &options(kv));
             let err = worst_logits_error(&mut llm, &mut f32_kv, &prompts);
