@@ -13,9 +13,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use engine::backend::cpu::exp::exp;
 use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
-use engine::backend::DType;
+use engine::backend::fp8::Fp8Format;
 use engine::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
+use engine::backend::{DType, KvDType};
 use engine::backend::{HostTensor, TensorBytes};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -77,7 +79,7 @@ fn meta(tokens: usize, context: usize) -> StepMeta {
     }
 }
 
-fn kv_pool(context: usize, seed: u64, dtype: DType) -> CpuKvPool {
+fn kv_pool(context: usize, seed: u64, dtype: KvDType) -> CpuKvPool {
     let shape = KvPoolShape {
         num_blocks: context.div_ceil(BLOCK),
         num_kv_heads: KV_HEADS,
@@ -195,8 +197,8 @@ fn row_ops(c: &mut Criterion) {
         });
 
         let (mut k_pool, mut v_pool) = (
-            kv_pool(tokens, 10, DType::F32),
-            kv_pool(tokens, 11, DType::F32),
+            kv_pool(tokens, 10, KvDType::F32),
+            kv_pool(tokens, 11, KvDType::F32),
         );
         g.throughput(Throughput::BytesDecimal(
             (tokens * 2 * KV_HEADS * HEAD_DIM * 8) as u64,
@@ -211,9 +213,16 @@ fn attention(c: &mut Criterion) {
     let be = CpuBackend;
     let mut g = group(c, "paged_attention");
     // (new tokens, context): decode over 512 and 2048 cached tokens, a 128-token
-    // prefill; with the KV cache in f32 and in bf16 (--kv-cache-dtype).
+    // prefill; with the KV cache in each --kv-cache-dtype.
+    let kvs = [
+        (KvDType::F32, "f32"),
+        (KvDType::BF16, "bf16"),
+        (KvDType::F16, "f16"),
+        (KvDType::Fp8(Fp8Format::E4M3), "fp8e4m3"),
+        (KvDType::Fp8(Fp8Format::E5M2), "fp8e5m2"),
+    ];
     for (tokens, context) in [(1, 512), (1, 2048), (PREFILL, PREFILL)] {
-        for (kv, kv_name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
+        for (kv, kv_name) in kvs {
             let m = meta(tokens, context);
             let qkv = random(tokens * QKV, 12);
             let (k_pool, v_pool) = (kv_pool(context, 13, kv), kv_pool(context, 14, kv));
@@ -226,6 +235,40 @@ fn attention(c: &mut Criterion) {
                 b.iter(|| be.paged_attention(&qkv, &k_pool, &v_pool, &m, SHAPE, &mut out))
             });
         }
+    }
+    softmax_exps(&mut g);
+}
+
+/// The softmax's exps over one 2048-score row: libm's `expf` (what attention
+/// called before) against the vectorized [`exp`], both built for AVX-512 as
+/// the attention kernel is.
+fn softmax_exps(g: &mut Group) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn exps(row: &mut [f32], f: impl Fn(f32) -> f32) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            for p in row.iter_mut() {
+                *p = f(*p - max);
+            }
+        }
+        let scores: Vec<f32> = random(2048, 15).iter().map(|x| x * 8.0).collect();
+        let mut row = scores.clone();
+        g.throughput(Throughput::Elements(2048));
+        g.bench_function("softmax_exp_2048/libm", |b| {
+            b.iter(|| {
+                row.copy_from_slice(&scores);
+                // SAFETY: AVX-512F was detected above.
+                unsafe { exps(black_box(&mut row), f32::exp) }
+            })
+        });
+        g.bench_function("softmax_exp_2048/vectorized", |b| {
+            b.iter(|| {
+                row.copy_from_slice(&scores);
+                // SAFETY: AVX-512F was detected above.
+                unsafe { exps(black_box(&mut row), exp) }
+            })
+        });
     }
 }
 

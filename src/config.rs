@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::backend::DType;
+use crate::backend::{DType, KvDType};
 use crate::error::{read_json, Error, Result};
 
 pub mod fp8;
@@ -27,26 +27,22 @@ pub fn resolve_dtype(requested: &str, config: &ModelConfig) -> Result<DType> {
 }
 
 /// vLLM's `--kv-cache-dtype`: `auto` keeps the KV cache in the model's dtype
-/// where the backend can (`supported`), else in float32; a named dtype must be
-/// one the backend keeps.
-pub fn resolve_kv_dtype(requested: &str, model: DType, supported: &[DType]) -> Result<DType> {
-    let name = requested.trim().to_ascii_lowercase();
-    if name == "auto" {
+/// where the backend can (`supported`), else in float32; a named dtype (a
+/// weight dtype, `fp8` = `fp8_e4m3`, `fp8_e5m2`) is checked against the
+/// backend when the model takes it.
+pub fn resolve_kv_dtype(requested: &str, model: DType, supported: &[KvDType]) -> Result<KvDType> {
+    if requested.trim().eq_ignore_ascii_case("auto") {
+        let model = KvDType::from(model);
         return Ok(if supported.contains(&model) {
             model
         } else {
-            DType::F32
+            KvDType::F32
         });
     }
-    if name.starts_with("fp8") {
-        return Err(Error::invalid(format!(
-            "kv_cache_dtype {requested:?} is not implemented: an fp8 KV cache is not served yet \
-             (auto, float32, bfloat16 and float16 are)"
-        )));
-    }
-    DType::parse(&name).ok_or_else(|| {
+    KvDType::parse(requested).ok_or_else(|| {
         Error::invalid(format!(
-            "unknown kv_cache_dtype {requested:?}: expected auto, float32, bfloat16 or float16"
+            "unknown kv_cache_dtype {requested:?}: expected {}",
+            KvDType::ACCEPTED
         ))
     })
 }
@@ -510,21 +506,27 @@ mod tests {
 
     #[test]
     fn kv_cache_dtype_follows_vllm() {
-        let all = [DType::F32, DType::BF16, DType::F16];
-        let r = |name, model, supported: &[DType]| resolve_kv_dtype(name, model, supported);
-        assert_eq!(r("auto", DType::BF16, &all).unwrap(), DType::BF16);
-        assert_eq!(r("auto", DType::F32, &all).unwrap(), DType::F32);
+        use crate::backend::fp8::Fp8Format;
+        let all = [KvDType::F32, KvDType::BF16, KvDType::F16];
+        let r = |name, model, supported: &[KvDType]| resolve_kv_dtype(name, model, supported);
+        assert_eq!(r("auto", DType::BF16, &all).unwrap(), KvDType::BF16);
+        assert_eq!(r("auto", DType::F32, &all).unwrap(), KvDType::F32);
         // A backend without 16-bit pools keeps the reference f32 cache.
-        assert_eq!(r("auto", DType::BF16, &[DType::F32]).unwrap(), DType::F32);
-        assert_eq!(r("float16", DType::BF16, &all).unwrap(), DType::F16);
-        assert_eq!(r("BFloat16", DType::F32, &all).unwrap(), DType::BF16);
-        let fp8 = r("fp8_e4m3", DType::BF16, &all).unwrap_err().to_string();
-        assert!(fp8.contains("not implemented"), "{fp8}");
-        let unknown = r("int4", DType::BF16, &all).unwrap_err().to_string();
-        assert!(
-            unknown.contains("expected auto, float32, bfloat16 or float16"),
-            "{unknown}"
+        assert_eq!(
+            r("auto", DType::BF16, &[KvDType::F32]).unwrap(),
+            KvDType::F32
         );
+        assert_eq!(r("float16", DType::BF16, &all).unwrap(), KvDType::F16);
+        assert_eq!(r("BFloat16", DType::F32, &all).unwrap(), KvDType::BF16);
+        let e4m3 = KvDType::Fp8(Fp8Format::E4M3);
+        assert_eq!(r("fp8", DType::BF16, &all).unwrap(), e4m3);
+        assert_eq!(r("fp8_e4m3", DType::BF16, &all).unwrap(), e4m3);
+        assert_eq!(
+            r("fp8_e5m2", DType::F32, &all).unwrap(),
+            KvDType::Fp8(Fp8Format::E5M2)
+        );
+        let unknown = r("int4", DType::BF16, &all).unwrap_err().to_string();
+        assert!(unknown.contains(KvDType::ACCEPTED), "{unknown}");
     }
 
     #[test]

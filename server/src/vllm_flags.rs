@@ -149,7 +149,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--prompt-adapters", Values, Unsupported("prompt adapters")),
     flag("--qlora-adapter-name-or-path", Value, Unsupported("QLoRA adapters")),
     VllmFlag { name: "--quantization", kind: Value, aliases: &["-q"], handling: Ours },
-    flag("--quantization-param-path", Value, Ignored("only fp8 KV caches use scaling factors, and they are not supported")),
+    flag("--quantization-param-path", Value, Ignored("fp8 KV cache scales are read from the checkpoint (k_scale / v_scale), not from a separate file")),
     flag("--ray-workers-use-nsight", Flag, Ignored(NO_RAY)),
     flag("--response-role", Value, Ours),
     flag("--return-tokens-as-token-ids", Flag, Ours),

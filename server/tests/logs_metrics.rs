@@ -147,7 +147,15 @@ fn the_stats_line_comes_while_busy_unless_disabled() {
 
 #[test]
 fn metrics_have_vllms_full_set() {
-    let s = Server::start(&["--max-model-len", "128", "--num-kv-blocks", "64"]);
+    // An FP8 KV cache on the way (the flag reaches the engine through the C ABI).
+    let s = Server::start(&[
+        "--max-model-len",
+        "128",
+        "--num-kv-blocks",
+        "64",
+        "--kv-cache-dtype",
+        "fp8",
+    ]);
     let body = json!({"model": "demo", "prompt": "Count", "max_tokens": 5, "n": 2,
                       "best_of": 3, "ignore_eos": true, "temperature": 1.0, "seed": 1});
     let r = s.post("/v1/completions", &body).json();
@@ -164,6 +172,7 @@ fn metrics_have_vllms_full_set() {
         "num_gpu_blocks_override=\"64\"",
         "enable_prefix_caching=\"False\"",
         "gpu_memory_utilization=\"0.9\"",
+        "cache_dtype=\"fp8\"",
     ] {
         assert!(info.contains(label), "{info}");
     }

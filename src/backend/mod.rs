@@ -7,16 +7,18 @@
 //! - weights `[out_features, in_features]` in their stored dtype (as Hugging Face keeps them);
 //! - the fused projection `qkv` row is `[q heads | k heads | v heads] x head_dim`;
 //! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`
-//!   in the KV cache's dtype (f32, or 16-bit where the backend stores it: see [`Backend::kv_dtypes`]).
+//!   in the KV cache's dtype (f32, or 16-bit or FP8 where the backend stores it: see [`Backend::kv_dtypes`]).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fp8;
 pub mod ggml;
+mod kv_dtype;
 mod shard;
 mod tensor;
 
+pub use kv_dtype::KvDType;
 pub use shard::Shard;
 
 pub use tensor::{DType, HostTensor, TensorBytes};
@@ -79,7 +81,7 @@ pub struct KvPoolShape {
     pub num_kv_heads: usize,
     pub block_size: usize,
     pub head_dim: usize,
-    pub dtype: DType,
+    pub dtype: KvDType,
 }
 
 impl KvPoolShape {
@@ -133,10 +135,12 @@ pub trait Backend: Send + Sync + 'static {
     fn buffer_len(&self, buf: &Self::Buffer) -> usize;
     /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
-    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<Self::KvPool>;
+    /// A zeroed pool; an FP8 pool stores its values divided by `scale` (the
+    /// layer's per-tensor `k_scale` or `v_scale`), other dtypes ignore it.
+    fn alloc_kv_pool(&self, shape: KvPoolShape, scale: f32) -> Result<Self::KvPool>;
     /// The dtypes this backend keeps a KV cache in.
-    fn kv_dtypes(&self) -> &'static [DType] {
-        &[DType::F32]
+    fn kv_dtypes(&self) -> &'static [KvDType] {
+        &[KvDType::F32]
     }
     /// Free and total bytes of the device's own memory, after everything
     /// allocated so far (freed buffers the backend keeps for reuse count as

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::{call, cstr_arg, engine_status, write_out, FfiError, FfiResult};
-use crate::backend::DType;
+use crate::backend::{DType, KvDType};
 use crate::loader::LoadOptions;
 
 /// Called while `engine_new` loads the weights: `done` of `total` steps (tensor
@@ -216,9 +216,10 @@ impl engine_options_t {
             }
             "kv_cache_dtype" => {
                 let name = value.trim().to_ascii_lowercase();
-                if name != "auto" && !name.starts_with("fp8") && DType::parse(&name).is_none() {
+                if name != "auto" && KvDType::parse(&name).is_none() {
                     return Err(FfiError::invalid(format!(
-                        "option \"kv_cache_dtype\": unknown dtype \"{value}\": expected auto, float32, bfloat16 or float16"
+                        "option \"kv_cache_dtype\": unknown dtype \"{value}\": expected {}",
+                        KvDType::ACCEPTED
                     )));
                 }
                 load.kv_cache_dtype = name;
@@ -326,10 +327,12 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   set wins).
 /// - "kv_cache_dtype": the KV cache's dtype, as vLLM's --kv-cache-dtype: "auto" (the
 ///   weights' dtype where the device keeps such a cache, else float32), "float32",
-///   "bfloat16" or "float16"; a 16-bit cache halves the bytes attention reads. The CPU
-///   keeps all three; the CUDA kernels keep float32 only, so "auto" means float32 there
-///   and a 16-bit name fails `engine_new`. "fp8", "fp8_e4m3", "fp8_e5m2": fail
-///   `engine_new` with "not implemented" ["auto"].
+///   "bfloat16", "float16", "fp8" (= "fp8_e4m3") or "fp8_e5m2"; a 16-bit cache halves
+///   the bytes attention reads, an FP8 one quarters them (stored divided by the
+///   checkpoint's per-layer k_scale / v_scale where it has them, else 1.0, as vLLM).
+///   The CPU keeps all five; the CUDA kernels keep float32 only, so "auto" means
+///   float32 there and any other name fails `engine_new` with "not implemented"
+///   naming the dtype and the device ["auto"].
 /// - "gpu_memory_utilization": on a GPU, when neither size above is set, the share of
 ///   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
 ///   one at load) and the KV cache, which takes the rest; a model that leaves no room

@@ -25,8 +25,15 @@ impl<B: Backend> KvPools<B> {
         }
         let shape = model.kv_pool_shape(num_blocks, block_size);
         let be = model.backend();
-        let pools = (0..model.config.num_layers)
-            .map(|_| Ok((be.alloc_kv_pool(shape)?, be.alloc_kv_pool(shape)?)))
+        let pools = model
+            .kv_scales
+            .iter()
+            .map(|&(k_scale, v_scale)| {
+                Ok((
+                    be.alloc_kv_pool(shape, k_scale)?,
+                    be.alloc_kv_pool(shape, v_scale)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvPools { pools, shape })
     }

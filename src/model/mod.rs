@@ -4,6 +4,7 @@
 pub mod dummy;
 mod group;
 mod kv_pools;
+mod kv_scales;
 pub mod kv_sizing;
 pub mod rope;
 pub mod shard;
@@ -15,7 +16,7 @@ pub use kv_pools::KvPools;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::backend::{AttnShape, Backend, DType, HostTensor, KvPoolShape, Shard};
+use crate::backend::{AttnShape, Backend, DType, HostTensor, KvDType, KvPoolShape, Shard};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -48,7 +49,9 @@ pub struct Model<B: Backend> {
     pub config: ModelConfig,
     pub dtype: DType,
     /// The KV cache's dtype (f32 until [`Model::set_kv_dtype`] says otherwise).
-    pub kv_dtype: DType,
+    pub kv_dtype: KvDType,
+    /// Per layer, the `(k_scale, v_scale)` an FP8 KV cache is stored with.
+    pub kv_scales: Vec<(f32, f32)>,
     /// Positions the rotary table covers: the longest sequence this model runs.
     pub max_positions: usize,
     backend: B,
@@ -242,6 +245,9 @@ impl<B: Backend> Model<B> {
         let embed_shape = [c.vocab_size, hidden];
         let embed = up(src.whole("model.embed_tokens.weight", &embed_shape)?)?;
         let mut layers = Vec::with_capacity(c.num_layers);
+        let kv_scales = (0..c.num_layers)
+            .map(|i| kv_scales::layer_kv_scales(ckpt, i))
+            .collect::<Result<Vec<_>>>()?;
         for i in 0..c.num_layers {
             layers.push(load_layer(&src, c, &plan, i, &|t| {
                 backend.upload_weight(t, dtype)
@@ -270,7 +276,8 @@ impl<B: Backend> Model<B> {
         Ok(Model {
             config,
             dtype,
-            kv_dtype: DType::F32,
+            kv_dtype: KvDType::F32,
+            kv_scales,
             max_positions,
             backend,
             embed,
@@ -293,14 +300,14 @@ impl<B: Backend> Model<B> {
     }
 
     /// Keeps the KV cache in `dtype`, where the backend can.
-    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+    pub fn set_kv_dtype(&mut self, dtype: KvDType) -> Result<()> {
         if !self.backend.kv_dtypes().contains(&dtype) {
             let served: Vec<&str> = self.backend.kv_dtypes().iter().map(|d| d.name()).collect();
             return Err(Error::invalid(format!(
-                "the {} backend keeps its KV cache in {}, not {}",
-                self.backend.name(),
+                "kv_cache_dtype {} is not implemented on {}: its KV cache is kept in {}",
+                dtype.name(),
+                self.backend.describe(),
                 served.join(" or "),
-                dtype.name()
             )));
         }
         self.kv_dtype = dtype;

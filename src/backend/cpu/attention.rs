@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::exp::exp;
 use super::kv_pool::CpuKvPool;
 use crate::backend::{AttnShape, StepMeta};
 
@@ -198,8 +199,8 @@ fn attend<'a>(
     let start = lowest(first);
     let offsets: Vec<usize> = (start..context).map(slot).collect();
     let (k_rows, v_rows) = (
-        Rows::new(task.k_pool, &offsets, hd),
-        Rows::new(task.v_pool, &offsets, hd),
+        Rows::new(task.k_pool, &offsets),
+        Rows::new(task.v_pool, &offsets),
     );
 
     // Keys of positions `start..context`, transposed: chunk c, dimension d,
@@ -209,19 +210,19 @@ fn attend<'a>(
     let chunks = (context - start).div_ceil(LANES);
     let mut keys = vec![[0f32; LANES]; (chunks + CHUNKS_AT_ONCE - 1) * hd];
     let zeros = vec![0f32; hd];
-    // bf16 keys are widened a chunk at a time here, where the chunk stays in L1.
+    // Narrow keys are widened a chunk at a time here, where the chunk stays in L1.
     let mut widened = vec![0f32; LANES * hd];
     for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
         let visible = (c * LANES..(c * LANES + LANES).min(context - start)).len();
-        if let Rows::Bf16(pool, offsets) = &k_rows {
+        if !matches!(k_rows, Rows::F32(..)) {
             for (l, row) in widened.chunks_exact_mut(hd).take(visible).enumerate() {
-                widen_bf16(&pool[offsets[c * LANES + l]..][..hd], row);
+                k_rows.widen(c * LANES + l, row);
             }
         }
         let chunk_rows = std::array::from_fn(|l| match &k_rows {
             _ if l >= visible => &zeros[..],
-            Rows::Bf16(..) => &widened[l * hd..(l + 1) * hd],
-            rows => rows.get(c * LANES + l, hd),
+            Rows::F32(pool, offsets) => &pool[offsets[c * LANES + l]..][..hd],
+            _ => &widened[l * hd..(l + 1) * hd],
         });
         transpose(&chunk_rows, dst);
     }
@@ -246,59 +247,87 @@ fn attend<'a>(
                 }
             }
             let probs = &mut scores[lo - start..=pos - start];
-            let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0f32;
-            for p in probs.iter_mut() {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
-            for p in probs.iter_mut() {
-                *p /= sum;
-            }
-            let first_v = lo - start;
-            match &v_rows {
-                Rows::Bf16(pool, offsets) => weighted_values(o, probs, bf16_to_f32, |j| {
-                    &pool[offsets[first_v + j]..][..hd]
-                }),
-                rows => weighted_values(o, probs, |v| v, |j| rows.get(first_v + j, hd)),
-            }
+            softmax(probs);
+            weighted_rows(o, probs, &v_rows, lo - start);
         }
     }
     out
 }
 
-/// The K or V rows of a task's visible positions: views into an f32 or bf16
-/// pool (bf16 is widened where it is used, by a shift), or one widened copy of
-/// an f16 pool's rows. Widening is exact: every 16-bit value is an f32.
+/// `p = e^(p - max) / Σ e^(p - max)`: the exps vectorize, the sum runs in order.
+#[inline(always)]
+fn softmax(probs: &mut [f32]) {
+    let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    for p in probs.iter_mut() {
+        *p = exp(*p - max);
+    }
+    let sum = probs.iter().fold(0f32, |a, &p| a + p);
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
+}
+
+/// The K or V rows of a task's visible positions, as views into the pool in
+/// its dtype: 16-bit and FP8 values are widened where they are read, exactly
+/// (every such value times its pool's scale is an f32: see [`CpuKvPool`]).
 enum Rows<'a> {
-    View(&'a [f32], &'a [usize]),
+    F32(&'a [f32], &'a [usize]),
     Bf16(&'a [u16], &'a [usize]),
-    Widened(Vec<f32>),
+    F16(&'a [u16], &'a [usize]),
+    /// The bytes and their values (`decode(b) · scale`) by byte.
+    Fp8(&'a [u8], &'a [usize], &'a [f32; 256]),
 }
 
 impl<'a> Rows<'a> {
-    fn new(pool: &'a CpuKvPool, offsets: &'a [usize], hd: usize) -> Rows<'a> {
-        if let Some(values) = pool.as_f32() {
-            return Rows::View(values, offsets);
+    fn new(pool: &'a CpuKvPool, offsets: &'a [usize]) -> Rows<'a> {
+        match pool {
+            CpuKvPool::F32(v) => Rows::F32(v, offsets),
+            CpuKvPool::BF16(v) => Rows::Bf16(bytemuck::cast_slice(v), offsets),
+            CpuKvPool::F16(v) => Rows::F16(bytemuck::cast_slice(v), offsets),
+            CpuKvPool::Fp8(p) => Rows::Fp8(&p.bits, offsets, &p.table),
         }
-        if let Some(bits) = pool.as_bf16_bits() {
-            return Rows::Bf16(bits, offsets);
-        }
-        let mut rows = vec![0f32; offsets.len() * hd];
-        for (dst, &at) in rows.chunks_exact_mut(hd).zip(offsets) {
-            pool.read(at, dst);
-        }
-        Rows::Widened(rows)
     }
 
-    /// Row `i` (position `start + i`) of an f32 view or widened copy.
+    /// Row `i` (position `start + i`) widened into `out` (its `hd` values).
     #[inline(always)]
-    fn get(&self, i: usize, hd: usize) -> &[f32] {
-        match self {
-            Rows::View(pool, offsets) => &pool[offsets[i]..offsets[i] + hd],
-            Rows::Widened(rows) => &rows[i * hd..(i + 1) * hd],
-            Rows::Bf16(..) => unreachable!("bf16 rows are widened where they are read"),
+    fn widen(&self, i: usize, out: &mut [f32]) {
+        fn each<T: Copy>(src: &[T], out: &mut [f32], f: impl Fn(T) -> f32) {
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = f(v);
+            }
         }
+        let hd = out.len();
+        match *self {
+            Rows::F32(pool, offsets) => out.copy_from_slice(&pool[offsets[i]..][..hd]),
+            Rows::Bf16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, bf16_to_f32),
+            Rows::F16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, f16_to_f32),
+            Rows::Fp8(pool, offsets, table) => {
+                each(&pool[offsets[i]..][..hd], out, |b| table[usize::from(b)])
+            }
+        }
+    }
+}
+
+/// [`weighted_values`] over rows `first..` of `rows`, read in their dtype.
+#[inline(always)]
+fn weighted_rows(o: &mut [f32], probs: &[f32], rows: &Rows, first: usize) {
+    let hd = o.len();
+    match *rows {
+        Rows::F32(pool, offsets) => {
+            weighted_values(o, probs, |v| v, |j| &pool[offsets[first + j]..][..hd])
+        }
+        Rows::Bf16(pool, offsets) => {
+            weighted_values(o, probs, bf16_to_f32, |j| &pool[offsets[first + j]..][..hd])
+        }
+        Rows::F16(pool, offsets) => {
+            weighted_values(o, probs, f16_to_f32, |j| &pool[offsets[first + j]..][..hd])
+        }
+        Rows::Fp8(pool, offsets, table) => weighted_values(
+            o,
+            probs,
+            |b: u8| table[usize::from(b)],
+            |j| &pool[offsets[first + j]..][..hd],
+        ),
     }
 }
 
@@ -308,11 +337,22 @@ fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
+/// An f16 value (its bits) as f32, exactly and without a branch: the
+/// exponent and mantissa moved into place, then rebiased by a multiplication
+/// by 2^112, which also normalizes subnormals; infinities and NaNs (exponent
+/// all ones) get the f32's all-ones exponent.
 #[inline(always)]
-fn widen_bf16(src: &[u16], dst: &mut [f32]) {
-    for (d, &b) in dst.iter_mut().zip(src) {
-        *d = bf16_to_f32(b);
-    }
+fn f16_to_f32(bits: u16) -> f32 {
+    let h = u32::from(bits);
+    let sign = (h & 0x8000) << 16;
+    let shifted = (h & 0x7fff) << 13;
+    let rebiased = (f32::from_bits(shifted) * f32::from_bits((127 + 112) << 23)).to_bits();
+    let magnitude = if shifted >= 0x7c00 << 13 {
+        shifted | 0x7f80_0000
+    } else {
+        rebiased
+    };
+    f32::from_bits(sign | magnitude)
 }
 
 /// `o[d] = Σⱼ weights[j] · v(j)[d]`, summed in `j` order for every `d`, in
@@ -418,7 +458,7 @@ mod tests {
                         })
                         .collect();
                     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let exps: Vec<f32> = scores.iter().map(|s| exp(s - max)).collect();
                     let sum = exps.iter().fold(0f32, |a, e| a + e);
                     let o = &mut out[(t * heads + h) * hd..][..hd];
                     for (j, &p) in (lo..=pos).zip(&exps) {
@@ -442,6 +482,18 @@ mod tests {
     fn bf16_widening_is_exact_for_every_value() {
         for bits in 0..=u16::MAX {
             let (got, want) = (bf16_to_f32(bits), half::bf16::from_bits(bits).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan(), "bits {bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "bits {bits:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let (got, want) = (f16_to_f32(bits), half::f16::from_bits(bits).to_f32());
             if want.is_nan() {
                 assert!(got.is_nan(), "bits {bits:#06x}");
             } else {

@@ -1,13 +1,16 @@
 //! A KV pool on the CPU in the cache's dtype. A 16-bit pool halves the bytes
-//! attention streams at long context; values are rounded to nearest-even when
-//! written and widened exactly to f32 when read, so attention over a 16-bit
-//! pool equals attention over an f32 pool holding the same rounded values.
+//! attention streams at long context, an FP8 one quarters them; values are
+//! rounded to nearest-even when written and widened exactly to f32 when read,
+//! so attention over a narrow pool equals attention over an f32 pool holding
+//! the same rounded values. An FP8 pool stores `x / scale` (vLLM's per-tensor
+//! `k_scale` / `v_scale`, saturated to the format's largest finite value) and
+//! reads `value · scale`.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::backend::DType;
-use crate::backend::KvPoolShape;
+use crate::backend::fp8::Fp8Format;
+use crate::backend::{KvDType, KvPoolShape};
 use crate::memory::try_zeroed;
 
 /// One layer's K or V pool: `[num_blocks, num_kv_heads, block_size, head_dim]`.
@@ -16,25 +19,49 @@ pub enum CpuKvPool {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    Fp8(Fp8Pool),
+}
+
+/// FP8 values with their format and per-tensor scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fp8Pool {
+    pub bits: Vec<u8>,
+    pub format: Fp8Format,
+    pub scale: f32,
+    /// `format.decode(b) · scale` for every byte `b`: a read is one lookup.
+    pub table: Box<[f32; 256]>,
 }
 
 impl CpuKvPool {
     /// A zeroed pool, or an error naming the size when the memory is not there
     /// (the size comes from a user's flag or the model's config).
     pub fn zeros(shape: KvPoolShape) -> crate::error::Result<CpuKvPool> {
+        CpuKvPool::zeros_scaled(shape, 1.0)
+    }
+
+    /// [`CpuKvPool::zeros`] with the scale an FP8 pool stores its values
+    /// divided by (other dtypes store values as they are).
+    pub fn zeros_scaled(shape: KvPoolShape, scale: f32) -> crate::error::Result<CpuKvPool> {
         let (len, what) = (shape.len(), "the KV cache");
         Ok(match shape.dtype {
-            DType::F32 => CpuKvPool::F32(try_zeroed(len, what)?),
-            DType::F16 => CpuKvPool::F16(try_zeroed(len, what)?),
-            DType::BF16 => CpuKvPool::BF16(try_zeroed(len, what)?),
+            KvDType::F32 => CpuKvPool::F32(try_zeroed(len, what)?),
+            KvDType::F16 => CpuKvPool::F16(try_zeroed(len, what)?),
+            KvDType::BF16 => CpuKvPool::BF16(try_zeroed(len, what)?),
+            KvDType::Fp8(format) => CpuKvPool::Fp8(Fp8Pool {
+                bits: try_zeroed(len, what)?,
+                format,
+                scale,
+                table: format.dequant_table(scale),
+            }),
         })
     }
 
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> KvDType {
         match self {
-            CpuKvPool::F32(_) => DType::F32,
-            CpuKvPool::F16(_) => DType::F16,
-            CpuKvPool::BF16(_) => DType::BF16,
+            CpuKvPool::F32(_) => KvDType::F32,
+            CpuKvPool::F16(_) => KvDType::F16,
+            CpuKvPool::BF16(_) => KvDType::BF16,
+            CpuKvPool::Fp8(p) => KvDType::Fp8(p.format),
         }
     }
 
@@ -43,6 +70,7 @@ impl CpuKvPool {
             CpuKvPool::F32(v) => v.len(),
             CpuKvPool::F16(v) => v.len(),
             CpuKvPool::BF16(v) => v.len(),
+            CpuKvPool::Fp8(p) => p.bits.len(),
         }
     }
 
@@ -56,6 +84,7 @@ impl CpuKvPool {
             CpuKvPool::F32(v) => v.copy_within(src..src + len, dst),
             CpuKvPool::F16(v) => v.copy_within(src..src + len, dst),
             CpuKvPool::BF16(v) => v.copy_within(src..src + len, dst),
+            CpuKvPool::Fp8(p) => p.bits.copy_within(src..src + len, dst),
         }
     }
 
@@ -66,6 +95,11 @@ impl CpuKvPool {
             CpuKvPool::F32(v) => v[at..end].copy_from_slice(values),
             CpuKvPool::F16(v) => v[at..end].convert_from_f32_slice(values),
             CpuKvPool::BF16(v) => v[at..end].convert_from_f32_slice(values),
+            CpuKvPool::Fp8(p) => {
+                for (b, &x) in p.bits[at..end].iter_mut().zip(values) {
+                    *b = p.format.encode(x / p.scale);
+                }
+            }
         }
     }
 
@@ -76,23 +110,11 @@ impl CpuKvPool {
             CpuKvPool::F32(v) => out.copy_from_slice(&v[at..end]),
             CpuKvPool::F16(v) => v[at..end].convert_to_f32_slice(out),
             CpuKvPool::BF16(v) => v[at..end].convert_to_f32_slice(out),
-        }
-    }
-
-    /// The bf16 values' bits, where the pool holds bf16 (attention widens them
-    /// where it reads them).
-    pub fn as_bf16_bits(&self) -> Option<&[u16]> {
-        match self {
-            CpuKvPool::BF16(v) => Some(bytemuck::cast_slice(v)),
-            _ => None,
-        }
-    }
-
-    /// The f32 values themselves, where the pool holds f32.
-    pub fn as_f32(&self) -> Option<&[f32]> {
-        match self {
-            CpuKvPool::F32(v) => Some(v),
-            _ => None,
+            CpuKvPool::Fp8(p) => {
+                for (o, &b) in out.iter_mut().zip(&p.bits[at..end]) {
+                    *o = p.table[usize::from(b)];
+                }
+            }
         }
     }
 }
@@ -108,7 +130,7 @@ mod tests {
             num_kv_heads: 1,
             block_size: 1,
             head_dim: 4,
-            dtype: DType::BF16,
+            dtype: KvDType::BF16,
         };
         let mut pool = CpuKvPool::zeros(shape).unwrap();
         let values = [1.0, 1.0 + 1.0 / 256.0, -3.140625, 1e-3];
@@ -119,32 +141,30 @@ mod tests {
         assert_eq!(back.to_vec(), want);
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one, 1.0.
         assert_eq!(back[1], 1.0);
-        assert_eq!(pool.dtype(), DType::BF16);
+        assert_eq!(pool.dtype(), KvDType::BF16);
     }
 
     #[test]
-    fn only_a_bf16_pool_lends_its_bits() {
-        let shape = |dtype| KvPoolShape {
+    fn an_fp8_pool_stores_scaled_values_and_reads_them_back_scaled() {
+        let shape = KvPoolShape {
             num_blocks: 1,
             num_kv_heads: 1,
             block_size: 1,
-            head_dim: 3,
-            dtype,
+            head_dim: 5,
+            dtype: KvDType::Fp8(Fp8Format::E4M3),
         };
-        let mut pool = CpuKvPool::zeros(shape(DType::BF16)).unwrap();
-        let values = [1.5, -2.0e-3, 7.0e4];
+        let mut pool = CpuKvPool::zeros_scaled(shape, 0.5).unwrap();
+        // 300 / 0.5 = 600 saturates to 448; 0.3 / 0.5 = 0.6 rounds to 0.625.
+        let values = [1.0, 300.0, -0.3, 0.0, f32::INFINITY];
         pool.write(0, &values);
-        let want: Vec<u16> = values
-            .iter()
-            .map(|&x| bf16::from_f32(x).to_bits())
-            .collect();
-        assert_eq!(pool.as_bf16_bits(), Some(&want[..]));
-        for dtype in [DType::F32, DType::F16] {
-            assert!(CpuKvPool::zeros(shape(dtype))
-                .unwrap()
-                .as_bf16_bits()
-                .is_none());
-        }
+        let mut back = [0f32; 5];
+        pool.read(0, &mut back);
+        assert_eq!(back, [1.0, 224.0, -0.3125, 0.0, 224.0]);
+        let CpuKvPool::Fp8(p) = &pool else {
+            panic!("an fp8 pool")
+        };
+        assert_eq!(p.bits[1], 0x7E);
+        assert_eq!(pool.dtype(), shape.dtype);
     }
 
     #[test]
@@ -154,9 +174,74 @@ mod tests {
             num_kv_heads: 2,
             block_size: 16,
             head_dim: 1,
-            dtype: DType::F16,
+            dtype: KvDType::F16,
         };
         let err = CpuKvPool::zeros(shape).unwrap_err().to_string();
         assert!(err.contains("the KV cache: cannot allocate"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod fp8_attention {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::backend::cpu::attention::paged_attention;
+    use crate::backend::{AttnShape, StepMeta};
+
+    /// An FP8 pool read in place gives exactly what an f32 pool holding its
+    /// dequantized values (`decode(bits) · scale`) gives.
+    #[test]
+    fn an_fp8_pool_equals_an_f32_pool_of_its_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let shape = AttnShape {
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 64,
+            sliding_window: None,
+            scale: 0.125,
+        };
+        let meta = StepMeta {
+            token_ids: vec![0; 4],
+            query_start: vec![0, 1, 4],
+            context_lens: vec![50, 40],
+            block_tables: vec![vec![5, 0, 3, 1], vec![2, 4, 5]],
+            block_size: 16,
+            ..StepMeta::default()
+        };
+        for (format, scale) in [(Fp8Format::E4M3, 0.01), (Fp8Format::E5M2, 1.0)] {
+            let pool_shape = KvPoolShape {
+                num_blocks: 6,
+                num_kv_heads: 2,
+                block_size: 16,
+                head_dim: 64,
+                dtype: KvDType::Fp8(format),
+            };
+            let mut random = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect()
+            };
+            let (k, v) = (random(pool_shape.len()), random(pool_shape.len()));
+            let qkv = random(4 * shape.qkv_width());
+            let fp8_pool = |values: &[f32]| {
+                let mut pool = CpuKvPool::zeros_scaled(pool_shape, scale).unwrap();
+                pool.write(0, values);
+                pool
+            };
+            let (k8, v8) = (fp8_pool(&k), fp8_pool(&v));
+            let widened = |pool: &CpuKvPool| {
+                let mut values = vec![0f32; pool.len()];
+                pool.read(0, &mut values);
+                CpuKvPool::F32(values)
+            };
+            let run = |k: &CpuKvPool, v: &CpuKvPool| {
+                let mut out = vec![f32::NAN; 4 * shape.num_heads * shape.head_dim];
+                paged_attention(&qkv, k, v, &meta, shape, &mut out);
+                out
+            };
+            let got = run(&k8, &v8);
+            assert_eq!(got, run(&widened(&k8), &widened(&v8)), "{format:?}");
+            let exact = run(&CpuKvPool::F32(k), &CpuKvPool::F32(v));
+            assert_ne!(got, exact, "{format:?}: the values were rounded");
+        }
     }
 }

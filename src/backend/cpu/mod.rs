@@ -2,14 +2,16 @@
 
 mod attention;
 pub mod collective;
+pub mod exp;
 pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
 pub mod weight;
 
+use crate::backend::fp8::Fp8Format;
 use crate::backend::DType;
 use crate::backend::HostTensor;
-use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
+use crate::backend::{AttnShape, Backend, KvDType, KvPoolShape, StepMeta};
 use crate::error::Result;
 
 pub use collective::CpuComm;
@@ -50,12 +52,18 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::from_host(tensor, dtype))
     }
 
-    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<CpuKvPool> {
-        CpuKvPool::zeros(shape)
+    fn alloc_kv_pool(&self, shape: KvPoolShape, scale: f32) -> Result<CpuKvPool> {
+        CpuKvPool::zeros_scaled(shape, scale)
     }
 
-    fn kv_dtypes(&self) -> &'static [DType] {
-        &[DType::F32, DType::BF16, DType::F16]
+    fn kv_dtypes(&self) -> &'static [KvDType] {
+        &[
+            KvDType::F32,
+            KvDType::BF16,
+            KvDType::F16,
+            KvDType::Fp8(Fp8Format::E4M3),
+            KvDType::Fp8(Fp8Format::E5M2),
+        ]
     }
 
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {

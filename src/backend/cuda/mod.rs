@@ -31,7 +31,7 @@ pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
 use crate::backend::DType;
 use crate::backend::HostTensor;
-use crate::backend::{AttnShape, Backend, DeviceMemory, KvPoolShape, StepMeta};
+use crate::backend::{AttnShape, Backend, DeviceMemory, KvDType, KvPoolShape, StepMeta};
 use crate::error::{Error, Result};
 use device::{check, device_error};
 
@@ -306,8 +306,8 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn alloc_kv_pool(&self, shape: KvPoolShape) -> Result<CudaSlice<f32>> {
-        if shape.dtype != DType::F32 {
+    fn alloc_kv_pool(&self, shape: KvPoolShape, _scale: f32) -> Result<CudaSlice<f32>> {
+        if shape.dtype != KvDType::F32 {
             return Err(Error::invalid(format!(
                 "cuda: the KV cache is kept in float32 for now, not {}",
                 shape.dtype.name()
