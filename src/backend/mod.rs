@@ -13,9 +13,14 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ggml;
+mod sample;
 mod shard;
 mod tensor;
 
+pub use sample::{
+    HostRowSampler, RankedToken, SampleBatch, SampleRow, SampledRow, MAX_SAMPLE_ROWS,
+    MAX_TOP_LOGPROBS,
+};
 pub use shard::Shard;
 
 pub use tensor::{DType, HostTensor, TensorBytes};
@@ -233,6 +238,18 @@ pub trait Backend: Send + Sync + 'static {
         width: usize,
         out: &mut Self::Buffer,
     ) -> Result<()>;
+
+    // Sampling.
+    /// Samples every row of `batch` from `logits` (`[rows, batch.vocab]`, left
+    /// unchanged) and returns one result per row, in order: only token ids and
+    /// the requested logprobs come back. `host` is the host implementation of a
+    /// row (the CPU backend runs it; a device backend runs its own kernels).
+    fn sample_rows(
+        &self,
+        logits: &Self::Buffer,
+        batch: &SampleBatch,
+        host: &dyn HostRowSampler,
+    ) -> Result<Vec<SampledRow>>;
 
     // Tensor parallelism.
     /// This backend as rank 0 of a group of `world` ranks, and the other ranks'

@@ -5,11 +5,13 @@ pub mod collective;
 pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
+mod sample;
 pub mod weight;
 
 use crate::backend::DType;
 use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
+use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::Result;
 
 pub use collective::CpuComm;
@@ -175,6 +177,15 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         ops::gather_rows(x, rows, width, out);
         Ok(())
+    }
+
+    fn sample_rows(
+        &self,
+        logits: &Vec<f32>,
+        batch: &SampleBatch,
+        host: &dyn HostRowSampler,
+    ) -> Result<Vec<SampledRow>> {
+        sample::sample_rows(logits, batch, host)
     }
 
     fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CpuBackend, CpuComm)>> {
