@@ -18,7 +18,9 @@ use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::fp8::Fp8Format;
 use engine::backend::{AttnShape, Backend, KvPoolShape, StepMeta};
 use engine::backend::{DType, KvDType};
-use engine::backend::{HostTensor, TensorBytes};
+use engine::backend::{HostTensor, SampleBatch, TensorBytes};
+use engine::sampling::batch::{sample_row_for, HostSampler, RowRequest};
+use engine::sampling::{Sampler, SamplingParams, SequenceTokens};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -365,5 +367,72 @@ fn matmul(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, roofline, row_ops, attention, matmul);
+/// One step's sampling at batch 64 over SmolLM2's 49152-token vocabulary
+/// (temperature 0.8, top-p 0.95, seeded; a 200-token history under penalties):
+/// the engine's old per-row loop (`Sampler::next_token` row after row) against
+/// the batched op (`sample_rows`, rows in parallel on the pool).
+/// `cargo bench --bench cpu_ops -- sampling/`.
+fn sampling(c: &mut Criterion) {
+    const ROWS: usize = 64;
+    const SMOL_VOCAB: usize = 49152;
+    let logits: Vec<f32> = random(ROWS * SMOL_VOCAB, 40)
+        .into_iter()
+        .map(|x| x * 10.0)
+        .collect();
+    let history: Vec<u32> = (0..200).map(|i| (i * 97 % SMOL_VOCAB) as u32).collect();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        presence_penalty: 0.2,
+        repetition_penalty: 1.1,
+        seed: Some(1),
+        ..SamplingParams::default()
+    };
+    let tokens = SequenceTokens {
+        prompt: &history[..150],
+        output: &history[150..],
+    };
+    let root = Sampler::new(params.seed);
+    let mut g = group(c, "sampling");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("per_row_b64_v49152", |b| {
+        b.iter(|| {
+            for (i, row) in logits.chunks_exact(SMOL_VOCAB).enumerate() {
+                let mut row = row.to_vec();
+                black_box(
+                    root.fork(i as u64)
+                        .next_token(&mut row, &params, tokens, &[0]),
+                );
+            }
+        })
+    });
+    g.bench_function("op_b64_v49152", |b| {
+        b.iter(|| {
+            let rows = (0..ROWS)
+                .map(|i| {
+                    let request = RowRequest {
+                        logits_row: i,
+                        vocab: SMOL_VOCAB,
+                        params: &params,
+                        tokens,
+                        eos_token_ids: &[0],
+                        bitmask: None,
+                    };
+                    sample_row_for(&request, &root.fork(i as u64))
+                })
+                .collect();
+            let batch = SampleBatch {
+                vocab: SMOL_VOCAB,
+                rows,
+            };
+            black_box(
+                CpuBackend
+                    .sample_rows(&logits, &batch, &HostSampler)
+                    .unwrap(),
+            );
+        })
+    });
+}
+
+criterion_group!(benches, roofline, row_ops, attention, matmul, sampling);
 criterion_main!(benches);

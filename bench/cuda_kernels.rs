@@ -412,6 +412,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
                 VOCAB as i64,
                 g.p(&seeds).cast(),
                 g.p(&seeds).cast(),
+                g.p(&seeds).cast(),
                 s,
             ),
         );

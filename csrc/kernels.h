@@ -173,19 +173,27 @@ int32_t ek_argmax(int32_t *out, const float *values, int64_t rows, int64_t vocab
 
 /*
  * out[r] = a draw from exp(logprobs[r]) by inverting its CDF in id order with
- * u = ek_philox_uniform(seeds[r], offsets[r]); rows without mass give the argmax.
+ * u = ek_philox_uniform(seeds[r], streams[r], offsets[r]); rows without mass
+ * give the argmax.
  */
 int32_t ek_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
-                  const uint64_t *seeds, const uint64_t *offsets, void *stream);
+                  const uint64_t *seeds, const uint64_t *streams, const uint64_t *offsets,
+                  void *stream);
 
 /*
  * out[i] = the uniform double in [0, 1) that ek_sample draws for (seeds[i],
- * offsets[i]): Philox4x32-10 with key (seed lo, seed hi) and counter
- * (offset lo, offset hi, 0, 0); the first two output words, as a 64-bit
- * integer (word 1 high), shifted to 53 bits.
+ * streams[i], offsets[i]): Philox4x32-10 with key (seed lo, seed hi) and
+ * counter (offset lo, offset hi, stream lo, stream hi); the first two output
+ * words, as a 64-bit integer (word 1 high), shifted to 53 bits. The CPU
+ * sampler (src/sampling/philox.rs) draws the same.
  */
-int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets, int64_t n,
-                          void *stream);
+int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *streams,
+                          const uint64_t *offsets, int64_t n, void *stream);
+
+/* values[r] = logprobs[r][tokens[r]] (-inf outside the row), ranks[r] = 1 + the
+ * number of entries of the row strictly greater. */
+int32_t ek_token_rank(float *values, int32_t *ranks, const float *logprobs, const int32_t *tokens,
+                      int64_t rows, int64_t vocab, void *stream);
 
 /* The n largest of each row, most likely first (equal values by id): ids and values [rows, n]. */
 int32_t ek_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,

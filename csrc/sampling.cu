@@ -372,18 +372,23 @@ __host__ __device__ __forceinline__ void philox4x32_10(uint32_t ctr[4], uint32_t
   }
 }
 
-__host__ __device__ __forceinline__ double philox_uniform(uint64_t seed, uint64_t offset) {
-  uint32_t c[4] = {static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), 0u, 0u};
+// Counter (offset lo, offset hi, stream lo, stream hi), key (seed lo, seed hi):
+// src/sampling/philox.rs is the same function.
+__host__ __device__ __forceinline__ double philox_uniform(uint64_t seed, uint64_t stream,
+                                                          uint64_t offset) {
+  uint32_t c[4] = {static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                   static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32)};
   philox4x32_10(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   const uint64_t bits = (static_cast<uint64_t>(c[1]) << 32) | c[0];
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
 }
 
 __global__ void philox_uniform_kernel(double *__restrict__ out, const uint64_t *__restrict__ seeds,
+                                      const uint64_t *__restrict__ streams,
                                       const uint64_t *__restrict__ offsets, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n)
-    out[i] = philox_uniform(seeds[i], offsets[i]);
+    out[i] = philox_uniform(seeds[i], streams[i], offsets[i]);
 }
 
 __device__ __forceinline__ double sample_weight(float lp) {
@@ -393,7 +398,8 @@ __device__ __forceinline__ double sample_weight(float lp) {
 
 __global__ void __launch_bounds__(kRowThreads)
     sample_kernel(int32_t *__restrict__ out, const float *__restrict__ logprobs, int64_t vocab,
-                  const uint64_t *__restrict__ seeds, const uint64_t *__restrict__ offsets) {
+                  const uint64_t *__restrict__ seeds, const uint64_t *__restrict__ streams,
+                  const uint64_t *__restrict__ offsets) {
   __shared__ double ds[32];
   __shared__ float vs[32];
   __shared__ int64_t is[32];
@@ -414,7 +420,7 @@ __global__ void __launch_bounds__(kRowThreads)
       out[blockIdx.x] = best;
     return;
   }
-  const double target = philox_uniform(seeds[blockIdx.x], offsets[blockIdx.x]) * total;
+  const double target = philox_uniform(seeds[blockIdx.x], streams[blockIdx.x], offsets[blockIdx.x]) * total;
   if (threadIdx.x == 0)
     found = -1;
   double base = 0.0;
@@ -446,6 +452,30 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   if (threadIdx.x == 0)
     out[blockIdx.x] = static_cast<int32_t>(found);
+}
+
+// values[r] = logprobs[r][tokens[r]], ranks[r] = 1 + how many entries of the
+// row are strictly greater (vLLM's _get_ranks; NaN compares false).
+__global__ void __launch_bounds__(kRowThreads)
+    token_rank_kernel(float *__restrict__ values, int32_t *__restrict__ ranks,
+                      const float *__restrict__ logprobs, const int32_t *__restrict__ tokens,
+                      int64_t vocab) {
+  __shared__ unsigned long long greater;
+  const float *row = logprobs + static_cast<int64_t>(blockIdx.x) * vocab;
+  const int32_t token = tokens[blockIdx.x];
+  const float v = token >= 0 && token < vocab ? row[token] : -INFINITY;
+  if (threadIdx.x == 0)
+    greater = 0;
+  __syncthreads();
+  unsigned long long mine = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+    mine += row[i] > v ? 1ull : 0ull;
+  atomicAdd(&greater, mine);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    values[blockIdx.x] = v;
+    ranks[blockIdx.x] = static_cast<int32_t>(greater + 1);
+  }
 }
 
 // n passes of a block-wide best search, each restricted to what ranks after
@@ -582,20 +612,30 @@ extern "C" int32_t ek_argmax(int32_t *out, const float *values, int64_t rows, in
 }
 
 extern "C" int32_t ek_sample(int32_t *out, const float *logprobs, int64_t rows, int64_t vocab,
-                             const uint64_t *seeds, const uint64_t *offsets, void *stream) {
+                             const uint64_t *seeds, const uint64_t *streams,
+                             const uint64_t *offsets, void *stream) {
   if (rows == 0)
     return 0;
   sample_kernel<<<rows, threads_for(vocab, kRowThreads), 0, static_cast<cudaStream_t>(stream)>>>(
-      out, logprobs, vocab, seeds, offsets);
+      out, logprobs, vocab, seeds, streams, offsets);
   return launch_status();
 }
 
-extern "C" int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *offsets,
-                                     int64_t n, void *stream) {
+extern "C" int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *streams,
+                                     const uint64_t *offsets, int64_t n, void *stream) {
   if (n == 0)
     return 0;
   philox_uniform_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0,
-                          static_cast<cudaStream_t>(stream)>>>(out, seeds, offsets, n);
+                          static_cast<cudaStream_t>(stream)>>>(out, seeds, streams, offsets, n);
+  return launch_status();
+}
+
+extern "C" int32_t ek_token_rank(float *values, int32_t *ranks, const float *logprobs,
+                                 const int32_t *tokens, int64_t rows, int64_t vocab, void *stream) {
+  if (rows == 0)
+    return 0;
+  token_rank_kernel<<<rows, threads_for(vocab, kRowThreads), 0,
+                      static_cast<cudaStream_t>(stream)>>>(values, ranks, logprobs, tokens, vocab);
   return launch_status();
 }
 

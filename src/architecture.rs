@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gguf", &["backend", "config", "error", "model"]),
     ("kv_cache", &["error"]),
     ("tokenizer", &["config", "error", "gguf"]),
-    ("sampling", &["error", "tokenizer"]),
+    ("sampling", &["backend", "error", "tokenizer"]),
     (
         "engine",
         &[

@@ -16,7 +16,9 @@ use engine::backend::cuda::{self, sys, CudaBackend, CudaDevice};
 use engine::backend::DType;
 use engine::backend::{AttnShape, Backend, StepMeta};
 use engine::backend::{HostTensor, TensorBytes};
+use engine::backend::{SampleBatch, SampleRow, SampledRow};
 use engine::config::ModelConfig;
+use engine::sampling::batch::HostSampler;
 use engine::sampling::{self, processors, SamplingParams, SequenceTokens};
 use half::{bf16, f16};
 use rand::{RngExt, SeedableRng};
@@ -1054,13 +1056,20 @@ fn philox(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     c
 }
 
-fn philox_uniform(seed: u64, offset: u64) -> f64 {
+fn philox_uniform(seed: u64, stream: u64, offset: u64) -> f64 {
     let c = philox(
-        [offset as u32, (offset >> 32) as u32, 0, 0],
+        [
+            offset as u32,
+            (offset >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
         [seed as u32, (seed >> 32) as u32],
     );
     let bits = (c[1] as u64) << 32 | c[0] as u64;
-    (bits >> 11) as f64 / (1u64 << 53) as f64
+    let u = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    assert_eq!(u, sampling::philox::philox_uniform(seed, stream, offset));
+    u
 }
 
 #[test]
@@ -1123,21 +1132,33 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
     let offsets: Vec<u64> = (0..n)
         .map(|i| if i % 2 == 0 { rng.random() } else { i as u64 })
         .collect();
-    let (sd, od) = (upload(&gpu, &seeds), upload(&gpu, &offsets));
+    let streams: Vec<u64> = (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                rng.random()
+            } else {
+                i as u64 % 5
+            }
+        })
+        .collect();
+    let (sd, td, od) = (
+        upload(&gpu, &seeds),
+        upload(&gpu, &streams),
+        upload(&gpu, &offsets),
+    );
     let mut ud = upload(&gpu, &vec![f64::NAN; n]);
     ok("philox_uniform", unsafe {
         sys::ek_philox_uniform(
             pm(&gpu, &mut ud).cast(),
             p(&gpu, &sd).cast(),
+            p(&gpu, &td).cast(),
             p(&gpu, &od).cast(),
             n as i64,
             s,
         )
     });
-    let want: Vec<f64> = seeds
-        .iter()
-        .zip(&offsets)
-        .map(|(&s, &o)| philox_uniform(s, o))
+    let want: Vec<f64> = (0..n)
+        .map(|i| philox_uniform(seeds[i], streams[i], offsets[i]))
         .collect();
     assert_eq!(gpu.download(&ud).unwrap(), want, "philox uniforms");
 
@@ -1159,11 +1180,13 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
         let want: Vec<i32> = lp
             .chunks(vocab)
             .zip(seeds.iter().zip(&offsets))
-            .map(|(row, (&s, &o))| draw(row, philox_uniform(s, o)))
+            .map(|(row, (&s, &o))| draw(row, philox_uniform(s, o % 3, o)))
             .collect();
-        let (ld, sd, od) = (
+        let streams: Vec<u64> = offsets.iter().map(|o| o % 3).collect();
+        let (ld, sd, td, od) = (
             upload(&gpu, &lp),
             upload(&gpu, &seeds),
+            upload(&gpu, &streams),
             upload(&gpu, &offsets),
         );
         let mut out = upload(&gpu, &vec![-1i32; rows]);
@@ -1174,6 +1197,7 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
                 rows as i64,
                 vocab as i64,
                 p(&gpu, &sd).cast(),
+                p(&gpu, &td).cast(),
                 p(&gpu, &od).cast(),
                 s,
             )
@@ -1194,4 +1218,86 @@ fn opening_the_device_without_a_driver_is_an_error_not_a_panic() {
         Err(e) => assert!(e.to_string().starts_with("cuda: "), "{e}"),
     }
     assert!(CudaBackend::new(4096).is_err());
+}
+
+/// A grid of sample rows over `rows` logits rows: greedy and seeded draws,
+/// penalties, top-k/top-p/min-p, bitmasks, logit bias (the CUDA op's host
+/// path), top-N 0/1/5/20.
+fn sample_grid(rows: usize, vocab: usize, rng: &mut ChaCha8Rng) -> Vec<SampleRow> {
+    let mut out = Vec::new();
+    for i in 0..rows * 4 {
+        let mut r = SampleRow::greedy(i % rows);
+        if i % 2 == 1 {
+            r.draw = Some((rng.random(), (i % 5) as u64, rng.random_range(0..1000)));
+            r.temperature = 0.7;
+        }
+        match i % 4 {
+            1 => r.top_k = 40,
+            2 => r.top_p = 0.9,
+            3 => (r.top_k, r.top_p, r.min_p) = (100, 0.8, 0.02),
+            _ => {}
+        }
+        if i % 3 == 0 {
+            r.penalty_tokens = (0..20)
+                .map(|_| (rng.random_range(0..vocab as u32), rng.random_range(0..3)))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            (
+                r.repetition_penalty,
+                r.frequency_penalty,
+                r.presence_penalty,
+            ) = (1.2, 0.4, 0.3);
+        }
+        if i % 5 == 0 {
+            r.bitmask = Some((0..vocab.div_ceil(32)).map(|_| rng.random()).collect());
+        }
+        if i % 7 == 0 {
+            r.logit_adds = vec![(1, 3.0), ((vocab - 1) as u32, -100.0)];
+            r.masked_ids = vec![0];
+        }
+        r.top_logprobs = [0, 1, 5, 20][i % 4];
+        out.push(r);
+    }
+    out
+}
+
+#[test]
+fn sample_rows_on_the_gpu_match_the_cpu_op() {
+    if gpu().is_none() {
+        return;
+    }
+    let be = CudaBackend::new(0).unwrap();
+    let mut rng = rng("sample_rows");
+    for vocab in [128256, 49152, 50] {
+        let rows = 16;
+        let logits = random(rows * vocab, &mut rng)
+            .into_iter()
+            .map(|x| x * 8.0)
+            .collect::<Vec<f32>>();
+        let batch = SampleBatch {
+            vocab,
+            rows: sample_grid(rows, vocab, &mut rng),
+        };
+        let want = CpuBackend
+            .sample_rows(&logits, &batch, &HostSampler)
+            .unwrap();
+        let got = be
+            .sample_rows(&be.upload(&logits).unwrap(), &batch, &HostSampler)
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let ctx = format!("vocab {vocab} row {i}: {:?}", batch.rows[i]);
+            assert_eq!(g.chosen.token, w.chosen.token, "{ctx}");
+            assert_eq!(g.chosen.rank, w.chosen.rank, "{ctx}");
+            let close = |a: f32, b: f32| a == b || (a - b).abs() <= 1e-4;
+            assert!(close(g.chosen.logprob, w.chosen.logprob), "{ctx}");
+            let ids = |r: &SampledRow| r.top.iter().map(|t| t.token).collect::<Vec<_>>();
+            assert_eq!(ids(g), ids(w), "{ctx}");
+            for (a, b) in g.top.iter().zip(&w.top) {
+                assert!(close(a.logprob, b.logprob), "{ctx}");
+                assert_eq!(a.rank, b.rank, "{ctx}");
+            }
+        }
+    }
 }

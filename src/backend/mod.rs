@@ -15,10 +15,15 @@ pub mod cuda;
 pub mod fp8;
 pub mod ggml;
 mod kv_dtype;
+mod sample;
 mod shard;
 mod tensor;
 
 pub use kv_dtype::KvDType;
+pub use sample::{
+    HostRowSampler, RankedToken, SampleBatch, SampleRow, SampledRow, MAX_SAMPLE_ROWS,
+    MAX_TOP_LOGPROBS,
+};
 pub use shard::Shard;
 
 pub use tensor::{DType, HostTensor, TensorBytes};
@@ -238,6 +243,18 @@ pub trait Backend: Send + Sync + 'static {
         width: usize,
         out: &mut Self::Buffer,
     ) -> Result<()>;
+
+    // Sampling.
+    /// Samples every row of `batch` from `logits` (`[rows, batch.vocab]`, left
+    /// unchanged) and returns one result per row, in order: only token ids and
+    /// the requested logprobs come back. `host` is the host implementation of a
+    /// row (the CPU backend runs it; a device backend runs its own kernels).
+    fn sample_rows(
+        &self,
+        logits: &Self::Buffer,
+        batch: &SampleBatch,
+        host: &dyn HostRowSampler,
+    ) -> Result<Vec<SampledRow>>;
 
     // Tensor parallelism.
     /// This backend as rank 0 of a group of `world` ranks, and the other ranks'

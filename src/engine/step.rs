@@ -11,18 +11,17 @@ use crate::error::{Error, Result};
 use crate::kv_cache::block_manager::BlockManager;
 use crate::model::{Model, ModelGroup};
 use crate::sampling::beam::{top_n_outputs, ScoredSeq};
-use crate::sampling::guided::{apply_token_bitmask, Guide, LazyGuidedCompiler};
+use crate::sampling::guided::{Guide, LazyGuidedCompiler};
 use crate::sampling::logprobs::prompt_logprobs;
 use crate::sampling::stop::{Finish, StopChecker};
-use crate::sampling::{
-    OutputText, SampleOutput, Sampler, SamplingParams, SequenceTokens, TokenLogprobs,
-};
+use crate::sampling::{OutputText, SampleOutput, Sampler, SamplingParams, TokenLogprobs};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 mod beam;
 mod choice;
 mod guided;
 mod logprob_text;
+mod sample;
 mod validate;
 
 pub use validate::{RequestError, RequestValidator, WidthParam};
@@ -379,7 +378,26 @@ impl<B: Backend> EngineCore<B> {
         self.run_copies()?;
         let (meta, first_rows) = self.build_meta(&plan);
         let (logits, masks) = self.forward_and_masks(meta, &plan)?;
-        self.process(&plan, &first_rows, &logits, &masks)
+        // The whole matrix comes to the host only for the rows that read it there.
+        let host = if self.needs_host_logits(&plan) {
+            self.models.logits_to_host(&logits)?
+        } else {
+            Vec::new()
+        };
+        self.process(&plan, &first_rows, (&logits, &host), &masks)
+    }
+
+    /// Whether a planned chunk reads its logits on the host: prompt logprobs,
+    /// beam search, a whole-choice `guided_choice` and its forced tokens.
+    fn needs_host_logits(&self, plan: &[Scheduled]) -> bool {
+        plan.iter().any(|p| {
+            self.groups.get(&p.request_id).is_some_and(|g| {
+                wants_prompt_logprobs(g)
+                    || g.params.use_beam_search
+                    || g.choices.is_some()
+                    || g.seqs.iter().any(|s| !s.forced.is_empty())
+            })
+        })
     }
 
     /// The batch's metadata, and per planned chunk its first logits row.
@@ -417,26 +435,23 @@ impl<B: Backend> EngineCore<B> {
         &mut self,
         plan: &[Scheduled],
         first_rows: &[usize],
-        logits: &[f32],
+        (logits, host): (&B::Buffer, &[f32]),
         masks: &GuideMasks,
     ) -> Result<Vec<RequestOutput>> {
         let vocab = self.model().config.vocab_size;
-        let row = |r: usize| &logits[r * vocab..(r + 1) * vocab];
-        let mut deltas: HashMap<u64, Vec<SeqDelta>> = HashMap::new();
+        let row = |r: usize| &host[r * vocab..(r + 1) * vocab];
         let mut touched: Vec<u64> = Vec::new();
         let mut beam_rows: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+        let mut pending = Vec::new();
         for (p, &first) in plan.iter().zip(first_rows) {
             if !touched.contains(&p.request_id) {
                 touched.push(p.request_id);
             }
-            let Some(sample_row) = self.record_chunk(p, first, logits)? else {
+            let Some(sample_row) = self.record_chunk(p, first, host)? else {
                 continue;
             };
-            let beam = self
-                .groups
-                .get(&p.request_id)
-                .is_some_and(|g| g.params.use_beam_search);
-            if beam {
+            let group = self.groups.get(&p.request_id);
+            if group.is_some_and(|g| g.params.use_beam_search) {
                 // Beams advance together once every live beam has its row.
                 beam_rows
                     .entry(p.request_id)
@@ -444,11 +459,14 @@ impl<B: Backend> EngineCore<B> {
                     .push((p.seq_index, sample_row));
                 continue;
             }
-            // A greedy guided_choice picks its whole choice before its first token.
-            self.choose_whole_choice(p.request_id, row(sample_row))?;
-            let sampled = self.sample_chunk(p, row(sample_row), masks)?;
-            deltas.entry(p.request_id).or_default().extend(sampled);
+            if group.is_some_and(|g| g.choices.is_some()) {
+                // A greedy guided_choice picks its whole choice before its first token.
+                self.choose_whole_choice(p.request_id, row(sample_row))?;
+            }
+            pending.extend(self.pending_rows(p, sample_row)?);
         }
+        let picked = self.pick_tokens(&pending, logits, host, masks)?;
+        let mut deltas = self.apply_picks(&pending, picked)?;
         for (id, rows) in beam_rows {
             let rows: Vec<(usize, &[f32])> = rows.into_iter().map(|(i, r)| (i, row(r))).collect();
             self.beam_step(id, &rows, masks)?;
@@ -459,6 +477,27 @@ impl<B: Backend> EngineCore<B> {
             outputs.extend(self.output_for(id, d));
         }
         Ok(outputs)
+    }
+
+    /// Appends each pending sequence's token (stops, detokenization, logprobs).
+    fn apply_picks(
+        &mut self,
+        pending: &[sample::PendingRow],
+        picked: Vec<sample::Picked>,
+    ) -> Result<HashMap<u64, Vec<SeqDelta>>> {
+        let max_positions = self.model().max_positions;
+        let mut deltas: HashMap<u64, Vec<SeqDelta>> = HashMap::new();
+        for (r, pick) in pending.iter().zip(picked) {
+            let Some(group) = self.groups.get_mut(&r.request_id) else {
+                continue;
+            };
+            let stop = StopChecker::new(&group.params, &self.eos_token_ids, max_positions);
+            let s = &mut group.seqs[r.seq];
+            let delta = step_sequence(s, r.seq, pick, &stop, self.tokenizer.as_deref())?;
+            self.stats.generation_tokens += delta.token_ids.len() as u64;
+            deltas.entry(r.request_id).or_default().push(delta);
+        }
+        Ok(deltas)
     }
 
     /// Marks a planned chunk computed (collecting its prompt logprobs) and
@@ -500,52 +539,6 @@ impl<B: Backend> EngineCore<B> {
             return Ok(None); // a prompt chunk: nothing to sample yet
         }
         Ok(Some(sample_row))
-    }
-
-    /// Samples the next token of a (non-beam) chunk's sequence, or of every
-    /// sequence of the group on its first sample.
-    fn sample_chunk(
-        &mut self,
-        p: &Scheduled,
-        logits_row: &[f32],
-        masks: &GuideMasks,
-    ) -> Result<Vec<SeqDelta>> {
-        let Some(group) = self.groups.get(&p.request_id) else {
-            return Ok(Vec::new());
-        };
-        // The first sample of a best_of group forks it: every sequence draws
-        // its first token from the prompt's logits.
-        let first_sample = !group.has_output();
-        if first_sample && group.width > 1 && !group.params.use_beam_search {
-            self.fork_group(p.request_id)?;
-        }
-        let max_positions = self.model().max_positions;
-        let Some(group) = self.groups.get_mut(&p.request_id) else {
-            return Ok(Vec::new());
-        };
-        group.first_token_at.get_or_insert_with(Instant::now);
-        let indices = if first_sample {
-            0..group.seqs.len()
-        } else {
-            p.seq_index..p.seq_index + 1
-        };
-        let mut deltas = Vec::new();
-        for i in indices {
-            let stop = StopChecker::new(&group.params, &self.eos_token_ids, max_positions);
-            // Forks of the first sample share sequence 0's mask (same state).
-            let mask = guided::mask_for(&group.seqs[i], masks, (p.request_id, p.seq_index));
-            let delta = step_sequence(
-                &mut group.seqs[i],
-                i,
-                logits_row,
-                mask,
-                &stop,
-                self.tokenizer.as_deref(),
-            )?;
-            self.stats.generation_tokens += delta.token_ids.len() as u64;
-            deltas.push(delta);
-        }
-        Ok(deltas)
     }
 
     /// What a request touched this step reports: its final output when it has
@@ -671,51 +664,18 @@ fn take_prompt_logprobs(group: &mut SequenceGroup) -> Option<Vec<Option<TokenLog
     group.prompt_logprobs.clone()
 }
 
-/// The next token of `s`: its next forced one (a whole-scored choice, whose
-/// tokens the constraint was checked to accept, so unmasked), else one sampled
-/// under its constraint's `mask`. `None` at a dead end: the constraint and the
-/// other rules together leave no token.
-fn pick_token(
-    s: &mut Sequence,
-    logits_row: &[f32],
-    mask: std::result::Result<Option<&Vec<u32>>, ()>,
-    stop: &StopChecker,
-) -> Option<SampleOutput> {
-    let params = stop.params;
-    let mut row = logits_row.to_vec();
-    let tokens = SequenceTokens {
-        prompt: &s.tokens[..s.prompt_len],
-        output: &s.tokens[s.prompt_len..],
-    };
-    if let Some(token) = s.forced.pop_front() {
-        let eos = stop.eos_token_ids;
-        return Some(Sampler::forced_token(&mut row, params, tokens, eos, token));
-    }
-    let mask = mask.ok()?;
-    if let Some(mask) = mask {
-        // Before every other processor, as vLLM's guided logits processor runs.
-        apply_token_bitmask(&mut row, mask);
-    }
-    let sampled = s
-        .sampler
-        .next_token(&mut row, params, tokens, stop.eos_token_ids);
-    let dead_end = mask.is_some() && sampled.logprobs.chosen.logprob == f32::NEG_INFINITY;
-    (!dead_end).then_some(sampled)
-}
-
-/// Samples the next token of sequence `index` from its logits row (under its
-/// constraint's `mask`, if any), appends it, detokenizes it and applies the stop
-/// rules. Returns its delta for this step.
+/// Appends the token picked for sequence `index` (`None`: its constraint's
+/// dead end), detokenizes it and applies the stop rules. Returns its delta for
+/// this step.
 fn step_sequence(
     s: &mut Sequence,
     index: usize,
-    logits_row: &[f32],
-    mask: std::result::Result<Option<&Vec<u32>>, ()>,
+    picked: Option<SampleOutput>,
     stop: &StopChecker,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<SeqDelta> {
     let params = stop.params;
-    let Some(sampled) = pick_token(s, logits_row, mask, stop) else {
+    let Some(sampled) = picked else {
         return guided::end_at_dead_end(s, index, params, tokenizer);
     };
     let token = sampled.token;

@@ -113,6 +113,32 @@ impl<B: Backend> ModelGroup<B> {
         Ok(results.into_iter().next().unwrap_or_default())
     }
 
+    /// As [`ModelGroup::forward`], but rank 0's logits stay on its device
+    /// (`[rows, vocab]`), for the batched sampling op. A tensor-parallel
+    /// group's vocabulary slices are gathered on the host and uploaded back.
+    pub fn forward_on_device(&mut self, meta: StepMeta) -> Result<B::Buffer> {
+        let sharded = self.world() > 1;
+        let results = self.on_ranks(&|rank: &mut Rank<B>, lead| {
+            let be = rank.model.backend();
+            let meta = be.prepare_step(meta.clone())?;
+            let logits = rank.model.forward(&meta, allocated(&mut rank.kv)?)?;
+            match (lead, sharded) {
+                (false, _) => Ok(None),
+                (true, false) => Ok(Some(logits)),
+                (true, true) => be.upload(&rank.model.logits_to_host(&logits)?).map(Some),
+            }
+        })?;
+        match results.into_iter().next().flatten() {
+            Some(logits) => Ok(logits),
+            None => Err(Error::Device("no rank returned logits".into())),
+        }
+    }
+
+    /// [`ModelGroup::forward_on_device`]'s logits on the host.
+    pub fn logits_to_host(&self, logits: &B::Buffer) -> Result<Vec<f32>> {
+        self.lead().backend().download(logits)
+    }
+
     /// Copies whole KV blocks `src -> dst` in every layer of every rank.
     pub fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
         self.on_ranks(&|rank: &mut Rank<B>, _| {

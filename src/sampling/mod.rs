@@ -13,14 +13,19 @@
 //! 5. [`stop::StopChecker::check`] once the token's text delta is known, and
 //!    [`stop::OutputText::take_delta`] for the text that is safe to stream.
 //!
-//! [`Sampler::next_token`] runs steps 1-4 for the common (non-beam) case.
+//! [`Sampler::next_token`] runs steps 1-4 for the common (non-beam) case. The
+//! engine runs them for all of a step's sampled rows at once through the
+//! backend's `sample_rows` op ([`batch`]: the row description, and the host
+//! implementation the CPU backend runs, made of these same functions).
 //! Everything here is deterministic given the inputs and the sampler's seed: the
 //! scheduler owns the batch, these functions only ever see one sequence.
 
+pub mod batch;
 pub mod beam;
 pub mod guided;
 pub mod logprobs;
 pub mod params;
+pub mod philox;
 pub mod processors;
 pub mod sampler;
 pub mod stop;

@@ -66,28 +66,60 @@ pub fn apply_penalties(
     frequency_penalty: f32,
     repetition_penalty: f32,
 ) {
-    if repetition_penalty != 1.0 {
-        let mut seen: Vec<u32> = tokens.prompt.iter().chain(tokens.output).copied().collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for id in seen {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l = if *l > 0.0 {
-                    *l / repetition_penalty
-                } else {
-                    *l * repetition_penalty
-                };
-            }
+    let counted = penalty_tokens(tokens);
+    apply_counted_penalties(
+        logits,
+        &counted,
+        presence_penalty,
+        frequency_penalty,
+        repetition_penalty,
+    );
+}
+
+/// Each distinct token of the prompt and the output, ascending, with how often
+/// it occurs in the output: what the penalties need, as the batched op takes it.
+pub fn penalty_tokens(tokens: SequenceTokens) -> Vec<(u32, u32)> {
+    let mut all: Vec<(u32, u32)> = tokens
+        .prompt
+        .iter()
+        .map(|&t| (t, 0))
+        .chain(tokens.output.iter().map(|&t| (t, 1)))
+        .collect();
+    all.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(all.len());
+    for (id, in_output) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == id => last.1 += in_output,
+            _ => out.push((id, in_output)),
         }
     }
-    if frequency_penalty != 0.0 || presence_penalty != 0.0 {
-        let mut output = tokens.output.to_vec();
-        output.sort_unstable();
-        for run in output.chunk_by(|a, b| a == b) {
-            if let Some(l) = logits.get_mut(run[0] as usize) {
-                *l -= frequency_penalty * run.len() as f32;
-                *l -= presence_penalty;
-            }
+    out
+}
+
+/// [`apply_penalties`] over [`penalty_tokens`]' list: per token the repetition
+/// penalty, then `frequency · count + presence` where it is in the output.
+pub fn apply_counted_penalties(
+    logits: &mut [f32],
+    counted: &[(u32, u32)],
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    repetition_penalty: f32,
+) {
+    let additive = frequency_penalty != 0.0 || presence_penalty != 0.0;
+    for &(id, count) in counted {
+        let Some(l) = logits.get_mut(id as usize) else {
+            continue;
+        };
+        if repetition_penalty != 1.0 {
+            *l = if *l > 0.0 {
+                *l / repetition_penalty
+            } else {
+                *l * repetition_penalty
+            };
+        }
+        if additive && count > 0 {
+            *l -= frequency_penalty * count as f32;
+            *l -= presence_penalty;
         }
     }
 }
@@ -123,7 +155,10 @@ pub fn apply_min_p(logits: &mut [f32], min_p: f64) {
 /// top_k -1 or at least the vocabulary is off; top_p within 1e-5 of 1 is off (as
 /// vLLM's `do_top_p_top_k` flag), min_p within 1e-5 of 0 is off; greedy requests
 /// have neither (their constructor resets them).
-fn truncation(params: &SamplingParams, vocab: usize) -> (Option<usize>, Option<f64>, Option<f64>) {
+pub(crate) fn truncation(
+    params: &SamplingParams,
+    vocab: usize,
+) -> (Option<usize>, Option<f64>, Option<f64>) {
     if params.is_greedy() {
         return (None, None, None);
     }
@@ -140,6 +175,16 @@ fn truncation(params: &SamplingParams, vocab: usize) -> (Option<usize>, Option<f
 fn apply_temperature_and_truncation(logits: &mut [f32], params: &SamplingParams) {
     apply_temperature(logits, params.temperature);
     let (top_k, top_p, min_p) = truncation(params, logits.len());
+    apply_truncation(logits, top_k, top_p, min_p);
+}
+
+/// Top-k and top-p together, then min-p (each `None` = off).
+pub(crate) fn apply_truncation(
+    logits: &mut [f32],
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    min_p: Option<f64>,
+) {
     if top_k.is_some() || top_p.is_some() {
         apply_top_k_top_p(logits, top_k, top_p);
     }

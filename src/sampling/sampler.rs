@@ -4,11 +4,14 @@
 //! vLLM v0.4.3 gives a seeded request one `torch.Generator` per sequence group
 //! and draws the whole batch slice of the group from it, so a seeded request's
 //! tokens can depend on how many rows other requests add (`max_best_of_in_batch`).
-//! Here every sequence owns a ChaCha8 stream instead: a request's root sampler
-//! is seeded with the request's seed (or a random one), and sequence `i` of the
-//! group uses [`Sampler::fork`]`(i)` — stream `i + 1` of the same key — so the
-//! tokens of every sequence depend only on the seed, its index and its own
-//! logits. At the first step of an `n`/`best_of` > 1 request all children sample
+//! Here every sequence owns a Philox4x32-10 stream instead (see `philox.rs`;
+//! until issue 12 it was ChaCha8): a request's root sampler is keyed with the
+//! request's seed (or a random one), sequence `i` of the group uses
+//! [`Sampler::fork`]`(i)` — stream `i + 1` of the same key — and its `k`-th draw
+//! is counter `k` of that stream, so the tokens of every sequence depend only on
+//! the seed, its index and its own logits. The generator is counter-based so the
+//! device sampler (`Backend::sample_rows` on CUDA, csrc/sampling.cu) draws the
+//! same uniform for the same (seed, stream, counter). At the first step of an `n`/`best_of` > 1 request all children sample
 //! from the same prompt row, each with its own stream, as vLLM draws `best_of`
 //! samples from that row.
 //!
@@ -17,19 +20,18 @@
 //! (`argmax(probs / Exp(1))`, one draw per vocabulary entry): both are exact
 //! samples of the same distribution, this one costs one random number per token.
 
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
 use super::argmax;
 use super::logprobs::TokenLogprobs;
 use super::params::{SamplingParams, SamplingType};
+use super::philox::philox_uniform;
 use super::processors::{processed_logprobs, SequenceTokens};
 
-/// One sequence's sampler, owning its random stream.
+/// One sequence's sampler: its Philox stream and how far it has drawn.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     seed: u64,
-    rng: ChaCha8Rng,
+    stream: u64,
+    draws: u64,
 }
 
 /// A sampled token and the logprobs vLLM records for it.
@@ -45,19 +47,36 @@ impl Sampler {
         let seed = seed.unwrap_or_else(rand::random);
         Sampler {
             seed,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            stream: 0,
+            draws: 0,
         }
     }
 
     /// The sampler of sequence `index` of the group: a stream of its own, derived
     /// from the seed and `index` only (not from how far `self` has drawn).
     pub fn fork(&self, index: u64) -> Sampler {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(index.wrapping_add(1));
         Sampler {
             seed: self.seed,
-            rng,
+            stream: index.wrapping_add(1),
+            draws: 0,
         }
+    }
+
+    /// Where the next draw comes from: (seed, stream, counter).
+    pub fn position(&self) -> (u64, u64, u64) {
+        (self.seed, self.stream, self.draws)
+    }
+
+    /// Counts a draw made elsewhere (the batched op) from [`Sampler::position`].
+    pub fn advance(&mut self) {
+        self.draws += 1;
+    }
+
+    /// The next uniform in [0, 1) of this sampler's stream.
+    fn uniform(&mut self) -> f64 {
+        let u = philox_uniform(self.seed, self.stream, self.draws);
+        self.draws += 1;
+        u
     }
 
     /// The seed this sampler's streams derive from (the request's, or the random
@@ -77,36 +96,11 @@ impl Sampler {
         }
     }
 
-    /// An exact draw from exp(logprobs) by inverting its CDF. A row with no
-    /// probability mass (everything masked) falls back to the argmax.
+    /// An exact draw from exp(logprobs) with this sampler's next uniform (one
+    /// per draw, used or not, so the counter is the number of random steps).
     fn draw(&mut self, logprobs: &[f32]) -> u32 {
-        let weight = |lp: f32| {
-            let w = (lp as f64).exp();
-            if w.is_finite() {
-                w
-            } else {
-                0.0
-            }
-        };
-        let total: f64 = logprobs.iter().map(|&lp| weight(lp)).sum();
-        if total <= 0.0 || !total.is_finite() {
-            return argmax(logprobs);
-        }
-        let target = self.rng.random::<f64>() * total;
-        let mut acc = 0.0;
-        let mut last_positive = None;
-        for (i, &lp) in logprobs.iter().enumerate() {
-            let w = weight(lp);
-            if w > 0.0 {
-                acc += w;
-                last_positive = Some(i);
-                if target < acc {
-                    return i as u32;
-                }
-            }
-        }
-        // Rounding left the target past the last bucket: it belongs to the last one.
-        last_positive.map_or_else(|| argmax(logprobs), |i| i as u32)
+        let u = self.uniform();
+        draw_with(logprobs, u)
     }
 
     /// One whole step for a sampled (non-beam) sequence: processes `logits` in
@@ -142,6 +136,39 @@ impl Sampler {
             logprobs: TokenLogprobs::new(&row, token, params.logprobs),
         }
     }
+}
+
+/// The draw from exp(logprobs) that uniform `u` in [0, 1) picks, by inverting
+/// the CDF (f64 accumulation, ids in order). A row with no probability mass
+/// (everything masked) falls back to the argmax.
+pub fn draw_with(logprobs: &[f32], u: f64) -> u32 {
+    let weight = |lp: f32| {
+        let w = (lp as f64).exp();
+        if w.is_finite() {
+            w
+        } else {
+            0.0
+        }
+    };
+    let total: f64 = logprobs.iter().map(|&lp| weight(lp)).sum();
+    if total <= 0.0 || !total.is_finite() {
+        return argmax(logprobs);
+    }
+    let target = u * total;
+    let mut acc = 0.0;
+    let mut last_positive = None;
+    for (i, &lp) in logprobs.iter().enumerate() {
+        let w = weight(lp);
+        if w > 0.0 {
+            acc += w;
+            last_positive = Some(i);
+            if target < acc {
+                return i as u32;
+            }
+        }
+    }
+    // Rounding left the target past the last bucket: it belongs to the last one.
+    last_positive.map_or_else(|| argmax(logprobs), |i| i as u32)
 }
 
 #[cfg(test)]

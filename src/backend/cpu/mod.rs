@@ -6,12 +6,14 @@ pub mod exp;
 pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
+mod sample;
 pub mod weight;
 
 use crate::backend::fp8::Fp8Format;
 use crate::backend::DType;
 use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, KvDType, KvPoolShape, StepMeta};
+use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::Result;
 
 pub use collective::CpuComm;
@@ -183,6 +185,15 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         ops::gather_rows(x, rows, width, out);
         Ok(())
+    }
+
+    fn sample_rows(
+        &self,
+        logits: &Vec<f32>,
+        batch: &SampleBatch,
+        host: &dyn HostRowSampler,
+    ) -> Result<Vec<SampledRow>> {
+        sample::sample_rows(logits, batch, host)
     }
 
     fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CpuBackend, CpuComm)>> {

@@ -233,6 +233,7 @@ unsafe extern "C" {
         rows: i64,
         vocab: i64,
         seeds: *const u64,
+        streams: *const u64,
         offsets: *const u64,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
@@ -241,8 +242,20 @@ unsafe extern "C" {
     pub fn ek_philox_uniform(
         out: *mut f64,
         seeds: *const u64,
+        streams: *const u64,
         offsets: *const u64,
         n: i64,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ek_token_rank(
+        values: *mut f32,
+        ranks: *mut i32,
+        logprobs: *const f32,
+        tokens: *const i32,
+        rows: i64,
+        vocab: i64,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
 }

@@ -13,6 +13,7 @@ pub mod attention;
 mod device;
 mod libs;
 mod nccl;
+mod sample;
 #[rustfmt::skip]
 pub mod kernels_sys;
 
@@ -32,6 +33,7 @@ use crate::backend::cpu::weight::{CpuWeight, WeightData};
 use crate::backend::DType;
 use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, DeviceMemory, KvDType, KvPoolShape, StepMeta};
+use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::{Error, Result};
 use device::{check, device_error};
 
@@ -693,6 +695,15 @@ impl Backend for CudaBackend {
                 self.stream(),
             )
         })
+    }
+
+    fn sample_rows(
+        &self,
+        logits: &CudaSlice<f32>,
+        batch: &SampleBatch,
+        host: &dyn HostRowSampler,
+    ) -> Result<Vec<SampledRow>> {
+        self.sample_batch(logits, batch, host)
     }
 
     fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CudaBackend, nccl::NcclComm)>> {

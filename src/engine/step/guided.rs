@@ -59,10 +59,10 @@ impl<B: Backend> EngineCore<B> {
         &mut self,
         meta: StepMeta,
         plan: &[Scheduled],
-    ) -> Result<(Vec<f32>, GuideMasks)> {
+    ) -> Result<(B::Buffer, GuideMasks)> {
         let wanted = constrained_samples(&self.groups, plan);
         let models = &mut self.models;
-        let forward = move || -> Result<Vec<f32>> { models.forward(meta) };
+        let forward = move || -> Result<B::Buffer> { models.forward_on_device(meta) };
         if wanted.is_empty() {
             return Ok((forward()?, GuideMasks::new()));
         }
