@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::exp::exp;
 use super::kv_pool::CpuKvPool;
+use crate::backend::fp8::Fp8Format;
 use crate::backend::{AttnShape, StepMeta};
 
 /// Key positions scored together, one per SIMD lane.
@@ -274,8 +275,8 @@ enum Rows<'a> {
     F32(&'a [f32], &'a [usize]),
     Bf16(&'a [u16], &'a [usize]),
     F16(&'a [u16], &'a [usize]),
-    /// The bytes and their values (`decode(b) · scale`) by byte.
-    Fp8(&'a [u8], &'a [usize], &'a [f32; 256]),
+    /// The bytes, read as `decode(b) · scale`.
+    Fp8(&'a [u8], &'a [usize], Fp8Format, f32),
 }
 
 impl<'a> Rows<'a> {
@@ -284,7 +285,7 @@ impl<'a> Rows<'a> {
             CpuKvPool::F32(v) => Rows::F32(v, offsets),
             CpuKvPool::BF16(v) => Rows::Bf16(bytemuck::cast_slice(v), offsets),
             CpuKvPool::F16(v) => Rows::F16(bytemuck::cast_slice(v), offsets),
-            CpuKvPool::Fp8(p) => Rows::Fp8(&p.bits, offsets, &p.table),
+            CpuKvPool::Fp8(p) => Rows::Fp8(&p.bits, offsets, p.format, p.scale),
         }
     }
 
@@ -301,8 +302,16 @@ impl<'a> Rows<'a> {
             Rows::F32(pool, offsets) => out.copy_from_slice(&pool[offsets[i]..][..hd]),
             Rows::Bf16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, bf16_to_f32),
             Rows::F16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, f16_to_f32),
-            Rows::Fp8(pool, offsets, table) => {
-                each(&pool[offsets[i]..][..hd], out, |b| table[usize::from(b)])
+            // The format is a constant inside each arm, so each loop vectorizes.
+            Rows::Fp8(pool, offsets, Fp8Format::E4M3, scale) => {
+                each(&pool[offsets[i]..][..hd], out, |b| {
+                    Fp8Format::E4M3.widen(b, scale)
+                })
+            }
+            Rows::Fp8(pool, offsets, Fp8Format::E5M2, scale) => {
+                each(&pool[offsets[i]..][..hd], out, |b| {
+                    Fp8Format::E5M2.widen(b, scale)
+                })
             }
         }
     }
@@ -322,10 +331,16 @@ fn weighted_rows(o: &mut [f32], probs: &[f32], rows: &Rows, first: usize) {
         Rows::F16(pool, offsets) => {
             weighted_values(o, probs, f16_to_f32, |j| &pool[offsets[first + j]..][..hd])
         }
-        Rows::Fp8(pool, offsets, table) => weighted_values(
+        Rows::Fp8(pool, offsets, Fp8Format::E4M3, scale) => weighted_values(
             o,
             probs,
-            |b: u8| table[usize::from(b)],
+            |b: u8| Fp8Format::E4M3.widen(b, scale),
+            |j| &pool[offsets[first + j]..][..hd],
+        ),
+        Rows::Fp8(pool, offsets, Fp8Format::E5M2, scale) => weighted_values(
+            o,
+            probs,
+            |b: u8| Fp8Format::E5M2.widen(b, scale),
             |j| &pool[offsets[first + j]..][..hd],
         ),
     }
