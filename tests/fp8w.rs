@@ -183,10 +183,7 @@ fn quantization_fp8_quantizes_a_bf16_checkpoint_at_load() {
 }
 
 /// The FP8 checkpoint's tensors, to be edited and written back.
-fn edit_tensors(
-    dir: &Path,
-    edit: impl FnOnce(&mut Tensors),
-) {
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut Tensors)) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
