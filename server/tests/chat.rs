@@ -403,3 +403,32 @@ fn auto_tool_choice_runs_with_a_template_that_asks_for_tool_call_blocks() {
     );
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > t["count"].as_u64().unwrap() + 10);
 }
+
+/// A GGUF with a SentencePiece vocabulary (tests/fixtures/spm-gguf) serves chat
+/// through the template in its metadata, the prompt tokenized as transformers does.
+#[test]
+fn a_sentencepiece_gguf_serves_chat_with_its_metadata_template() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/spm-gguf");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/reference.json")).unwrap())
+            .unwrap();
+    let question = &reference["chat_prompt"];
+    let model = format!("{dir}/model.gguf");
+    let s = Server::start(&[
+        "--model",
+        &model,
+        "--served-model-name",
+        "spm",
+        "--max-model-len",
+        "256",
+        "--disable-log-requests",
+    ]);
+    let body = json!({"model": "spm", "messages": question["messages"], "max_tokens": 3,
+                      "temperature": 0, "ignore_eos": true});
+    let v = chat(&s, body);
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        question["ids"].as_array().unwrap().len()
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+}

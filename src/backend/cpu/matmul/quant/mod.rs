@@ -41,8 +41,11 @@ pub type DotFn = fn(w: &[u8], a: &[ActRow], out: &mut [f32]);
 /// Which kernels a matmul runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// AVX-512 VNNI where the CPU has it, else portable.
+    /// AVX-512 VNNI where the CPU has it (tiles where the matrix has them), else portable.
     Best,
+    /// The row-by-row AVX-512 VNNI kernels even where the matrix has tiles (the
+    /// tiles' baseline in benches), else portable.
+    Rows,
     /// The portable kernels (tests force them to keep them checked).
     Portable,
 }
@@ -71,7 +74,7 @@ fn act_block(ty: GgmlType) -> usize {
 
 fn kernel(ty: GgmlType, kernels: Kernels) -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if kernels == Kernels::Best {
+    if kernels != Kernels::Portable {
         if let Some(f) = avx512::kernel(ty) {
             return f;
         }

@@ -14,6 +14,9 @@
 //! The registers of values 0–15 and 16–31 of a group are kept apart, so Q6_K's two
 //! 16-value sub-blocks each get their own scale.
 
+// Block layouts and per-row registers read most plainly with the index written out.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::scale_min_k4;
@@ -35,8 +38,6 @@ struct KParts {
 }
 
 impl KParts {
-    // Block layouts read most plainly with the element index written out.
-    #[allow(clippy::needless_range_loop)]
     fn of(ty: GgmlType, blk: &[u8]) -> KParts {
         let mut q = [0u8; 256];
         if ty == GgmlType::Q6K {
