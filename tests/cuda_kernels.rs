@@ -1122,10 +1122,8 @@ fn draw(logprobs: &[f32], u: f64) -> i32 {
     last as i32
 }
 
-#[test]
-fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
-    let Some(gpu) = gpu() else { return };
-    let mut rng = rng("sample");
+/// ek_philox_uniform against the CPU's Philox for random (seed, stream, counter).
+fn check_philox_uniforms(gpu: &CudaDevice, rng: &mut ChaCha8Rng) {
     let s = gpu.raw_stream();
     let n = 4096;
     let seeds: Vec<u64> = (0..n).map(|_| rng.random()).collect();
@@ -1142,17 +1140,17 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
         })
         .collect();
     let (sd, td, od) = (
-        upload(&gpu, &seeds),
-        upload(&gpu, &streams),
-        upload(&gpu, &offsets),
+        upload(gpu, &seeds),
+        upload(gpu, &streams),
+        upload(gpu, &offsets),
     );
-    let mut ud = upload(&gpu, &vec![f64::NAN; n]);
+    let mut ud = upload(gpu, &vec![f64::NAN; n]);
     ok("philox_uniform", unsafe {
         sys::ek_philox_uniform(
-            pm(&gpu, &mut ud).cast(),
-            p(&gpu, &sd).cast(),
-            p(&gpu, &td).cast(),
-            p(&gpu, &od).cast(),
+            pm(gpu, &mut ud).cast(),
+            p(gpu, &sd).cast(),
+            p(gpu, &td).cast(),
+            p(gpu, &od).cast(),
             n as i64,
             s,
         )
@@ -1161,6 +1159,14 @@ fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
         .map(|i| philox_uniform(seeds[i], streams[i], offsets[i]))
         .collect();
     assert_eq!(gpu.download(&ud).unwrap(), want, "philox uniforms");
+}
+
+#[test]
+fn seeded_sampling_draws_what_the_cpu_draws_with_the_same_uniforms() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("sample");
+    let s = gpu.raw_stream();
+    check_philox_uniforms(&gpu, &mut rng);
 
     for vocab in [128256, 32000, 50] {
         let rows = 64;
