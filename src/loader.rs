@@ -301,12 +301,18 @@ fn load_hf_dir<B: Backend>(
             q => q,
         };
         let inner = &DummyWeights { seed: 0 };
-        let source = fp8::Mapped { inner, quantization };
+        let source = fp8::Mapped {
+            inner,
+            quantization,
+        };
         load_ranks(&config, &source, dtype, options, backend, progress)?
     } else {
         let ckpt = Checkpoint::open(dir)?.with_fp8(fp8_scheme);
         let inner = &ckpt;
-        let source = fp8::Mapped { inner, quantization };
+        let source = fp8::Mapped {
+            inner,
+            quantization,
+        };
         load_ranks(&config, &source, dtype, options, backend, progress)?
     };
     Ok((ranks, tokenizer))

@@ -146,7 +146,6 @@ impl Fp8Format {
     }
 }
 
-
 /// The largest finite E4M3 value; a dynamic per-tensor scale is `amax / 448`.
 pub const E4M3_MAX: f32 = 448.0;
 
@@ -178,7 +177,10 @@ pub fn quantize_per_tensor(values: &[f32]) -> (Vec<u8>, f32) {
     } else {
         1.0
     };
-    let codes = values.iter().map(|&v| Fp8Format::E4M3.encode(v / scale)).collect();
+    let codes = values
+        .iter()
+        .map(|&v| Fp8Format::E4M3.encode(v / scale))
+        .collect();
     (codes, scale)
 }
 
@@ -376,7 +378,11 @@ mod tests {
             if is_nan(b) || b == 0x80 {
                 continue;
             }
-            assert_eq!(Fp8Format::E4M3.encode(E4M3_TO_F32[b as usize]), b, "code {b:#x}");
+            assert_eq!(
+                Fp8Format::E4M3.encode(E4M3_TO_F32[b as usize]),
+                b,
+                "code {b:#x}"
+            );
         }
         // 1.0625 is halfway between 1.0 (0x38, even) and 1.125 (0x39): ties to even.
         assert_eq!(Fp8Format::E4M3.encode(1.0625), 0x38);

@@ -32,7 +32,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5; // cephes: 5.0000001e-1, which is 0.5 in f32
     let y = p * z + r + 1.0;
     // n is in [-126, 128]: 2^n as two normal factors. (Wrapping ops: no
     // overflow check to stop the loop vectorizing in a debug build.)
