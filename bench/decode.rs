@@ -7,6 +7,12 @@
 //! batch 8 and 32. Decode is memory-bound: every token reads every weight once,
 //! so its roofline is weight bytes per token ÷ bandwidth. Without `--bench`
 //! (`cargo test --all-targets`) it only says how to run it.
+//!
+//! With `LLAMA_BENCH` and/or `LLAMA_BATCHED_BENCH` naming llama.cpp's
+//! `llama-bench` / `llama-batched-bench`, it also writes the model as a bf16
+//! GGUF (once, next to the model directory) and alternates rounds of ours with
+//! `llama-bench -p 128 -n 64 -r 1` and `llama-batched-bench -npp 16 -ntg 32
+//! -npl 1,8,32`, then prints the ratios.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +24,12 @@ use engine::loader::LoadOptions;
 use engine::model::Model;
 use engine::sampling::SamplingParams;
 use rayon::prelude::*;
+
+#[path = "llama_gguf.rs"]
+mod llama_gguf;
+#[path = "llama_peer.rs"]
+mod llama_peer;
+use llama_peer::{Peer, PeerSpeeds, Sizes};
 
 /// Tokens decoded per measurement, after a short prompt.
 const DECODE_TOKENS: usize = 64;
@@ -37,7 +49,6 @@ fn main() {
     }
 }
 
-#[allow(clippy::too_many_lines)] // a benchmark driver, read top to bottom
 fn run() -> engine::Result<()> {
     let dir = model_dir();
     let spec = FixtureSpec::llama_1b();
@@ -46,6 +57,18 @@ fn run() -> engine::Result<()> {
         let t = Instant::now();
         write_model_dir(&spec, &dir)?;
         println!("  written in {:.0?}", t.elapsed());
+    }
+    let peer = Peer::from_env();
+    let gguf = dir.with_extension("bf16.gguf");
+    if peer.is_some() && !gguf.is_file() {
+        println!(
+            "writing it as a bf16 GGUF for llama.cpp: {} (once)",
+            gguf.display()
+        );
+        let partial = gguf.with_extension("partial");
+        llama_gguf::write(&dir, &partial)?;
+        std::fs::rename(&partial, &gguf)
+            .map_err(|e| engine::Error::invalid(format!("{}: {e}", gguf.display())))?;
     }
     let t = Instant::now();
     let options = LoadOptions {
@@ -65,23 +88,93 @@ fn run() -> engine::Result<()> {
         llm.model().config.hidden_size,
         llm.model().dtype,
     );
-
     println!(
         "weights read per decode step: {:.3} GB (every matrix once, the LM head included)\n",
         weight_bytes / 1e9
     );
-
+    let sizes = Sizes {
+        threads,
+        prompt: DECODE_PROMPT,
+        decode_tokens: DECODE_TOKENS,
+        batched_tokens: DECODE_TOKENS / 2,
+        prefill: PREFILL_TOKENS,
+        batches: [1, 8, 32],
+    };
     let mut roof = Roofline::new();
+    let (mut ours, mut theirs) = (Vec::new(), PeerSpeeds::default());
+    // With a peer, alternate whole rounds of ours and theirs; keep the best of each.
+    for _ in 0..if peer.is_some() { PEER_ROUNDS } else { 1 } {
+        ours = best_rows(ours, measure_rows(&mut llm, &mut roof)?);
+        if let Some(peer) = &peer {
+            theirs = theirs.best(&peer.measure(&gguf, &sizes)?);
+        }
+    }
+    print_rows(&ours, weight_bytes, threads);
+    if peer.is_some() {
+        print_peer(&ours, &theirs);
+    }
+    Ok(())
+}
+
+/// Rounds of (ours, llama.cpp's) when a peer is set.
+const PEER_ROUNDS: usize = 2;
+
+/// One measured row: its name, the figures, and the decode batch (None: prefill).
+struct Row {
+    name: String,
+    m: Measured,
+    batch: Option<usize>,
+}
+
+fn measure_rows(llm: &mut Llm, roof: &mut Roofline) -> engine::Result<Vec<Row>> {
+    let mut rows = vec![Row {
+        name: "decode, batch 1".into(),
+        m: decode(llm, roof, 1, DECODE_TOKENS)?,
+        batch: Some(1),
+    }];
+    rows.push(Row {
+        name: format!("prefill, {PREFILL_TOKENS} tokens"),
+        m: prefill(llm, roof)?,
+        batch: None,
+    });
+    for batch in [8, 32] {
+        rows.push(Row {
+            name: format!("decode, batch {batch}"),
+            m: decode(llm, roof, batch, DECODE_TOKENS / 2)?,
+            batch: Some(batch),
+        });
+    }
+    Ok(rows)
+}
+
+/// Row by row, the faster of two rounds (`old` may be empty).
+fn best_rows(old: Vec<Row>, new: Vec<Row>) -> Vec<Row> {
+    if old.is_empty() {
+        return new;
+    }
+    old.into_iter()
+        .zip(new)
+        .map(|(a, b)| {
+            if b.m.tokens_per_s > a.m.tokens_per_s {
+                b
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn print_rows(rows: &[Row], weight_bytes: f64, threads: usize) {
     println!(
         "{:<22} {:>7} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10}",
         "measurement", "tok/s", "tok/CPU-s", "cores", "copy", "read", "% copy", "% read"
     );
-    let row = |name: &str, m: Measured, batch: Option<usize>| {
+    for Row { name, m, batch } in rows {
         // Decode streams every weight once per step for the whole batch.
         let roof_pct = |gbps: f64| match batch {
             Some(b) => format!(
                 "{:.0}%",
-                100.0 * m.tokens_per_s * weight_bytes / (b as f64 * gbps * 1e9)
+                100.0 * m.tokens_per_s * weight_bytes / (*b as f64 * gbps * 1e9)
             ),
             None => "-".into(),
         };
@@ -96,23 +189,6 @@ fn run() -> engine::Result<()> {
             roof_pct(m.copy),
             roof_pct(m.read),
         );
-    };
-    row(
-        "decode, batch 1",
-        decode(&mut llm, &mut roof, 1, DECODE_TOKENS)?,
-        Some(1),
-    );
-    row(
-        &format!("prefill, {PREFILL_TOKENS} tokens"),
-        prefill(&mut llm, &mut roof)?,
-        None,
-    );
-    for batch in [8, 32] {
-        row(
-            &format!("decode, batch {batch}"),
-            decode(&mut llm, &mut roof, batch, DECODE_TOKENS / 2)?,
-            Some(batch),
-        );
     }
     println!(
         "\nEach row is the best of {REPEATS} runs; before each run the memory bandwidth is \
@@ -123,7 +199,27 @@ fn run() -> engine::Result<()> {
          cores: process CPU time / wall time (at most {threads}; less means other work shared the \
          machine); tok/CPU-s: tokens per CPU-second."
     );
-    Ok(())
+}
+
+fn print_peer(ours: &[Row], theirs: &PeerSpeeds) {
+    println!("\nagainst llama.cpp (same weights as a bf16 GGUF; best of {PEER_ROUNDS} interleaved rounds):");
+    println!(
+        "{:<22} {:>9} {:>11} {:>7}",
+        "measurement", "ours", "llama.cpp", "ratio"
+    );
+    for row in ours {
+        let peer = match row.batch {
+            Some(b) => theirs.decode_at(b),
+            None => theirs.prefill,
+        };
+        let Some(peer) = peer else { continue };
+        let ours = row.m.tokens_per_s;
+        println!(
+            "{:<22} {ours:>9.1} {peer:>11.1} {:>6.2}x",
+            row.name,
+            ours / peer
+        );
+    }
 }
 
 /// `target/bench-models/llama-1b`, in whatever target directory cargo uses.

@@ -246,13 +246,14 @@ fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Syn
         let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
+            let tiles = row_tiles(r_end - r_block);
             for panel in p0..p1 {
                 for step in (0..steps).step_by(kc) {
-                    for row in (r_block..r_end).step_by(MR) {
+                    for (row, rows) in tiles.clone() {
                         kernel(Tile {
                             panel,
-                            row,
-                            rows: MR.min(r_end - row),
+                            row: r_block + row,
+                            rows,
                             step,
                             steps: kc.min(steps - step),
                         });
@@ -261,4 +262,17 @@ fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Syn
             }
         }
     });
+}
+
+/// `(first row, rows)` of the register tiles that cover `m` rows: as few tiles
+/// as [`MR`] allows, their sizes within one of each other (7 rows are 4 + 3, not
+/// 6 + 1: a one-row tile has only 4 independent accumulators, too few to hide
+/// the latency of `vdpbf16ps`). Which tile a row lands in does not change its
+/// result (see the module's note on batch invariance).
+pub(super) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
+    let tiles = m.div_ceil(MR).max(1);
+    (0..tiles).map(move |t| {
+        let (start, end) = (t * m / tiles, (t + 1) * m / tiles);
+        (start, end - start)
+    })
 }

@@ -252,3 +252,64 @@ fn packed_rows_read_back() {
         assert_eq!(all[5 * k + 7], round(dtype, w[5 * k + 7]));
     }
 }
+
+/// Every row count a decode batch can have (1..=17: each register-tile split,
+/// one and several k-blocks), against the f64 reference and against each row
+/// alone, bitwise. k is odd and not a multiple of 32; n is not a multiple of
+/// the 64-column panel.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn packed_tiles_of_every_row_count_match_reference_and_rows_alone() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for (n, k) in [(70, 45), (130, 301)] {
+        let w = random(n * k, &mut rng);
+        for dtype in [DType::F16, DType::BF16] {
+            let weight = CpuWeight::from_host(host(&w, &[n, k]), dtype);
+            if !is_packed(&weight) {
+                eprintln!("no AVX-512 {dtype:?} kernel on this CPU: nothing to check");
+                continue;
+            }
+            let accumulation = (k as f64 + 4.0) * U32;
+            for m in 1..=17 {
+                let what = format!("{dtype:?} m={m} n={n} k={k}");
+                let x = random(m * k, &mut rng);
+                let mut batch = vec![f32::NAN; m * n];
+                matmul(&x, &weight, None, &mut batch);
+                let rounds_x = dtype == DType::BF16;
+                let (want, scale) = reference(&x, &w, n, k, dtype, rounds_x);
+                check(&batch, &want, &scale, accumulation, &what);
+                for i in 0..m {
+                    let mut alone = vec![f32::NAN; n];
+                    matmul(&x[i * k..(i + 1) * k], &weight, None, &mut alone);
+                    let together = &batch[i * n..(i + 1) * n];
+                    let same = alone
+                        .iter()
+                        .zip(together)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{what}: row {i} differs from the row alone");
+                }
+            }
+        }
+    }
+}
+
+/// The row tiles cover the rows in order, each 1..=MR rows, sizes within one.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn row_tiles_are_balanced_and_cover_every_row() {
+    use super::packed::{row_tiles, MR};
+    for m in 1..=40 {
+        let tiles: Vec<_> = row_tiles(m).collect();
+        assert_eq!(tiles.len(), m.div_ceil(MR), "m={m}");
+        let mut next = 0;
+        for &(row, rows) in &tiles {
+            assert_eq!(row, next, "m={m}: {tiles:?}");
+            assert!((1..=MR).contains(&rows), "m={m}: {tiles:?}");
+            next += rows;
+        }
+        assert_eq!(next, m);
+        let sizes = tiles.iter().map(|t| t.1);
+        let (lo, hi) = (sizes.clone().min().unwrap(), sizes.max().unwrap());
+        assert!(hi - lo <= 1, "m={m}: {tiles:?}");
+    }
+}
