@@ -90,6 +90,7 @@ fn weight(shape: [usize; 2], dtype: DType, seed: u64) -> CpuWeight {
         shape: shape.to_vec(),
         bytes: TensorBytes::Owned(bytemuck::cast_slice(&v).to_vec()),
         quant: None,
+        fp8_scales: None,
     };
     let w = CpuBackend.upload_weight(host, dtype);
     w.unwrap_or_else(|e| panic!("upload_weight: {e}"))
