@@ -103,6 +103,14 @@ impl CpuKvPool {
         }
     }
 
+    /// An f32 pool's values (the CUDA tests compare device pools with them).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            CpuKvPool::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The values at `at..at + out.len()`, widened to f32.
     pub fn read(&self, at: usize, out: &mut [f32]) {
         let end = at + out.len();
