@@ -303,7 +303,10 @@ fn json_response_format_and_forced_tool_calls() {
         assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
         let parsed: Value = serde_json::from_str(&content(&v, 0)).unwrap();
         // An integer literal within the bounds.
-        assert!(parsed["n"].as_u64().is_some_and(|n| n <= 99_999), "{parsed}");
+        assert!(
+            parsed["n"].as_u64().is_some_and(|n| n <= 99_999),
+            "{parsed}"
+        );
         assert!(!&content(&v, 0).contains(['.', 'e', 'E']), "{parsed}");
     }
     let named = json!({"type": "function", "function": {"name": "get_weather"}});

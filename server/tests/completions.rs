@@ -474,7 +474,10 @@ fn guided_decoding_constrains_the_output() {
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     let parsed: Value = serde_json::from_str(&text(&v, 0)).unwrap();
     // An integer literal within the bounds.
-    assert!(parsed["n"].as_u64().is_some_and(|n| n <= 99_999), "{parsed}");
+    assert!(
+        parsed["n"].as_u64().is_some_and(|n| n <= 99_999),
+        "{parsed}"
+    );
     assert!(!&text(&v, 0).contains(['.', 'e', 'E']), "{parsed}");
     // Streaming and n > 1 under a constraint.
     let chunks = s
