@@ -420,7 +420,8 @@ __global__ void __launch_bounds__(kRowThreads)
       out[blockIdx.x] = best;
     return;
   }
-  const double target = philox_uniform(seeds[blockIdx.x], streams[blockIdx.x], offsets[blockIdx.x]) * total;
+  const double target =
+      philox_uniform(seeds[blockIdx.x], streams[blockIdx.x], offsets[blockIdx.x]) * total;
   if (threadIdx.x == 0)
     found = -1;
   double base = 0.0;
