@@ -510,7 +510,7 @@ fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("\"awq\" is not served"), "{e}");
-    // fp8: the tensors dequantized, then the projections quantized to FP8 (tests/fp8w.rs).
+    // fp8: the tensors dequantized, then the projections quantized to FP8 (tests/fp8_weights.rs).
     assert!(Llm::load(&path, &with("fp8")).is_ok());
 }
 
