@@ -1,18 +1,26 @@
-//! The bf16 and f32 matmuls at decode batch sizes (1–32 activation rows) on the
-//! 1.1B Llama's largest shapes: weight GB/s and GFLOP/s per row count.
+//! The bf16 and f32 matmuls at decode and prefill batch sizes (1–128
+//! activation rows) on the 1.1B Llama's largest shapes: weight GB/s and
+//! GFLOP/s per row count, for each bf16 kernel family this CPU runs (AMX and
+//! AVX-512 where both do, interleaved in one run), and the peak GFLOP/s of
+//! one core's `vdpbf16ps` and AMX `tdpbf16ps` loops measured alongside.
 //!
-//! `cargo bench --bench batched` (about a minute). Each figure is the best of
-//! `ROUNDS` rounds; the rows of one round run back to back, so compare row
-//! counts within a run, not absolute numbers across runs (the machine is shared).
-//! Two copies of each matrix alternate so that every call streams from memory.
+//! `cargo bench --bench batched` (about two minutes). Each figure is the best
+//! of `ROUNDS` rounds; the rows of one round run back to back, so compare row
+//! counts and kernels within a run, not absolute numbers across runs (the
+//! machine is shared). Two copies of each matrix alternate so that every call
+//! streams from memory.
+
+mod peak;
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use engine::backend::cpu::matmul::packed::{self, Bf16Kernel};
+use engine::backend::cpu::weight::WeightData;
 use engine::backend::cpu::{CpuBackend, CpuWeight};
 use engine::backend::{Backend, DType, HostTensor, TensorBytes};
 
-const ROWS: [usize; 9] = [1, 2, 4, 6, 8, 12, 16, 24, 32];
+const ROWS: [usize; 10] = [1, 2, 4, 8, 12, 16, 24, 32, 64, 128];
 const ROUNDS: usize = 5;
 /// Calls per measurement (alternating the two copies).
 const CALLS: usize = 8;
@@ -22,6 +30,7 @@ fn main() {
         println!("batched: a matmul benchmark; run it with `cargo bench --bench batched`");
         return;
     }
+    peak::report();
     for (dtype, shapes) in [
         (
             DType::BF16,
@@ -36,31 +45,58 @@ fn main() {
     }
 }
 
+/// The kernel families `w` can run on here (`None`: the f32 path).
+fn kernels(w: &CpuWeight) -> Vec<Option<Bf16Kernel>> {
+    match &w.data {
+        WeightData::Packed(p) if p.kind() == packed::PackedKind::Bf16 => {
+            Bf16Kernel::available().into_iter().map(Some).collect()
+        }
+        _ => vec![None],
+    }
+}
+
+fn multiply(x: &Vec<f32>, w: &CpuWeight, out: &mut Vec<f32>, kernel: Option<Bf16Kernel>) {
+    match (&w.data, kernel) {
+        (WeightData::Packed(p), Some(kernel)) => {
+            packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
+        }
+        _ => {
+            let r = CpuBackend.matmul(x, w, None, out);
+            r.unwrap_or_else(|e| panic!("matmul: {e}"));
+        }
+    }
+}
+
 fn bench_shape(name: &str, ws: &[CpuWeight; 2]) {
     let (n, k) = (ws[0].rows(), ws[0].cols());
     let bytes = (n * k * if ws[0].dtype() == DType::F32 { 4 } else { 2 }) as f64;
-    let mut best = [f64::INFINITY; ROWS.len()];
+    let kernels = kernels(&ws[0]);
+    let mut best = vec![[f64::INFINITY; ROWS.len()]; kernels.len()];
     for _ in 0..ROUNDS {
-        for (b, &m) in best.iter_mut().zip(&ROWS) {
+        for (b, &m) in ROWS.iter().enumerate() {
             let x = values(m * k, 3);
             let mut out = vec![0f32; m * n];
-            let t = Instant::now();
-            for call in 0..CALLS {
-                let r = CpuBackend.matmul(black_box(&x), &ws[call % 2], None, &mut out);
-                r.unwrap_or_else(|e| panic!("matmul: {e}"));
+            for (best, &kernel) in best.iter_mut().zip(&kernels) {
+                let t = Instant::now();
+                for call in 0..CALLS {
+                    multiply(black_box(&x), &ws[call % 2], &mut out, kernel);
+                }
+                best[b] = best[b].min(t.elapsed().as_secs_f64() / CALLS as f64);
             }
-            *b = b.min(t.elapsed().as_secs_f64() / CALLS as f64);
         }
     }
-    println!("{name}: rows, µs per call, weight GB/s, GFLOP/s");
-    for (&m, &s) in ROWS.iter().zip(&best) {
-        let flops = 2.0 * (m * n * k) as f64;
-        println!(
-            "  m={m:<3} {:>9.0} {:>7.1} {:>7.1}",
-            s * 1e6,
-            bytes / s / 1e9,
-            flops / s / 1e9
-        );
+    for (best, kernel) in best.iter().zip(&kernels) {
+        let family = kernel.map_or("f32".to_string(), |k| format!("{k:?}"));
+        println!("{name} on {family}: rows, µs per call, weight GB/s, GFLOP/s");
+        for (&m, &s) in ROWS.iter().zip(best) {
+            let flops = 2.0 * (m * n * k) as f64;
+            println!(
+                "  m={m:<3} {:>9.0} {:>7.1} {:>7.1}",
+                s * 1e6,
+                bytes / s / 1e9,
+                flops / s / 1e9
+            );
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 //! `llama-bench` / `llama-batched-bench`, it also writes the model as a bf16
 //! GGUF (once, next to the model directory) and alternates rounds of ours with
 //! `llama-bench -p 128 -n 64 -r 1` and `llama-batched-bench -npp 16 -ntg 32
-//! -npl 1,8,32`, then prints the ratios.
+//! -npl 1,8,32`, then prints the ratios. With `TRANSFORMERS_PYTHON` naming a
+//! Python with torch and transformers, Hugging Face transformers (bf16, SDPA)
+//! takes its turn in each round as well (`bench/transformers_peer.py`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,7 +31,10 @@ use rayon::prelude::*;
 mod llama_gguf;
 #[path = "llama_peer.rs"]
 mod llama_peer;
+#[path = "transformers_peer.rs"]
+mod transformers_peer;
 use llama_peer::{Peer, PeerSpeeds, Sizes};
+use transformers_peer::TransformersPeer;
 
 /// Tokens decoded per measurement, after a short prompt.
 const DECODE_TOKENS: usize = 64;
@@ -101,17 +106,25 @@ fn run() -> engine::Result<()> {
         batches: [1, 8, 32],
     };
     let mut roof = Roofline::new();
-    let (mut ours, mut theirs) = (Vec::new(), PeerSpeeds::default());
+    let transformers = TransformersPeer::from_env();
+    let (mut ours, mut llama, mut hf) = (Vec::new(), PeerSpeeds::default(), PeerSpeeds::default());
     // With a peer, alternate whole rounds of ours and theirs; keep the best of each.
-    for _ in 0..if peer.is_some() { PEER_ROUNDS } else { 1 } {
+    let peers = peer.is_some() || transformers.is_some();
+    for _ in 0..if peers { PEER_ROUNDS } else { 1 } {
         ours = best_rows(ours, measure_rows(&mut llm, &mut roof)?);
         if let Some(peer) = &peer {
-            theirs = theirs.best(&peer.measure(&gguf, &sizes)?);
+            llama = llama.best(&peer.measure(&gguf, &sizes)?);
+        }
+        if let Some(peer) = &transformers {
+            hf = hf.best(&peer.measure(&dir, &sizes)?);
         }
     }
     print_rows(&ours, weight_bytes, threads);
     if peer.is_some() {
-        print_peer(&ours, &theirs);
+        print_peer(&ours, "llama.cpp (same weights as a bf16 GGUF)", &llama);
+    }
+    if transformers.is_some() {
+        print_peer(&ours, "transformers (torch, bf16, SDPA)", &hf);
     }
     Ok(())
 }
@@ -201,11 +214,11 @@ fn print_rows(rows: &[Row], weight_bytes: f64, threads: usize) {
     );
 }
 
-fn print_peer(ours: &[Row], theirs: &PeerSpeeds) {
-    println!("\nagainst llama.cpp (same weights as a bf16 GGUF; best of {PEER_ROUNDS} interleaved rounds):");
+fn print_peer(ours: &[Row], name: &str, theirs: &PeerSpeeds) {
+    println!("\nagainst {name}, best of {PEER_ROUNDS} interleaved rounds:");
     println!(
         "{:<22} {:>9} {:>11} {:>7}",
-        "measurement", "ours", "llama.cpp", "ratio"
+        "measurement", "ours", "theirs", "ratio"
     );
     for row in ours {
         let peer = match row.batch {

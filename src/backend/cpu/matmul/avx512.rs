@@ -44,18 +44,26 @@ fn lane_mask(n: usize) -> __mmask16 {
 }
 
 /// Rounds each row of `x` (`m` rows of `k`) to bf16 (round to nearest even) and
-/// packs it as `k.div_ceil(2)` pairs, low half first; an odd `k` pads with zero.
+/// packs it as pairs, low half first, `stride` (≥ `k.div_ceil(2)`) pairs a row
+/// for `rows` (≥ `m`) rows: an odd `k`, the pairs past it and the rows past `m`
+/// are zero.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and AVX-512 BF16.
-pub unsafe fn round_to_bf16_pairs(x: &[f32], m: usize, k: usize) -> Vec<u32> {
-    let pairs = k.div_ceil(2);
-    let mut out = vec![0u32; m * pairs];
-    let rows = x.par_chunks_exact(k).zip(out.par_chunks_exact_mut(pairs));
+pub unsafe fn round_to_bf16_pairs(
+    x: &[f32],
+    (m, k): (usize, usize),
+    (rows, stride): (usize, usize),
+) -> Vec<u32> {
+    assert!(rows >= m && stride >= k.div_ceil(2));
+    let mut out = vec![0u32; rows * stride];
+    let rows = x[..m * k]
+        .par_chunks_exact(k)
+        .zip(out.par_chunks_exact_mut(stride));
     // Below a few rows a parallel region costs more than the conversion.
     rows.with_min_len(16).for_each(|(src, dst)| {
         // SAFETY: the caller guarantees the CPU features; `dst` has room for
-        // `src.len().div_ceil(2)` pairs.
+        // `src.len().div_ceil(2)` pairs (`stride` checked above).
         unsafe { round_row(src, dst) }
     });
     out

@@ -7,7 +7,8 @@
 //!   `vcvtph2ps` and f32 FMAs. One loop nest serves decode and prefill, and
 //!   every output element is computed by the same instructions in the same
 //!   order whatever the number of rows: a row's result does not depend on the
-//!   batch it runs in.
+//!   batch it runs in. On CPUs with AMX (Sapphire Rapids on), bf16 matrices
+//!   are multiplied on AMX tiles instead, for every number of rows (`amx.rs`).
 //! - `quant`: GGUF blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) read in place,
 //!   the activations quantized to 8-bit blocks (see its docs); batch-invariant.
 //!   `quant::fp8`: FP8 e4m3 weights with row scales, f32 activations; batch-invariant.
@@ -16,6 +17,8 @@
 //!   f16 take it on CPUs without AVX-512 (BF16). Its results for a row may
 //!   change with the number of rows (the two kernels sum in different orders).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]

@@ -4,7 +4,8 @@
 //! A panel is [`PANEL`] consecutive output columns (weight rows), stored
 //! k-step by k-step: for bf16 a step is one pair of k (`vdpbf16ps` multiplies
 //! pairs), 64 columns × 2 values; for f16 a step is one k, 64 values. Columns
-//! past `n` and the odd k of an odd `k` are zero. A kernel thus reads each panel
+//! past `n`, the odd k of an odd `k` and, for bf16, the steps that round the
+//! count up to a whole AMX tile (16 pairs) are zero. A kernel thus reads each panel
 //! front to back, 256 (bf16) or 128 (f16) bytes per step, and keeps 4 × 16
 //! output columns of up to [`MR`] rows in registers.
 //!
@@ -17,8 +18,8 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::avx512;
 use super::OutPtr;
+use super::{amx, avx512};
 
 /// Output columns per panel: four AVX-512 registers of f32.
 pub const PANEL: usize = 64;
@@ -127,10 +128,11 @@ impl PackedMatrix {
         self.n.div_ceil(PANEL)
     }
 
-    /// k-steps per panel: pairs of k for bf16, single k for f16.
+    /// k-steps per panel: pairs of k (whole AMX tiles of them) for bf16,
+    /// single k for f16.
     fn steps(&self) -> usize {
         match self.kind {
-            PackedKind::Bf16 => self.k.div_ceil(2),
+            PackedKind::Bf16 => self.k.div_ceil(2).next_multiple_of(amx::TILE_STEPS),
             PackedKind::F16 => self.k,
         }
     }
@@ -168,55 +170,160 @@ impl PackedMatrix {
     }
 }
 
+/// The kernel family of a bf16 matmul. Where AMX runs it runs every bf16
+/// matmul, whatever the number of rows (see `amx.rs` on batch invariance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    Avx512,
+    Amx,
+}
+
+impl Bf16Kernel {
+    /// AMX where the CPU and OS run it (`amx::supported`), AVX-512 otherwise.
+    pub fn best() -> Bf16Kernel {
+        if amx::supported() {
+            Bf16Kernel::Amx
+        } else {
+            Bf16Kernel::Avx512
+        }
+    }
+
+    /// Every family this machine runs, the best first.
+    pub fn available() -> Vec<Bf16Kernel> {
+        let mut kernels = vec![Bf16Kernel::Avx512];
+        if amx::supported() {
+            kernels.insert(0, Bf16Kernel::Amx);
+        }
+        kernels
+    }
+}
+
 /// `out = x · wᵀ` for the `m` rows of `x` (`k > 0`).
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
+    matmul_with(x, m, w, out, Bf16Kernel::best());
+}
+
+/// As [`matmul`], with a bf16 matrix multiplied by `bf16` (which must be
+/// available: [`Bf16Kernel::available`]).
+pub fn matmul_with(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32], bf16: Bf16Kernel) {
     if m == 0 || w.n == 0 {
         return;
     }
+    match (w.kind, bf16) {
+        (PackedKind::Bf16, Bf16Kernel::Avx512) => bf16_avx512(x, m, w, out),
+        (PackedKind::Bf16, Bf16Kernel::Amx) => {
+            assert!(
+                amx::supported(),
+                "the AMX kernel was asked for where it does not run"
+            );
+            bf16_amx(x, m, w, out);
+        }
+        (PackedKind::F16, _) => f16_avx512(x, m, w, out),
+    }
+}
+
+fn bf16_avx512(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
-    match w.kind {
-        PackedKind::Bf16 => {
-            // SAFETY: bf16 matrices are packed only on CPUs with AVX-512 BF16
-            // (`pack_bf16` checks).
-            let xb = unsafe { avx512::round_to_bf16_pairs(x, m, w.k) };
-            let x_stride = w.steps();
-            run(m, w, x_stride * 4, |t: Tile| {
-                let tile = avx512::TileArgs {
-                    x: xb[t.row * x_stride + t.step..].as_ptr(),
-                    x_stride,
-                    w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
-                    steps: t.steps,
-                    out: ptr.at(t.row * w.n + t.panel * PANEL),
-                    out_stride: w.n,
-                    cols: PANEL.min(w.n - t.panel * PANEL),
-                    accumulate: t.step > 0,
-                };
-                // SAFETY: the CPU has AVX-512 BF16 (`pack_bf16` checked); `x`
-                // holds `rows` rows of `x_stride` pairs from `step` on, `w` holds
-                // `steps` steps of the panel, and the tile of `out` (rows × cols
-                // from the panel's first column) is in bounds and owned by this
-                // task alone.
-                unsafe { avx512::bf16_tile(t.rows, &tile) }
-            });
+    let x_stride = w.steps();
+    // SAFETY: bf16 matrices are packed only on CPUs with AVX-512 BF16
+    // (`pack_bf16` checks).
+    let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (m, x_stride)) };
+    run(m, w, x_stride * 4, |t: Tile| {
+        let tile = tile_args(w, &xb, x_stride, ptr, t);
+        // SAFETY: the CPU has AVX-512 BF16 (`pack_bf16` checked); `x` holds
+        // `rows` rows of `x_stride` pairs from `step` on, `w` holds `steps`
+        // steps of the panel, and the tile of `out` (rows × cols from the
+        // panel's first column) is in bounds and owned by this task alone.
+        unsafe { avx512::bf16_tile(t.rows, &tile) }
+    });
+}
+
+fn f16_avx512(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
+    let ptr = OutPtr(out.as_mut_ptr());
+    let k = w.k;
+    run(m, w, k * 4, |t: Tile| {
+        let tile = avx512::TileArgs {
+            x: x[t.row * k + t.step..].as_ptr(),
+            x_stride: k,
+            w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
+            steps: t.steps,
+            out: ptr.at(t.row * w.n + t.panel * PANEL),
+            out_stride: w.n,
+            cols: PANEL.min(w.n - t.panel * PANEL),
+            accumulate: t.step > 0,
+        };
+        // SAFETY: as for bf16, with AVX-512F (`pack_f16` checked) and `x` rows
+        // of `k` f32.
+        unsafe { avx512::f16_tile(t.rows, &tile) }
+    });
+}
+
+/// The bf16 matmul on AMX tiles. Up to 16 rows, the tiles are as high as the
+/// rows (k in one go, as the AVX-512 decode path); past that, every tile is
+/// 16 rows over activations padded with zero rows, and k goes in blocks of
+/// [`AMX_KC`] steps.
+fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
+    let ptr = OutPtr(out.as_mut_ptr());
+    let x_stride = w.steps();
+    let tile_rows = m.clamp(2, amx::TILE_ROWS);
+    let padded_rows = m.next_multiple_of(tile_rows);
+    // SAFETY: AMX BF16 CPUs have AVX-512 BF16 (Sapphire Rapids on).
+    let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, x_stride)) };
+    let (panels, steps) = (w.panels(), w.steps());
+    let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).clamp(1, panels);
+    let kc = if m <= amx::TILE_ROWS { steps } else { AMX_KC };
+    let row_block = (ROW_BLOCK_BYTES / (x_stride * 4)).max(tile_rows) / tile_rows * tile_rows;
+    (0..tasks).into_par_iter().for_each(|task| {
+        let mut tiles = amx::Tiles::new();
+        let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
+        for r_block in (0..m).step_by(row_block) {
+            let r_end = (r_block + row_block).min(m);
+            for panel in p0..p1 {
+                for step in (0..steps).step_by(kc) {
+                    for row in (r_block..r_end).step_by(tile_rows) {
+                        let rows = tile_rows.min(m - row);
+                        let steps = kc.min(steps - step);
+                        let t = Tile {
+                            panel,
+                            row,
+                            rows,
+                            step,
+                            steps,
+                        };
+                        let tile = tile_args(w, &xb, x_stride, ptr, t);
+                        // SAFETY: AMX runs here (`matmul_with` checked); `steps`
+                        // is a multiple of 16 (the panel's steps and `AMX_KC`
+                        // are); `xb` holds `tile_rows` rows from `row` on (padded
+                        // to a multiple of them); the rest as in `bf16_avx512`.
+                        unsafe { amx::bf16_tile(&mut tiles, tile_rows, rows, &tile) }
+                    }
+                }
+            }
         }
-        PackedKind::F16 => {
-            let k = w.k;
-            run(m, w, k * 4, |t: Tile| {
-                let tile = avx512::TileArgs {
-                    x: x[t.row * k + t.step..].as_ptr(),
-                    x_stride: k,
-                    w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
-                    steps: t.steps,
-                    out: ptr.at(t.row * w.n + t.panel * PANEL),
-                    out_stride: w.n,
-                    cols: PANEL.min(w.n - t.panel * PANEL),
-                    accumulate: t.step > 0,
-                };
-                // SAFETY: as for bf16, with AVX-512F (`pack_f16` checked) and
-                // `x` rows of `k` f32.
-                unsafe { avx512::f16_tile(t.rows, &tile) }
-            });
-        }
+    });
+}
+
+/// k-steps per block on AMX's many-row path: 64 KiB of a panel, kept in L2
+/// while every row tile of the block uses it.
+const AMX_KC: usize = 256;
+
+/// The kernel arguments of tile `t` of a bf16 matmul over activations `xb`.
+fn tile_args(
+    w: &PackedMatrix,
+    xb: &[u32],
+    x_stride: usize,
+    out: OutPtr,
+    t: Tile,
+) -> avx512::TileArgs<u32> {
+    avx512::TileArgs {
+        x: xb[t.row * x_stride + t.step..].as_ptr(),
+        x_stride,
+        w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
+        steps: t.steps,
+        out: out.at(t.row * w.n + t.panel * PANEL),
+        out_stride: w.n,
+        cols: PANEL.min(w.n - t.panel * PANEL),
+        accumulate: t.step > 0,
     }
 }
 

@@ -6,6 +6,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::matmul;
+#[cfg(target_arch = "x86_64")]
+use super::packed::{Bf16Kernel, PackedKind};
 use crate::backend::cpu::weight::CpuWeight;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::weight::WeightData;
@@ -101,6 +103,39 @@ fn is_packed(_: &CpuWeight) -> bool {
     false
 }
 
+/// A kernel family a test pins (`None`: the one `matmul` picks).
+#[cfg(target_arch = "x86_64")]
+type Path = Option<Bf16Kernel>;
+#[cfg(not(target_arch = "x86_64"))]
+type Path = Option<()>;
+
+/// The ways this machine multiplies `w`: every bf16 kernel family it runs
+/// (AMX and AVX-512 where both do) for a packed bf16 matrix, else `matmul`'s.
+#[cfg(target_arch = "x86_64")]
+fn paths(w: &CpuWeight) -> Vec<Path> {
+    match &w.data {
+        WeightData::Packed(p) if p.kind() == PackedKind::Bf16 => {
+            Bf16Kernel::available().into_iter().map(Some).collect()
+        }
+        _ => vec![None],
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn paths(_: &CpuWeight) -> Vec<Path> {
+    vec![None]
+}
+
+/// `out = x · wᵀ` on `path`.
+fn multiply(x: &[f32], w: &CpuWeight, out: &mut [f32], path: Path) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(kernel), WeightData::Packed(p)) = (path, &w.data) {
+        return super::packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
+    }
+    let _ = path;
+    matmul(x, w, None, out);
+}
+
 /// Both layouts (the CPU's and the portable one) of every dtype, every shape and
 /// row count. f32 accumulation of `k` exact products errs by at most
 /// `k·u·Σ|x·w|` (u = 2⁻²⁴); rounding the activations to bf16 adds `u_bf16·Σ|x·w|`.
@@ -116,12 +151,16 @@ fn every_dtype_and_layout_matches_f64_reference() {
             ];
             for m in ROWS {
                 let x = random(m * k, &mut rng);
-                for weight in &layouts {
+                for (weight, path) in layouts
+                    .iter()
+                    .flat_map(|w| paths(w).into_iter().map(move |p| (w, p)))
+                {
                     let rounds_x = dtype == DType::BF16 && is_packed(weight);
                     let accumulation = (k as f64 + 4.0) * U32;
-                    let what = format!("{dtype:?} packed={} m={m} n={n} k={k}", is_packed(weight));
+                    let packed = is_packed(weight);
+                    let what = format!("{dtype:?} packed={packed} {path:?} m={m} n={n} k={k}");
                     let mut out = vec![f32::NAN; m * n];
-                    matmul(&x, weight, None, &mut out);
+                    multiply(&x, weight, &mut out, path);
                     let (want, scale) = reference(&x, &w, n, k, dtype, false);
                     let bound = accumulation + if rounds_x { U_BF16 } else { 0.0 };
                     check(&out, &want, &scale, bound, &what);
@@ -176,19 +215,25 @@ fn packed_rows_are_batch_invariant() {
             eprintln!("no AVX-512 {dtype:?} kernel on this CPU: nothing to check");
             continue;
         }
-        for m in [17, 64] {
+        for (m, path) in [17, 64]
+            .into_iter()
+            .flat_map(|m| paths(&weight).into_iter().map(move |p| (m, p)))
+        {
             let x = random(m * k, &mut rng);
             let mut batch = vec![0.0; m * n];
-            matmul(&x, &weight, None, &mut batch);
+            multiply(&x, &weight, &mut batch, path);
             for i in 0..m {
                 let mut alone = vec![0.0; n];
-                matmul(&x[i * k..(i + 1) * k], &weight, None, &mut alone);
+                multiply(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
                 let together = &batch[i * n..(i + 1) * n];
                 let same = alone
                     .iter()
                     .zip(together)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{dtype:?}: row {i} of {m} differs from the row alone");
+                assert!(
+                    same,
+                    "{dtype:?} {path:?}: row {i} of {m} differs from the row alone"
+                );
             }
         }
     }
@@ -213,8 +258,15 @@ fn activations_round_to_nearest_even_pairs() {
             x[1] = 1.0 + 3.0 / 256.0;
         }
         // SAFETY: the features were checked above.
-        let pairs = unsafe { super::avx512::round_to_bf16_pairs(&x, m, k) };
-        let half_pairs = k.div_ceil(2);
+        let half_pairs = k.div_ceil(2) + 3;
+        let pairs = unsafe { super::avx512::round_to_bf16_pairs(&x, (m, k), (m + 1, half_pairs)) };
+        let padding = pairs[m * half_pairs..].iter().chain(
+            (0..m).flat_map(|r| &pairs[r * half_pairs + k.div_ceil(2)..(r + 1) * half_pairs]),
+        );
+        assert!(
+            padding.into_iter().all(|&p| p == 0),
+            "k={k}: padding pairs and rows are zero"
+        );
         for (r, row) in x.chunks(k).enumerate() {
             for (c, &v) in row.iter().enumerate() {
                 let pair = pairs[r * half_pairs + c / 2];
@@ -253,8 +305,8 @@ fn packed_rows_read_back() {
     }
 }
 
-/// Every row count a decode batch can have (1..=17: each register-tile split,
-/// one and several k-blocks), against the f64 reference and against each row
+/// Every row count a decode batch can have (1..=33: each register-tile split,
+/// one and several k-blocks, full and partial AMX tiles), against the f64 reference and against each row
 /// alone, bitwise. k is odd and not a multiple of 32; n is not a multiple of
 /// the 64-column panel.
 #[cfg(target_arch = "x86_64")]
@@ -270,17 +322,18 @@ fn packed_tiles_of_every_row_count_match_reference_and_rows_alone() {
                 continue;
             }
             let accumulation = (k as f64 + 4.0) * U32;
-            for m in 1..=17 {
-                let what = format!("{dtype:?} m={m} n={n} k={k}");
+            for (m, path) in (1..=33).flat_map(|m| paths(&weight).into_iter().map(move |p| (m, p)))
+            {
+                let what = format!("{dtype:?} {path:?} m={m} n={n} k={k}");
                 let x = random(m * k, &mut rng);
                 let mut batch = vec![f32::NAN; m * n];
-                matmul(&x, &weight, None, &mut batch);
+                multiply(&x, &weight, &mut batch, path);
                 let rounds_x = dtype == DType::BF16;
                 let (want, scale) = reference(&x, &w, n, k, dtype, rounds_x);
                 check(&batch, &want, &scale, accumulation, &what);
                 for i in 0..m {
                     let mut alone = vec![f32::NAN; n];
-                    matmul(&x[i * k..(i + 1) * k], &weight, None, &mut alone);
+                    multiply(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
                     let together = &batch[i * n..(i + 1) * n];
                     let same = alone
                         .iter()
