@@ -4,6 +4,10 @@
 //! fp8`, per-tensor scales: the FP8 kernels on a real model's shapes), interleaved in one run with llama.cpp's `llama-bench` on the same file
 //! when `LLAMA_BENCH` names its binary (built from source outside this repo).
 //!
+//! With `GGUF_MODEL=/path/to/file.gguf` it measures that file instead, served
+//! quantized only (e.g. the decode bench's 1.1B model requantized by
+//! `llama-quantize` to Q8_0, Q4_0 or Q4_K_M).
+//!
 //! `LLAMA_BENCH=/path/to/llama-bench cargo bench --bench gguf` measures batch-1
 //! decode (64 tokens after a 16-token prompt: generating 65 minus generating 1)
 //! and a 128-token prefill, each `ROUNDS` times in turn with llama-bench
@@ -35,6 +39,9 @@ fn main() {
 }
 
 fn model_path() -> Option<PathBuf> {
+    if let Some(file) = std::env::var_os("GGUF_MODEL").filter(|f| !f.is_empty()) {
+        return Some(PathBuf::from(file));
+    }
     let cache = std::env::var_os("ENGINE_CACHE_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
@@ -58,12 +65,12 @@ fn run() -> engine::Result<()> {
         };
         Llm::load(&path, &options)
     };
-    let mut engines = [
-        ("engine, quantized", load("auto", "auto")?),
-        ("engine, f32", load("none", "float32")?),
-        ("engine, bf16", load("none", "bfloat16")?),
-        ("engine, fp8", load("fp8", "bfloat16")?),
-    ];
+    let mut engines = vec![("engine, quantized", load("auto", "auto")?)];
+    if std::env::var_os("GGUF_MODEL").is_none() {
+        engines.push(("engine, f32", load("none", "float32")?));
+        engines.push(("engine, bf16", load("none", "bfloat16")?));
+        engines.push(("engine, fp8", load("fp8", "bfloat16")?));
+    }
     println!(
         "{}; {threads} threads; best of {ROUNDS} interleaved rounds\n",
         path.display()
@@ -105,11 +112,13 @@ fn run() -> engine::Result<()> {
             best[0][1] / best[4][1]
         );
     }
-    println!(
-        "fp8 / bf16: decode {:.2}x, prefill {:.2}x",
-        best[3][0] / best[2][0],
-        best[3][1] / best[2][1]
-    );
+    if best[3][0] > 0.0 {
+        println!(
+            "fp8 / bf16: decode {:.2}x, prefill {:.2}x",
+            best[3][0] / best[2][0],
+            best[3][1] / best[2][1]
+        );
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@
 //! the pairs of a tile differently from a chain of `vdpbf16ps`), so where AMX
 //! is used it is used for every row count: a row's result still does not
 //! depend on its batch (each row of a tile is computed alone, 16 steps at a
-//! time in k order; a k-block boundary stores and reloads the f32 sums exactly).
+//! time in k order, from zero).
 //!
 //! The instructions are written with `asm!`: Rust's AMX intrinsics are not
 //! stable. Linux hands out the 8 KiB tile state only to a process that asks
@@ -131,7 +131,8 @@ impl Drop for Tiles {
 #[repr(C, align(64))]
 struct Scratch([f32; TILE_ROWS * PANEL]);
 
-/// `out[r, c] (+)= Σ_s x[r, s] · w[s, c]` over bf16 pairs for `rows` rows.
+/// `out[r, c] = Σ_s x[r, s] · w[s, c]` over bf16 pairs for `rows` rows
+/// (`t.accumulate` must be false: the sums start from zero).
 /// The tile multiplies `tile_rows` (≥ `rows`) rows of `x`; the rows past
 /// `rows` are padding, computed and dropped.
 ///
@@ -141,7 +142,9 @@ struct Scratch([f32; TILE_ROWS * PANEL]);
 /// `t.steps` panel steps; `t.out` readable and writable for `rows` rows of
 /// `t.cols` columns, with no other thread touching those.
 pub unsafe fn bf16_tile(tiles: &mut Tiles, tile_rows: usize, rows: usize, t: &TileArgs<u32>) {
-    debug_assert!(rows <= tile_rows && tile_rows <= TILE_ROWS && t.steps.is_multiple_of(TILE_STEPS));
+    debug_assert!(
+        rows <= tile_rows && tile_rows <= TILE_ROWS && t.steps.is_multiple_of(TILE_STEPS)
+    );
     let direct = rows == tile_rows && t.cols == PANEL;
     let mut scratch = std::mem::MaybeUninit::<Scratch>::uninit();
     let (c, c_stride) = if direct {
@@ -151,24 +154,17 @@ pub unsafe fn bf16_tile(tiles: &mut Tiles, tile_rows: usize, rows: usize, t: &Ti
         (scratch.0.as_mut_ptr(), PANEL)
     };
     // SAFETY (whole body): AMX is usable and the bounds are the caller's
-    // contract; `c` is `out` itself only when the tile covers exactly
-    // `rows` × 64 columns of it, and the scratch otherwise.
+    // contract; `c` is `out` itself only when the tile's rows and 64 columns
+    // all belong to `out`, and the scratch otherwise.
     unsafe {
         tiles.configure(tile_rows);
-        if t.accumulate {
-            if !direct {
-                copy_rows(t.out, t.out_stride, c, c_stride, rows, t.cols);
-            }
-            load_sums(c, c_stride);
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-        }
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
         let (x_stride, w_stride) = (4 * t.x_stride, 4 * PANEL);
         for chunk in 0..t.steps / TILE_STEPS {
             let x = t.x.add(chunk * TILE_STEPS);
@@ -192,21 +188,6 @@ pub unsafe fn bf16_tile(tiles: &mut Tiles, tile_rows: usize, rows: usize, t: &Ti
         if !direct {
             copy_rows(c, c_stride, t.out, t.out_stride, rows, t.cols);
         }
-    }
-}
-
-/// Loads tmm0–3 from the 64 columns at `c` (`stride` f32 between rows).
-unsafe fn load_sums(c: *const f32, stride: usize) {
-    // SAFETY: the caller's tile bounds (configured rows × 64 columns).
-    unsafe {
-        asm!(
-            "tileloadd tmm0, [{c} + {s}]",
-            "tileloadd tmm1, [{c} + {s} + 64]",
-            "tileloadd tmm2, [{c} + {s} + 128]",
-            "tileloadd tmm3, [{c} + {s} + 192]",
-            c = in(reg) c, s = in(reg) 4 * stride,
-            options(nostack, readonly),
-        );
     }
 }
 
@@ -238,5 +219,20 @@ unsafe fn copy_rows(
         unsafe {
             std::ptr::copy_nonoverlapping(src.add(r * src_stride), dst.add(r * dst_stride), cols)
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A CPU that reports AMX-BF16 gets the AMX kernel unless it is switched
+    /// off: a refused tile-state request must not quietly fall back.
+    #[test]
+    fn amx_runs_where_the_cpu_has_it() {
+        let switched_off = std::env::var("ENGINE_CPU_AMX").is_ok_and(|v| v == "0");
+        if !super::cpu_has_amx_bf16() || switched_off {
+            eprintln!("no AMX-BF16 on this CPU (or ENGINE_CPU_AMX=0): nothing to check");
+            return;
+        }
+        assert!(super::supported(), "the CPU has AMX-BF16 but Linux refused the tile state");
     }
 }

@@ -258,54 +258,48 @@ fn f16_avx512(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     });
 }
 
-/// The bf16 matmul on AMX tiles. Up to 16 rows, the tiles are as high as the
-/// rows (k in one go, as the AVX-512 decode path); past that, every tile is
-/// 16 rows over activations padded with zero rows, and k goes in blocks of
-/// [`AMX_KC`] steps.
+/// The bf16 matmul on AMX tiles, each tile call over the whole of k (its sums
+/// stay in the tile registers: blocking k, which stores and reloads them,
+/// measured 10–15% slower at 32–128 rows). Up to 16 rows the tiles are as
+/// high as the rows; past that every tile is 16 rows, over activations padded
+/// with zero rows.
 fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
-    let x_stride = w.steps();
+    let (panels, steps) = (w.panels(), w.steps());
+    // Two rows at least: a one-row tile runs at 0.8× the AVX-512 decode kernel,
+    // a two-row one at its speed (`cargo bench --bench batched`).
     let tile_rows = m.clamp(2, amx::TILE_ROWS);
     let padded_rows = m.next_multiple_of(tile_rows);
     // SAFETY: AMX BF16 CPUs have AVX-512 BF16 (Sapphire Rapids on).
-    let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, x_stride)) };
-    let (panels, steps) = (w.panels(), w.steps());
+    let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, steps)) };
     let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).clamp(1, panels);
-    let kc = if m <= amx::TILE_ROWS { steps } else { AMX_KC };
-    let row_block = (ROW_BLOCK_BYTES / (x_stride * 4)).max(tile_rows) / tile_rows * tile_rows;
+    let row_block = (ROW_BLOCK_BYTES / (steps * 4)).max(tile_rows) / tile_rows * tile_rows;
     (0..tasks).into_par_iter().for_each(|task| {
         let mut tiles = amx::Tiles::new();
         let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
             for panel in p0..p1 {
-                for step in (0..steps).step_by(kc) {
-                    for row in (r_block..r_end).step_by(tile_rows) {
-                        let rows = tile_rows.min(m - row);
-                        let steps = kc.min(steps - step);
-                        let t = Tile {
-                            panel,
-                            row,
-                            rows,
-                            step,
-                            steps,
-                        };
-                        let tile = tile_args(w, &xb, x_stride, ptr, t);
-                        // SAFETY: AMX runs here (`matmul_with` checked); `steps`
-                        // is a multiple of 16 (the panel's steps and `AMX_KC`
-                        // are); `xb` holds `tile_rows` rows from `row` on (padded
-                        // to a multiple of them); the rest as in `bf16_avx512`.
-                        unsafe { amx::bf16_tile(&mut tiles, tile_rows, rows, &tile) }
-                    }
+                for row in (r_block..r_end).step_by(tile_rows) {
+                    let rows = tile_rows.min(m - row);
+                    let t = Tile {
+                        panel,
+                        row,
+                        rows,
+                        step: 0,
+                        steps,
+                    };
+                    let tile = tile_args(w, &xb, steps, ptr, t);
+                    // SAFETY: AMX runs here (`matmul_with` checked); `steps` is
+                    // a multiple of 16 (the panel's steps are); `xb` holds
+                    // `tile_rows` rows from `row` on (padded to a multiple of
+                    // them); the rest as in `bf16_avx512`.
+                    unsafe { amx::bf16_tile(&mut tiles, tile_rows, rows, &tile) }
                 }
             }
         }
     });
 }
-
-/// k-steps per block on AMX's many-row path: 64 KiB of a panel, kept in L2
-/// while every row tile of the block uses it.
-const AMX_KC: usize = 256;
 
 /// The kernel arguments of tile `t` of a bf16 matmul over activations `xb`.
 fn tile_args(
