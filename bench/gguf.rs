@@ -126,7 +126,8 @@ fn request(prompt_len: usize, max_tokens: usize) -> Vec<Request> {
     vec![Request {
         prompt: Prompt::Tokens(
             (0..prompt_len)
-                .map(|i| 100 + (i * 7919 % 40_000) as u32)
+                // Ids below 30100: inside a 32000-token vocabulary too.
+                .map(|i| 100 + (i * 7919 % 30_000) as u32)
                 .collect(),
         ),
         params: SamplingParams {

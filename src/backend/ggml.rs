@@ -168,6 +168,27 @@ pub fn dequantize_parallel(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
         .for_each(|(out, b)| dequantize(ty, b, out));
 }
 
+/// `x` (a multiple of 32 values) as Q8_0 blocks, as llama.cpp's reference
+/// quantizer makes them: scale `d = max|x| / 127` stored as f16, each value
+/// `round(x / d)`.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    use rayon::prelude::*;
+    let blocks = x.len() / 32;
+    let mut out = vec![0u8; blocks * 34];
+    out.par_chunks_exact_mut(34)
+        .zip(x.par_chunks_exact(32))
+        .for_each(|(b, x)| {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            b[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            for (q, &v) in b[2..].iter_mut().zip(x) {
+                *q = (v * inv).round() as i8 as u8;
+            }
+        });
+    out
+}
+
 fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     for (j, &q) in b[2..18].iter().enumerate() {

@@ -104,11 +104,69 @@ impl HostTensor {
         }
     }
 
-    /// Stacks 2-D tensors of one dtype along their first dimension (fusing q/k/v or gate/up).
+    /// Every element as f32 (GGUF blocks dequantized); not for FP8 codes.
+    fn f32_values(&self) -> Vec<f32> {
+        let bytes = self.bytes.as_slice();
+        if let Some(ty) = self.quant {
+            let mut values = vec![0f32; self.numel()];
+            super::ggml::dequantize_parallel(ty, bytes, &mut values);
+            return values;
+        }
+        match self.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    /// The same values stored as Q8_0 blocks (`Some(Q8_0)`) or as f32 (`None`).
+    fn with_values(&self, quant: Option<GgmlType>) -> HostTensor {
+        let values = self.f32_values();
+        let bytes = match quant {
+            Some(_) => super::ggml::quantize_q8_0(&values),
+            None => bytemuck::cast_slice(&values).to_vec(),
+        };
+        HostTensor {
+            name: self.name.clone(),
+            dtype: DType::F32,
+            shape: self.shape.clone(),
+            bytes: TensorBytes::Owned(bytes),
+            quant,
+            fp8_scales: None,
+        }
+    }
+
+    /// Stacks 2-D tensors along their first dimension (fusing q/k/v or
+    /// gate/up). Parts stored in different GGUF types (a Q4_K_M file keeps some
+    /// layers' v in Q6_K, q and k in Q4_K) are requantized to Q8_0 first, from
+    /// their dequantized values: 8 bits per weight, so the error it adds is far
+    /// below the 4–6-bit quantization they already carry; a quantized part
+    /// next to a 16/32-bit one makes them all f32.
     pub fn concat_rows(name: &str, parts: &[HostTensor]) -> Result<HostTensor> {
         let first = parts
             .first()
             .ok_or_else(|| Error::Model(format!("{name}: nothing to concatenate")))?;
+        let gguf = |p: &HostTensor| p.fp8_scales.is_none() && p.shape.len() == 2;
+        let mixed = parts
+            .iter()
+            .any(|p| (p.quant, p.dtype) != (first.quant, first.dtype));
+        if mixed && parts.iter().all(gguf) && parts.iter().any(|p| p.quant.is_some()) {
+            let unified: Vec<HostTensor> = if parts.iter().all(|p| p.quant.is_some()) {
+                parts
+                    .iter()
+                    .map(|p| p.with_values(Some(GgmlType::Q8_0)))
+                    .collect()
+            } else {
+                parts.iter().map(|p| p.with_values(None)).collect()
+            };
+            return HostTensor::concat_rows(name, &unified);
+        }
         let cols = first.shape.get(1).copied().unwrap_or(1);
         let mut rows = 0;
         let mut bytes = Vec::new();
@@ -231,5 +289,70 @@ impl HostTensor {
             fp8_scales: self.fp8_scales.clone(),
             ..*self
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(name: &str, rows: usize, quant: Option<GgmlType>, values: &[f32]) -> HostTensor {
+        let bytes = match quant {
+            Some(GgmlType::Q8_0) => crate::backend::ggml::quantize_q8_0(values),
+            _ => bytemuck::cast_slice(values).to_vec(),
+        };
+        HostTensor {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: vec![rows, 32],
+            bytes: TensorBytes::Owned(bytes),
+            quant,
+            fp8_scales: None,
+        }
+    }
+
+    /// A Q4_0 block of 32 values: scale 0.25, quants 0..16 twice (values −2..1.75).
+    fn q4_0_part(name: &str) -> HostTensor {
+        let mut bytes = half::f16::from_f32(0.25).to_le_bytes().to_vec();
+        bytes.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        HostTensor {
+            bytes: TensorBytes::Owned(bytes),
+            quant: Some(GgmlType::Q4_0),
+            ..part(name, 1, None, &[0.0; 32])
+        }
+    }
+
+    /// q in Q4_0 and v in Q8_0 (as a Q4_K_M file mixes Q4_K and Q6_K) fuse as
+    /// Q8_0 holding both parts' values; a float part next to them makes f32.
+    #[test]
+    fn parts_of_different_types_fuse() {
+        let v_values: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.01).collect();
+        let (q, v) = (
+            q4_0_part("q"),
+            part("v", 2, Some(GgmlType::Q8_0), &v_values),
+        );
+        let want: Vec<f32> = [q.f32_values(), v.f32_values()].concat();
+        let fused = HostTensor::concat_rows("qv", &[q.clone(), v.clone()]).unwrap();
+        assert_eq!(
+            (fused.quant, fused.shape.clone()),
+            (Some(GgmlType::Q8_0), vec![3, 32])
+        );
+        for (row, (got, want)) in fused
+            .f32_values()
+            .chunks(32)
+            .zip(want.chunks(32))
+            .enumerate()
+        {
+            // Half a step, plus the f16 rounding of the scale times the largest quant.
+            let step = want.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= step * 0.57, "row {row}: {g} vs {w}");
+            }
+        }
+        let float = part("k", 1, None, &[0.5; 32]);
+        let fused = HostTensor::concat_rows("qkv", &[q.clone(), float, v.clone()]).unwrap();
+        assert_eq!((fused.quant, fused.dtype), (None, DType::F32));
+        let want = [q.f32_values(), vec![0.5; 32], v.f32_values()].concat();
+        assert_eq!(fused.f32_values(), want);
     }
 }

@@ -216,3 +216,30 @@ fn type_names() {
     assert_eq!(GgmlType::name_of(10), "Q2_K");
     assert_eq!(GgmlType::name_of(999), "unknown type 999");
 }
+
+/// Q8_0 from values: llama.cpp's reference rounding (quants from the exact
+/// scale, the scale stored as f16), and back within half a step plus what the
+/// scale's f16 rounding moves the largest quant.
+#[test]
+fn q8_0_quantizes_within_half_a_step() {
+    let x: Vec<f32> = (0..64)
+        .map(|i| ((i * 37 % 64) as f32 - 31.5) * 0.013)
+        .collect();
+    let bytes = quantize_q8_0(&x);
+    assert_eq!(bytes.len(), 2 * 34);
+    let mut back = vec![0.0; 64];
+    dequantize(GgmlType::Q8_0, &bytes, &mut back);
+    for (block, (x, y)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
+        let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let stored = f16::from_f32(d).to_f32();
+        let bound = d / 2.0 + 127.0 * (d - stored).abs() + 1e-6;
+        for (a, b) in x.iter().zip(y) {
+            assert!((a - b).abs() <= bound, "block {block}: {a} vs {b}");
+        }
+    }
+    assert_eq!(
+        quantize_q8_0(&[0.0; 32])[2..],
+        [0u8; 32],
+        "a zero block stays zero"
+    );
+}

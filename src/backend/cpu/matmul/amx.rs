@@ -233,6 +233,9 @@ mod tests {
             eprintln!("no AMX-BF16 on this CPU (or ENGINE_CPU_AMX=0): nothing to check");
             return;
         }
-        assert!(super::supported(), "the CPU has AMX-BF16 but Linux refused the tile state");
+        assert!(
+            super::supported(),
+            "the CPU has AMX-BF16 but Linux refused the tile state"
+        );
     }
 }
