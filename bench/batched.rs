@@ -10,12 +10,15 @@
 //! machine is shared). Two copies of each matrix alternate so that every call
 //! streams from memory.
 
+#[cfg(target_arch = "x86_64")]
 mod peak;
 
 use std::hint::black_box;
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
 use engine::backend::cpu::matmul::packed::{self, Bf16Kernel};
+#[cfg(target_arch = "x86_64")]
 use engine::backend::cpu::weight::WeightData;
 use engine::backend::cpu::{CpuBackend, CpuWeight};
 use engine::backend::{Backend, DType, HostTensor, TensorBytes};
@@ -30,6 +33,7 @@ fn main() {
         println!("batched: a matmul benchmark; run it with `cargo bench --bench batched`");
         return;
     }
+    #[cfg(target_arch = "x86_64")]
     peak::report();
     for (dtype, shapes) in [
         (
@@ -45,8 +49,15 @@ fn main() {
     }
 }
 
+/// A bf16 kernel family to pin (`None`: the one `matmul` picks).
+#[cfg(target_arch = "x86_64")]
+type Family = Option<Bf16Kernel>;
+#[cfg(not(target_arch = "x86_64"))]
+type Family = Option<()>;
+
 /// The kernel families `w` can run on here (`None`: the f32 path).
-fn kernels(w: &CpuWeight) -> Vec<Option<Bf16Kernel>> {
+#[cfg(target_arch = "x86_64")]
+fn kernels(w: &CpuWeight) -> Vec<Family> {
     match &w.data {
         WeightData::Packed(p) if p.kind() == packed::PackedKind::Bf16 => {
             Bf16Kernel::available().into_iter().map(Some).collect()
@@ -55,16 +66,19 @@ fn kernels(w: &CpuWeight) -> Vec<Option<Bf16Kernel>> {
     }
 }
 
-fn multiply(x: &Vec<f32>, w: &CpuWeight, out: &mut Vec<f32>, kernel: Option<Bf16Kernel>) {
-    match (&w.data, kernel) {
-        (WeightData::Packed(p), Some(kernel)) => {
-            packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
-        }
-        _ => {
-            let r = CpuBackend.matmul(x, w, None, out);
-            r.unwrap_or_else(|e| panic!("matmul: {e}"));
-        }
+#[cfg(not(target_arch = "x86_64"))]
+fn kernels(_: &CpuWeight) -> Vec<Family> {
+    vec![None]
+}
+
+fn multiply(x: &Vec<f32>, w: &CpuWeight, out: &mut Vec<f32>, kernel: Family) {
+    #[cfg(target_arch = "x86_64")]
+    if let (WeightData::Packed(p), Some(kernel)) = (&w.data, kernel) {
+        return packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
     }
+    let _ = kernel;
+    let r = CpuBackend.matmul(x, w, None, out);
+    r.unwrap_or_else(|e| panic!("matmul: {e}"));
 }
 
 fn bench_shape(name: &str, ws: &[CpuWeight; 2]) {
