@@ -6,6 +6,7 @@ pub mod exp;
 pub mod kv_pool;
 pub mod matmul;
 pub(crate) mod ops;
+pub(crate) mod pool;
 mod sample;
 pub mod weight;
 

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::{amx, avx512};
+use crate::backend::cpu::pool;
 
 /// Output columns per panel: four AVX-512 registers of f32.
 pub const PANEL: usize = 64;
@@ -30,7 +31,7 @@ pub const MR: usize = 6;
 const KC: usize = 64;
 /// Bytes of activations a row block may take (they are re-read from L2 once per panel).
 const ROW_BLOCK_BYTES: usize = 1 << 20;
-/// Rayon tasks per thread: a few, so that a thread slowed by other work on the
+/// Tasks per thread (`pool::for_each`): a few, so that a thread slowed by other work on the
 /// machine does not hold the others up (the rest steal its share), and few
 /// enough that each task streams a long contiguous run of panels (a decode task
 /// of the smallest TinyLlama matrix still reads 1 MiB in one sequential sweep).
@@ -274,7 +275,7 @@ fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, steps)) };
     let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).clamp(1, panels);
     let row_block = (ROW_BLOCK_BYTES / (steps * 4)).max(tile_rows) / tile_rows * tile_rows;
-    (0..tasks).into_par_iter().for_each(|task| {
+    pool::for_each(tasks, &|task| {
         let mut tiles = amx::Tiles::new();
         let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
         for r_block in (0..m).step_by(row_block) {
@@ -343,7 +344,7 @@ fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Syn
     let tasks = (threads * TASKS_PER_THREAD).clamp(1, panels);
     let kc = if few_rows { steps } else { KC };
     let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(MR) / MR * MR;
-    (0..tasks).into_par_iter().for_each(|task| {
+    pool::for_each(tasks, &|task| {
         let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);

@@ -25,9 +25,8 @@ pub mod tiled;
 #[cfg(target_arch = "x86_64")]
 mod tiled_k;
 
-use rayon::prelude::*;
-
 use super::OutPtr;
+use crate::backend::cpu::pool;
 use crate::backend::cpu::weight::Slab;
 use crate::backend::ggml::dequantize;
 use crate::backend::ggml::GgmlType;
@@ -178,23 +177,21 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], kernels: Ke
     const GROUP: usize = 8;
     const ROW_BLOCK: usize = 16;
     let rows_per_task = (n / (rayon::current_num_threads() * 16)).clamp(GROUP, 256);
-    (0..n.div_ceil(rows_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let (j0, j1) = (task * rows_per_task, ((task + 1) * rows_per_task).min(n));
-            let mut tmp = [0f32; ROW_BLOCK];
-            for g in (j0..j1).step_by(GROUP) {
-                let g1 = (g + GROUP).min(j1);
-                for i0 in (0..m).step_by(ROW_BLOCK) {
-                    let block = &rows[i0..(i0 + ROW_BLOCK).min(m)];
-                    for j in g..g1 {
-                        dot(w.row(j), block, &mut tmp[..block.len()]);
-                        for (r, &v) in tmp[..block.len()].iter().enumerate() {
-                            // SAFETY: column j belongs to this task alone; (i0 + r) * n + j < m * n.
-                            unsafe { *ptr.at((i0 + r) * n + j) = v };
-                        }
+    pool::for_each(n.div_ceil(rows_per_task), &|task| {
+        let (j0, j1) = (task * rows_per_task, ((task + 1) * rows_per_task).min(n));
+        let mut tmp = [0f32; ROW_BLOCK];
+        for g in (j0..j1).step_by(GROUP) {
+            let g1 = (g + GROUP).min(j1);
+            for i0 in (0..m).step_by(ROW_BLOCK) {
+                let block = &rows[i0..(i0 + ROW_BLOCK).min(m)];
+                for j in g..g1 {
+                    dot(w.row(j), block, &mut tmp[..block.len()]);
+                    for (r, &v) in tmp[..block.len()].iter().enumerate() {
+                        // SAFETY: column j belongs to this task alone; (i0 + r) * n + j < m * n.
+                        unsafe { *ptr.at((i0 + r) * n + j) = v };
                     }
                 }
             }
-        });
+        }
+    });
 }

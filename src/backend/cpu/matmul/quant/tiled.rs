@@ -21,11 +21,10 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use super::acts::{ActRow, QuantActs};
 use super::tiled_k;
 use crate::backend::cpu::matmul::OutPtr;
+use crate::backend::cpu::pool;
 use crate::backend::ggml::GgmlType;
 
 /// Weight rows per tile: the 16 i32 lanes of a 512-bit register.
@@ -120,36 +119,43 @@ impl Tiles {
         let ptr = OutPtr(out.as_mut_ptr());
         let rl = record_lines(self.ty);
         let kind = Kind::of(self.ty);
-        (0..self.n.div_ceil(TILE)).into_par_iter().for_each(|g| {
-            let records = &self.lines[g * self.blocks * rl..(g + 1) * self.blocks * rl];
-            let cols = (self.n - g * TILE).min(TILE);
-            let mut i = 0;
-            while i < m {
-                let take = if m - i >= R { R } else { 1 };
-                let mut acc = [[0f32; TILE]; R];
-                // SAFETY: the features were checked when the tiles were made;
-                // `records` holds `blocks` records; every row holds 32·blocks
-                // activations (debug-asserted above, and QuantActs makes them so),
-                // in 256-wide blocks with sums of 16 for the K-quants.
-                unsafe {
-                    match (width == 256, take == R) {
-                        (false, true) => tile::<R>(records, kind, &rows[i..i + R], &mut acc),
-                        (false, false) => tile::<1>(records, kind, &rows[i..i + 1], &mut acc[..1]),
-                        (true, true) => {
-                            tiled_k::tile::<R>(self.ty, records, &rows[i..i + R], &mut acc)
-                        }
-                        (true, false) => {
-                            tiled_k::tile::<1>(self.ty, records, &rows[i..i + 1], &mut acc[..1])
+        // Runs of consecutive tiles per task: a few tasks per thread.
+        let tiles = self.n.div_ceil(TILE);
+        let tasks = (rayon::current_num_threads() * 4).clamp(1, tiles);
+        pool::for_each(tasks, &|task| {
+            for g in task * tiles / tasks..(task + 1) * tiles / tasks {
+                let records = &self.lines[g * self.blocks * rl..(g + 1) * self.blocks * rl];
+                let cols = (self.n - g * TILE).min(TILE);
+                let mut i = 0;
+                while i < m {
+                    let take = if m - i >= R { R } else { 1 };
+                    let mut acc = [[0f32; TILE]; R];
+                    // SAFETY: the features were checked when the tiles were made;
+                    // `records` holds `blocks` records; every row holds 32·blocks
+                    // activations (debug-asserted above, and QuantActs makes them so),
+                    // in 256-wide blocks with sums of 16 for the K-quants.
+                    unsafe {
+                        match (width == 256, take == R) {
+                            (false, true) => tile::<R>(records, kind, &rows[i..i + R], &mut acc),
+                            (false, false) => {
+                                tile::<1>(records, kind, &rows[i..i + 1], &mut acc[..1])
+                            }
+                            (true, true) => {
+                                tiled_k::tile::<R>(self.ty, records, &rows[i..i + R], &mut acc)
+                            }
+                            (true, false) => {
+                                tiled_k::tile::<1>(self.ty, records, &rows[i..i + 1], &mut acc[..1])
+                            }
                         }
                     }
-                }
-                for (r, a) in acc[..take].iter().enumerate() {
-                    for (c, &v) in a[..cols].iter().enumerate() {
-                        // SAFETY: columns g·16.. belong to this task alone; (i + r, col) < (m, n).
-                        unsafe { *ptr.at((i + r) * self.n + g * TILE + c) = v };
+                    for (r, a) in acc[..take].iter().enumerate() {
+                        for (c, &v) in a[..cols].iter().enumerate() {
+                            // SAFETY: columns g·16.. belong to this task alone; (i + r, col) < (m, n).
+                            unsafe { *ptr.at((i + r) * self.n + g * TILE + c) = v };
+                        }
                     }
+                    i += take;
                 }
-                i += take;
             }
         });
     }

@@ -14,10 +14,9 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use rayon::prelude::*;
-
 use super::super::OutPtr;
 use super::Kernels;
+use crate::backend::cpu::pool;
 use crate::backend::cpu::weight::Slab;
 use crate::backend::fp8::E4M3_TO_F32;
 
@@ -96,24 +95,22 @@ fn run(kernel: &dyn GroupKernel, x: &[f32], m: usize, w: &Fp8Matrix, out: &mut [
     let unit = kernel.unit();
     let groups = n.div_ceil(GROUP);
     let groups_per_task = (groups / (rayon::current_num_threads() * 8)).clamp(1, 32);
-    (0..groups.div_ceil(groups_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut dots = vec![0f32; m * GROUP];
-            let g1 = ((task + 1) * groups_per_task).min(groups);
-            for g in task * groups_per_task..g1 {
-                let j0 = g * GROUP;
-                let rows = GROUP.min(n - j0);
-                kernel.group(w, j0, rows, x, m, &mut dots);
-                for i in 0..m {
-                    for r in 0..rows {
-                        let v = dots[i * GROUP + r] * (w.scales[j0 + r] * unit);
-                        // SAFETY: column j0 + r belongs to this task alone; i * n + j0 + r < m * n.
-                        unsafe { *ptr.at(i * n + j0 + r) = v };
-                    }
+    pool::for_each(groups.div_ceil(groups_per_task), &|task| {
+        let mut dots = vec![0f32; m * GROUP];
+        let g1 = ((task + 1) * groups_per_task).min(groups);
+        for g in task * groups_per_task..g1 {
+            let j0 = g * GROUP;
+            let rows = GROUP.min(n - j0);
+            kernel.group(w, j0, rows, x, m, &mut dots);
+            for i in 0..m {
+                for r in 0..rows {
+                    let v = dots[i * GROUP + r] * (w.scales[j0 + r] * unit);
+                    // SAFETY: column j0 + r belongs to this task alone; i * n + j0 + r < m * n.
+                    unsafe { *ptr.at(i * n + j0 + r) = v };
                 }
             }
-        });
+        }
+    });
 }
 
 /// Lanes of the portable kernel's partial sums.
