@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench decode` writes the model once (about 2.2 GB, cached in
 //! `target/bench-models/llama-1b/`; delete it to regenerate), then measures:
-//! copy and read bandwidth, batch-1 decode, 128-token prefill, and decode at
-//! batch 8 and 32. Decode is memory-bound: every token reads every weight once,
+//! copy and read bandwidth, batch-1 decode, 128-token prefill, decode at
+//! batch 8 and 32, and batch-1 decode after a 2048-token prompt. Decode is memory-bound: every token reads every weight once,
 //! so its roofline is weight bytes per token ÷ bandwidth. Without `--bench`
 //! (`cargo test --all-targets`) it only says how to run it.
 //!
@@ -40,6 +40,9 @@ use transformers_peer::TransformersPeer;
 const DECODE_TOKENS: usize = 64;
 const DECODE_PROMPT: usize = 16;
 const PREFILL_TOKENS: usize = 128;
+/// Context of the long-context decode row (its prompt), and its decode tokens.
+const LONG_CONTEXT: usize = 2048;
+const LONG_TOKENS: usize = 32;
 /// Repeats of each measurement; the best is reported (the machine is shared).
 const REPEATS: usize = 3;
 
@@ -77,7 +80,7 @@ fn run() -> engine::Result<()> {
     }
     let t = Instant::now();
     let options = LoadOptions {
-        max_model_len: Some(1024),
+        max_model_len: Some(LONG_CONTEXT + 2 * LONG_TOKENS),
         // The bench model has no tokenizer.json: token ids only.
         skip_tokenizer_init: true,
         ..LoadOptions::default()
@@ -104,6 +107,8 @@ fn run() -> engine::Result<()> {
         batched_tokens: DECODE_TOKENS / 2,
         prefill: PREFILL_TOKENS,
         batches: [1, 8, 32],
+        long_context: LONG_CONTEXT,
+        long_tokens: LONG_TOKENS,
     };
     let mut roof = Roofline::new();
     let transformers = TransformersPeer::from_env();
@@ -132,31 +137,44 @@ fn run() -> engine::Result<()> {
 /// Rounds of (ours, llama.cpp's) when a peer is set.
 const PEER_ROUNDS: usize = 2;
 
-/// One measured row: its name, the figures, and the decode batch (None: prefill).
+/// One measured row: its name, the figures, and what it measures.
 struct Row {
     name: String,
     m: Measured,
-    batch: Option<usize>,
+    kind: Kind,
+}
+
+/// What a row measures (how a peer's figure is matched to it).
+#[derive(Clone, Copy)]
+enum Kind {
+    Decode { batch: usize },
+    Prefill,
+    LongContext,
 }
 
 fn measure_rows(llm: &mut Llm, roof: &mut Roofline) -> engine::Result<Vec<Row>> {
     let mut rows = vec![Row {
         name: "decode, batch 1".into(),
-        m: decode(llm, roof, 1, DECODE_TOKENS)?,
-        batch: Some(1),
+        m: decode(llm, roof, (1, DECODE_PROMPT), DECODE_TOKENS)?,
+        kind: Kind::Decode { batch: 1 },
     }];
     rows.push(Row {
         name: format!("prefill, {PREFILL_TOKENS} tokens"),
         m: prefill(llm, roof)?,
-        batch: None,
+        kind: Kind::Prefill,
     });
     for batch in [8, 32] {
         rows.push(Row {
             name: format!("decode, batch {batch}"),
-            m: decode(llm, roof, batch, DECODE_TOKENS / 2)?,
-            batch: Some(batch),
+            m: decode(llm, roof, (batch, DECODE_PROMPT), DECODE_TOKENS / 2)?,
+            kind: Kind::Decode { batch },
         });
     }
+    rows.push(Row {
+        name: format!("decode at {}k context", LONG_CONTEXT / 1024),
+        m: decode(llm, roof, (1, LONG_CONTEXT), LONG_TOKENS)?,
+        kind: Kind::LongContext,
+    });
     Ok(rows)
 }
 
@@ -182,14 +200,19 @@ fn print_rows(rows: &[Row], weight_bytes: f64, threads: usize) {
         "{:<22} {:>7} {:>9} {:>6} {:>8} {:>8} {:>10} {:>10}",
         "measurement", "tok/s", "tok/CPU-s", "cores", "copy", "read", "% copy", "% read"
     );
-    for Row { name, m, batch } in rows {
-        // Decode streams every weight once per step for the whole batch.
-        let roof_pct = |gbps: f64| match batch {
-            Some(b) => format!(
+    for Row { name, m, kind } in rows {
+        // Decode streams every weight once per step for the whole batch (the
+        // long-context row reads its KV cache too: weights alone understate it).
+        let roof_pct = |gbps: f64| match kind {
+            Kind::Decode { batch: b } => format!(
                 "{:.0}%",
                 100.0 * m.tokens_per_s * weight_bytes / (*b as f64 * gbps * 1e9)
             ),
-            None => "-".into(),
+            Kind::LongContext => format!(
+                "{:.0}%",
+                100.0 * m.tokens_per_s * weight_bytes / (gbps * 1e9)
+            ),
+            Kind::Prefill => "-".into(),
         };
         let opt = |v: Option<f64>, digits: usize| v.map_or("?".into(), |v| format!("{v:.digits$}"));
         println!(
@@ -221,9 +244,10 @@ fn print_peer(ours: &[Row], name: &str, theirs: &PeerSpeeds) {
         "measurement", "ours", "theirs", "ratio"
     );
     for row in ours {
-        let peer = match row.batch {
-            Some(b) => theirs.decode_at(b),
-            None => theirs.prefill,
+        let peer = match row.kind {
+            Kind::Decode { batch } => theirs.decode_at(batch),
+            Kind::Prefill => theirs.prefill,
+            Kind::LongContext => theirs.long_context,
         };
         let Some(peer) = peer else { continue };
         let ours = row.m.tokens_per_s;
@@ -342,15 +366,13 @@ fn requests(batch: usize, prompt_len: usize, max_tokens: usize) -> Vec<Request> 
 fn decode(
     llm: &mut Llm,
     roof: &mut Roofline,
-    batch: usize,
+    (batch, prompt): (usize, usize),
     tokens: usize,
 ) -> engine::Result<Measured> {
     measure(roof, || {
-        let (first, first_wall, first_cpu) =
-            timed(|| llm.generate(&requests(batch, DECODE_PROMPT, 1)));
+        let (first, first_wall, first_cpu) = timed(|| llm.generate(&requests(batch, prompt, 1)));
         first?;
-        let (all, all_wall, all_cpu) =
-            timed(|| llm.generate(&requests(batch, DECODE_PROMPT, 1 + tokens)));
+        let (all, all_wall, all_cpu) = timed(|| llm.generate(&requests(batch, prompt, 1 + tokens)));
         let generated: usize = all?.iter().map(|c| c.best().token_ids.len() - 1).sum();
         Ok(Run {
             tokens: generated,

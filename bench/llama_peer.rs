@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Sizes shared with our own measurements.
+#[derive(Clone, Copy)]
 pub struct Sizes {
     pub threads: usize,
     pub prompt: usize,
@@ -14,6 +15,9 @@ pub struct Sizes {
     pub batched_tokens: usize,
     pub prefill: usize,
     pub batches: [usize; 3],
+    /// The long-context decode row: its prompt and decode tokens (batch 1).
+    pub long_context: usize,
+    pub long_tokens: usize,
 }
 
 /// The peer's binaries, from the environment.
@@ -27,6 +31,8 @@ pub struct Peer {
 pub struct PeerSpeeds {
     pub decode: Vec<(usize, f64)>,
     pub prefill: Option<f64>,
+    /// Batch-1 decode after `long_context` tokens.
+    pub long_context: Option<f64>,
 }
 
 impl Peer {
@@ -52,6 +58,13 @@ impl Peer {
             speeds.prefill = Some(pp);
         }
         if let Some(bin) = &self.batched {
+            let long = Sizes {
+                prompt: s.long_context,
+                batched_tokens: s.long_tokens,
+                batches: [1; 3],
+                ..*s
+            };
+            speeds.long_context = batched_bench(bin, model, &long)?.first().map(|&(_, tg)| tg);
             for (b, tg) in batched_bench(bin, model, s)? {
                 // llama-bench's batch-1 figure, when there is one, is the
                 // like-for-like one (64 tokens, not 32); keep the better.
@@ -74,10 +87,12 @@ impl PeerSpeeds {
                 None => self.decode.push((b, v)),
             }
         }
-        self.prefill = match (self.prefill, other.prefill) {
+        let better = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        self.prefill = better(self.prefill, other.prefill);
+        self.long_context = better(self.long_context, other.long_context);
         self
     }
 
@@ -139,7 +154,8 @@ fn llama_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<(f64, f64)
 
 /// llama-batched-bench's aggregate decode tok/s (its S_TG column) per batch.
 fn batched_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<Vec<(usize, f64)>> {
-    let batches: Vec<String> = s.batches.iter().map(usize::to_string).collect();
+    let mut batches: Vec<String> = s.batches.iter().map(usize::to_string).collect();
+    batches.dedup();
     let context = s.batches.iter().max().unwrap_or(&1) * (s.prompt + s.batched_tokens);
     let args = [
         "-m".into(),
@@ -165,10 +181,10 @@ fn batched_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<Vec<(usi
             Some((cell(3).parse().ok()?, cell(8).parse().ok()?))
         })
         .collect();
-    if rows.len() != s.batches.len() {
+    if rows.len() != batches.len() {
         let msg = format!(
             "llama-batched-bench: expected {} rows in:\n{out}",
-            s.batches.len()
+            batches.len()
         );
         return Err(engine::Error::invalid(msg));
     }

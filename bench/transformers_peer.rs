@@ -53,6 +53,7 @@ impl TransformersPeer {
         Ok(PeerSpeeds {
             decode,
             prefill: json["prefill"].as_f64(),
+            long_context: json["long_context"].as_f64(),
         })
     }
 }
