@@ -28,6 +28,8 @@ impl TransformersPeer {
             s.decode_tokens,
             s.batched_tokens,
             s.prefill,
+            s.long_context,
+            s.long_tokens,
         ];
         let args = sizes.iter().chain(&s.batches).map(usize::to_string);
         let out = Command::new(&self.python)
