@@ -243,16 +243,7 @@ fn f16_avx512(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
     let k = w.k;
     run(m, w, k * 4, |t: Tile| {
-        let tile = avx512::TileArgs {
-            x: x[t.row * k + t.step..].as_ptr(),
-            x_stride: k,
-            w: w.data[t.panel * w.panel_len() + t.step * w.step_len()..].as_ptr(),
-            steps: t.steps,
-            out: ptr.at(t.row * w.n + t.panel * PANEL),
-            out_stride: w.n,
-            cols: PANEL.min(w.n - t.panel * PANEL),
-            accumulate: t.step > 0,
-        };
+        let tile = tile_args(w, x, k, ptr, t);
         // SAFETY: as for bf16, with AVX-512F (`pack_f16` checked) and `x` rows
         // of `k` f32.
         unsafe { avx512::f16_tile(t.rows, &tile) }
@@ -302,14 +293,15 @@ fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     });
 }
 
-/// The kernel arguments of tile `t` of a bf16 matmul over activations `xb`.
-fn tile_args(
+/// The kernel arguments of tile `t` over activations `xb` (`x_stride`
+/// elements a row: bf16 pairs, or f32 for an f16 matrix).
+fn tile_args<X>(
     w: &PackedMatrix,
-    xb: &[u32],
+    xb: &[X],
     x_stride: usize,
     out: OutPtr,
     t: Tile,
-) -> avx512::TileArgs<u32> {
+) -> avx512::TileArgs<X> {
     avx512::TileArgs {
         x: xb[t.row * x_stride + t.step..].as_ptr(),
         x_stride,
