@@ -9,10 +9,11 @@
 //! sequential sum `q₀k₀ + q₁k₁ + …` in `head_dim` order, whatever the lane,
 //! the batch or the CPU.
 
-use rayon::prelude::*;
+use std::sync::{Mutex, PoisonError};
 
 use super::exp::exp;
 use super::kv_pool::CpuKvPool;
+use super::pool;
 use crate::backend::fp8::Fp8Format;
 use crate::backend::{AttnShape, StepMeta};
 
@@ -46,23 +47,26 @@ fn attention_with(
     let tasks: Vec<(usize, usize)> = (0..meta.num_seqs())
         .flat_map(|s| (0..kvh).map(move |g| (s, g)))
         .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(s, g)| {
-            let task = Task {
-                qkv,
-                k_pool,
-                v_pool,
-                meta,
-                shape,
-                seq: s,
-                kv_head: g,
-            };
-            attend(&task)
-        })
-        .collect();
+    // The step's spinning pool rather than rayon: waking a rayon worker here,
+    // once per layer, would leave it competing with the pool's worker for the
+    // cores through the next matmul.
+    let results: Vec<Mutex<Vec<f32>>> = tasks.iter().map(|_| Mutex::default()).collect();
+    pool::for_each(tasks.len(), &|i| {
+        let (seq, kv_head) = tasks[i];
+        let task = Task {
+            qkv,
+            k_pool,
+            v_pool,
+            meta,
+            shape,
+            seq,
+            kv_head,
+        };
+        *results[i].lock().unwrap_or_else(PoisonError::into_inner) = attend(&task);
+    });
     // Each result is [query tokens][heads of the group][head_dim].
-    for (&(s, g), result) in tasks.iter().zip(&results) {
+    for (&(s, g), result) in tasks.iter().zip(results) {
+        let result = result.into_inner().unwrap_or_else(PoisonError::into_inner);
         let rows = meta.query_start[s]..meta.query_start[s + 1];
         for (t, heads_out) in rows.zip(result.chunks(group * hd)) {
             let dst = t * heads * hd + g * group * hd;
