@@ -19,21 +19,21 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use engine::backend::cpu::CpuBackend;
 use engine::fixture::{write_model_dir, FixtureSpec};
 use engine::generate::{Llm, Prompt, Request};
 use engine::loader::LoadOptions;
-use engine::model::Model;
 use engine::sampling::SamplingParams;
-use rayon::prelude::*;
 
 #[path = "llama_gguf.rs"]
 mod llama_gguf;
 #[path = "llama_peer.rs"]
 mod llama_peer;
+#[path = "roofline.rs"]
+mod roofline;
 #[path = "transformers_peer.rs"]
 mod transformers_peer;
 use llama_peer::{Peer, PeerSpeeds, Sizes};
+use roofline::{weight_bytes_per_token, Roofline};
 use transformers_peer::TransformersPeer;
 
 /// Tokens decoded per measurement, after a short prompt.
@@ -269,24 +269,6 @@ fn model_dir() -> PathBuf {
         .join("llama-1b")
 }
 
-/// Bytes of weights one decode step reads: every matrix once (the LM head
-/// included), one embedding row, the norm weights.
-fn weight_bytes_per_token(model: &Model<CpuBackend>) -> f64 {
-    let c = &model.config;
-    let elem = match model.dtype {
-        engine::backend::DType::F32 => 4.0,
-        _ => 2.0,
-    };
-    let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let q = c.num_heads * hd;
-    let kv = c.num_kv_heads * hd;
-    let per_layer = h * (q + 2 * kv) + q * h + 2 * inter * h + inter * h;
-    let matrices = c.num_layers * per_layer + c.vocab_size * h;
-    // Norm weights are held in f32.
-    let norms = (2 * c.num_layers + 1) * h * 4;
-    (matrices + h) as f64 * elem + norms as f64
-}
-
 struct Measured {
     tokens_per_s: f64,
     /// Tokens per CPU-second of the whole process, when the OS tells.
@@ -404,47 +386,4 @@ fn process_cpu_time() -> Option<Duration> {
         total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(total))
-}
-
-const BANDWIDTH_BYTES: usize = 1 << 30;
-
-/// Buffers for measuring memory bandwidth with every thread, kept for the
-/// whole run so each measurement touches memory that is already mapped.
-struct Roofline {
-    src: Vec<u64>,
-    dst: Vec<u64>,
-}
-
-impl Roofline {
-    fn new() -> Roofline {
-        let src: Vec<u64> = (0..BANDWIDTH_BYTES as u64 / 8).collect();
-        let dst = vec![1u64; src.len()];
-        Roofline { src, dst }
-    }
-
-    /// The better of two passes, in GB/s, over 1 GiB: copying (bytes copied,
-    /// not bytes moved) and reading (a wrapping sum the compiler vectorizes).
-    fn measure(&mut self) -> (f64, f64) {
-        let chunk = self.src.len() / (4 * rayon::current_num_threads());
-        let gbps = |t: Instant| BANDWIDTH_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
-        let (mut copy, mut read) = (0f64, 0f64);
-        for _ in 0..2 {
-            let t = Instant::now();
-            self.dst
-                .par_chunks_mut(chunk)
-                .zip(self.src.par_chunks(chunk))
-                .for_each(|(d, s)| d.copy_from_slice(s));
-            copy = copy.max(gbps(t));
-            std::hint::black_box(&self.dst);
-            let t = Instant::now();
-            let sum = self
-                .src
-                .par_chunks(chunk)
-                .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
-                .reduce(|| 0, u64::wrapping_add);
-            read = read.max(gbps(t));
-            std::hint::black_box(sum);
-        }
-        (copy, read)
-    }
 }

@@ -8,6 +8,11 @@
 //! quantized only (e.g. the decode bench's 1.1B model requantized by
 //! `llama-quantize` to Q8_0, Q4_0 or Q4_K_M).
 //!
+//! With `LLAMA_QUANTIZE` naming llama.cpp's `llama-quantize` as well, llama-bench
+//! also runs on the demo requantized to BF16, the peer of our bf16 row. The bf16
+//! row's decode is read against the memory roofline, the read bandwidth measured
+//! right before it in each round.
+//!
 //! `LLAMA_BENCH=/path/to/llama-bench cargo bench --bench gguf` measures batch-1
 //! decode (64 tokens after a 16-token prompt: generating 65 minus generating 1)
 //! and a 128-token prefill, each `ROUNDS` times in turn with llama-bench
@@ -20,6 +25,10 @@ use std::time::{Duration, Instant};
 use engine::generate::{Llm, Prompt, Request};
 use engine::loader::LoadOptions;
 use engine::sampling::SamplingParams;
+
+#[path = "roofline.rs"]
+mod roofline;
+use roofline::{weight_bytes_per_token, Roofline};
 
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DECODE_PROMPT: usize = 16;
@@ -75,17 +84,42 @@ fn run() -> engine::Result<()> {
         "{}; {threads} threads; best of {ROUNDS} interleaved rounds\n",
         path.display()
     );
-    // [engine quantized, f32, bf16, fp8, llama.cpp] x [decode, prefill], best tok/s.
-    let mut best = [[0f64; 2]; 5];
+    // llama.cpp on the same values in bf16 (our bf16 engine's peer), when it can requantize.
+    let llama_bf16 = match (&llama, std::env::var_os("LLAMA_QUANTIZE")) {
+        (Some(_), Some(quantize)) if std::env::var_os("GGUF_MODEL").is_none() => {
+            Some(requantized_bf16(Path::new(&quantize), &path)?)
+        }
+        _ => None,
+    };
+    // [engine quantized, f32, bf16, fp8, llama.cpp, llama.cpp bf16] x [decode, prefill], best tok/s.
+    let mut best = [[0f64; 2]; 6];
+    // The bf16 engine's decode against the read roofline: the memory bandwidth of
+    // these machines drifts (33 to 54 GB/s within an hour here), so each round
+    // measures it right before that decode, and the fraction is per round.
+    let bf16_bytes = engines
+        .iter()
+        .find(|(name, _)| *name == "engine, bf16")
+        .map(|(_, llm)| weight_bytes_per_token(llm.model()));
+    let (mut roof, mut fractions) = (Roofline::new(), Vec::new());
     for round in 0..ROUNDS {
-        for (e, (_, llm)) in engines.iter_mut().enumerate() {
-            best[e][0] = best[e][0].max(decode(llm)?);
+        for (e, (name, llm)) in engines.iter_mut().enumerate() {
+            let read = (*name == "engine, bf16").then(|| roof.measure().1);
+            let tok_s = decode(llm)?;
+            if let (Some(read), Some(bytes)) = (read, bf16_bytes) {
+                fractions.push((tok_s * bytes / (read * 1e9), read));
+            }
+            best[e][0] = best[e][0].max(tok_s);
             best[e][1] = best[e][1].max(prefill(llm)?);
         }
         if let Some(bin) = &llama {
             let (tg, pp) = llama_bench(bin, &path, threads)?;
             best[4][0] = best[4][0].max(tg);
             best[4][1] = best[4][1].max(pp);
+            if let Some(file) = &llama_bf16 {
+                let (tg, pp) = llama_bench(bin, file, threads)?;
+                best[5][0] = best[5][0].max(tg);
+                best[5][1] = best[5][1].max(pp);
+            }
         }
         println!("round {} done", round + 1);
     }
@@ -99,6 +133,7 @@ fn run() -> engine::Result<()> {
         "engine, bf16",
         "engine, fp8",
         "llama.cpp",
+        "llama.cpp, bf16",
     ];
     for (name, b) in names.iter().zip(best) {
         if b[0] > 0.0 {
@@ -110,6 +145,29 @@ fn run() -> engine::Result<()> {
             "\nquantized engine / llama.cpp: decode {:.2}x, prefill {:.2}x",
             best[0][0] / best[4][0],
             best[0][1] / best[4][1]
+        );
+    }
+    if llama_bf16.is_some() {
+        println!(
+            "bf16 engine / llama.cpp bf16: decode {:.2}x, prefill {:.2}x",
+            best[2][0] / best[5][0],
+            best[2][1] / best[5][1]
+        );
+    }
+    if !fractions.is_empty() {
+        fractions.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (median, read) = fractions[fractions.len() / 2];
+        let list: Vec<String> = fractions
+            .iter()
+            .map(|(f, r)| format!("{:.0}% at {r:.1}", 100.0 * f))
+            .collect();
+        println!(
+            "bf16 decode against the read roofline ({:.0} MB of weights per token over the \
+             read bandwidth measured just before, GB/s): median {:.0}% (at {read:.1} GB/s); \
+             rounds: {}",
+            bf16_bytes.unwrap_or(0.0) / 1e6,
+            100.0 * median,
+            list.join(", ")
         );
     }
     if best[3][0] > 0.0 {
@@ -152,6 +210,33 @@ fn decode(llm: &mut Llm) -> engine::Result<f64> {
 
 fn prefill(llm: &mut Llm) -> engine::Result<f64> {
     Ok(PREFILL_TOKENS as f64 / time(llm, PREFILL_TOKENS, 1)?.as_secs_f64())
+}
+
+/// `file` requantized to BF16 by llama.cpp's `llama-quantize` (once, cached
+/// under target/bench-models): the same values our `--dtype bfloat16` load
+/// dequantizes the file to.
+fn requantized_bf16(quantize: &Path, file: &Path) -> engine::Result<PathBuf> {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().unwrap_or(tmp).join("bench-models");
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    let out = dir.join(format!("{stem}.bf16.gguf"));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let fail = |m: String| engine::Error::invalid(format!("llama-quantize: {m}"));
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let partial = out.with_extension("partial");
+    let run = Command::new(quantize)
+        .arg("--allow-requantize")
+        .args([file.as_os_str(), partial.as_os_str()])
+        .arg("BF16")
+        .output()
+        .map_err(|e| fail(format!("running {}: {e}", quantize.display())))?;
+    if !run.status.success() {
+        return Err(fail(String::from_utf8_lossy(&run.stderr).into_owned()));
+    }
+    std::fs::rename(&partial, &out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    Ok(out)
 }
 
 /// llama-bench's (decode, prefill) tok/s for one repetition.
