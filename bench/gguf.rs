@@ -123,6 +123,15 @@ fn run() -> engine::Result<()> {
         }
         println!("round {} done", round + 1);
     }
+    print_table(&best, llama.is_some(), llama_bf16.is_some());
+    if let Some(bytes) = bf16_bytes {
+        print_roofline(bytes, fractions);
+    }
+    Ok(())
+}
+
+/// The best tok/s of each engine and peer that ran, and their ratios.
+fn print_table(best: &[[f64; 2]; 6], llama: bool, llama_bf16: bool) {
     println!(
         "\n{:<20} {:>18} {:>22}",
         "", "decode b1 tok/s", "prefill 128 tok/s"
@@ -140,34 +149,18 @@ fn run() -> engine::Result<()> {
             println!("{name:<20} {:>18.1} {:>22.1}", b[0], b[1]);
         }
     }
-    if llama.is_some() {
+    if llama {
         println!(
             "\nquantized engine / llama.cpp: decode {:.2}x, prefill {:.2}x",
             best[0][0] / best[4][0],
             best[0][1] / best[4][1]
         );
     }
-    if llama_bf16.is_some() {
+    if llama_bf16 {
         println!(
             "bf16 engine / llama.cpp bf16: decode {:.2}x, prefill {:.2}x",
             best[2][0] / best[5][0],
             best[2][1] / best[5][1]
-        );
-    }
-    if !fractions.is_empty() {
-        fractions.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (median, read) = fractions[fractions.len() / 2];
-        let list: Vec<String> = fractions
-            .iter()
-            .map(|(f, r)| format!("{:.0}% at {r:.1}", 100.0 * f))
-            .collect();
-        println!(
-            "bf16 decode against the read roofline ({:.0} MB of weights per token over the \
-             read bandwidth measured just before, GB/s): median {:.0}% (at {read:.1} GB/s); \
-             rounds: {}",
-            bf16_bytes.unwrap_or(0.0) / 1e6,
-            100.0 * median,
-            list.join(", ")
         );
     }
     if best[3][0] > 0.0 {
@@ -177,7 +170,28 @@ fn run() -> engine::Result<()> {
             best[3][1] / best[2][1]
         );
     }
-    Ok(())
+}
+
+/// The bf16 decode's fraction of the read roofline, per round: `(fraction,
+/// read GB/s)` for `bytes` of weights per token.
+fn print_roofline(bytes: f64, mut fractions: Vec<(f64, f64)>) {
+    if fractions.is_empty() {
+        return;
+    }
+    fractions.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (median, read) = fractions[fractions.len() / 2];
+    let list: Vec<String> = fractions
+        .iter()
+        .map(|(f, r)| format!("{:.0}% at {r:.1}", 100.0 * f))
+        .collect();
+    println!(
+        "bf16 decode against the read roofline ({:.0} MB of weights per token over the \
+         read bandwidth measured just before, GB/s): median {:.0}% (at {read:.1} GB/s); \
+         rounds: {}",
+        bytes / 1e6,
+        100.0 * median,
+        list.join(", ")
+    );
 }
 
 fn request(prompt_len: usize, max_tokens: usize) -> Vec<Request> {
