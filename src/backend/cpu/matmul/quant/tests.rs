@@ -192,9 +192,10 @@ fn cpu_weight_keeps_blocks_and_reads_rows() {
 #[test]
 fn tiled_matmul_matches_portable_for_any_row_and_column_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(19);
-    for ty in TYPES {
+    // 3 and 4 blocks a row: Q4_0 and Q8_0 records hold pairs of blocks, the last alone.
+    for (ty, blocks) in TYPES.into_iter().flat_map(|ty| [(ty, 3), (ty, 4)]) {
         // 35 columns: two full 16-row tiles and a padded one.
-        let (n, k) = (35, 3 * ty.block_elems());
+        let (n, k) = (35, blocks * ty.block_elems());
         let w = quant_weight(ty, n, k, random_blocks(ty, n, k, &mut rng));
         if !w.is_tiled() {
             #[cfg(target_arch = "x86_64")]
@@ -212,7 +213,7 @@ fn tiled_matmul_matches_portable_for_any_row_and_column_count() {
             // Same integer sums; only the f32 order of the per-block scaling differs.
             assert!(
                 (t - p).abs() <= 1e-4 * p.abs().max(1.0),
-                "{} [{i}]: {t} vs {p}",
+                "{} x{blocks} [{i}]: {t} vs {p}",
                 ty.name()
             );
         }
