@@ -13,6 +13,10 @@
 //! row's decode is read against the memory roofline, the read bandwidth measured
 //! right before it in each round.
 //!
+//! The quantized engine's aggregate decode at batch 8 and 32 (32 tokens each
+//! after 16-token prompts) is measured too, next to `llama-batched-bench -npp 16
+//! -ntg 32 -npl 8,32` on the same file when `LLAMA_BATCHED_BENCH` names it.
+//!
 //! `LLAMA_BENCH=/path/to/llama-bench cargo bench --bench gguf` measures batch-1
 //! decode (64 tokens after a 16-token prompt: generating 65 minus generating 1)
 //! and a 128-token prefill, each `ROUNDS` times in turn with llama-bench
@@ -28,6 +32,10 @@ use engine::sampling::SamplingParams;
 
 #[path = "roofline.rs"]
 mod roofline;
+// Only its llama-batched-bench runner is used here.
+#[allow(dead_code)]
+#[path = "llama_peer.rs"]
+mod llama_peer;
 use roofline::{weight_bytes_per_token, Roofline};
 
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -35,6 +43,9 @@ const DECODE_PROMPT: usize = 16;
 const DECODE_TOKENS: usize = 64;
 const PREFILL_TOKENS: usize = 128;
 const ROUNDS: usize = 5;
+/// Batches of the batched decode rows, and the tokens each sequence decodes.
+const BATCHES: [usize; 2] = [8, 32];
+const BATCHED_TOKENS: usize = 32;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -101,7 +112,18 @@ fn run() -> engine::Result<()> {
         .find(|(name, _)| *name == "engine, bf16")
         .map(|(_, llm)| weight_bytes_per_token(llm.model()));
     let (mut roof, mut fractions) = (Roofline::new(), Vec::new());
+    let batched_peer = std::env::var_os("LLAMA_BATCHED_BENCH").map(PathBuf::from);
+    // [ours, llama.cpp] x BATCHES, best aggregate decode tok/s.
+    let mut batched = [[0f64; BATCHES.len()]; 2];
     for round in 0..ROUNDS {
+        for (i, &b) in BATCHES.iter().enumerate() {
+            batched[0][i] = batched[0][i].max(decode_batch(&mut engines[0].1, b)?);
+        }
+        if let Some(bin) = &batched_peer {
+            for (i, tok_s) in llama_batched(bin, &path, threads)?.into_iter().enumerate() {
+                batched[1][i] = batched[1][i].max(tok_s);
+            }
+        }
         for (e, (name, llm)) in engines.iter_mut().enumerate() {
             let read = (*name == "engine, bf16").then(|| roof.measure().1);
             let tok_s = decode(llm)?;
@@ -124,6 +146,7 @@ fn run() -> engine::Result<()> {
         println!("round {} done", round + 1);
     }
     print_table(&best, llama.is_some(), llama_bf16.is_some());
+    print_batched(&batched);
     if let Some(bytes) = bf16_bytes {
         print_roofline(bytes, fractions);
     }
@@ -169,6 +192,19 @@ fn print_table(best: &[[f64; 2]; 6], llama: bool, llama_bf16: bool) {
             best[3][0] / best[2][0],
             best[3][1] / best[2][1]
         );
+    }
+}
+
+/// The quantized engine's batched decode, and llama.cpp's where it ran.
+fn print_batched(batched: &[[f64; BATCHES.len()]; 2]) {
+    for (i, b) in BATCHES.iter().enumerate() {
+        let (ours, theirs) = (batched[0][i], batched[1][i]);
+        let peer = if theirs > 0.0 {
+            format!(", llama.cpp {theirs:.1}: {:.2}x", ours / theirs)
+        } else {
+            String::new()
+        };
+        println!("quantized decode, batch {b}: engine {ours:.1} tok/s{peer}");
     }
 }
 
@@ -220,6 +256,47 @@ fn decode(llm: &mut Llm) -> engine::Result<f64> {
     let first = time(llm, DECODE_PROMPT, 1)?;
     let all = time(llm, DECODE_PROMPT, 1 + DECODE_TOKENS)?;
     Ok(DECODE_TOKENS as f64 / all.saturating_sub(first).as_secs_f64())
+}
+
+/// Aggregate decode tok/s of `batch` sequences with distinct prompts, as [`decode`].
+fn decode_batch(llm: &mut Llm, batch: usize) -> engine::Result<f64> {
+    let requests = |max_tokens: usize| -> Vec<Request> {
+        (0..batch)
+            .flat_map(|b| {
+                let mut r = request(DECODE_PROMPT, max_tokens);
+                if let Prompt::Tokens(ids) = &mut r[0].prompt {
+                    ids[0] += b as u32;
+                }
+                r
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    llm.generate(&requests(1))?;
+    let first = t.elapsed();
+    let t = Instant::now();
+    llm.generate(&requests(1 + BATCHED_TOKENS))?;
+    let all = t.elapsed();
+    Ok((batch * BATCHED_TOKENS) as f64 / all.saturating_sub(first).as_secs_f64())
+}
+
+/// llama-batched-bench's aggregate decode tok/s at each of [`BATCHES`].
+fn llama_batched(bin: &Path, model: &Path, threads: usize) -> engine::Result<Vec<f64>> {
+    let sizes = llama_peer::Sizes {
+        threads,
+        prompt: DECODE_PROMPT,
+        decode_tokens: DECODE_TOKENS,
+        batched_tokens: BATCHED_TOKENS,
+        prefill: PREFILL_TOKENS,
+        batches: [BATCHES[0], BATCHES[1], BATCHES[1]],
+        long_context: 0,
+        long_tokens: 0,
+    };
+    let rows = llama_peer::batched_bench(bin, model, &sizes)?;
+    Ok(BATCHES
+        .iter()
+        .map(|b| rows.iter().find(|(n, _)| n == b).map_or(0.0, |&(_, v)| v))
+        .collect())
 }
 
 fn prefill(llm: &mut Llm) -> engine::Result<f64> {

@@ -153,7 +153,7 @@ fn llama_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<(f64, f64)
 }
 
 /// llama-batched-bench's aggregate decode tok/s (its S_TG column) per batch.
-fn batched_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<Vec<(usize, f64)>> {
+pub fn batched_bench(bin: &Path, model: &Path, s: &Sizes) -> engine::Result<Vec<(usize, f64)>> {
     let mut batches: Vec<String> = s.batches.iter().map(usize::to_string).collect();
     batches.dedup();
     let context = s.batches.iter().max().unwrap_or(&1) * (s.prompt + s.batched_tokens);
