@@ -105,7 +105,7 @@ fn run() -> engine::Result<()> {
     // [engine quantized, f32, bf16, fp8, llama.cpp, llama.cpp bf16] x [decode, prefill], best tok/s.
     let mut best = [[0f64; 2]; 6];
     // The bf16 engine's decode against the read roofline: the memory bandwidth of
-    // these machines drifts (33 to 54 GB/s within an hour here), so each round
+    // these machines drifts (28 to 61 GB/s within an hour on one), so each round
     // measures it right before that decode, and the fraction is per round.
     let bf16_bytes = engines
         .iter()
@@ -288,6 +288,7 @@ fn llama_batched(bin: &Path, model: &Path, threads: usize) -> engine::Result<Vec
         decode_tokens: DECODE_TOKENS,
         batched_tokens: BATCHED_TOKENS,
         prefill: PREFILL_TOKENS,
+        // Three slots; the repeated last one is run once (consecutive duplicates dedup).
         batches: [BATCHES[0], BATCHES[1], BATCHES[1]],
         long_context: 0,
         long_tokens: 0,

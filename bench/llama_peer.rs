@@ -1,6 +1,7 @@
 //! llama.cpp as the decode bench's peer: `llama-bench` (batch-1 decode and
 //! prefill) and `llama-batched-bench` (aggregate decode at batch 1, 8, 32) on
-//! the same weights written as a bf16 GGUF. The binaries are built from source
+//! the same weights written as a bf16 GGUF (and, for the gguf bench, the
+//! quantized files themselves). The binaries are built from source
 //! outside this repo and named by `LLAMA_BENCH` and `LLAMA_BATCHED_BENCH`.
 
 use std::path::{Path, PathBuf};
