@@ -111,13 +111,15 @@ fn run() -> engine::Result<()> {
         .iter()
         .find(|(name, _)| *name == "engine, bf16")
         .map(|(_, llm)| weight_bytes_per_token(llm.model()));
-    let (mut roof, mut fractions) = (Roofline::new(), Vec::new());
+    // 2 GiB of buffers: only when there is a bf16 row to read against them.
+    let mut roof = bf16_bytes.map(|_| Roofline::new());
+    let mut fractions = Vec::new();
     let batched_peer = std::env::var_os("LLAMA_BATCHED_BENCH").map(PathBuf::from);
     // [ours, llama.cpp] x BATCHES, best aggregate decode tok/s.
     let mut batched = [[0f64; BATCHES.len()]; 2];
     for round in 0..ROUNDS {
         for (i, &b) in BATCHES.iter().enumerate() {
-            batched[0][i] = batched[0][i].max(decode_batch(&mut engines[0].1, b)?);
+            batched[0][i] = batched[0][i].max(decode(&mut engines[0].1, b, BATCHED_TOKENS)?);
         }
         if let Some(bin) = &batched_peer {
             for (i, tok_s) in llama_batched(bin, &path, threads)?.into_iter().enumerate() {
@@ -125,8 +127,11 @@ fn run() -> engine::Result<()> {
             }
         }
         for (e, (name, llm)) in engines.iter_mut().enumerate() {
-            let read = (*name == "engine, bf16").then(|| roof.measure().1);
-            let tok_s = decode(llm)?;
+            let read = roof
+                .as_mut()
+                .filter(|_| *name == "engine, bf16")
+                .map(|r| r.measure().1);
+            let tok_s = decode(llm, 1, DECODE_TOKENS)?;
             if let (Some(read), Some(bytes)) = (read, bf16_bytes) {
                 fractions.push((tok_s * bytes / (read * 1e9), read));
             }
@@ -230,54 +235,42 @@ fn print_roofline(bytes: f64, mut fractions: Vec<(f64, f64)>) {
     );
 }
 
-fn request(prompt_len: usize, max_tokens: usize) -> Vec<Request> {
-    vec![Request {
-        prompt: Prompt::Tokens(
-            (0..prompt_len)
-                // Ids below 30100: inside a 32000-token vocabulary too.
-                .map(|i| 100 + (i * 7919 % 30_000) as u32)
-                .collect(),
-        ),
-        params: SamplingParams {
-            ignore_eos: true,
-            ..SamplingParams::greedy(max_tokens)
-        },
-    }]
+/// `batch` requests of `prompt_len` tokens, their prompts distinct (the first
+/// id differs), each generating `max_tokens`.
+fn requests(batch: usize, prompt_len: usize, max_tokens: usize) -> Vec<Request> {
+    (0..batch)
+        .map(|b| Request {
+            prompt: Prompt::Tokens(
+                (0..prompt_len)
+                    // Ids below 30100: inside a 32000-token vocabulary too.
+                    .map(|i| 100 + (i * 7919 % 30_000) as u32 + u32::from(i == 0) * b as u32)
+                    .collect(),
+            ),
+            params: SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(max_tokens)
+            },
+        })
+        .collect()
 }
 
-fn time(llm: &mut Llm, prompt_len: usize, max_tokens: usize) -> engine::Result<Duration> {
+fn time(
+    llm: &mut Llm,
+    batch: usize,
+    prompt_len: usize,
+    max_tokens: usize,
+) -> engine::Result<Duration> {
     let t = Instant::now();
-    llm.generate(&request(prompt_len, max_tokens))?;
+    llm.generate(&requests(batch, prompt_len, max_tokens))?;
     Ok(t.elapsed())
 }
 
-/// Batch-1 decode tok/s: generating 1 + N tokens minus generating 1.
-fn decode(llm: &mut Llm) -> engine::Result<f64> {
-    let first = time(llm, DECODE_PROMPT, 1)?;
-    let all = time(llm, DECODE_PROMPT, 1 + DECODE_TOKENS)?;
-    Ok(DECODE_TOKENS as f64 / all.saturating_sub(first).as_secs_f64())
-}
-
-/// Aggregate decode tok/s of `batch` sequences with distinct prompts, as [`decode`].
-fn decode_batch(llm: &mut Llm, batch: usize) -> engine::Result<f64> {
-    let requests = |max_tokens: usize| -> Vec<Request> {
-        (0..batch)
-            .flat_map(|b| {
-                let mut r = request(DECODE_PROMPT, max_tokens);
-                if let Prompt::Tokens(ids) = &mut r[0].prompt {
-                    ids[0] += b as u32;
-                }
-                r
-            })
-            .collect()
-    };
-    let t = Instant::now();
-    llm.generate(&requests(1))?;
-    let first = t.elapsed();
-    let t = Instant::now();
-    llm.generate(&requests(1 + BATCHED_TOKENS))?;
-    let all = t.elapsed();
-    Ok((batch * BATCHED_TOKENS) as f64 / all.saturating_sub(first).as_secs_f64())
+/// Aggregate decode tok/s of `batch` sequences: generating 1 + `tokens`
+/// tokens each minus generating 1.
+fn decode(llm: &mut Llm, batch: usize, tokens: usize) -> engine::Result<f64> {
+    let first = time(llm, batch, DECODE_PROMPT, 1)?;
+    let all = time(llm, batch, DECODE_PROMPT, 1 + tokens)?;
+    Ok((batch * tokens) as f64 / all.saturating_sub(first).as_secs_f64())
 }
 
 /// llama-batched-bench's aggregate decode tok/s at each of [`BATCHES`].
@@ -301,7 +294,7 @@ fn llama_batched(bin: &Path, model: &Path, threads: usize) -> engine::Result<Vec
 }
 
 fn prefill(llm: &mut Llm) -> engine::Result<f64> {
-    Ok(PREFILL_TOKENS as f64 / time(llm, PREFILL_TOKENS, 1)?.as_secs_f64())
+    Ok(PREFILL_TOKENS as f64 / time(llm, 1, PREFILL_TOKENS, 1)?.as_secs_f64())
 }
 
 /// `file` requantized to BF16 by llama.cpp's `llama-quantize` (once, cached

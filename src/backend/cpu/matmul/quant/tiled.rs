@@ -125,9 +125,9 @@ impl Tiles {
         let mut lines = Vec::new();
         lines.try_reserve_exact(len).ok()?;
         lines.resize(len, Line([0; 64]));
+        let group_lines = layout.group_lines();
         for j in 0..n {
             let (g, lane) = (j / TILE, j % TILE);
-            let group_lines = layout.group_lines();
             let group = &mut lines[g * group_lines..(g + 1) * group_lines];
             for (b, blk) in row(j).chunks_exact(bb).enumerate() {
                 let (at, byte) = layout.head(b);
@@ -182,8 +182,8 @@ impl Tiles {
                     let take = if m - i >= R { R } else { 1 };
                     let mut acc = [[0f32; TILE]; R];
                     // SAFETY: the features were checked when the tiles were made;
-                    // `records` holds the group's blocks as `layout` says; every row holds 32·blocks
-                    // activations (debug-asserted above, and QuantActs makes them so),
+                    // `records` holds the group's blocks as `layout` says; every
+                    // row holds 32·blocks activations (debug-asserted above, and QuantActs makes them so),
                     // in 256-wide blocks with sums of 16 for the K-quants.
                     unsafe {
                         match (width == 256, take == R) {
