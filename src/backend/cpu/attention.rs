@@ -5,9 +5,12 @@
 //! Work is split by (sequence, KV head): a task copies the keys its queries
 //! can see out of the paged pool once, transposed into chunks of [`LANES`]
 //! positions, so the score of each position is its own SIMD lane and every
-//! query head of the group reuses the copy. Each score is still the plain
-//! sequential sum `q₀k₀ + q₁k₁ + …` in `head_dim` order, whatever the lane,
-//! the batch or the CPU.
+//! query head of the group reuses the copy. Up to [`HEADS_AT_ONCE`] heads are
+//! scored per pass over the keys and 4 per pass over the values, so each key
+//! chunk and value row is loaded once for several heads. Each score is still
+//! the plain sequential sum `q₀k₀ + q₁k₁ + …` in `head_dim` order, each
+//! softmax sum and weighted value sum in position order, whatever the lane,
+//! the heads beside it, the batch or the CPU.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -21,6 +24,10 @@ use crate::backend::{AttnShape, StepMeta};
 const LANES: usize = 16;
 /// Chunks of positions scored at once: independent sums keep the adder busy.
 const CHUNKS_AT_ONCE: usize = 4;
+/// How many chunks ahead of the transposition its rows are prefetched.
+const PREFETCH_CHUNKS: usize = 2;
+/// Query heads scored in one pass over the keys, at most.
+const HEADS_AT_ONCE: usize = 8;
 
 pub fn paged_attention(
     qkv: &[f32],
@@ -176,10 +183,46 @@ unsafe fn transpose_avx512(rows: &[&[f32]; LANES], out: &mut [[f32; LANES]]) {
     }
 }
 
+/// A worker's buffers, kept between calls: at long context the transposed
+/// keys are hundreds of KiB, and a fresh allocation of that size is a fresh
+/// mapping whose pages the kernel zeroes on first touch, every layer.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<[f32; LANES]>,
+    widened: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// `v[..len]`, grown (never shrunk) to hold `len` values.
+fn at_least<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
+
 #[inline(always)]
 fn attend<'a>(
     task: &Task<'a>,
     transpose: impl Fn(&[&[f32]; LANES], &mut [[f32; LANES]]),
+) -> Vec<f32> {
+    // Taken out and put back rather than borrowed in a closure: a closure
+    // would not be compiled with the caller's target features.
+    let mut scratch = SCRATCH.take();
+    let out = attend_in(task, transpose, &mut scratch);
+    SCRATCH.set(scratch);
+    out
+}
+
+#[inline(always)]
+fn attend_in<'a>(
+    task: &Task<'a>,
+    transpose: impl Fn(&[&[f32]; LANES], &mut [[f32; LANES]]),
+    scratch: &mut Scratch,
 ) -> Vec<f32> {
     let Task { meta, shape, .. } = *task;
     let (hd, heads, kvh, bs) = (
@@ -213,11 +256,18 @@ fn attend<'a>(
     // CHUNKS_AT_ONCE - 1 chunks of zeros at the end so every score call can
     // read a full set of chunks.
     let chunks = (context - start).div_ceil(LANES);
-    let mut keys = vec![[0f32; LANES]; (chunks + CHUNKS_AT_ONCE - 1) * hd];
+    let keys = at_least(&mut scratch.keys, (chunks + CHUNKS_AT_ONCE - 1) * hd);
+    keys[chunks * hd..].fill([0.0; LANES]);
     let zeros = vec![0f32; hd];
     // Narrow keys are widened a chunk at a time here, where the chunk stays in L1.
-    let mut widened = vec![0f32; LANES * hd];
+    let widened = at_least(&mut scratch.widened, LANES * hd);
     for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
+        // The keys of a later chunk into L1, its values on their way to L2
+        // for the weighted sums that follow.
+        for i in (c + PREFETCH_CHUNKS) * LANES..(c + PREFETCH_CHUNKS + 1) * LANES {
+            k_rows.prefetch(i, hd, true);
+            v_rows.prefetch(i, hd, false);
+        }
         let visible = (c * LANES..(c * LANES + LANES).min(context - start)).len();
         if !matches!(k_rows, Rows::F32(..)) {
             for (l, row) in widened.chunks_exact_mut(hd).take(visible).enumerate() {
@@ -233,42 +283,126 @@ fn attend<'a>(
     }
 
     let mut out = vec![0f32; (q1 - q0) * group * hd];
-    // Scores of positions start.., by whole chunks.
-    let mut scores = vec![0f32; (chunks + CHUNKS_AT_ONCE - 1) * LANES];
+    // Scores of positions start.., by whole chunks, one row per query head.
+    let stride = (chunks + CHUNKS_AT_ONCE - 1) * LANES;
+    let scores = at_least(&mut scratch.scores, HEADS_AT_ONCE * stride);
     for (i, outs) in out.chunks_mut(group * hd).enumerate() {
         let pos = first + i;
-        let lo = lowest(pos);
-        let qs = &task.qkv[(q0 + i) * width..(q0 + i + 1) * width];
-        for (hh, o) in outs.chunks_mut(hd).enumerate() {
-            let h = task.kv_head * group + hh;
-            let q = &qs[h * hd..(h + 1) * hd];
-            for c in ((lo - start) / LANES..=(pos - start) / LANES).step_by(CHUNKS_AT_ONCE) {
-                let sums = dot_chunks(q, &keys[c * hd..(c + CHUNKS_AT_ONCE) * hd]);
-                let dst = scores[c * LANES..(c + CHUNKS_AT_ONCE) * LANES].chunks_exact_mut(LANES);
-                for (dst, sums) in dst.zip(&sums) {
-                    for (d, &s) in dst.iter_mut().zip(sums) {
-                        *d = s * shape.scale;
-                    }
-                }
-            }
-            let probs = &mut scores[lo - start..=pos - start];
-            softmax(probs);
-            weighted_rows(o, probs, &v_rows, lo - start);
-        }
+        let visible = lowest(pos) - start..pos - start + 1;
+        let qs = &task.qkv[(q0 + i) * width..][..width];
+        let qs = &qs[task.kv_head * group * hd..][..group * hd];
+        let heads = Heads {
+            head_dim: hd,
+            keys,
+            scores: &mut *scores,
+            stride,
+            visible,
+            scale: shape.scale,
+            values: &v_rows,
+        };
+        heads.attend_all(qs, outs);
     }
     out
 }
 
-/// `p = e^(p - max) / Σ e^(p - max)`: the exps vectorize, the sum runs in order.
-#[inline(always)]
-fn softmax(probs: &mut [f32]) {
-    let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    for p in probs.iter_mut() {
-        *p = exp(*p - max);
+/// Query heads that share a token's keys and values: several heads are
+/// scored per pass over the keys, so each key chunk is loaded once for all
+/// of them and their sums are independent chains for the adder.
+struct Heads<'k, 's, 'v> {
+    head_dim: usize,
+    keys: &'k [[f32; LANES]],
+    scores: &'s mut [f32],
+    stride: usize,
+    /// The positions the token sees, relative to the task's first key.
+    visible: std::ops::Range<usize>,
+    scale: f32,
+    values: &'v Rows<'v>,
+}
+
+impl Heads<'_, '_, '_> {
+    /// Attends every head of `qs` (head-major, `head_dim` each) into `outs`.
+    #[inline(always)]
+    fn attend_all(mut self, qs: &[f32], outs: &mut [f32]) {
+        let (n, hd) = (outs.len(), self.head_dim);
+        let mut h = 0;
+        while h < n {
+            let left = n - h;
+            h += if left >= HEADS_AT_ONCE * hd {
+                self.attend::<HEADS_AT_ONCE, 1>(&qs[h..], &mut outs[h..])
+            } else if left >= 4 * hd {
+                self.attend::<4, 2>(&qs[h..], &mut outs[h..])
+            } else if left >= 2 * hd {
+                self.attend::<2, 4>(&qs[h..], &mut outs[h..])
+            } else {
+                self.attend::<1, 4>(&qs[h..], &mut outs[h..])
+            };
+        }
     }
-    let sum = probs.iter().fold(0f32, |a, &p| a + p);
-    for p in probs.iter_mut() {
-        *p /= sum;
+
+    /// `R` heads, their key chunks scored `C` at a time; returns the values done.
+    #[inline(always)]
+    fn attend<const R: usize, const C: usize>(&mut self, qs: &[f32], outs: &mut [f32]) -> usize {
+        let hd = self.head_dim;
+        let q: [&[f32]; R] = std::array::from_fn(|r| &qs[r * hd..(r + 1) * hd]);
+        let stride = self.stride;
+        let (lo, hi) = (self.visible.start, self.visible.end);
+        for c in (lo / LANES..=(hi - 1) / LANES).step_by(C) {
+            let sums = dot_chunks::<R, C>(&q, &self.keys[c * hd..(c + C) * hd]);
+            for (r, sums) in sums.iter().enumerate() {
+                let dst = &mut self.scores[r * stride + c * LANES..][..C * LANES];
+                for (dst, sums) in dst.chunks_exact_mut(LANES).zip(sums) {
+                    for (d, &s) in dst.iter_mut().zip(sums) {
+                        *d = s * self.scale;
+                    }
+                }
+            }
+        }
+        softmax_rows::<R>(self.scores, stride, lo..hi);
+        let probs: [&[f32]; R] = std::array::from_fn(|r| &self.scores[r * stride..][lo..hi]);
+        let outs = &mut outs[..R * hd];
+        let mut r = 0;
+        while r < R {
+            let o = &mut outs[r * hd..];
+            r += if R - r >= 4 {
+                weighted_rows::<4>(&mut o[..4 * hd], sub(&probs, r), self.values, lo)
+            } else if R - r >= 2 {
+                weighted_rows::<2>(&mut o[..2 * hd], sub(&probs, r), self.values, lo)
+            } else {
+                weighted_rows::<1>(&mut o[..hd], sub(&probs, r), self.values, lo)
+            };
+        }
+        R * hd
+    }
+}
+
+/// `N` consecutive entries of `rows` from `at`.
+#[inline(always)]
+fn sub<'a, const R: usize, const N: usize>(rows: &[&'a [f32]; R], at: usize) -> [&'a [f32]; N] {
+    std::array::from_fn(|i| rows[at + i])
+}
+
+/// Each of `R` rows (`stride` apart) over `range`: `p = e^(p - max) / Σ e^(p - max)`.
+/// The exps vectorize; each row's sum runs in order, the rows' sums side by side.
+#[inline(always)]
+fn softmax_rows<const R: usize>(scores: &mut [f32], stride: usize, range: std::ops::Range<usize>) {
+    for r in 0..R {
+        let probs = &mut scores[r * stride..][range.clone()];
+        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        for p in probs.iter_mut() {
+            *p = exp(*p - max);
+        }
+    }
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &scores[r * stride..][range.clone()]);
+    let mut sums = [0f32; R];
+    for j in 0..range.len() {
+        for (sum, row) in sums.iter_mut().zip(&rows) {
+            *sum += row[j];
+        }
+    }
+    for (r, sum) in sums.into_iter().enumerate() {
+        for p in &mut scores[r * stride..][range.clone()] {
+            *p /= sum;
+        }
     }
 }
 
@@ -290,6 +424,40 @@ impl<'a> Rows<'a> {
             CpuKvPool::BF16(v) => Rows::Bf16(bytemuck::cast_slice(v), offsets),
             CpuKvPool::F16(v) => Rows::F16(bytemuck::cast_slice(v), offsets),
             CpuKvPool::Fp8(p) => Rows::Fp8(&p.bits, offsets, p.format, p.scale),
+        }
+    }
+
+    /// Asks for row `i`'s `hd` values to be brought into the cache (into L1
+    /// with `near`, else L2): rows are scattered by the block table, so the
+    /// hardware prefetcher cannot see them coming. A hint only.
+    #[inline(always)]
+    fn prefetch(&self, i: usize, hd: usize, near: bool) {
+        fn lines<T>(pool: &[T], offsets: &[usize], i: usize, hd: usize, near: bool) {
+            let Some(&at) = offsets.get(i) else { return };
+            let Some(row) = pool.get(at..at + hd) else {
+                return;
+            };
+            let bytes = std::mem::size_of_val(row);
+            for line in (0..bytes).step_by(64) {
+                // SAFETY: `line` is inside `row`; a prefetch never faults.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+                    let p = row.as_ptr().cast::<i8>().add(line);
+                    if near {
+                        _mm_prefetch::<_MM_HINT_T0>(p);
+                    } else {
+                        _mm_prefetch::<_MM_HINT_T1>(p);
+                    }
+                }
+            }
+        }
+        match *self {
+            Rows::F32(pool, offsets) => lines(pool, offsets, i, hd, near),
+            Rows::Bf16(pool, offsets) | Rows::F16(pool, offsets) => {
+                lines(pool, offsets, i, hd, near)
+            }
+            Rows::Fp8(pool, offsets, ..) => lines(pool, offsets, i, hd, near),
         }
     }
 
@@ -321,10 +489,16 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// [`weighted_values`] over rows `first..` of `rows`, read in their dtype.
+/// [`weighted_values`] for `R` heads over rows `first..` of `rows`, read in
+/// their dtype; returns `R`.
 #[inline(always)]
-fn weighted_rows(o: &mut [f32], probs: &[f32], rows: &Rows, first: usize) {
-    let hd = o.len();
+fn weighted_rows<const R: usize>(
+    o: &mut [f32],
+    probs: [&[f32]; R],
+    rows: &Rows,
+    first: usize,
+) -> usize {
+    let hd = o.len() / R;
     match *rows {
         Rows::F32(pool, offsets) => {
             weighted_values(o, probs, |v| v, |j| &pool[offsets[first + j]..][..hd])
@@ -348,6 +522,7 @@ fn weighted_rows(o: &mut [f32], probs: &[f32], rows: &Rows, first: usize) {
             |j| &pool[offsets[first + j]..][..hd],
         ),
     }
+    R
 }
 
 /// A bf16 value (its bits) as f32: the high half of the f32's bits, exactly.
@@ -374,62 +549,78 @@ fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(sign | magnitude)
 }
 
-/// `o[d] = Σⱼ weights[j] · v(j)[d]`, summed in `j` order for every `d`, in
-/// blocks of dimensions that stay in registers across all the values.
-/// Values are `T` (f32, or bf16 bits read straight from the pool), widened by `widen`.
+/// `o[r][d] = Σⱼ weights[r][j] · v(j)[d]` for `R` heads (`o` head-major),
+/// summed in `j` order for every `(r, d)`, in blocks of dimensions that stay
+/// in registers across all the values; each value is widened once for the
+/// `R` heads. Values are `T` (f32, or narrow bits read straight from the
+/// pool), widened by `widen`.
 #[inline(always)]
-fn weighted_values<'v, T: Copy + 'v>(
+fn weighted_values<'v, const R: usize, T: Copy + 'v>(
     o: &mut [f32],
-    weights: &[f32],
+    weights: [&[f32]; R],
     widen: impl Fn(T) -> f32 + Copy,
     v: impl Fn(usize) -> &'v [T],
 ) {
+    let hd = o.len() / R;
     let mut d = 0;
-    while d < o.len() {
-        let left = o.len() - d;
+    while d < hd {
+        let left = hd - d;
         d += if left >= 64 {
-            weighted_block::<64, T>(o, d, weights, widen, &v)
+            weighted_block::<64, R, T>(o, d, weights, widen, &v)
         } else if left >= 16 {
-            weighted_block::<16, T>(o, d, weights, widen, &v)
+            weighted_block::<16, R, T>(o, d, weights, widen, &v)
         } else {
-            weighted_block::<1, T>(o, d, weights, widen, &v)
+            weighted_block::<1, R, T>(o, d, weights, widen, &v)
         };
     }
 }
 
 /// Dimensions `d0..d0 + W` of [`weighted_values`]; returns `W`.
 #[inline(always)]
-fn weighted_block<'v, const W: usize, T: Copy + 'v>(
+fn weighted_block<'v, const W: usize, const R: usize, T: Copy + 'v>(
     o: &mut [f32],
     d0: usize,
-    weights: &[f32],
+    weights: [&[f32]; R],
     widen: impl Fn(T) -> f32,
     v: &impl Fn(usize) -> &'v [T],
 ) -> usize {
-    let mut acc = [0f32; W];
-    for (j, &w) in weights.iter().enumerate() {
-        let v = &v(j)[d0..d0 + W];
-        for (a, &v) in acc.iter_mut().zip(v) {
-            *a += w * widen(v);
+    let hd = o.len() / R;
+    let mut acc = [[0f32; W]; R];
+    for j in 0..weights[0].len() {
+        let row = &v(j)[d0..d0 + W];
+        let wide: [f32; W] = std::array::from_fn(|d| widen(row[d]));
+        for (acc, weights) in acc.iter_mut().zip(&weights) {
+            let w = weights[j];
+            for (a, &v) in acc.iter_mut().zip(&wide) {
+                *a += w * v;
+            }
         }
     }
-    o[d0..d0 + W].copy_from_slice(&acc);
+    for (r, acc) in acc.iter().enumerate() {
+        o[r * hd + d0..][..W].copy_from_slice(acc);
+    }
     W
 }
 
-/// `q · k` for every lane of [`CHUNKS_AT_ONCE`] transposed key chunks
-/// (`keys` holds `q.len()` rows per chunk); each lane sums in dimension order.
+/// `q · k` for every head of `q` and every lane of `C` transposed key
+/// chunks (`keys` holds `head_dim` rows per chunk); each lane sums in
+/// dimension order. Every key row is loaded once for all the heads.
 #[inline(always)]
-fn dot_chunks(q: &[f32], keys: &[[f32; LANES]]) -> [[f32; LANES]; CHUNKS_AT_ONCE] {
-    let hd = q.len();
-    let chunk: [&[[f32; LANES]]; CHUNKS_AT_ONCE] =
-        std::array::from_fn(|c| &keys[c * hd..(c + 1) * hd]);
-    let mut sums = [[0f32; LANES]; CHUNKS_AT_ONCE];
-    for (d, &qd) in q.iter().enumerate() {
-        // The chunks' sums are independent: interleaved, they overlap in the adder.
-        for (s, chunk) in sums.iter_mut().zip(&chunk) {
-            for (s, &k) in s.iter_mut().zip(&chunk[d]) {
-                *s += qd * k;
+fn dot_chunks<const R: usize, const C: usize>(
+    q: &[&[f32]; R],
+    keys: &[[f32; LANES]],
+) -> [[[f32; LANES]; C]; R] {
+    let hd = q[0].len();
+    let chunk: [&[[f32; LANES]]; C] = std::array::from_fn(|c| &keys[c * hd..(c + 1) * hd]);
+    let mut sums = [[[0f32; LANES]; C]; R];
+    for d in 0..hd {
+        // The sums are independent: interleaved, they overlap in the adder.
+        for (s, q) in sums.iter_mut().zip(q) {
+            let qd = q[d];
+            for (s, chunk) in s.iter_mut().zip(&chunk) {
+                for (s, &k) in s.iter_mut().zip(&chunk[d]) {
+                    *s += qd * k;
+                }
             }
         }
     }
@@ -526,15 +717,17 @@ mod tests {
     #[test]
     fn matches_the_plain_computation_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        for (hd, bs, window) in [
-            (64, 16, None),
-            (16, 8, Some(20)),
-            (80, 32, None),
-            (128, 16, Some(7)),
+        // Query heads per KV head: 4, 8, 3 (2 + 1 per pass), 1 and 14 (8 + 4 + 2).
+        for (hd, bs, window, (heads, kv_heads)) in [
+            (64, 16, None, (8, 2)),
+            (16, 8, Some(20), (16, 2)),
+            (80, 32, None, (6, 2)),
+            (128, 16, Some(7), (3, 3)),
+            (32, 16, None, (14, 1)),
         ] {
             let shape = AttnShape {
-                num_heads: 8,
-                num_kv_heads: 2,
+                num_heads: heads,
+                num_kv_heads: kv_heads,
                 head_dim: hd,
                 sliding_window: window,
                 scale: 1.0 / (hd as f32).sqrt(),
