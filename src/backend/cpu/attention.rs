@@ -142,12 +142,32 @@ unsafe fn transpose_avx512(rows: &[&[f32]; LANES], out: &mut [[f32; LANES]]) {
         }
         idx
     }
-    const ROUNDS: [(usize, [[i32; 16]; 2]); 4] = [
-        (8, swap_indices(8)),
-        (4, swap_indices(4)),
-        (2, swap_indices(2)),
-        (1, swap_indices(1)),
+    const ROUNDS: [[[i32; 16]; 2]; 4] = [
+        swap_indices(8),
+        swap_indices(4),
+        swap_indices(2),
+        swap_indices(1),
     ];
+    /// One round, on sub-blocks of `B`: constant indices throughout, so the
+    /// 16 rows stay in registers (a loop over a filtered range left them on
+    /// the stack).
+    #[inline(always)]
+    unsafe fn round<const B: usize>(r: &mut [__m512; LANES], idx: &[[i32; 16]; 2]) {
+        // SAFETY: reads 16 i32 from each 16-element array.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_loadu_si512(idx[0].as_ptr().cast()),
+                _mm512_loadu_si512(idx[1].as_ptr().cast()),
+            )
+        };
+        for i in 0..LANES - B {
+            if i % (2 * B) < B {
+                let (a, c) = (r[i], r[i + B]);
+                r[i] = _mm512_permutex2var_ps(a, lo, c);
+                r[i + B] = _mm512_permutex2var_ps(a, hi, c);
+            }
+        }
+    }
     let hd = out.len();
     let mut d0 = 0;
     while d0 + LANES <= hd {
@@ -156,19 +176,12 @@ unsafe fn transpose_avx512(rows: &[&[f32]; LANES], out: &mut [[f32; LANES]]) {
             // SAFETY: `row` has `hd` values and d0 + 16 <= hd.
             *r = unsafe { _mm512_loadu_ps(row.as_ptr().add(d0)) };
         }
-        for (b, idx) in ROUNDS {
-            // SAFETY: reads 16 i32 from each 16-element array.
-            let (lo, hi) = unsafe {
-                (
-                    _mm512_loadu_si512(idx[0].as_ptr().cast()),
-                    _mm512_loadu_si512(idx[1].as_ptr().cast()),
-                )
-            };
-            for i in (0..LANES).filter(|i| i % (2 * b) < b) {
-                let (a, c) = (r[i], r[i + b]);
-                r[i] = _mm512_permutex2var_ps(a, lo, c);
-                r[i + b] = _mm512_permutex2var_ps(a, hi, c);
-            }
+        // SAFETY (each round): AVX-512F, as this function.
+        unsafe {
+            round::<8>(&mut r, &ROUNDS[0]);
+            round::<4>(&mut r, &ROUNDS[1]);
+            round::<2>(&mut r, &ROUNDS[2]);
+            round::<1>(&mut r, &ROUNDS[3]);
         }
         for (o, r) in out[d0..d0 + LANES].iter_mut().zip(r) {
             // SAFETY: `o` is 16 f32.
@@ -381,13 +394,28 @@ fn sub<'a, const R: usize, const N: usize>(rows: &[&'a [f32]; R], at: usize) -> 
     std::array::from_fn(|i| rows[at + i])
 }
 
+/// The largest value (NaNs ignored, as by `f32::max`), found lane by lane so
+/// that it vectorizes: a maximum does not depend on the order it is taken in.
+#[inline(always)]
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    let tail = chunks.remainder().iter();
+    tail.chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// Each of `R` rows (`stride` apart) over `range`: `p = e^(p - max) / Σ e^(p - max)`.
 /// The exps vectorize; each row's sum runs in order, the rows' sums side by side.
 #[inline(always)]
 fn softmax_rows<const R: usize>(scores: &mut [f32], stride: usize, range: std::ops::Range<usize>) {
     for r in 0..R {
         let probs = &mut scores[r * stride..][range.clone()];
-        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let max = max_of(probs);
         for p in probs.iter_mut() {
             *p = exp(*p - max);
         }

@@ -24,7 +24,8 @@ pub fn exp(x: f32) -> f32 {
     let c = x.clamp(LOWEST, HIGHEST);
     // Adding and taking away 1.5·2^23 rounds to an integer, ties to even, in
     // any SIMD width (|c·log2 e| < 2^22).
-    let n = (c * LOG2_E + ROUNDER) - ROUNDER;
+    let rounded = c * LOG2_E + ROUNDER;
+    let n = rounded - ROUNDER;
     let r = (c - n * LN2_HI) - n * LN2_LO;
     let z = r * r;
     let p = 1.987_569_1e-4;
@@ -35,8 +36,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5; // cephes: 5.0000001e-1, which is 0.5 in f32
     let y = p * z + r + 1.0;
     // n is in [-126, 128]: 2^n as two normal factors. (Wrapping ops: no
-    // overflow check to stop the loop vectorizing in a debug build.)
-    let n = n as i32;
+    // overflow check to stop the loop vectorizing in a debug build.) n as
+    // an integer is read from `rounded`'s bits, which share ROUNDER's
+    // exponent and hold 2^22 + n below it: `n as i32`, a saturating cast,
+    // compiles to one scalar conversion per lane.
+    let n = (rounded.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32);
     let half = n >> 1;
     let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) as u32) << 23);
     let e = y * pow2(half) * pow2(n.wrapping_sub(half));
@@ -89,6 +93,19 @@ mod tests {
             worst.0,
             worst.1
         );
+    }
+
+    /// The integer part read from the rounded sum's bits is `n as i32` over
+    /// the whole clamped range, so the result is what the cast gave.
+    #[test]
+    fn the_exponent_read_from_bits_is_the_cast() {
+        let steps = 200_000;
+        for i in 0..=steps {
+            let c = LOWEST + (HIGHEST - LOWEST) * i as f32 / steps as f32;
+            let rounded = c * LOG2_E + ROUNDER;
+            let from_bits = (rounded.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32);
+            assert_eq!(from_bits, (rounded - ROUNDER) as i32, "at {c}");
+        }
     }
 
     #[test]
