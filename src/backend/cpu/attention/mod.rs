@@ -39,7 +39,7 @@ const LANES: usize = 16;
 /// Chunks of positions scored at once: independent sums keep the adder busy.
 const CHUNKS_AT_ONCE: usize = 4;
 /// How many chunks ahead of the transposition its rows are prefetched.
-const PREFETCH_CHUNKS: usize = 2;
+const PREFETCH_CHUNKS: usize = 4;
 /// Query heads scored in one pass over the keys, at most.
 const HEADS_AT_ONCE: usize = 8;
 
