@@ -121,6 +121,7 @@ fn softmax_rows<const R: usize>(scores: &mut [f32], stride: usize, range: std::o
         }
     }
 }
+
 /// [`weighted_values`] for `R` heads over rows `first..` of `rows`, read in
 /// their dtype; returns `R`.
 #[inline(always)]
@@ -156,6 +157,7 @@ fn weighted_rows<const R: usize>(
     }
     R
 }
+
 /// `o[r][d] = Σⱼ weights[r][j] · v(j)[d]` for `R` heads (`o` head-major),
 /// summed in `j` order for every `(r, d)`, in blocks of dimensions that stay
 /// in registers across all the values; each value is widened once for the

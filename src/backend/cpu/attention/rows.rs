@@ -85,6 +85,7 @@ impl<'a> Rows<'a> {
         }
     }
 }
+
 /// A bf16 value (its bits) as f32: the high half of the f32's bits, exactly.
 #[inline(always)]
 pub(super) fn bf16_to_f32(bits: u16) -> f32 {
