@@ -47,6 +47,8 @@ impl<'a> Rows<'a> {
                         _mm_prefetch::<_MM_HINT_T1>(p);
                     }
                 }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (line, near);
             }
         }
         match *self {
