@@ -380,6 +380,11 @@ fn decode_after_prompt(
         llm.generate(&requests(1, prompt, 1 + tokens))?;
         let after = llm.stats();
         let per_token = after.time_per_output_token_sum - before.time_per_output_token_sum;
+        if per_token.is_nan() || per_token <= 0.0 {
+            return Err(engine::Error::invalid(
+                "the engine recorded no time per output token for the long-context run",
+            ));
+        }
         Ok(Run {
             tokens,
             wall: Duration::from_secs_f64(per_token * tokens as f64),
