@@ -10,7 +10,7 @@
 
 use std::ffi::c_void;
 
-use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
+use engine::backend::cpu::{key_blocks_transposed, CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::cuda::cudarc::driver::CudaSlice;
 use engine::backend::cuda::{self, sys, CudaBackend, CudaDevice};
 use engine::backend::DType;
@@ -445,11 +445,14 @@ fn reshape_and_cache_writes_only_mapped_slots() {
                 dt.rounded(&random(pool, &mut rng)),
                 dt.rounded(&random(pool, &mut rng)),
             );
-            let (mut want_k, mut want_v) = (CpuKvPool::F32(k0.clone()), CpuKvPool::F32(v0.clone()));
+            // The CPU stores each K block transposed; the GPU, as vLLM does, not.
+            let mut want_k = CpuKvPool::F32(key_blocks_transposed(&k0, bs, hd));
+            let mut want_v = CpuKvPool::F32(v0.clone());
             CpuBackend
                 .reshape_and_cache(&qkv, &mut want_k, &mut want_v, &meta, shape)
                 .unwrap();
-            let (want_k, want_v) = (want_k.as_f32().unwrap(), want_v.as_f32().unwrap());
+            let want_k = key_blocks_transposed(want_k.as_f32().unwrap(), hd, bs);
+            let want_v = want_v.as_f32().unwrap();
             let qd = Dev::new(&gpu, dt, &qkv);
             let (mut kd, mut vd) = (Dev::new(&gpu, dt, &k0), Dev::new(&gpu, dt, &v0));
             let sm = upload(&gpu, &slot_mapping);
@@ -476,7 +479,7 @@ fn reshape_and_cache_writes_only_mapped_slots() {
             assert_close(
                 &format!("reshape_and_cache K {dt:?}"),
                 &kd.get(),
-                want_k,
+                &want_k,
                 0.0,
             );
             assert_close(
@@ -651,23 +654,16 @@ fn paged_attention_decode_matches_the_cpu_single_pass_and_split() {
     for dt in DTYPES {
         for c in decode_cases() {
             let (meta, q, k, v, shape) = attn_batch(&c, dt, &mut rng);
-            let (k, v) = (CpuKvPool::F32(k), CpuKvPool::F32(v));
+            let cpu_k = CpuKvPool::F32(key_blocks_transposed(&k, c.bs, c.hd));
+            let cpu_v = CpuKvPool::F32(v.clone());
             let out_len = meta.num_tokens() * c.heads * c.hd;
             let mut want = vec![0f32; out_len];
             CpuBackend
-                .paged_attention(&q, &k, &v, &meta, shape, &mut want)
+                .paged_attention(&q, &cpu_k, &cpu_v, &meta, shape, &mut want)
                 .unwrap();
             let max_ctx = *meta.context_lens.iter().max().unwrap();
             for parts in [0, max_ctx.div_ceil(cuda::attention::PARTITION_SIZE)] {
-                let mut bufs = attn_bufs(
-                    &gpu,
-                    dt,
-                    &meta,
-                    &q,
-                    k.as_f32().unwrap(),
-                    v.as_f32().unwrap(),
-                    out_len,
-                );
+                let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
                 let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
                 let bytes = unsafe {
                     sys::ek_paged_attention_workspace_bytes(
@@ -718,21 +714,14 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
                 seqs: vec![(1, 70), (37, 37), (21, 150), (1, 1), (5, 5)],
             };
             let (meta, q, k, v, shape) = attn_batch(&c, dt, &mut rng);
-            let (k, v) = (CpuKvPool::F32(k), CpuKvPool::F32(v));
+            let cpu_k = CpuKvPool::F32(key_blocks_transposed(&k, c.bs, c.hd));
+            let cpu_v = CpuKvPool::F32(v.clone());
             let out_len = meta.num_tokens() * heads * hd;
             let mut want = vec![0f32; out_len];
             CpuBackend
-                .paged_attention(&q, &k, &v, &meta, shape, &mut want)
+                .paged_attention(&q, &cpu_k, &cpu_v, &meta, shape, &mut want)
                 .unwrap();
-            let mut bufs = attn_bufs(
-                &gpu,
-                dt,
-                &meta,
-                &q,
-                k.as_f32().unwrap(),
-                v.as_f32().unwrap(),
-                out_len,
-            );
+            let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
             let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
             ok("paged_attention_prefill", unsafe {
                 sys::ek_paged_attention_prefill(&params, 37, gpu.raw_stream())

@@ -7,7 +7,10 @@
 //! - weights `[out_features, in_features]` in their stored dtype (as Hugging Face keeps them);
 //! - the fused projection `qkv` row is `[q heads | k heads | v heads] x head_dim`;
 //! - a KV pool (one per layer for K, one for V) is `[num_blocks, num_kv_heads, block_size, head_dim]`
-//!   in the KV cache's dtype (f32, or 16-bit or FP8 where the backend stores it: see [`Backend::kv_dtypes`]).
+//!   in the KV cache's dtype (f32, or 16-bit or FP8 where the backend stores it: see [`Backend::kv_dtypes`]),
+//!   except the CPU's K pool, whose blocks are transposed (`[head_dim, block_size]`: the layout
+//!   its attention scores keys in, a position per SIMD lane, where the GPU's kernels load each key's
+//!   dimensions as vectors); the CUDA tests convert with [`cpu::key_blocks_transposed`].
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -79,7 +82,8 @@ impl AttnShape {
     }
 }
 
-/// Geometry of a KV pool: `[num_blocks, num_kv_heads, block_size, head_dim]` of `dtype`.
+/// Geometry of a KV pool: `num_blocks` blocks of `num_kv_heads × block_size × head_dim` values of
+/// `dtype` (see the module's notes for the order within a block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvPoolShape {
     pub num_blocks: usize,

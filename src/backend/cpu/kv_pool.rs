@@ -13,7 +13,11 @@ use crate::backend::fp8::Fp8Format;
 use crate::backend::{KvDType, KvPoolShape};
 use crate::memory::try_zeroed;
 
-/// One layer's K or V pool: `[num_blocks, num_kv_heads, block_size, head_dim]`.
+/// One layer's K or V pool. A V pool is `[num_blocks, num_kv_heads,
+/// block_size, head_dim]`, as on the GPU; a K pool on the CPU is `[num_blocks,
+/// num_kv_heads, head_dim, block_size]`: each block's keys transposed, the
+/// layout attention scores them in (a position per SIMD lane), so a step
+/// copies them out without transposing (see [`key_blocks_transposed`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpuKvPool {
     F32(Vec<f32>),
@@ -103,6 +107,27 @@ impl CpuKvPool {
         }
     }
 
+    /// Stores `values[i]` at `at + i · stride`, rounded to the pool's dtype
+    /// (a key goes into its block's column).
+    pub fn write_strided(&mut self, at: usize, stride: usize, values: &[f32]) {
+        fn each<T>(pool: &mut [T], at: usize, stride: usize, values: &[f32], f: impl Fn(f32) -> T) {
+            for (dst, &x) in pool[at..].iter_mut().step_by(stride).zip(values) {
+                *dst = f(x);
+            }
+        }
+        match self {
+            CpuKvPool::F32(v) => each(v, at, stride, values, |x| x),
+            CpuKvPool::F16(v) => each(v, at, stride, values, f16::from_f32),
+            CpuKvPool::BF16(v) => each(v, at, stride, values, bf16::from_f32),
+            CpuKvPool::Fp8(p) => {
+                let (format, scale) = (p.format, p.scale);
+                each(&mut p.bits, at, stride, values, |x| {
+                    format.encode(x / scale)
+                })
+            }
+        }
+    }
+
     /// An f32 pool's values (the CUDA tests compare device pools with them).
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
@@ -125,6 +150,21 @@ impl CpuKvPool {
             }
         }
     }
+}
+
+/// Every `rows × cols` matrix of `values`, transposed: with `rows` =
+/// block_size and `cols` = head_dim it turns K blocks as the GPU stores them
+/// into the CPU's layout, and with the two swapped back again.
+pub fn key_blocks_transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for (src, dst) in values.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
+        for (r, row) in src.chunks(cols).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                dst[c * rows + r] = x;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -186,6 +226,48 @@ mod tests {
         };
         let err = CpuKvPool::zeros(shape).unwrap_err().to_string();
         assert!(err.contains("the KV cache: cannot allocate"), "{err}");
+    }
+
+    /// A strided write rounds as a contiguous one and touches only its slots.
+    #[test]
+    fn a_strided_write_stores_what_a_contiguous_one_does() {
+        let values = [1.0 + 1.0 / 256.0, -3.140625, 1e-3, 300.0, f32::INFINITY];
+        for dtype in [
+            KvDType::F32,
+            KvDType::F16,
+            KvDType::BF16,
+            KvDType::Fp8(Fp8Format::E4M3),
+            KvDType::Fp8(Fp8Format::E5M2),
+        ] {
+            let shape = KvPoolShape {
+                num_blocks: 1,
+                num_kv_heads: 1,
+                block_size: 4,
+                head_dim: 5,
+                dtype,
+            };
+            let mut rows = CpuKvPool::zeros_scaled(shape, 0.5).unwrap();
+            rows.write(0, &values);
+            let mut columns = CpuKvPool::zeros_scaled(shape, 0.5).unwrap();
+            columns.write_strided(1, 4, &values);
+            let mut want = [0f32; 5];
+            rows.read(0, &mut want);
+            let mut all = [0f32; 20];
+            columns.read(0, &mut all);
+            for (i, &x) in all.iter().enumerate() {
+                let expected = if i % 4 == 1 { want[i / 4] } else { 0.0 };
+                assert_eq!(x.to_bits(), expected.to_bits(), "{dtype:?} at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_blocks_transpose_there_and_back() {
+        let values: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect();
+        let there = key_blocks_transposed(&values, 3, 4);
+        // Block 1, row 2, column 1 goes to column 2 of row 1.
+        assert_eq!(there[12 + 3 + 2], values[12 + 2 * 4 + 1]);
+        assert_eq!(key_blocks_transposed(&there, 4, 3), values);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::Result;
 
 pub use collective::CpuComm;
-pub use kv_pool::CpuKvPool;
+pub use kv_pool::{key_blocks_transposed, CpuKvPool};
 pub use weight::CpuWeight;
 
 #[derive(Debug, Default, Clone, Copy)]

@@ -100,7 +100,8 @@ pub fn gather_rows(x: &[f32], rows: &[usize], width: usize, out: &mut [f32]) {
     }
 }
 
-/// Writes each token's k and v heads into its cache slot.
+/// Writes each token's k and v heads into its cache slot: its V row, its K
+/// column (see [`CpuKvPool`] for the layouts).
 pub fn reshape_and_cache(
     qkv: &[f32],
     k_pool: &mut CpuKvPool,
@@ -117,9 +118,9 @@ pub fn reshape_and_cache(
         }
         let (block, offset) = (slot as usize / bs, slot as usize % bs);
         for g in 0..kvh {
-            let dst = ((block * kvh + g) * bs + offset) * hd;
-            k_pool.write(dst, &row[k_off + g * hd..k_off + (g + 1) * hd]);
-            v_pool.write(dst, &row[v_off + g * hd..v_off + (g + 1) * hd]);
+            let base = (block * kvh + g) * bs * hd;
+            k_pool.write_strided(base + offset, bs, &row[k_off + g * hd..][..hd]);
+            v_pool.write(base + offset * hd, &row[v_off + g * hd..][..hd]);
         }
     }
 }

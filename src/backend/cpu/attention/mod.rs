@@ -3,9 +3,10 @@
 //! path serves prefill, chunked prefill and decode.
 //!
 //! Work is split by (sequence, KV head): a task copies the keys its queries
-//! can see out of the paged pool once, transposed into chunks of [`LANES`]
-//! positions, so the score of each position is its own SIMD lane and every
-//! query head of the group reuses the copy. Up to [`HEADS_AT_ONCE`] heads are
+//! can see out of the paged pool once, in chunks of [`LANES`] positions
+//! stored as the pool stores them (transposed: see [`keys`]), so the score of
+//! each position is its own SIMD lane and every query head of the group
+//! reuses the copy. Up to [`HEADS_AT_ONCE`] heads are
 //! scored per pass over the keys and 4 per pass over the values, so each key
 //! chunk and value row is loaded once for several heads. Each score is still
 //! the plain sequential sum `q₀k₀ + q₁k₁ + …` in `head_dim` order, each
@@ -15,8 +16,8 @@
 use std::sync::{Mutex, PoisonError};
 
 mod heads;
+mod keys;
 mod rows;
-mod transpose;
 
 #[cfg(test)]
 mod paged_vs_dense_tests;
@@ -29,16 +30,14 @@ use super::kv_pool::CpuKvPool;
 use super::pool;
 use crate::backend::{AttnShape, StepMeta};
 use heads::Heads;
+use keys::Keys;
 use rows::Rows;
-use transpose::transpose;
-#[cfg(target_arch = "x86_64")]
-use transpose::transpose_avx512;
 
 /// Key positions scored together, one per SIMD lane.
 const LANES: usize = 16;
 /// Chunks of positions scored at once: independent sums keep the adder busy.
 const CHUNKS_AT_ONCE: usize = 4;
-/// How many chunks ahead of the transposition its rows are prefetched.
+/// How many chunks ahead of the copy its keys and values are prefetched.
 const PREFETCH_CHUNKS: usize = 4;
 /// Query heads scored in one pass over the keys, at most.
 const HEADS_AT_ONCE: usize = 8;
@@ -116,25 +115,21 @@ fn kernel() -> fn(&Task) -> Vec<f32> {
             unsafe { attend_avx512(task) }
         };
     }
-    |task| attend(task, transpose)
+    attend
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(task: &Task) -> Vec<f32> {
-    attend(task, |rows, out| {
-        // SAFETY: this build runs only where AVX-512F was detected.
-        unsafe { transpose_avx512(rows, out) }
-    })
+    attend(task)
 }
 
-/// A worker's buffers, kept between calls: at long context the transposed
-/// keys are hundreds of KiB, and a fresh allocation of that size is a fresh
+/// A worker's buffers, kept between calls: at long context the copied keys
+/// are hundreds of KiB, and a fresh allocation of that size is a fresh
 /// mapping whose pages the kernel zeroes on first touch, every layer.
 #[derive(Default)]
 struct Scratch {
     keys: Vec<[f32; LANES]>,
-    widened: Vec<f32>,
     scores: Vec<f32>,
 }
 
@@ -151,24 +146,17 @@ fn at_least<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 #[inline(always)]
-fn attend<'a>(
-    task: &Task<'a>,
-    transpose: impl Fn(&[&[f32]; LANES], &mut [[f32; LANES]]),
-) -> Vec<f32> {
+fn attend(task: &Task) -> Vec<f32> {
     // Taken out and put back rather than borrowed in a closure: a closure
     // would not be compiled with the caller's target features.
     let mut scratch = SCRATCH.take();
-    let out = attend_in(task, transpose, &mut scratch);
+    let out = attend_in(task, &mut scratch);
     SCRATCH.set(scratch);
     out
 }
 
 #[inline(always)]
-fn attend_in<'a>(
-    task: &Task<'a>,
-    transpose: impl Fn(&[&[f32]; LANES], &mut [[f32; LANES]]),
-    scratch: &mut Scratch,
-) -> Vec<f32> {
+fn attend_in(task: &Task, scratch: &mut Scratch) -> Vec<f32> {
     let Task { meta, shape, .. } = *task;
     let (hd, heads, kvh, bs) = (
         shape.head_dim,
@@ -186,45 +174,38 @@ fn attend_in<'a>(
         Some(w) => (pos + 1).saturating_sub(w),
         None => 0,
     };
+    // The first chunk starts a whole number of chunks into the sequence, so
+    // that no chunk straddles more blocks than it must.
+    let start = lowest(first) / LANES * LANES;
     let slot = |j: usize| ((table[j / bs] as usize * kvh + task.kv_head) * bs + j % bs) * hd;
-
-    // Where each visible position's K and V rows are in the pools.
-    let start = lowest(first);
+    // Where each visible position's V row is in the pool.
     let offsets: Vec<usize> = (start..context).map(slot).collect();
-    let (k_rows, v_rows) = (
-        Rows::new(task.k_pool, &offsets),
-        Rows::new(task.v_pool, &offsets),
-    );
+    let v_rows = Rows::new(task.v_pool, &offsets);
+    let k_blocks = Keys {
+        pool: task.k_pool,
+        table,
+        kv_head: task.kv_head,
+        num_kv_heads: kvh,
+        block_size: bs,
+        head_dim: hd,
+    };
 
-    // Keys of positions `start..context`, transposed: chunk c, dimension d,
-    // lane l holds k[start + c·LANES + l][d]; zero past the context, and
+    // Keys of positions `start..context`: chunk c, dimension d, lane l holds
+    // k[start + c·LANES + l][d]; zero past the context, and
     // CHUNKS_AT_ONCE - 1 chunks of zeros at the end so every score call can
     // read a full set of chunks.
     let chunks = (context - start).div_ceil(LANES);
     let keys = at_least(&mut scratch.keys, (chunks + CHUNKS_AT_ONCE - 1) * hd);
     keys[chunks * hd..].fill([0.0; LANES]);
-    let zeros = vec![0f32; hd];
-    // Narrow keys are widened a chunk at a time here, where the chunk stays in L1.
-    let widened = at_least(&mut scratch.widened, LANES * hd);
     for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
         // The keys of a later chunk into L1, its values on their way to L2
         // for the weighted sums that follow.
-        for i in (c + PREFETCH_CHUNKS) * LANES..(c + PREFETCH_CHUNKS + 1) * LANES {
-            k_rows.prefetch(i, hd, true);
-            v_rows.prefetch(i, hd, false);
+        let later = (c + PREFETCH_CHUNKS) * LANES;
+        k_blocks.prefetch(start + later, context);
+        for i in later..later + LANES {
+            v_rows.prefetch(i, hd);
         }
-        let visible = (c * LANES..(c * LANES + LANES).min(context - start)).len();
-        if !matches!(k_rows, Rows::F32(..)) {
-            for (l, row) in widened.chunks_exact_mut(hd).take(visible).enumerate() {
-                k_rows.widen(c * LANES + l, row);
-            }
-        }
-        let chunk_rows = std::array::from_fn(|l| match &k_rows {
-            _ if l >= visible => &zeros[..],
-            Rows::F32(pool, offsets) => &pool[offsets[c * LANES + l]..][..hd],
-            _ => &widened[l * hd..(l + 1) * hd],
-        });
-        transpose(&chunk_rows, dst);
+        k_blocks.copy_chunk(start + c * LANES, context, dst);
     }
 
     let mut out = vec![0f32; (q1 - q0) * group * hd];

@@ -24,67 +24,42 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// Asks for row `i`'s `hd` values to be brought into the cache (into L1
-    /// with `near`, else L2): rows are scattered by the block table, so the
-    /// hardware prefetcher cannot see them coming. A hint only.
+    /// Asks for row `i`'s `hd` values to be brought into L2: rows are
+    /// scattered by the block table, so the hardware prefetcher cannot see
+    /// them coming. A hint only.
     #[inline(always)]
-    pub(super) fn prefetch(&self, i: usize, hd: usize, near: bool) {
-        fn lines<T>(pool: &[T], offsets: &[usize], i: usize, hd: usize, near: bool) {
+    pub(super) fn prefetch(&self, i: usize, hd: usize) {
+        fn row<T: bytemuck::Pod>(pool: &[T], offsets: &[usize], i: usize, hd: usize) {
             let Some(&at) = offsets.get(i) else { return };
-            let Some(row) = pool.get(at..at + hd) else {
-                return;
-            };
-            let bytes = std::mem::size_of_val(row);
-            for line in (0..bytes).step_by(64) {
-                // SAFETY: `line` is inside `row`; a prefetch never faults.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-                    let p = row.as_ptr().cast::<i8>().add(line);
-                    if near {
-                        _mm_prefetch::<_MM_HINT_T0>(p);
-                    } else {
-                        _mm_prefetch::<_MM_HINT_T1>(p);
-                    }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (line, near);
+            if let Some(row) = pool.get(at..at + hd) {
+                prefetch_bytes(bytemuck::cast_slice(row), false);
             }
         }
         match *self {
-            Rows::F32(pool, offsets) => lines(pool, offsets, i, hd, near),
-            Rows::Bf16(pool, offsets) | Rows::F16(pool, offsets) => {
-                lines(pool, offsets, i, hd, near)
-            }
-            Rows::Fp8(pool, offsets, ..) => lines(pool, offsets, i, hd, near),
+            Rows::F32(pool, offsets) => row(pool, offsets, i, hd),
+            Rows::Bf16(pool, offsets) | Rows::F16(pool, offsets) => row(pool, offsets, i, hd),
+            Rows::Fp8(pool, offsets, ..) => row(pool, offsets, i, hd),
         }
     }
+}
 
-    /// Row `i` (position `start + i`) widened into `out` (its `hd` values).
-    #[inline(always)]
-    pub(super) fn widen(&self, i: usize, out: &mut [f32]) {
-        fn each<T: Copy>(src: &[T], out: &mut [f32], f: impl Fn(T) -> f32) {
-            for (o, &v) in out.iter_mut().zip(src) {
-                *o = f(v);
+/// Asks for the cache lines of `bytes` to be brought into L1 (`near`) or L2.
+#[inline(always)]
+pub(super) fn prefetch_bytes(bytes: &[u8], near: bool) {
+    for line in (0..bytes.len()).step_by(64) {
+        // SAFETY: `line` is inside `bytes`; a prefetch never faults.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+            let p = bytes.as_ptr().cast::<i8>().add(line);
+            if near {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(p);
             }
         }
-        let hd = out.len();
-        match *self {
-            Rows::F32(pool, offsets) => out.copy_from_slice(&pool[offsets[i]..][..hd]),
-            Rows::Bf16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, bf16_to_f32),
-            Rows::F16(pool, offsets) => each(&pool[offsets[i]..][..hd], out, f16_to_f32),
-            // The format is a constant inside each arm, so each loop vectorizes.
-            Rows::Fp8(pool, offsets, Fp8Format::E4M3, scale) => {
-                each(&pool[offsets[i]..][..hd], out, |b| {
-                    Fp8Format::E4M3.widen(b, scale)
-                })
-            }
-            Rows::Fp8(pool, offsets, Fp8Format::E5M2, scale) => {
-                each(&pool[offsets[i]..][..hd], out, |b| {
-                    Fp8Format::E5M2.widen(b, scale)
-                })
-            }
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (line, near);
     }
 }
 

@@ -6,7 +6,8 @@ use super::*;
 use crate::backend::cpu::exp::exp;
 
 /// The computation written plainly, one query head and one key at a time:
-/// the kernel must match it bit for bit.
+/// the kernel must match it bit for bit. A V block is `[block_size][head_dim]`,
+/// a K block `[head_dim][block_size]`.
 fn plain(qkv: &[f32], k: &[f32], v: &[f32], meta: &StepMeta, shape: AttnShape) -> Vec<f32> {
     let (hd, heads, kvh, bs) = (
         shape.head_dim,
@@ -26,15 +27,12 @@ fn plain(qkv: &[f32], k: &[f32], v: &[f32], meta: &StepMeta, shape: AttnShape) -
             for h in 0..heads {
                 let g = h / (heads / kvh);
                 let q = &qkv[t * shape.qkv_width() + h * hd..][..hd];
-                let slot = |j: usize| {
-                    ((meta.block_tables[s][j / bs] as usize * kvh + g) * bs + j % bs) * hd
-                };
+                let block = |j: usize| (meta.block_tables[s][j / bs] as usize * kvh + g) * bs * hd;
+                let slot = |j: usize| block(j) + j % bs * hd;
+                let key = |j: usize, d: usize| k[block(j) + d * bs + j % bs];
                 let scores: Vec<f32> = (lo..=pos)
                     .map(|j| {
-                        let dot = q
-                            .iter()
-                            .zip(&k[slot(j)..])
-                            .fold(0f32, |a, (x, y)| a + x * y);
+                        let dot = (q.iter().enumerate()).fold(0f32, |a, (d, x)| a + x * key(j, d));
                         dot * shape.scale
                     })
                     .collect();
@@ -128,7 +126,7 @@ fn matches_the_plain_computation_bit_for_bit() {
         let qkv = random(meta.num_tokens() * shape.qkv_width(), &mut rng);
         let want = plain(&qkv, &k, &v, &meta, shape);
         let (k, v) = (CpuKvPool::F32(k), CpuKvPool::F32(v));
-        let portable: fn(&Task) -> Vec<f32> = |task| attend(task, transpose);
+        let portable: fn(&Task) -> Vec<f32> = attend;
         for (name, kernel) in [("this CPU's", kernel()), ("portable", portable)] {
             let mut out = vec![f32::NAN; meta.num_tokens() * shape.num_heads * hd];
             attention_with(kernel, &qkv, &k, &v, &meta, shape, &mut out);
