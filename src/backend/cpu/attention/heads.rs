@@ -220,14 +220,19 @@ fn dot_chunks<const R: usize, const C: usize>(
     keys: &[[f32; LANES]],
 ) -> [[[f32; LANES]; C]; R] {
     let hd = q[0].len();
-    let chunk: [&[[f32; LANES]]; C] = std::array::from_fn(|c| &keys[c * hd..(c + 1) * hd]);
+    let q: [&[f32]; R] = std::array::from_fn(|r| &q[r][..hd]);
+    let chunk: [&[[f32; LANES]]; C] = std::array::from_fn(|c| &keys[c * hd..][..hd]);
     let mut sums = [[[0f32; LANES]; C]; R];
     for d in 0..hd {
         // The sums are independent: interleaved, they overlap in the adder.
-        for (s, q) in sums.iter_mut().zip(q) {
-            let qd = q[d];
-            for (s, chunk) in s.iter_mut().zip(&chunk) {
-                for (s, &k) in s.iter_mut().zip(&chunk[d]) {
+        for r in 0..R {
+            // SAFETY: every q[r] and chunk[c] holds exactly `hd` entries, and
+            // d < hd. Checked indexing here left the loops scalar (LLVM does
+            // not see the lengths through the arrays of slices).
+            let qd = unsafe { *q[r].get_unchecked(d) };
+            for c in 0..C {
+                let k = unsafe { chunk[c].get_unchecked(d) };
+                for (s, &k) in sums[r][c].iter_mut().zip(k) {
                     *s += qd * k;
                 }
             }
