@@ -197,14 +197,18 @@ fn attend_in(task: &Task, scratch: &mut Scratch) -> Vec<f32> {
     let chunks = (context - start).div_ceil(LANES);
     let keys = at_least(&mut scratch.keys, (chunks + CHUNKS_AT_ONCE - 1) * hd);
     keys[chunks * hd..].fill([0.0; LANES]);
-    for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
-        // The keys of a later chunk into L1, its values on their way to L2
-        // for the weighted sums that follow.
-        let later = (c + PREFETCH_CHUNKS) * LANES;
-        k_blocks.prefetch(start + later, context);
-        for i in later..later + LANES {
+    // The keys of a later chunk into L1, its values on their way to L2 for
+    // the weighted sums that follow: the first chunks before the loop, then
+    // each chunk PREFETCH_CHUNKS ahead of its copy.
+    let prefetch = |c: usize| {
+        k_blocks.prefetch(start + c * LANES, context);
+        for i in c * LANES..(c + 1) * LANES {
             v_rows.prefetch(i, hd);
         }
+    };
+    (0..PREFETCH_CHUNKS).for_each(prefetch);
+    for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
+        prefetch(c + PREFETCH_CHUNKS);
         k_blocks.copy_chunk(start + c * LANES, context, dst);
     }
 
