@@ -231,6 +231,7 @@ fn dot_chunks<const R: usize, const C: usize>(
             // not see the lengths through the arrays of slices).
             let qd = unsafe { *q[r].get_unchecked(d) };
             for c in 0..C {
+                // SAFETY: as for `qd`.
                 let k = unsafe { chunk[c].get_unchecked(d) };
                 for (s, &k) in sums[r][c].iter_mut().zip(k) {
                     *s += qd * k;

@@ -6,6 +6,7 @@
 use super::super::kv_pool::CpuKvPool;
 use super::rows::{bf16_to_f32, f16_to_f32, prefetch_bytes};
 use super::LANES;
+use crate::backend::fp8::Fp8Format;
 
 /// One KV head's keys in a sequence's blocks.
 pub(super) struct Keys<'a> {
@@ -90,7 +91,11 @@ fn widen(pool: &CpuKvPool, at: usize, out: &mut [f32]) {
         CpuKvPool::F32(v) => out.copy_from_slice(&v[src]),
         CpuKvPool::BF16(v) => each(bytemuck::cast_slice(&v[src]), out, bf16_to_f32),
         CpuKvPool::F16(v) => each(bytemuck::cast_slice(&v[src]), out, f16_to_f32),
-        CpuKvPool::Fp8(p) => each(&p.bits[src], out, |b| p.table[usize::from(b)]),
+        // The format is a constant inside each arm, so each loop vectorizes.
+        CpuKvPool::Fp8(p) => match p.format {
+            Fp8Format::E4M3 => each(&p.bits[src], out, |b| Fp8Format::E4M3.widen(b, p.scale)),
+            Fp8Format::E5M2 => each(&p.bits[src], out, |b| Fp8Format::E5M2.widen(b, p.scale)),
+        },
     }
 }
 
