@@ -32,6 +32,7 @@ pub mod stop;
 mod truncation;
 mod verify;
 
+use crate::backend::cpu::exp::exp;
 pub use guided::{GuidedCompiler, GuidedDecodingParams};
 pub use logprobs::{Logprob, TokenLogprobs};
 pub use params::{EarlyStopping, SamplingParams, SamplingType};
@@ -58,22 +59,37 @@ pub fn argmax(values: &[f32]) -> u32 {
 /// `log_softmax(logits)` in f32, with the normaliser accumulated in f64. Masked
 /// (-inf) entries stay -inf. A row with no finite entry (everything masked) comes
 /// back all -inf rather than NaN, so samplers and logprobs stay well defined.
+///
+/// Each `e^(l - max)` is taken in f32 (within about one ulp: the vectorized
+/// [`exp`]; an f64 `exp` is a libm call per entry) and the terms are summed
+/// in f64 as [`SUM_LANES`] interleaved partial sums (one sequential chain of
+/// f64 adds is latency-bound): over a 49k vocabulary 210 → 78 µs (AMD EPYC).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return vec![f32::NEG_INFINITY; logits.len()];
     }
-    let sum: f64 = logits
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .filter(|e| !e.is_nan())
-        .sum();
+    // The terms first, in the buffer the result then overwrites.
+    let mut out: Vec<f32> = logits.iter().map(|&l| exp(l - max)).collect();
+    let mut sums = [0f64; SUM_LANES];
+    let mut terms = out.chunks_exact(SUM_LANES);
+    for chunk in &mut terms {
+        for (s, &e) in sums.iter_mut().zip(chunk) {
+            // A NaN logit's term is left out.
+            *s += if e.is_nan() { 0.0 } else { f64::from(e) };
+        }
+    }
+    let tail = terms.remainder().iter().filter(|e| !e.is_nan());
+    let sum: f64 = sums.iter().sum::<f64>() + tail.map(|&e| f64::from(e)).sum::<f64>();
     let log_sum = sum.ln();
-    logits
-        .iter()
-        .map(|&l| ((l - max) as f64 - log_sum) as f32)
-        .collect()
+    for (o, &l) in out.iter_mut().zip(logits) {
+        *o = ((l - max) as f64 - log_sum) as f32;
+    }
+    out
 }
+
+/// Partial sums of [`log_softmax`]'s normaliser.
+const SUM_LANES: usize = 8;
 
 /// `softmax(logits)` in f32 (normaliser in f64); see [`log_softmax`] for masked rows.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -116,6 +132,39 @@ mod tests {
         assert!(log_softmax(&[f32::NEG_INFINITY; 2])
             .iter()
             .all(|&x| x == f32::NEG_INFINITY));
+    }
+
+    /// Over a vocabulary-sized row with masked and NaN entries (and a tail
+    /// past the partial sums), every value is within its f32 rounding plus
+    /// 1e-7 of the f64 computation, whose terms are f64 `exp`s summed in order.
+    #[test]
+    fn log_softmax_of_a_long_row_matches_f64() {
+        let row: Vec<f32> = (0..49_157u32)
+            .map(|i| match i % 1000 {
+                3 => f32::NEG_INFINITY,
+                7 => f32::NAN,
+                _ => (i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0 * 40.0 - 20.0,
+            })
+            .collect();
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = (row.iter().map(|&l| ((l - max) as f64).exp()))
+            .filter(|e| !e.is_nan())
+            .sum();
+        let lp = log_softmax(&row);
+        for (i, (&l, &got)) in row.iter().zip(&lp).enumerate() {
+            let want = (l - max) as f64 - sum.ln();
+            if l.is_nan() {
+                assert!(got.is_nan(), "entry {i}: {got}");
+            } else if l == f32::NEG_INFINITY {
+                assert_eq!(got, f32::NEG_INFINITY, "entry {i}");
+            } else {
+                let bound = want.abs() * f64::from(f32::EPSILON) / 2.0 + 1e-7;
+                assert!(
+                    (got as f64 - want).abs() <= bound,
+                    "entry {i}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
