@@ -197,19 +197,19 @@ fn attend_in(task: &Task, scratch: &mut Scratch) -> Vec<f32> {
     let chunks = (context - start).div_ceil(LANES);
     let keys = at_least(&mut scratch.keys, (chunks + CHUNKS_AT_ONCE - 1) * hd);
     keys[chunks * hd..].fill([0.0; LANES]);
-    // The keys of a later chunk into L1, its values on their way to L2 for
-    // the weighted sums that follow: the first chunks before the loop, then
-    // each chunk PREFETCH_CHUNKS ahead of its copy.
-    let prefetch = |c: usize| {
+    // Chunk c's keys into L1 and its values on their way to L2 (for the
+    // weighted sums that follow) PREFETCH_CHUNKS chunks ahead of its copy.
+    // (A loop, not a closure: a closure would not be inlined here, nor get
+    // this function's target features.)
+    for c in 0..chunks + PREFETCH_CHUNKS {
         k_blocks.prefetch(start + c * LANES, context);
         for i in c * LANES..(c + 1) * LANES {
             v_rows.prefetch(i, hd);
         }
-    };
-    (0..PREFETCH_CHUNKS).for_each(prefetch);
-    for (c, dst) in keys.chunks_exact_mut(hd).take(chunks).enumerate() {
-        prefetch(c + PREFETCH_CHUNKS);
-        k_blocks.copy_chunk(start + c * LANES, context, dst);
+        if let Some(c) = c.checked_sub(PREFETCH_CHUNKS) {
+            let dst = &mut keys[c * hd..(c + 1) * hd];
+            k_blocks.copy_chunk(start + c * LANES, context, dst);
+        }
     }
 
     let mut out = vec![0f32; (q1 - q0) * group * hd];
