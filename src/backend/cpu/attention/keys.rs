@@ -65,7 +65,7 @@ impl Keys<'_> {
     pub(super) fn prefetch(&self, first: usize, end: usize) {
         let (bs, hd) = (self.block_size, self.head_dim);
         let bytes = pool_bytes(self.pool);
-        let size = bytes.len() / self.pool.len().max(1);
+        let size = self.pool.dtype().size_in_bytes();
         for (at, _, len) in self.runs(first, (first + LANES).min(end)) {
             // Dimension 0's run through dimension hd - 1's.
             let span = at * size..(at + (hd - 1) * bs + len) * size;

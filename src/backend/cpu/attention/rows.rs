@@ -1,9 +1,10 @@
-//! The K or V rows a task reads, in the pool's dtype, widened exactly.
+//! The V rows a task reads, in the pool's dtype, widened exactly (keys: see
+//! `keys.rs`).
 
 use super::super::kv_pool::CpuKvPool;
 use crate::backend::fp8::Fp8Format;
 
-/// The K or V rows of a task's visible positions, as views into the pool in
+/// The V rows of a task's visible positions, as views into the pool in
 /// its dtype: 16-bit and FP8 values are widened where they are read, exactly
 /// (every such value times its pool's scale is an f32: see [`CpuKvPool`]).
 pub(super) enum Rows<'a> {
