@@ -16,10 +16,7 @@ mod peak;
 use std::hint::black_box;
 use std::time::Instant;
 
-#[cfg(target_arch = "x86_64")]
-use engine::backend::cpu::matmul::packed::{self, Bf16Kernel};
-#[cfg(target_arch = "x86_64")]
-use engine::backend::cpu::weight::WeightData;
+use engine::backend::cpu::matmul::{families, matmul_on};
 use engine::backend::cpu::{CpuBackend, CpuWeight};
 use engine::backend::{Backend, DType, HostTensor, TensorBytes};
 
@@ -49,42 +46,10 @@ fn main() {
     }
 }
 
-/// A bf16 kernel family to pin (`None`: the one `matmul` picks).
-#[cfg(target_arch = "x86_64")]
-type Family = Option<Bf16Kernel>;
-#[cfg(not(target_arch = "x86_64"))]
-type Family = Option<()>;
-
-/// The kernel families `w` can run on here (`None`: the f32 path).
-#[cfg(target_arch = "x86_64")]
-fn kernels(w: &CpuWeight) -> Vec<Family> {
-    match &w.data {
-        WeightData::Packed(p) if p.kind() == packed::PackedKind::Bf16 => {
-            Bf16Kernel::available().into_iter().map(Some).collect()
-        }
-        _ => vec![None],
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn kernels(_: &CpuWeight) -> Vec<Family> {
-    vec![None]
-}
-
-fn multiply(x: &Vec<f32>, w: &CpuWeight, out: &mut Vec<f32>, kernel: Family) {
-    #[cfg(target_arch = "x86_64")]
-    if let (WeightData::Packed(p), Some(kernel)) = (&w.data, kernel) {
-        return packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
-    }
-    let _ = kernel;
-    let r = CpuBackend.matmul(x, w, None, out);
-    r.unwrap_or_else(|e| panic!("matmul: {e}"));
-}
-
 fn bench_shape(name: &str, ws: &[CpuWeight; 2]) {
     let (n, k) = (ws[0].rows(), ws[0].cols());
     let bytes = (n * k * if ws[0].dtype() == DType::F32 { 4 } else { 2 }) as f64;
-    let kernels = kernels(&ws[0]);
+    let kernels = families(&ws[0]);
     let mut best = vec![[f64::INFINITY; ROWS.len()]; kernels.len()];
     for _ in 0..ROUNDS {
         for (b, &m) in ROWS.iter().enumerate() {
@@ -93,7 +58,7 @@ fn bench_shape(name: &str, ws: &[CpuWeight; 2]) {
             for (best, &kernel) in best.iter_mut().zip(&kernels) {
                 let t = Instant::now();
                 for call in 0..CALLS {
-                    multiply(black_box(&x), &ws[call % 2], &mut out, kernel);
+                    matmul_on(black_box(&x), &ws[call % 2], &mut out, kernel);
                 }
                 best[b] = best[b].min(t.elapsed().as_secs_f64() / CALLS as f64);
             }

@@ -68,6 +68,39 @@ pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// A kernel family that a test or a bench pins (`None`: the one [`matmul`] picks).
+#[cfg(target_arch = "x86_64")]
+pub type Family = Option<packed::Bf16Kernel>;
+#[cfg(not(target_arch = "x86_64"))]
+pub type Family = Option<()>;
+
+/// Every family this machine multiplies `w` with: each bf16 kernel family it
+/// runs (AMX and AVX-512 where both do) for a packed bf16 matrix, else
+/// [`matmul`]'s own.
+pub fn families(w: &CpuWeight) -> Vec<Family> {
+    #[cfg(target_arch = "x86_64")]
+    if let WeightData::Packed(p) = &w.data {
+        if p.kind() == packed::PackedKind::Bf16 {
+            return packed::Bf16Kernel::available()
+                .into_iter()
+                .map(Some)
+                .collect();
+        }
+    }
+    let _ = w;
+    vec![None]
+}
+
+/// `out = x · wᵀ` on `family` (one of [`families`]`(w)`).
+pub fn matmul_on(x: &[f32], w: &CpuWeight, out: &mut [f32], family: Family) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(kernel), WeightData::Packed(p)) = (family, &w.data) {
+        return packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
+    }
+    let _ = family;
+    matmul(x, w, None, out);
+}
+
 /// The kernel for the weight's layout.
 fn multiply(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     if let WeightData::Quant(q) = &w.data {

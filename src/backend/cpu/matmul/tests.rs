@@ -5,9 +5,7 @@ use half::{bf16, f16};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::matmul;
-#[cfg(target_arch = "x86_64")]
-use super::packed::{Bf16Kernel, PackedKind};
+use super::{families, matmul, matmul_on};
 use crate::backend::cpu::weight::CpuWeight;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::weight::WeightData;
@@ -103,39 +101,6 @@ fn is_packed(_: &CpuWeight) -> bool {
     false
 }
 
-/// A kernel family a test pins (`None`: the one `matmul` picks).
-#[cfg(target_arch = "x86_64")]
-type Path = Option<Bf16Kernel>;
-#[cfg(not(target_arch = "x86_64"))]
-type Path = Option<()>;
-
-/// The ways this machine multiplies `w`: every bf16 kernel family it runs
-/// (AMX and AVX-512 where both do) for a packed bf16 matrix, else `matmul`'s.
-#[cfg(target_arch = "x86_64")]
-fn paths(w: &CpuWeight) -> Vec<Path> {
-    match &w.data {
-        WeightData::Packed(p) if p.kind() == PackedKind::Bf16 => {
-            Bf16Kernel::available().into_iter().map(Some).collect()
-        }
-        _ => vec![None],
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn paths(_: &CpuWeight) -> Vec<Path> {
-    vec![None]
-}
-
-/// `out = x · wᵀ` on `path`.
-fn multiply(x: &[f32], w: &CpuWeight, out: &mut [f32], path: Path) {
-    #[cfg(target_arch = "x86_64")]
-    if let (Some(kernel), WeightData::Packed(p)) = (path, &w.data) {
-        return super::packed::matmul_with(x, x.len() / w.cols(), p, out, kernel);
-    }
-    let _ = path;
-    matmul(x, w, None, out);
-}
-
 /// Both layouts (the CPU's and the portable one) of every dtype, every shape and
 /// row count. f32 accumulation of `k` exact products errs by at most
 /// `k·u·Σ|x·w|` (u = 2⁻²⁴); rounding the activations to bf16 adds `u_bf16·Σ|x·w|`.
@@ -153,14 +118,14 @@ fn every_dtype_and_layout_matches_f64_reference() {
                 let x = random(m * k, &mut rng);
                 for (weight, path) in layouts
                     .iter()
-                    .flat_map(|w| paths(w).into_iter().map(move |p| (w, p)))
+                    .flat_map(|w| families(w).into_iter().map(move |p| (w, p)))
                 {
                     let rounds_x = dtype == DType::BF16 && is_packed(weight);
                     let accumulation = (k as f64 + 4.0) * U32;
                     let packed = is_packed(weight);
                     let what = format!("{dtype:?} packed={packed} {path:?} m={m} n={n} k={k}");
                     let mut out = vec![f32::NAN; m * n];
-                    multiply(&x, weight, &mut out, path);
+                    matmul_on(&x, weight, &mut out, path);
                     let (want, scale) = reference(&x, &w, n, k, dtype, false);
                     let bound = accumulation + if rounds_x { U_BF16 } else { 0.0 };
                     check(&out, &want, &scale, bound, &what);
@@ -217,14 +182,14 @@ fn packed_rows_are_batch_invariant() {
         }
         for (m, path) in [17, 64]
             .into_iter()
-            .flat_map(|m| paths(&weight).into_iter().map(move |p| (m, p)))
+            .flat_map(|m| families(&weight).into_iter().map(move |p| (m, p)))
         {
             let x = random(m * k, &mut rng);
             let mut batch = vec![0.0; m * n];
-            multiply(&x, &weight, &mut batch, path);
+            matmul_on(&x, &weight, &mut batch, path);
             for i in 0..m {
                 let mut alone = vec![0.0; n];
-                multiply(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
+                matmul_on(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
                 let together = &batch[i * n..(i + 1) * n];
                 let same = alone
                     .iter()
@@ -322,18 +287,19 @@ fn packed_tiles_of_every_row_count_match_reference_and_rows_alone() {
                 continue;
             }
             let accumulation = (k as f64 + 4.0) * U32;
-            for (m, path) in (1..=33).flat_map(|m| paths(&weight).into_iter().map(move |p| (m, p)))
+            for (m, path) in
+                (1..=33).flat_map(|m| families(&weight).into_iter().map(move |p| (m, p)))
             {
                 let what = format!("{dtype:?} {path:?} m={m} n={n} k={k}");
                 let x = random(m * k, &mut rng);
                 let mut batch = vec![f32::NAN; m * n];
-                multiply(&x, &weight, &mut batch, path);
+                matmul_on(&x, &weight, &mut batch, path);
                 let rounds_x = dtype == DType::BF16;
                 let (want, scale) = reference(&x, &w, n, k, dtype, rounds_x);
                 check(&batch, &want, &scale, accumulation, &what);
                 for i in 0..m {
                     let mut alone = vec![f32::NAN; n];
-                    multiply(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
+                    matmul_on(&x[i * k..(i + 1) * k], &weight, &mut alone, path);
                     let together = &batch[i * n..(i + 1) * n];
                     let same = alone
                         .iter()
