@@ -552,3 +552,65 @@ fn a_quantized_gguf_shards_by_blocks() {
         }
     }
 }
+
+/// Q4_0 blocks of `values`, as llama.cpp's quantize_row_q4_0_ref: d = the
+/// signed value of largest magnitude / -8, then min(15, (x / d + 8.5) as int),
+/// element j in the low nibble of byte j and element 16 + j in its high one.
+fn q4_0_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for block in values.chunks_exact(32) {
+        let max = block
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q = |x: f32| ((x * id + 8.5) as i32).clamp(0, 15) as u8;
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend((0..16).map(|j| q(block[j]) | (q(block[16 + j]) << 4)));
+    }
+    out
+}
+
+/// A file whose v projections are Q4_0 beside Q8_0 q and k (as a Q4_K_M file
+/// keeps some layers' v in Q6_K beside Q4_K q and k): the fused q/k/v keeps
+/// each part in its own blocks, runs close to the dequantized model, and
+/// shards (TP 2) to the same logits.
+#[test]
+fn a_file_mixing_block_types_in_q_k_v_runs_and_shards() {
+    let (meta, mut tensors) = tiny_llama_gguf("llama");
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.dims.len() == 2 && t.ty == 0)
+    {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
+        (t.data, t.ty) = if t.name.ends_with("attn_v.weight") {
+            (q4_0_bytes(&v), 2)
+        } else {
+            (q8_0_bytes(&v), 8)
+        };
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = save(tmp.path(), "mixed.gguf", &write_gguf(&meta, &tensors));
+    let with = |quantization: &str, tp: Option<usize>| LoadOptions {
+        quantization: quantization.into(),
+        tensor_parallel_size: tp,
+        ..float32()
+    };
+    let prompt = [1u32, 15, 300, 7, 2500, 42, 9, 100];
+    let logits = |quantization: &str, tp: Option<usize>| {
+        Llm::load(&path, &with(quantization, tp))
+            .unwrap()
+            .prompt_logits(&prompt)
+            .unwrap()
+    };
+    let quantized = logits("gguf", None);
+    let dequantized = logits("none", None);
+    for (row, (x, y)) in quantized.iter().zip(&dequantized).enumerate() {
+        let err = rel_l2(x, y);
+        assert!(err < 2e-2, "position {row}: relative L2 {err:.2e}");
+    }
+    for (row, (x, y)) in logits("gguf", Some(2)).iter().zip(&quantized).enumerate() {
+        let err = rel_l2(x, y);
+        assert!(err < 1e-5, "tp 2 position {row}: relative L2 {err:.2e}");
+    }
+}

@@ -144,6 +144,18 @@ pub trait Backend: Send + Sync + 'static {
     fn buffer_len(&self, buf: &Self::Buffer) -> usize;
     /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
+    /// Takes `parts` (of equal width) stacked along their rows as one weight
+    /// (q/k/v, gate/up: one matmul). By default they are fused into one
+    /// tensor ([`HostTensor::concat_rows`]); a backend may keep parts of
+    /// different storage types apart.
+    fn upload_stacked(
+        &self,
+        name: &str,
+        parts: Vec<HostTensor>,
+        dtype: DType,
+    ) -> Result<Self::Weight> {
+        self.upload_weight(HostTensor::concat_rows(name, &parts)?, dtype)
+    }
     /// A zeroed pool; an FP8 pool stores its values divided by `scale` (the
     /// layer's per-tensor `k_scale` or `v_scale`), other dtypes ignore it.
     fn alloc_kv_pool(&self, shape: KvPoolShape, scale: f32) -> Result<Self::KvPool>;

@@ -147,7 +147,8 @@ impl HostTensor {
     /// layers' v in Q6_K, q and k in Q4_K) are requantized to Q8_0 first, from
     /// their dequantized values: 8 bits per weight, so the error it adds is far
     /// below the 4–6-bit quantization they already carry; a quantized part
-    /// next to a 16/32-bit one makes them all f32.
+    /// next to a 16/32-bit one makes them all f32. (The CPU backend keeps
+    /// quantized parts of different types apart instead: `CpuWeight::stacked`.)
     pub fn concat_rows(name: &str, parts: &[HostTensor]) -> Result<HostTensor> {
         let first = parts
             .first()

@@ -69,13 +69,15 @@ pub struct Model<B: Backend> {
 
 /// Loads `{prefix}.{part}.{suffix}` for each `(part, rows, this rank's rows)`
 /// and stacks this rank's rows, so q/k/v (and gate/up) run as one matmul.
-fn stacked(
+fn stacked<B: Backend>(
+    backend: &B,
+    dtype: DType,
     src: &ShardedSource,
     prefix: &str,
     parts: &[(&str, usize, Range<usize>)],
     suffix: &str,
     cols: Option<usize>,
-) -> Result<HostTensor> {
+) -> Result<B::Weight> {
     let tensors = parts
         .iter()
         .map(|(part, rows, keep)| {
@@ -83,7 +85,7 @@ fn stacked(
             src.rows(&format!("{prefix}.{part}.{suffix}"), &shape, keep, 1)
         })
         .collect::<Result<Vec<_>>>()?;
-    HostTensor::concat_rows(&format!("{prefix}.{suffix}"), &tensors)
+    backend.upload_stacked(&format!("{prefix}.{suffix}"), tensors, dtype)
 }
 
 fn load_layer<B: Backend>(
@@ -91,8 +93,9 @@ fn load_layer<B: Backend>(
     c: &ModelConfig,
     plan: &ShardPlan,
     i: usize,
-    up: &dyn Fn(HostTensor) -> Result<B::Weight>,
+    (backend, dtype): (&B, DType),
 ) -> Result<Layer<B>> {
+    let up = |t: HostTensor| backend.upload_weight(t, dtype);
     let p = format!("model.layers.{i}");
     let (hidden, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
     let q_rows = c.num_heads * hd;
@@ -122,7 +125,7 @@ fn load_layer<B: Backend>(
     };
     let stacked_if = |present: bool, parts: &[(&str, usize, Range<usize>)]| {
         present
-            .then(|| stacked(src, &p, parts, "bias", None).and_then(up))
+            .then(|| stacked(backend, dtype, src, &p, parts, "bias", None))
             .transpose()
     };
     let cols = |name: &str, width: usize, keep: &Range<usize>| {
@@ -131,12 +134,12 @@ fn load_layer<B: Backend>(
     };
     Ok(Layer {
         input_norm: whole("input_layernorm.weight", &[hidden])?,
-        qkv: up(stacked(src, &p, &qkv, "weight", Some(hidden))?)?,
+        qkv: stacked(backend, dtype, src, &p, &qkv, "weight", Some(hidden))?,
         qkv_bias: stacked_if(c.qkv_bias, &qkv)?,
         o_proj: cols("self_attn.o_proj.weight", q_rows, &heads(&plan.q_heads))?,
         o_bias: row_bias(c.o_bias, "self_attn.o_proj.bias")?,
         post_norm: whole("post_attention_layernorm.weight", &[hidden])?,
-        gate_up: up(stacked(src, &p, &gate_up, "weight", Some(hidden))?)?,
+        gate_up: stacked(backend, dtype, src, &p, &gate_up, "weight", Some(hidden))?,
         gate_up_bias: stacked_if(c.mlp_bias, &gate_up)?,
         down: cols("mlp.down_proj.weight", inter, &plan.intermediate)?,
         down_bias: row_bias(c.mlp_bias, "mlp.down_proj.bias")?,
@@ -249,9 +252,7 @@ impl<B: Backend> Model<B> {
             .map(|i| kv_scales::layer_kv_scales(ckpt, i))
             .collect::<Result<Vec<_>>>()?;
         for i in 0..c.num_layers {
-            layers.push(load_layer(&src, c, &plan, i, &|t| {
-                backend.upload_weight(t, dtype)
-            })?);
+            layers.push(load_layer(&src, c, &plan, i, (&backend, dtype))?);
             progress(i + 1, total);
         }
         let norm = up(src.whole("model.norm.weight", &[hidden])?)?;

@@ -55,6 +55,15 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::from_host(tensor, dtype))
     }
 
+    fn upload_stacked(
+        &self,
+        name: &str,
+        parts: Vec<HostTensor>,
+        dtype: DType,
+    ) -> Result<CpuWeight> {
+        CpuWeight::stacked(name, parts, dtype)
+    }
+
     fn alloc_kv_pool(&self, shape: KvPoolShape, scale: f32) -> Result<CpuKvPool> {
         CpuKvPool::zeros_scaled(shape, scale)
     }

@@ -10,6 +10,9 @@
 //! GGUF matrices of a type with quantized kernels (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
 //! Q6_K) stay in their blocks, mapped from the file where nothing had to be
 //! rearranged (see `matmul::quant`); other quantized tensors are dequantized.
+//! Matrices fused for one matmul (q/k/v, gate/up) whose parts a GGUF file
+//! stores in different block types (a Q4_K_M file's Q6_K v beside Q4_K q and k)
+//! stay apart, each in its own blocks: [`CpuWeight::stacked`].
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -22,6 +25,7 @@ use memmap2::Mmap;
 
 use crate::backend::DType;
 use crate::backend::{HostTensor, TensorBytes};
+use crate::error::Result;
 
 #[cfg(target_arch = "x86_64")]
 use super::matmul::packed::PackedMatrix;
@@ -59,6 +63,9 @@ pub enum WeightData {
     Quant(QuantMatrix),
     /// FP8 e4m3 codes with row scales, multiplied by the FP8 kernels.
     Fp8(Fp8Matrix),
+    /// Matrices stacked along their rows, each in its own layout: one matmul
+    /// multiplies each part and writes its columns of the output.
+    Stacked(Vec<CpuWeight>),
 }
 
 /// A weight tensor with its shape (`[out_features, in_features]` for matrices).
@@ -97,6 +104,39 @@ impl CpuWeight {
             }
         }
         CpuWeight::natural(t, dtype)
+    }
+
+    /// `parts` (matrices of equal width) stacked along their rows. GGUF parts
+    /// in different block types, each with quantized kernels, stay in their
+    /// blocks as separate matrices; anything else is fused into one matrix
+    /// ([`HostTensor::concat_rows`]).
+    pub fn stacked(name: &str, parts: Vec<HostTensor>, dtype: DType) -> Result<CpuWeight> {
+        let fused = |parts: &[HostTensor]| {
+            HostTensor::concat_rows(name, parts).map(|t| CpuWeight::from_host(t, dtype))
+        };
+        let Some(first) = parts.first() else {
+            return fused(&parts);
+        };
+        let cols = first.shape.get(1).copied();
+        let kept = |p: &HostTensor| {
+            p.shape.len() == 2
+                && p.shape.get(1).copied() == cols
+                && p.quant.is_some_and(quant::has_kernels)
+        };
+        let mixed = parts.iter().any(|p| p.quant != first.quant);
+        if !mixed || !parts.iter().all(kept) {
+            return fused(&parts);
+        }
+        let shape = vec![parts.iter().map(|p| p.shape[0]).sum(), first.shape[1]];
+        let parts = parts
+            .into_iter()
+            .map(|p| CpuWeight::from_host(p, dtype))
+            .collect();
+        Ok(CpuWeight {
+            shape,
+            dtype,
+            data: WeightData::Stacked(parts),
+        })
     }
 
     /// Takes `t` in `dtype` in its stored row-major layout, as the portable
@@ -176,7 +216,7 @@ impl CpuWeight {
                     *o = row[i % k];
                 }
             }
-            WeightData::Quant(q) => {
+            WeightData::Quant(_) | WeightData::Stacked(_) => {
                 // Whole rows dequantized, the wanted part copied out.
                 let k = self.cols();
                 let mut row = vec![0f32; k];
@@ -185,7 +225,7 @@ impl CpuWeight {
                 while at < range.end {
                     let (r, c) = (at / k, at % k);
                     let len = (k - c).min(range.end - at);
-                    q.dequantize_row(r, &mut row);
+                    self.row_f32(r, &mut row);
                     out[o..o + len].copy_from_slice(&row[c..c + len]);
                     at += len;
                     o += len;
@@ -205,6 +245,15 @@ impl CpuWeight {
         }
         if let WeightData::Fp8(q) = &self.data {
             return q.dequantize_row(row, out);
+        }
+        if let WeightData::Stacked(parts) = &self.data {
+            let mut first = 0;
+            for part in parts {
+                if row < first + part.rows() {
+                    return part.row_f32(row - first, out);
+                }
+                first += part.rows();
+            }
         }
         let k = self.cols();
         self.read_f32(row * k..(row + 1) * k, out);

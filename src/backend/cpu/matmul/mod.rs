@@ -68,6 +68,29 @@ pub fn matmul(x: &[f32], w: &CpuWeight, bias: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// Each part into its columns of `out`: in place for one row, else through a
+/// buffer of the part's own rows.
+fn stacked(x: &[f32], m: usize, parts: &[CpuWeight], out: &mut [f32]) {
+    let n: usize = parts.iter().map(CpuWeight::rows).sum();
+    let mut first = 0;
+    let mut part_out = Vec::new();
+    for part in parts {
+        let width = part.rows();
+        if m == 1 {
+            multiply(x, m, part, &mut out[first..first + width]);
+            first += width;
+            continue;
+        }
+        part_out.clear();
+        part_out.resize(m * width, 0.0);
+        multiply(x, m, part, &mut part_out);
+        for (row, got) in out.chunks_mut(n).zip(part_out.chunks(width)) {
+            row[first..first + width].copy_from_slice(got);
+        }
+        first += width;
+    }
+}
+
 /// A kernel family that a test or a bench pins (`None`: the one [`matmul`] picks).
 #[cfg(target_arch = "x86_64")]
 pub type Family = Option<packed::Bf16Kernel>;
@@ -108,6 +131,9 @@ fn multiply(x: &[f32], m: usize, w: &CpuWeight, out: &mut [f32]) {
     }
     if let WeightData::Fp8(q) = &w.data {
         return quant::fp8::matmul(x, m, q, out, quant::Kernels::Best);
+    }
+    if let WeightData::Stacked(parts) = &w.data {
+        return stacked(x, m, parts, out);
     }
     #[cfg(target_arch = "x86_64")]
     if let WeightData::Packed(p) = &w.data {

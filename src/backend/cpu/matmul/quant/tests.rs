@@ -219,3 +219,67 @@ fn tiled_matmul_matches_portable_for_any_row_and_column_count() {
         }
     }
 }
+
+/// q and k in Q4_K, v in Q6_K (a Q4_K_M file's mix): the stacked weight keeps
+/// each part in its blocks, and every output column is bitwise the one its part
+/// alone gives, for decode (one row, written in place) and prefill rows alike.
+/// Its rows read back as the parts' values.
+#[test]
+fn parts_of_different_types_stay_apart_and_multiply_as_their_parts() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let k = 512;
+    let parts: Vec<(GgmlType, usize)> = vec![
+        (GgmlType::Q4K, 48),
+        (GgmlType::Q4K, 16),
+        (GgmlType::Q6K, 16),
+    ];
+    let hosts: Vec<HostTensor> = parts
+        .iter()
+        .map(|&(ty, n)| HostTensor {
+            name: format!("{ty:?}"),
+            dtype: DType::F32,
+            shape: vec![n, k],
+            bytes: TensorBytes::Owned(random_blocks(ty, n, k, &mut rng)),
+            quant: Some(ty),
+            fp8_scales: None,
+        })
+        .collect();
+    let stacked = CpuWeight::stacked("qkv", hosts.clone(), DType::F32).unwrap();
+    let WeightData::Stacked(kept) = &stacked.data else {
+        panic!("the parts were fused");
+    };
+    assert!(kept.iter().all(|p| matches!(p.data, WeightData::Quant(_))));
+    assert_eq!((stacked.rows(), stacked.cols()), (80, k));
+    let alone: Vec<CpuWeight> = hosts
+        .iter()
+        .map(|h| CpuWeight::from_host(h.clone(), DType::F32))
+        .collect();
+    for m in [1, 3] {
+        let x = random_x(m * k, &mut rng);
+        let mut got = vec![0f32; m * 80];
+        crate::backend::cpu::matmul::matmul(&x, &stacked, None, &mut got);
+        let mut first = 0;
+        for part in &alone {
+            let n = part.rows();
+            let mut want = vec![0f32; m * n];
+            crate::backend::cpu::matmul::matmul(&x, part, None, &mut want);
+            for i in 0..m {
+                assert_eq!(
+                    got[i * 80 + first..i * 80 + first + n],
+                    want[i * n..(i + 1) * n],
+                    "m={m} row {i}"
+                );
+            }
+            first += n;
+        }
+    }
+    let values: Vec<f32> = parts
+        .iter()
+        .zip(&hosts)
+        .flat_map(|(&(ty, n), h)| dequantized(ty, h.bytes.as_slice(), n * k))
+        .collect();
+    assert_eq!(stacked.f32_values().as_ref(), values.as_slice());
+    // Parts of one type fuse into one matrix, as before.
+    let same = CpuWeight::stacked("qk", hosts[..2].to_vec(), DType::F32).unwrap();
+    assert!(matches!(same.data, WeightData::Quant(_)));
+}
