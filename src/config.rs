@@ -266,6 +266,21 @@ impl ModelConfig {
     }
 }
 
+/// The most layers a config may declare: far above any published model (the
+/// deepest have a few hundred), and small enough that the tables kept per layer
+/// are allocated before the checkpoint is read.
+pub const MAX_LAYERS: usize = 4096;
+
+/// A clear error for a layer count above [`MAX_LAYERS`] (`key` names the field).
+pub fn check_num_layers(num_layers: usize, key: &str) -> std::result::Result<(), String> {
+    if num_layers > MAX_LAYERS {
+        return Err(format!(
+            "{key} is {num_layers}, more than the {MAX_LAYERS} layers this engine serves"
+        ));
+    }
+    Ok(())
+}
+
 /// The model's shape, checked for consistency.
 struct Dims {
     hidden_size: usize,
@@ -322,6 +337,7 @@ impl RawConfig {
                     .into(),
             );
         }
+        check_num_layers(num_layers, "num_hidden_layers")?;
         Ok(Dims {
             hidden_size,
             intermediate_size,

@@ -103,6 +103,23 @@ fn missing_tensor() {
     );
 }
 
+/// A layer count far beyond any model is an error before anything is sized by
+/// it (the config fuzzer, fuzz/, found `num_hidden_layers` sizing per-layer
+/// tables: a capacity overflow for the largest values).
+#[test]
+fn absurd_layer_count() {
+    for n in [4097u64, 1 << 40, u64::MAX] {
+        let (_tmp, dir) = copy_fixture();
+        edit_json(&dir.join("config.json"), |v| {
+            v["num_hidden_layers"] = serde_json::json!(n)
+        });
+        assert_mentions(
+            &load_error(&dir),
+            &["config.json", &format!("num_hidden_layers is {n}"), "4096"],
+        );
+    }
+}
+
 #[test]
 fn wrong_shape() {
     let (_tmp, dir) = copy_fixture();

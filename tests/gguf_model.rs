@@ -451,6 +451,24 @@ fn bad_files_are_clear_errors() {
     assert!(e.contains("not a GGUF file"), "{e}");
 }
 
+/// A block count far beyond any model is refused before anything is sized by
+/// it (it once sized per-layer tables: a 64 GiB allocation aborted the process).
+#[test]
+fn an_absurd_block_count_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut meta, tensors) = tiny_llama_gguf("llama");
+    for (key, value) in &mut meta {
+        if key.ends_with(".block_count") {
+            *value = Meta::U32(u32::MAX);
+        }
+    }
+    let e = load_err(&save(tmp.path(), "deep.gguf", &write_gguf(&meta, &tensors)));
+    assert!(
+        e.contains("deep.gguf") && e.contains("block_count is 4294967295"),
+        "{e}"
+    );
+}
+
 /// Q8_0 blocks of `values` (rows a multiple of 32): d = amax / 127 as f16, then
 /// round(x / d), as llama.cpp's quantize_row_q8_0_ref.
 fn q8_0_bytes(values: &[f32]) -> Vec<u8> {
@@ -613,4 +631,23 @@ fn a_file_mixing_block_types_in_q_k_v_runs_and_shards() {
         let err = rel_l2(x, y);
         assert!(err < 1e-5, "tp 2 position {row}: relative L2 {err:.2e}");
     }
+}
+
+/// Writes the seeds of the GGUF fuzz target (fuzz/README.md) into the folder
+/// `$ENGINE_FUZZ_SEEDS`: `tiny-llama.gguf` (whose tensor data the target
+/// appends to every input) and `corpus/header` (its metadata and tensor
+/// table, the first input). Checks that the file loads and that the header
+/// ends where the tensor data begins.
+#[test]
+#[ignore = "writes the fuzz seeds: fuzz/README.md"]
+fn write_fuzz_seeds() {
+    let dir = PathBuf::from(std::env::var("ENGINE_FUZZ_SEEDS").expect("ENGINE_FUZZ_SEEDS"));
+    std::fs::create_dir_all(dir.join("corpus")).unwrap();
+    let (meta, tensors) = tiny_llama_gguf("llama");
+    let path = save(&dir, "tiny-llama.gguf", &write_gguf(&meta, &tensors));
+    Llm::load(&path, &float32()).unwrap();
+    let file = engine::gguf::GgufFile::open(&path).unwrap();
+    let data = file.tensors.iter().map(|t| t.offset).min().unwrap();
+    assert_eq!(data % 32, 0);
+    save(&dir.join("corpus"), "header", &file.map[..data]);
 }

@@ -45,6 +45,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig> {
             "embedding_length, block_count, feed_forward_length and attention.head_count must be positive",
         ));
     }
+    crate::config::check_num_layers(num_layers, "block_count").map_err(|e| file.error(e))?;
     if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
         return Err(file.error(format!(
             "attention.head_count ({num_heads}) must be a positive multiple of attention.head_count_kv ({num_kv_heads})"
