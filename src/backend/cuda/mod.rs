@@ -295,8 +295,9 @@ impl Backend for CudaBackend {
                     "cuda: a packed CPU weight cannot be uploaded",
                 ))
             }
-            // `natural` dequantizes GGUF blocks and FP8, so this does not occur.
-            WeightData::Quant(_) | WeightData::Fp8(_) => {
+            // `natural` dequantizes GGUF blocks and FP8 and never stacks parts,
+            // so this does not occur.
+            WeightData::Quant(_) | WeightData::Fp8(_) | WeightData::Stacked(_) => {
                 return Err(Error::invalid(
                     "cuda: a quantized CPU weight cannot be uploaded",
                 ))
