@@ -634,20 +634,34 @@ fn a_file_mixing_block_types_in_q_k_v_runs_and_shards() {
 }
 
 /// Writes the seeds of the GGUF fuzz target (fuzz/README.md) into the folder
-/// `$ENGINE_FUZZ_SEEDS`: `tiny-llama.gguf` (whose tensor data the target
-/// appends to every input) and `corpus/header` (its metadata and tensor
-/// table, the first input). Checks that the file loads and that the header
-/// ends where the tensor data begins.
+/// `$ENGINE_FUZZ_SEEDS`: the tiny llama as GGUF with f32 and with Q8_0
+/// matrices (`tiny-llama.gguf`, `tiny-llama-q8_0.gguf`: the tensor data the
+/// target appends to every input) and their headers (`corpus/header`,
+/// `corpus-q8_0/header`: metadata and tensor table, the first inputs). Checks
+/// that each file loads and that its header ends where its tensor data begins.
 #[test]
 #[ignore = "writes the fuzz seeds: fuzz/README.md"]
 fn write_fuzz_seeds() {
     let dir = PathBuf::from(std::env::var("ENGINE_FUZZ_SEEDS").expect("ENGINE_FUZZ_SEEDS"));
-    std::fs::create_dir_all(dir.join("corpus")).unwrap();
-    let (meta, tensors) = tiny_llama_gguf("llama");
-    let path = save(&dir, "tiny-llama.gguf", &write_gguf(&meta, &tensors));
-    Llm::load(&path, &float32()).unwrap();
-    let file = engine::gguf::GgufFile::open(&path).unwrap();
-    let data = file.tensors.iter().map(|t| t.offset).min().unwrap();
-    assert_eq!(data % 32, 0);
-    save(&dir.join("corpus"), "header", &file.map[..data]);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (meta, mut tensors) = tiny_llama_gguf("llama");
+    let f32_file = write_gguf(&meta, &tensors);
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.dims.len() == 2 && t.ty == 0)
+    {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
+        (t.data, t.ty) = (q8_0_bytes(&v), 8);
+    }
+    let q8_file = write_gguf(&meta, &tensors);
+    for (suffix, bytes) in [("", f32_file), ("-q8_0", q8_file)] {
+        let path = save(&dir, &format!("tiny-llama{suffix}.gguf"), &bytes);
+        Llm::load(&path, &float32()).unwrap();
+        let file = engine::gguf::GgufFile::open(&path).unwrap();
+        let data = file.tensors.iter().map(|t| t.offset).min().unwrap();
+        assert_eq!(data % 32, 0);
+        let corpus = dir.join(format!("corpus{suffix}"));
+        std::fs::create_dir_all(&corpus).unwrap();
+        save(&corpus, "header", &file.map[..data]);
+    }
 }
