@@ -68,7 +68,8 @@ pub struct Model<B: Backend> {
 }
 
 /// Loads `{prefix}.{part}.{suffix}` for each `(part, rows, this rank's rows)`
-/// and stacks this rank's rows, so q/k/v (and gate/up) run as one matmul.
+/// and uploads this rank's rows stacked as one weight, so q/k/v (and gate/up)
+/// run as one matmul ([`Backend::upload_stacked`]).
 fn stacked<B: Backend>(
     backend: &B,
     dtype: DType,
