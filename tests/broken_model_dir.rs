@@ -120,6 +120,36 @@ fn absurd_layer_count() {
     }
 }
 
+/// A context whose rotary table alone fits in the machine's memory but whose
+/// KV cache for one sequence does not is refused before the table is built
+/// (the config fuzzer found a 19.6 GB table built, filled, and only then the
+/// KV cache refused).
+#[test]
+fn a_context_too_long_for_memory_is_refused_before_the_rotary_table() {
+    let Some(memory) = engine::memory::host_memory_bytes() else {
+        return;
+    };
+    // tiny-llama: head_dim 32, so 128 bytes of rotary table a position; 3 layers
+    // of 2 KV heads, so 384 bytes of KV a position at one byte a value.
+    let positions = memory / 256;
+    assert!(
+        positions <= i32::MAX as usize,
+        "a machine this large needs another length"
+    );
+    let (_tmp, dir) = copy_fixture();
+    edit_json(&dir.join("config.json"), |v| {
+        v["max_position_embeddings"] = serde_json::json!(positions)
+    });
+    assert_mentions(
+        &load_error(&dir),
+        &[
+            &format!("max_model_len {positions}"),
+            "the rotary embedding table and the KV cache of one sequence",
+            "set --max-model-len lower",
+        ],
+    );
+}
+
 #[test]
 fn wrong_shape() {
     let (_tmp, dir) = copy_fixture();

@@ -155,9 +155,11 @@ fn load_layer<B: Backend>(
 }
 
 /// The longest sequence: `max_model_len`, else the config's
-/// `max_position_embeddings`. As vLLM, more than the config's is an error; a
-/// rotary table larger than the machine's memory (or than int32 positions) is
-/// one too.
+/// `max_position_embeddings`. As vLLM, more than the config's is an error; so
+/// is a length beyond int32 positions, or one whose rotary table and KV cache
+/// for one sequence (at one byte a value, the smallest KV dtype) need more than
+/// the machine's memory: checked before the table is built, since the KV cache
+/// is sized only after the weights load.
 fn checked_max_positions(c: &ModelConfig, max_model_len: Option<usize>) -> Result<usize> {
     let n = match max_model_len {
         Some(n) if n > c.max_position_embeddings => {
@@ -181,11 +183,14 @@ fn checked_max_positions(c: &ModelConfig, max_model_len: Option<usize>) -> Resul
              is given) is more than positions can address ({limit}); set --max-model-len lower"
         )));
     }
-    let row = c.head_dim.max(1).saturating_mul(std::mem::size_of::<f32>());
+    let rotary = c.head_dim.max(1).saturating_mul(std::mem::size_of::<f32>());
+    let kv = [2, c.num_layers, c.num_kv_heads, c.head_dim]
+        .into_iter()
+        .fold(1usize, usize::saturating_mul);
     crate::memory::checked_host_bytes(
         n,
-        row,
-        &format!("max_model_len {n}: the rotary embedding table"),
+        rotary.saturating_add(kv),
+        &format!("max_model_len {n}: the rotary embedding table and the KV cache of one sequence"),
         "positions",
         "set --max-model-len lower",
     )?;
