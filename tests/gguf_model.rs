@@ -483,17 +483,27 @@ fn q8_0_bytes(values: &[f32]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
-    let (meta, mut tensors) = tiny_llama_gguf("llama");
+/// A GGUF type and the function that writes its blocks.
+type Quantizer = (u32, fn(&[f32]) -> Vec<u8>);
+const Q8_0: Quantizer = (8, q8_0_bytes);
+const Q4_0: Quantizer = (2, q4_0_bytes);
+
+/// The f32 matrices of `tensors` quantized, each as `kind(name)` says.
+fn quantize_matrices(tensors: &mut [Tensor], kind: impl Fn(&str) -> Quantizer) {
     for t in tensors
         .iter_mut()
         .filter(|t| t.dims.len() == 2 && t.ty == 0)
     {
         let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
-        t.data = q8_0_bytes(&v);
-        t.ty = 8;
+        let (ty, quantize) = kind(&t.name);
+        (t.data, t.ty) = (quantize(&v), ty);
     }
+}
+
+#[test]
+fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
+    let (meta, mut tensors) = tiny_llama_gguf("llama");
+    quantize_matrices(&mut tensors, |_| Q8_0);
     let tmp = tempfile::tempdir().unwrap();
     let path = save(tmp.path(), "q8.gguf", &write_gguf(&meta, &tensors));
     let with = |quantization: &str| LoadOptions {
@@ -539,14 +549,7 @@ fn a_q8_0_file_runs_quantized_close_to_its_dequantized_self() {
 #[test]
 fn a_quantized_gguf_shards_by_blocks() {
     let (meta, mut tensors) = tiny_llama_gguf("llama");
-    for t in tensors
-        .iter_mut()
-        .filter(|t| t.dims.len() == 2 && t.ty == 0)
-    {
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
-        t.data = q8_0_bytes(&v);
-        t.ty = 8;
-    }
+    quantize_matrices(&mut tensors, |_| Q8_0);
     let tmp = tempfile::tempdir().unwrap();
     let path = save(tmp.path(), "q8.gguf", &write_gguf(&meta, &tensors));
     let with = |tp: Option<usize>| LoadOptions {
@@ -596,17 +599,13 @@ fn q4_0_bytes(values: &[f32]) -> Vec<u8> {
 #[test]
 fn a_file_mixing_block_types_in_q_k_v_runs_and_shards() {
     let (meta, mut tensors) = tiny_llama_gguf("llama");
-    for t in tensors
-        .iter_mut()
-        .filter(|t| t.dims.len() == 2 && t.ty == 0)
-    {
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
-        (t.data, t.ty) = if t.name.ends_with("attn_v.weight") {
-            (q4_0_bytes(&v), 2)
+    quantize_matrices(&mut tensors, |name| {
+        if name.ends_with("attn_v.weight") {
+            Q4_0
         } else {
-            (q8_0_bytes(&v), 8)
-        };
-    }
+            Q8_0
+        }
+    });
     let tmp = tempfile::tempdir().unwrap();
     let path = save(tmp.path(), "mixed.gguf", &write_gguf(&meta, &tensors));
     let with = |quantization: &str, tp: Option<usize>| LoadOptions {
@@ -646,13 +645,7 @@ fn write_fuzz_seeds() {
     std::fs::create_dir_all(&dir).unwrap();
     let (meta, mut tensors) = tiny_llama_gguf("llama");
     let f32_file = write_gguf(&meta, &tensors);
-    for t in tensors
-        .iter_mut()
-        .filter(|t| t.dims.len() == 2 && t.ty == 0)
-    {
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.data);
-        (t.data, t.ty) = (q8_0_bytes(&v), 8);
-    }
+    quantize_matrices(&mut tensors, |_| Q8_0);
     let q8_file = write_gguf(&meta, &tensors);
     for (suffix, bytes) in [("", f32_file), ("-q8_0", q8_file)] {
         let path = save(&dir, &format!("tiny-llama{suffix}.gguf"), &bytes);
