@@ -20,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::scale_min_k4;
-use super::tiled::{Line, TILE};
+use super::tiled::{prefetch_ahead, Line, TILE};
 use crate::backend::ggml::GgmlType;
 
 /// The values each of a group's 8 registers holds (4 per lane, from this offset):
@@ -223,6 +223,12 @@ pub(super) unsafe fn tile<const N: usize>(
         let mut isc = [_mm512_setzero_si512(); N];
         let mut imin = [_mm512_setzero_si512(); N];
         for g in 0..8 {
+            // The group's lines, and the record's 5 head lines with the first group.
+            let (from, to) = (
+                if g == 0 { 0 } else { 5 + g * per_group },
+                5 + (g + 1) * per_group,
+            );
+            prefetch_ahead(rec, from, to - from);
             // SAFETY: the record holds 8 groups of `per_group` lines after line 4.
             let w = unsafe { unpack(ty, &rec[5 + g * per_group..5 + (g + 1) * per_group]) };
             // SAFETY: offsets below 256 (see the layout).
