@@ -205,19 +205,23 @@ impl Tiles {
                     // row holds 32·blocks activations (debug-asserted above, and QuantActs makes them so),
                     // in 256-wide blocks with sums of 16 for the K-quants.
                     unsafe {
-                        match (width == 256, take == R) {
-                            (false, true) => {
-                                tile::<R>(records, layout, kind, &rows[i..i + R], &mut acc)
-                            }
-                            (false, false) => {
-                                tile::<1>(records, layout, kind, &rows[i..i + 1], &mut acc[..1])
-                            }
-                            (true, true) => {
-                                tiled_k::tile::<R>(self.ty, records, &rows[i..i + R], &mut acc)
-                            }
-                            (true, false) => {
-                                tiled_k::tile::<1>(self.ty, records, &rows[i..i + 1], &mut acc[..1])
-                            }
+                        // The first pass prefetches (see `tile`).
+                        macro_rules! run {
+                            ($n:expr, $first:expr) => {
+                                if width == 256 {
+                                    let (a, acc) = (&rows[i..i + $n], &mut acc[..$n]);
+                                    tiled_k::tile::<$n, $first>(self.ty, records, a, acc)
+                                } else {
+                                    let (a, acc) = (&rows[i..i + $n], &mut acc[..$n]);
+                                    tile::<$n, $first>(records, layout, kind, a, acc)
+                                }
+                            };
+                        }
+                        match (take == R, i == 0) {
+                            (true, true) => run!(R, true),
+                            (true, false) => run!(R, false),
+                            (false, true) => run!(1, true),
+                            (false, false) => run!(1, false),
                         }
                     }
                     for (r, a) in acc[..take].iter().enumerate() {
@@ -291,8 +295,11 @@ macro_rules! unpack {
 
 /// `acc[r][j] = Σ_b w_j(b) · a_r(b)` for the tile's 16 rows `j` and the `N`
 /// activation rows: each row by the same operations whatever `N` is.
+/// `PREFETCH` on the first pass over the tile (the one that reads it from
+/// memory; later passes find it in cache, where prefetching cost prefill ~8%:
+/// a constant, so that those passes compile as if it were not there).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn tile<const N: usize>(
+unsafe fn tile<const N: usize, const PREFETCH: bool>(
     lines: &[Line],
     layout: Layout,
     kind: Kind,
@@ -316,8 +323,10 @@ unsafe fn tile<const N: usize>(
             _mm512_setzero_ps()
         };
         // The block's lines: its head (when it is the record's first) and quants.
-        let first = if byte == 0 { line } else { quants };
-        prefetch_ahead(lines, first, quants + layout.quant_lines - first);
+        if PREFETCH {
+            let first = if byte == 0 { line } else { quants };
+            prefetch_ahead(lines, first, quants + layout.quant_lines - first);
+        }
         // SAFETY: these are the block's quant lines.
         let (w, offs): ([__m512i; 8], [usize; 8]) =
             unsafe { unpack!(&lines[quants..], kind.nibbles) };

@@ -201,9 +201,9 @@ fn widen(bytes: __m128i, signed: bool) -> __m512i {
 
 /// `acc[r][j] = Σ_b w_j(b) · a_r(b)` for the tile's 16 rows `j` and the `N`
 /// activation rows (256-wide blocks): each row by the same operations whatever
-/// `N` is.
+/// `N` is; `PREFETCH` as `tiled::tile`'s.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-pub(super) unsafe fn tile<const N: usize>(
+pub(super) unsafe fn tile<const N: usize, const PREFETCH: bool>(
     ty: GgmlType,
     records: &[Line],
     a: &[super::acts::ActRow],
@@ -228,7 +228,9 @@ pub(super) unsafe fn tile<const N: usize>(
                 if g == 0 { 0 } else { 5 + g * per_group },
                 5 + (g + 1) * per_group,
             );
-            prefetch_ahead(rec, from, to - from);
+            if PREFETCH {
+                prefetch_ahead(rec, from, to - from);
+            }
             // SAFETY: the record holds 8 groups of `per_group` lines after line 4.
             let w = unsafe { unpack(ty, &rec[5 + g * per_group..5 + (g + 1) * per_group]) };
             // SAFETY: offsets below 256 (see the layout).
