@@ -66,6 +66,26 @@ pub fn for_each(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     });
 }
 
+/// Task boundaries for splitting `units` (columns, panels, rows) over this
+/// thread's pool: task `t` takes `bounds[t]..bounds[t + 1]`. Each task takes a
+/// quarter of each thread's share of what is left, so the first tasks stream
+/// long runs and the last are single units: the threads finish a job within
+/// one unit of each other. (Equal tasks, four a thread, left the caller
+/// waiting ~2 µs at the end of each ~30 µs SmolLM2 decode matmul, these ~0.6.)
+/// The quantized and FP8 kernels keep equal shares: they prefetch in software
+/// past the unit they read, which small tasks taken in turn by the two cores
+/// waste (SmolLM2 decode measured 3–20% slower with guided shares there).
+pub fn guided_bounds(units: usize) -> Vec<usize> {
+    let threads = rayon::current_num_threads().max(1);
+    let mut bounds = vec![0];
+    let mut done = 0;
+    while done < units {
+        done += (units - done).div_ceil(4 * threads);
+        bounds.push(done);
+    }
+    bounds
+}
+
 /// The owning thread's reference; dropping it (the thread ends) stops the workers.
 struct Handle(Arc<Pool>);
 
@@ -287,6 +307,20 @@ mod tests {
             if job % 20 == 19 {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
+        }
+    }
+
+    /// The guided split covers every unit once, in order, with shrinking tasks
+    /// that end in single units.
+    #[test]
+    fn guided_bounds_cover_units_and_shrink_to_one() {
+        for units in [0usize, 1, 2, 9, 15, 48, 768, 1000] {
+            let b = super::guided_bounds(units);
+            assert_eq!((b[0], *b.last().unwrap()), (0, units), "{units}: {b:?}");
+            let sizes: Vec<usize> = b.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(sizes.iter().all(|&s| s > 0), "{units}: {b:?}");
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{units}: {b:?}");
+            assert!(sizes.last().is_none_or(|&s| s == 1), "{units}: {b:?}");
         }
     }
 

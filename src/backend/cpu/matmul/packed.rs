@@ -31,11 +31,6 @@ pub const MR: usize = 6;
 const KC: usize = 64;
 /// Bytes of activations a row block may take (they are re-read from L2 once per panel).
 const ROW_BLOCK_BYTES: usize = 1 << 20;
-/// Tasks per thread (`pool::for_each`): a few, so that a thread slowed by other work on the
-/// machine does not hold the others up (the rest steal its share), and few
-/// enough that each task streams a long contiguous run of panels (a decode task
-/// of the smallest TinyLlama matrix still reads 1 MiB in one sequential sweep).
-const TASKS_PER_THREAD: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
@@ -257,18 +252,18 @@ fn f16_avx512(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
 /// with zero rows.
 fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
-    let (panels, steps) = (w.panels(), w.steps());
+    let steps = w.steps();
     // Two rows at least: a one-row tile runs at 0.8× the AVX-512 decode kernel,
     // a two-row one at its speed (`cargo bench --bench batched`).
     let tile_rows = m.clamp(2, amx::TILE_ROWS);
     let padded_rows = m.next_multiple_of(tile_rows);
     // SAFETY: AMX BF16 CPUs have AVX-512 BF16 (Sapphire Rapids on).
     let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, steps)) };
-    let tasks = (rayon::current_num_threads() * TASKS_PER_THREAD).clamp(1, panels);
+    let bounds = pool::guided_bounds(w.panels());
     let row_block = (ROW_BLOCK_BYTES / (steps * 4)).max(tile_rows) / tile_rows * tile_rows;
-    pool::for_each(tasks, &|task| {
+    pool::for_each(bounds.len() - 1, &|task| {
         let mut tiles = amx::Tiles::new();
-        let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
+        let (p0, p1) = (bounds[task], bounds[task + 1]);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
             for panel in p0..p1 {
@@ -328,16 +323,15 @@ struct Tile {
 /// Runs `kernel` over every tile of the matmul, columns split across threads.
 /// `row_bytes` is the size of one row of the kernel's activations.
 fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Sync) {
-    let (panels, steps) = (w.panels(), w.steps());
-    let threads = rayon::current_num_threads();
+    let steps = w.steps();
     // Few rows: one register tile covers them, the whole k in one go; each
     // weight byte is read once, straight from memory.
     let few_rows = m <= MR;
-    let tasks = (threads * TASKS_PER_THREAD).clamp(1, panels);
+    let bounds = pool::guided_bounds(w.panels());
     let kc = if few_rows { steps } else { KC };
     let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(MR) / MR * MR;
-    pool::for_each(tasks, &|task| {
-        let (p0, p1) = (task * panels / tasks, (task + 1) * panels / tasks);
+    pool::for_each(bounds.len() - 1, &|task| {
+        let (p0, p1) = (bounds[task], bounds[task + 1]);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
             let tiles = row_tiles(r_end - r_block);

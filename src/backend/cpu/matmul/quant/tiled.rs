@@ -189,7 +189,8 @@ impl Tiles {
         let layout = Layout::of(self.ty, self.blocks);
         let group_lines = layout.group_lines();
         let kind = Kind::of(self.ty);
-        // Runs of consecutive tiles per task: a few tasks per thread.
+        // Runs of consecutive tiles per task: a few tasks per thread (equal,
+        // not `pool::guided_bounds`: see there).
         let tiles = self.n.div_ceil(TILE);
         let tasks = (rayon::current_num_threads() * 4).clamp(1, tiles);
         pool::for_each(tasks, &|task| {
