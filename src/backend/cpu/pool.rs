@@ -67,6 +67,13 @@ pub fn for_each(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     });
 }
 
+/// Runs `task` over the guided shares of `0..units` (see [`guided_bounds`]),
+/// spread over this thread's pool as [`for_each`] does.
+pub fn for_each_share(units: usize, task: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    let bounds = guided_bounds(units);
+    for_each(bounds.len() - 1, &|t| task(bounds[t]..bounds[t + 1]));
+}
+
 /// Task boundaries for splitting `units` (columns, panels, rows) over this
 /// thread's pool: task `t` takes `bounds[t]..bounds[t + 1]`. Each task takes a
 /// quarter of each thread's share of what is left, so the first tasks stream
@@ -76,7 +83,7 @@ pub fn for_each(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
 /// The quantized and FP8 kernels keep equal shares: they prefetch in software
 /// past the unit they read, which small tasks taken in turn by the two cores
 /// waste (SmolLM2 decode measured 3–20% slower with guided shares there).
-pub fn guided_bounds(units: usize) -> Vec<usize> {
+fn guided_bounds(units: usize) -> Vec<usize> {
     let threads = rayon::current_num_threads().max(1);
     let mut bounds = vec![0];
     let mut done = 0;

@@ -259,14 +259,12 @@ fn bf16_amx(x: &[f32], m: usize, w: &PackedMatrix, out: &mut [f32]) {
     let padded_rows = m.next_multiple_of(tile_rows);
     // SAFETY: AMX BF16 CPUs have AVX-512 BF16 (Sapphire Rapids on).
     let xb = unsafe { avx512::round_to_bf16_pairs(x, (m, w.k), (padded_rows, steps)) };
-    let bounds = pool::guided_bounds(w.panels());
     let row_block = (ROW_BLOCK_BYTES / (steps * 4)).max(tile_rows) / tile_rows * tile_rows;
-    pool::for_each(bounds.len() - 1, &|task| {
+    pool::for_each_share(w.panels(), &|panels| {
         let mut tiles = amx::Tiles::new();
-        let (p0, p1) = (bounds[task], bounds[task + 1]);
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
-            for panel in p0..p1 {
+            for panel in panels.clone() {
                 for row in (r_block..r_end).step_by(tile_rows) {
                     let rows = tile_rows.min(m - row);
                     let t = Tile {
@@ -327,15 +325,13 @@ fn run(m: usize, w: &PackedMatrix, row_bytes: usize, kernel: impl Fn(Tile) + Syn
     // Few rows: one register tile covers them, the whole k in one go; each
     // weight byte is read once, straight from memory.
     let few_rows = m <= MR;
-    let bounds = pool::guided_bounds(w.panels());
     let kc = if few_rows { steps } else { KC };
     let row_block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(MR) / MR * MR;
-    pool::for_each(bounds.len() - 1, &|task| {
-        let (p0, p1) = (bounds[task], bounds[task + 1]);
+    pool::for_each_share(w.panels(), &|panels| {
         for r_block in (0..m).step_by(row_block) {
             let r_end = (r_block + row_block).min(m);
             let tiles = row_tiles(r_end - r_block);
-            for panel in p0..p1 {
+            for panel in panels.clone() {
                 for step in (0..steps).step_by(kc) {
                     for (row, rows) in tiles.clone() {
                         kernel(Tile {

@@ -190,7 +190,7 @@ impl Tiles {
         let group_lines = layout.group_lines();
         let kind = Kind::of(self.ty);
         // Runs of consecutive tiles per task: a few tasks per thread (equal,
-        // not `pool::guided_bounds`: see there).
+        // not `pool::for_each_share`: see `guided_bounds`).
         let tiles = self.n.div_ceil(TILE);
         let tasks = (rayon::current_num_threads() * 4).clamp(1, tiles);
         pool::for_each(tasks, &|task| {
