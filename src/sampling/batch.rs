@@ -24,7 +24,7 @@ use super::processors::{
     LOGIT_BIAS_LIMIT,
 };
 use super::sampler::{draw_with, SampleOutput, Sampler};
-use super::{argmax, log_softmax, SAMPLING_EPS};
+use super::{argmax, log_softmax_in_place, SAMPLING_EPS};
 
 /// What a sequence's next token needs besides its logits.
 pub struct RowRequest<'a> {
@@ -134,12 +134,13 @@ impl HostRowSampler for HostSampler {
         let top_p = Some(row.top_p).filter(|&p| p < 1.0);
         let min_p = Some(row.min_p).filter(|&p| p > 0.0);
         apply_truncation(logits, top_k, top_p, min_p);
-        let lp = log_softmax(logits);
+        log_softmax_in_place(logits);
+        let lp = &*logits;
         let token = match row.draw {
-            None => argmax(&lp),
-            Some((seed, stream, counter)) => draw_with(&lp, philox_uniform(seed, stream, counter)),
+            None => argmax(lp),
+            Some((seed, stream, counter)) => draw_with(lp, philox_uniform(seed, stream, counter)),
         };
-        let t = TokenLogprobs::new(&lp, token, Some(row.top_logprobs));
+        let t = TokenLogprobs::new(lp, token, Some(row.top_logprobs));
         let ranked = |l: &Logprob| RankedToken {
             token: l.token_id,
             logprob: l.logprob,

@@ -12,6 +12,7 @@
 use super::log_softmax;
 use super::params::SamplingParams;
 use super::processors::process_prompt_logits;
+use crate::backend::cpu::lanes::count_greater;
 
 /// What the OpenAI API reports instead of -inf.
 pub const API_MIN_LOGPROB: f32 = -9999.0;
@@ -38,7 +39,7 @@ pub fn rank_of(row: &[f32], token: u32) -> usize {
     let Some(&value) = row.get(token as usize) else {
         return row.len() + 1;
     };
-    1 + row.iter().filter(|&&x| x > value).count()
+    1 + count_greater(row, value)
 }
 
 /// The `n` largest entries, most likely first, ranks 1..=n; equal values by

@@ -33,6 +33,7 @@ mod truncation;
 mod verify;
 
 use crate::backend::cpu::exp::exp;
+use crate::backend::cpu::lanes::max_of;
 pub use guided::{GuidedCompiler, GuidedDecodingParams};
 pub use logprobs::{Logprob, TokenLogprobs};
 pub use params::{EarlyStopping, SamplingParams, SamplingType};
@@ -47,45 +48,99 @@ pub const SAMPLING_EPS: f64 = 1e-5;
 /// Index of the largest value; the first one on ties (as `torch.argmax`). NaNs
 /// never win; an all-NaN or empty row gives 0.
 pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] || values[best].is_nan() && !v.is_nan() {
-            best = i;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        return unsafe { argmax_avx512(values) };
+    }
+    argmax_in(values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn argmax_avx512(values: &[f32]) -> u32 {
+    argmax_in(values)
+}
+
+/// The maximum, then the first block that holds it, then its place there:
+/// passes without a branch per entry, so they vectorize.
+#[inline(always)]
+fn argmax_in(values: &[f32]) -> u32 {
+    const BLOCK: usize = 64;
+    let max = max_of(values);
+    for (b, block) in values.chunks(BLOCK).enumerate() {
+        if block.iter().fold(false, |hit, &v| hit | (v == max)) {
+            let i = block.iter().position(|&v| v == max).unwrap_or(0);
+            return (b * BLOCK + i) as u32;
         }
     }
-    best as u32
+    // Every entry NaN (the maximum of none is -inf), or none.
+    0
 }
 
 /// `log_softmax(logits)` in f32, with the normaliser accumulated in f64. Masked
 /// (-inf) entries stay -inf. A row with no finite entry (everything masked) comes
 /// back all -inf rather than NaN, so samplers and logprobs stay well defined.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    log_softmax_in_place(&mut out);
+    out
+}
+
+/// [`log_softmax`] over `values` in place (a 49k-entry result is a fresh
+/// mapping to fault in when allocated, ~40% of the time taken).
 ///
 /// Each `e^(l - max)` is taken in f32 (within about one ulp: the vectorized
 /// [`exp`]; an f64 `exp` is a libm call per entry) and the terms are summed
 /// in f64 as [`SUM_LANES`] interleaved partial sums (one sequential chain of
-/// f64 adds is latency-bound): over a 49k vocabulary 210 → 78 µs (AMD EPYC).
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return vec![f32::NEG_INFINITY; logits.len()];
+/// f64 adds is latency-bound). Every step is written lane by lane, so the
+/// AVX-512 build gives the same bits as the baseline one: over a 49k
+/// vocabulary, with the in-place result, 183 → 41 µs a greedy row (AMD EPYC).
+pub fn log_softmax_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        return unsafe { log_softmax_avx512(values) };
     }
-    // The terms first, in the buffer the result then overwrites.
-    let mut out: Vec<f32> = logits.iter().map(|&l| exp(l - max)).collect();
+    log_softmax_lanes(values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn log_softmax_avx512(values: &mut [f32]) {
+    log_softmax_lanes(values);
+}
+
+#[inline(always)]
+fn log_softmax_lanes(values: &mut [f32]) {
+    let max = max_of(values);
+    if !max.is_finite() {
+        values.fill(f32::NEG_INFINITY);
+        return;
+    }
+    // The terms a block at a time into a buffer on the stack, then into the
+    // partial sums: two simple loops vectorize, one fused loop did not.
+    let whole = values.len() / SUM_LANES * SUM_LANES;
+    let mut terms = [0f32; 1024];
     let mut sums = [0f64; SUM_LANES];
-    let mut terms = out.chunks_exact(SUM_LANES);
-    for chunk in &mut terms {
-        for (s, &e) in sums.iter_mut().zip(chunk) {
-            // A NaN logit's term is left out.
-            *s += if e.is_nan() { 0.0 } else { f64::from(e) };
+    for block in values[..whole].chunks(terms.len()) {
+        let terms = &mut terms[..block.len()];
+        for (t, &l) in terms.iter_mut().zip(block) {
+            *t = exp(l - max);
+        }
+        for chunk in terms.chunks_exact(SUM_LANES) {
+            for (s, &e) in sums.iter_mut().zip(chunk) {
+                // A NaN logit's term is left out.
+                *s += if e.is_nan() { 0.0 } else { f64::from(e) };
+            }
         }
     }
-    let tail = terms.remainder().iter().filter(|e| !e.is_nan());
-    let sum: f64 = sums.iter().sum::<f64>() + tail.map(|&e| f64::from(e)).sum::<f64>();
-    let log_sum = sum.ln();
-    for (o, &l) in out.iter_mut().zip(logits) {
-        *o = ((l - max) as f64 - log_sum) as f32;
+    let tail = values[whole..].iter().map(|&l| exp(l - max));
+    let tail: f64 = tail.filter(|e| !e.is_nan()).map(f64::from).sum();
+    let log_sum = (sums.iter().sum::<f64>() + tail).ln();
+    for l in values.iter_mut() {
+        *l = ((*l - max) as f64 - log_sum) as f32;
     }
-    out
 }
 
 /// Partial sums of [`log_softmax`]'s normaliser.
@@ -165,6 +220,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The AVX-512 builds (where this CPU has it) give the baseline builds'
+    /// bits, and `argmax` the scalar loop's index, over rows with NaN, -inf
+    /// and ties at lengths around the block sizes.
+    #[test]
+    fn vectorized_builds_match_the_baseline_bits() {
+        let scalar_argmax = |values: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in values.iter().enumerate() {
+                if v > values[best] || values[best].is_nan() && !v.is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 65, 1023, 1024, 1031, 49_157] {
+            for special in [f32::NAN, f32::NEG_INFINITY, 9.5] {
+                let row: Vec<f32> = (0..len as u32)
+                    .map(|i| match i % 97 {
+                        5 => special,
+                        _ => ((i.wrapping_mul(2_654_435_761) >> 12) % 20) as f32 - 10.0,
+                    })
+                    .collect();
+                let mut fast = row.clone();
+                log_softmax_in_place(&mut fast);
+                let mut baseline = row.clone();
+                log_softmax_lanes(&mut baseline);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&baseline), "{len} {special}");
+                assert_eq!(argmax(&row), scalar_argmax(&row), "{len} {special}");
+                assert_eq!(argmax_in(&row), scalar_argmax(&row), "{len} {special}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN; 70]), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod attention;
 pub mod collective;
 pub mod exp;
 pub mod kv_pool;
+pub mod lanes;
 pub mod matmul;
 pub(crate) mod ops;
 pub(crate) mod pool;

@@ -1,11 +1,19 @@
 //! The batched sampling op on the CPU: each row copied out of the logits and
 //! run through the host sampler, rows in parallel on the pool (one row is
-//! O(vocab) of work, ~0.1-1 ms, well above a task's cost).
+//! O(vocab) of work, tens of µs or more, above a task's cost).
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
+use crate::backend::{HostRowSampler, SampleBatch, SampleRow, SampledRow};
 use crate::error::Result;
+
+thread_local! {
+    /// The row being sampled, kept between steps: a fresh vocabulary-sized
+    /// buffer is a fresh mapping whose pages fault in on every step.
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 pub(super) fn sample_rows(
     logits: &[f32],
@@ -14,13 +22,18 @@ pub(super) fn sample_rows(
 ) -> Result<Vec<SampledRow>> {
     batch.check(logits.len())?;
     let vocab = batch.vocab;
-    Ok(batch
-        .rows
-        .par_iter()
-        .map(|r| {
-            let start = r.logits_row * vocab;
-            let mut row = logits[start..start + vocab].to_vec();
-            host.sample_row(&mut row, r)
+    let sample = |r: &SampleRow| {
+        let start = r.logits_row * vocab;
+        ROW.with_borrow_mut(|row| {
+            row.clear();
+            row.extend_from_slice(&logits[start..start + vocab]);
+            host.sample_row(row, r)
         })
-        .collect())
+    };
+    // One row runs here: from outside rayon's pool, a parallel iterator
+    // first hands its work to a pool thread and waits for it.
+    if let [r] = &batch.rows[..] {
+        return Ok(vec![sample(r)]);
+    }
+    Ok(batch.rows.par_iter().map(sample).collect())
 }

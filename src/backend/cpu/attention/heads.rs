@@ -2,6 +2,7 @@
 //! transposed keys, the softmax, the probability-weighted values.
 
 use super::super::exp::exp;
+use super::super::lanes::max_of;
 use super::rows::{bf16_to_f32, f16_to_f32, Rows};
 use super::{HEADS_AT_ONCE, LANES};
 use crate::backend::fp8::Fp8Format;
@@ -80,21 +81,6 @@ impl Heads<'_, '_, '_> {
 #[inline(always)]
 fn sub<'a, const R: usize, const N: usize>(rows: &[&'a [f32]; R], at: usize) -> [&'a [f32]; N] {
     std::array::from_fn(|i| rows[at + i])
-}
-
-/// The largest value (NaNs ignored, as by `f32::max`), found lane by lane so
-/// that it vectorizes: a maximum does not depend on the order it is taken in.
-#[inline(always)]
-fn max_of(values: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, &v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v);
-        }
-    }
-    let tail = chunks.remainder().iter();
-    tail.chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
 /// Each of `R` rows (`stride` apart) over `range`: `p = e^(p - max) / Σ e^(p - max)`.
