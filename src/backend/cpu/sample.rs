@@ -24,11 +24,14 @@ pub(super) fn sample_rows(
     let vocab = batch.vocab;
     let sample = |r: &SampleRow| {
         let start = r.logits_row * vocab;
-        ROW.with_borrow_mut(|row| {
-            row.clear();
-            row.extend_from_slice(&logits[start..start + vocab]);
-            host.sample_row(row, r)
-        })
+        // Taken out and put back, not borrowed: a thread that runs another
+        // row meanwhile (rayon work-stealing) finds it empty, not locked.
+        let mut row = ROW.take();
+        row.clear();
+        row.extend_from_slice(&logits[start..start + vocab]);
+        let sampled = host.sample_row(&mut row, r);
+        ROW.set(row);
+        sampled
     };
     // One row runs here: from outside rayon's pool, a parallel iterator
     // first hands its work to a pool thread and waits for it.
