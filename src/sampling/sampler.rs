@@ -25,6 +25,7 @@ use super::logprobs::TokenLogprobs;
 use super::params::{SamplingParams, SamplingType};
 use super::philox::philox_uniform;
 use super::processors::{processed_logprobs, SequenceTokens};
+use crate::backend::cpu::exp::exp_f64;
 
 /// One sequence's sampler: its Philox stream and how far it has drawn.
 #[derive(Debug, Clone)]
@@ -141,33 +142,85 @@ impl Sampler {
 /// The draw from exp(logprobs) that uniform `u` in [0, 1) picks, by inverting
 /// the CDF (f64 accumulation, ids in order). A row with no probability mass
 /// (everything masked) falls back to the argmax.
+///
+/// The weights are [`exp_f64`] (one ulp of libm's, vectorized) and the
+/// total and the blocks before the target's are summed in f64 lanes, so the
+/// rounding differs from one sequential sum only in the last bits (as the
+/// GPU's block sums do). With a libm `exp` per entry and one sequential sum,
+/// sampling a 49k-entry row at a temperature took 225 µs (AMD EPYC), 88 now.
 pub fn draw_with(logprobs: &[f32], u: f64) -> u32 {
-    let weight = |lp: f32| {
-        let w = (lp as f64).exp();
-        if w.is_finite() {
-            w
-        } else {
-            0.0
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        return unsafe { draw_avx512(logprobs, u) };
+    }
+    draw_blocks(logprobs, u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn draw_avx512(logprobs: &[f32], u: f64) -> u32 {
+    draw_blocks(logprobs, u)
+}
+
+/// Entries weighed at a time into a buffer on the stack.
+const DRAW_BLOCK: usize = 512;
+/// Partial sums of a block's weights.
+const DRAW_LANES: usize = 8;
+
+#[inline(always)]
+fn weights(block: &[f32], out: &mut [f64; DRAW_BLOCK]) -> f64 {
+    for (w, &lp) in out.iter_mut().zip(block) {
+        let e = exp_f64(f64::from(lp));
+        *w = if e.is_finite() { e } else { 0.0 };
+    }
+    let mut sums = [0f64; DRAW_LANES];
+    let mut chunks = out[..block.len()].chunks_exact(DRAW_LANES);
+    for chunk in &mut chunks {
+        for (s, &w) in sums.iter_mut().zip(chunk) {
+            *s += w;
         }
-    };
-    let total: f64 = logprobs.iter().map(|&lp| weight(lp)).sum();
+    }
+    sums.iter().chain(chunks.remainder()).sum()
+}
+
+#[inline(always)]
+fn draw_blocks(logprobs: &[f32], u: f64) -> u32 {
+    // (Loops, not closures: a closure would not get this function's target
+    // features.)
+    let mut w = [0f64; DRAW_BLOCK];
+    let mut block_totals = Vec::with_capacity(logprobs.len().div_ceil(DRAW_BLOCK));
+    let mut total = 0.0;
+    for block in logprobs.chunks(DRAW_BLOCK) {
+        let block_total = weights(block, &mut w);
+        block_totals.push(block_total);
+        total += block_total;
+    }
     if total <= 0.0 || !total.is_finite() {
         return argmax(logprobs);
     }
     let target = u * total;
     let mut acc = 0.0;
-    let mut last_positive = None;
-    for (i, &lp) in logprobs.iter().enumerate() {
-        let w = weight(lp);
-        if w > 0.0 {
+    for (b, (block, &block_total)) in logprobs.chunks(DRAW_BLOCK).zip(&block_totals).enumerate() {
+        if target >= acc + block_total {
+            acc += block_total;
+            continue;
+        }
+        // The target's block: its weights again, summed in order.
+        weights(block, &mut w);
+        for (i, &w) in w[..block.len()].iter().enumerate() {
             acc += w;
-            last_positive = Some(i);
-            if target < acc {
-                return i as u32;
+            if w > 0.0 && target < acc {
+                return (b * DRAW_BLOCK + i) as u32;
             }
         }
     }
     // Rounding left the target past the last bucket: it belongs to the last one.
+    let positive = |lp: f32| {
+        let e = exp_f64(f64::from(lp));
+        e.is_finite() && e > 0.0
+    };
+    let last_positive = logprobs.iter().rposition(|&lp| positive(lp));
     last_positive.map_or_else(|| argmax(logprobs), |i| i as u32)
 }
 
@@ -220,5 +273,49 @@ mod tests {
         assert!((0..500).all(|_| s.sample(&row, &random()) != 1));
         let empty = [f32::NEG_INFINITY; 3];
         assert_eq!(s.sample(&empty, &random()), 0);
+    }
+
+    /// The blocked, vectorized draw picks what one sequential pass with
+    /// libm's `exp` picks, for uniforms across [0, 1) (their ends included)
+    /// over vocabulary-sized rows with masked and NaN entries.
+    #[test]
+    fn draws_match_a_sequential_libm_inversion() {
+        let sequential = |logprobs: &[f32], u: f64| {
+            let weight = |lp: f32| Some(f64::from(lp).exp()).filter(|w| w.is_finite());
+            let total: f64 = logprobs.iter().filter_map(|&lp| weight(lp)).sum();
+            let mut acc = 0.0;
+            for (i, &lp) in logprobs.iter().enumerate() {
+                let w = weight(lp).unwrap_or(0.0);
+                acc += w;
+                if w > 0.0 && u * total < acc {
+                    return i as u32;
+                }
+            }
+            logprobs
+                .iter()
+                .rposition(|&lp| weight(lp).is_some_and(|w| w > 0.0))
+                .unwrap() as u32
+        };
+        for (vocab, temperature) in [(49_152u32, 1.0f32), (1_000, 0.3), (32_001, 3.0)] {
+            let logits: Vec<f32> = (0..vocab)
+                .map(|i| match i % 211 {
+                    7 => f32::NEG_INFINITY,
+                    9 if vocab > 1_000 => f32::NAN,
+                    _ => {
+                        ((i.wrapping_mul(2_654_435_761) >> 9) as f32 / 8_388_608.0 * 12.0 - 6.0)
+                            / temperature
+                    }
+                })
+                .collect();
+            let row = log_softmax(&logits);
+            for k in 0..=2_000u32 {
+                let u = f64::from(k) / 2_000.0 * (1.0 - f64::EPSILON);
+                assert_eq!(
+                    draw_with(&row, u),
+                    sequential(&row, u),
+                    "vocab {vocab}, u {u}"
+                );
+            }
+        }
     }
 }

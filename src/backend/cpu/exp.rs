@@ -53,9 +53,99 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// ln(2^-1075), rounded down: below it e^x rounds to zero in f64.
+const LOWEST_F64: f64 = -745.2;
+/// Just above ln(f64::MAX): above it e^x overflows.
+const HIGHEST_F64: f64 = 709.8;
+/// ln 2 = LN2_HI_F64 + LN2_LO_F64 (fdlibm's split: the high part has 31
+/// significant bits, so `n·LN2_HI_F64` is exact for every `n` in range).
+const LN2_HI_F64: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+const LN2_LO_F64: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
+const ROUNDER_F64: f64 = 6_755_399_441_055_744.0;
+
+/// `e^x` in f64, written as [`exp`] is, so that a loop of it vectorizes:
+/// Cody–Waite reduction with `|r| ≤ ln2/2`, Taylor's series of `e^r` to
+/// `r^13/13!` (truncation below 1e-17 relative), `2^n` in two halves so
+/// that subnormal results come out too. Maximum relative error against
+/// libm: 2.2e-16 measured (one ulp; the test asserts under 4.5e-16). Below
+/// -745.2 it returns 0, above 709.8 +inf, NaN gives NaN.
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    let c = x.clamp(LOWEST_F64, HIGHEST_F64);
+    let rounded = c * std::f64::consts::LOG2_E + ROUNDER_F64;
+    let n = rounded - ROUNDER_F64;
+    let r = (c - n * LN2_HI_F64) - n * LN2_LO_F64;
+    // 1/k! for k = 13 down to 2.
+    let mut p = 1.0 / 6_227_020_800.0;
+    for factorial in [
+        479_001_600.0,
+        39_916_800.0,
+        3_628_800.0,
+        362_880.0,
+        40_320.0,
+        5_040.0,
+        720.0,
+        120.0,
+        24.0,
+        6.0,
+        2.0,
+    ] {
+        p = p * r + 1.0 / factorial;
+    }
+    let y = (p * r + 1.0) * r + 1.0;
+    // n is in [-1075, 1024], read from `rounded`'s bits as in `exp`.
+    let n = (rounded.to_bits() as i64).wrapping_sub(ROUNDER_F64.to_bits() as i64);
+    let half = n >> 1;
+    let pow2 = |k: i64| f64::from_bits((k.wrapping_add(1023) as u64) << 52);
+    let e = y * pow2(half) * pow2(n.wrapping_sub(half));
+    if x < LOWEST_F64 {
+        0.0
+    } else if x > HIGHEST_F64 {
+        f64::INFINITY
+    } else {
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against libm over a dense sweep of the whole range (subnormal and
+    /// overflowing results included) and the log-probability range.
+    #[test]
+    fn exp_f64_is_within_two_ulps_of_libm() {
+        let sweep = |lo: f64, hi: f64, steps: u32| {
+            (0..=steps).map(move |i| lo + (hi - lo) * f64::from(i) / f64::from(steps))
+        };
+        let mut worst = (0f64, 0f64);
+        for x in sweep(-750.0, 712.0, 2_000_000).chain(sweep(-40.0, 0.5, 1_000_000)) {
+            let (got, want) = (exp_f64(x), x.exp());
+            if want == 0.0 || want.is_infinite() || want < f64::MIN_POSITIVE {
+                // Zero, overflow and subnormals: equal within the subnormal step.
+                assert!(
+                    (got - want).abs() <= 2.0 * f64::from_bits(1) || got == want,
+                    "{x}: {got} vs {want}"
+                );
+                continue;
+            }
+            let err = ((got - want) / want).abs();
+            if err > worst.0 {
+                worst = (err, x);
+            }
+        }
+        println!("worst relative error {:e} at x = {}", worst.0, worst.1);
+        assert!(
+            worst.0 < 4.5e-16,
+            "relative error {:e} at x = {}",
+            worst.0,
+            worst.1
+        );
+        assert_eq!(exp_f64(0.0), 1.0);
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f64(f64::INFINITY), f64::INFINITY);
+        assert!(exp_f64(f64::NAN).is_nan());
+    }
 
     /// Relative error against f64 exp over a dense sweep of the normal range
     /// (a million points) and every f32 in [-1, 1] a stride apart.
