@@ -33,7 +33,7 @@ mod truncation;
 mod verify;
 
 use crate::backend::cpu::exp::exp;
-use crate::backend::cpu::lanes::max_of;
+use crate::backend::cpu::lanes::{avx512_dispatch, max_of};
 pub use guided::{GuidedCompiler, GuidedDecodingParams};
 pub use logprobs::{Logprob, TokenLogprobs};
 pub use params::{EarlyStopping, SamplingParams, SamplingType};
@@ -45,22 +45,11 @@ pub use stop::{Finish, FinishReason, OutputText, StopChecker, StopReason};
 /// penalties within it of their neutral value are treated as off.
 pub const SAMPLING_EPS: f64 = 1e-5;
 
-/// Index of the largest value; the first one on ties (as `torch.argmax`). NaNs
-/// never win; an all-NaN or empty row gives 0.
-pub fn argmax(values: &[f32]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected at run time.
-        return unsafe { argmax_avx512(values) };
-    }
-    argmax_in(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn argmax_avx512(values: &[f32]) -> u32 {
-    argmax_in(values)
-}
+avx512_dispatch!(
+    /// Index of the largest value; the first one on ties (as `torch.argmax`). NaNs
+    /// never win; an all-NaN or empty row gives 0.
+    pub fn argmax(values: &[f32]) -> u32 => argmax_in
+);
 
 /// The maximum, then the first block that holds it, then its place there:
 /// passes without a branch per entry, so they vectorize.
@@ -87,29 +76,18 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     out
 }
 
-/// [`log_softmax`] over `values` in place (a 49k-entry result is a fresh
-/// mapping to fault in when allocated, ~40% of the time taken).
-///
-/// Each `e^(l - max)` is taken in f32 (within about one ulp: the vectorized
-/// [`exp`]; an f64 `exp` is a libm call per entry) and the terms are summed
-/// in f64 as [`SUM_LANES`] interleaved partial sums (one sequential chain of
-/// f64 adds is latency-bound). Every step is written lane by lane, so the
-/// AVX-512 build gives the same bits as the baseline one: over a 49k
-/// vocabulary, with the in-place result, 183 → 41 µs a greedy row (AMD EPYC).
-pub fn log_softmax_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected at run time.
-        return unsafe { log_softmax_avx512(values) };
-    }
-    log_softmax_lanes(values);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn log_softmax_avx512(values: &mut [f32]) {
-    log_softmax_lanes(values);
-}
+avx512_dispatch!(
+    /// [`log_softmax`] over `values` in place (a 49k-entry result is a fresh
+    /// mapping to fault in when allocated, ~40% of the time taken).
+    ///
+    /// Each `e^(l - max)` is taken in f32 (within about one ulp: the vectorized
+    /// [`exp`]; an f64 `exp` is a libm call per entry) and the terms are summed
+    /// in f64 as [`SUM_LANES`] interleaved partial sums (one sequential chain of
+    /// f64 adds is latency-bound). Every step is written lane by lane, so the
+    /// AVX-512 build gives the same bits as the baseline one: over a 49k
+    /// vocabulary, with the in-place result, 183 → 41 µs a greedy row (AMD EPYC).
+    pub fn log_softmax_in_place(values: &mut [f32]) => log_softmax_lanes
+);
 
 #[inline(always)]
 fn log_softmax_lanes(values: &mut [f32]) {

@@ -26,6 +26,7 @@ use super::params::{SamplingParams, SamplingType};
 use super::philox::philox_uniform;
 use super::processors::{processed_logprobs, SequenceTokens};
 use crate::backend::cpu::exp::exp_f64;
+use crate::backend::cpu::lanes::avx512_dispatch;
 
 /// One sequence's sampler: its Philox stream and how far it has drawn.
 #[derive(Debug, Clone)]
@@ -139,29 +140,18 @@ impl Sampler {
     }
 }
 
-/// The draw from exp(logprobs) that uniform `u` in [0, 1) picks, by inverting
-/// the CDF (f64 accumulation, ids in order). A row with no probability mass
-/// (everything masked) falls back to the argmax.
-///
-/// The weights are [`exp_f64`] (one ulp of libm's, vectorized) and the
-/// total and the blocks before the target's are summed in f64 lanes, so the
-/// rounding differs from one sequential sum only in the last bits (as the
-/// GPU's block sums do). With a libm `exp` per entry and one sequential sum,
-/// sampling a 49k-entry row at a temperature took 225 µs (AMD EPYC), 88 now.
-pub fn draw_with(logprobs: &[f32], u: f64) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected at run time.
-        return unsafe { draw_avx512(logprobs, u) };
-    }
-    draw_blocks(logprobs, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn draw_avx512(logprobs: &[f32], u: f64) -> u32 {
-    draw_blocks(logprobs, u)
-}
+avx512_dispatch!(
+    /// The draw from exp(logprobs) that uniform `u` in [0, 1) picks, by inverting
+    /// the CDF (f64 accumulation, ids in order). A row with no probability mass
+    /// (everything masked) falls back to the argmax.
+    ///
+    /// The weights are [`exp_f64`] (one ulp of libm's, vectorized) and the
+    /// total and the blocks before the target's are summed in f64 lanes, so the
+    /// rounding differs from one sequential sum only in the last bits (as the
+    /// GPU's block sums do). With a libm `exp` per entry and one sequential sum,
+    /// sampling a 49k-entry row at a temperature took 225 µs (AMD EPYC), 88 now.
+    pub fn draw_with(logprobs: &[f32], u: f64) -> u32 => draw_blocks
+);
 
 /// Entries weighed at a time into a buffer on the stack.
 const DRAW_BLOCK: usize = 512;

@@ -1,5 +1,31 @@
 //! Reductions written lane by lane, so that a loop of them vectorizes in any
-//! SIMD width with the same result.
+//! SIMD width with the same result, and [`avx512_dispatch`] to run such loops
+//! in an AVX-512 build where the CPU has it.
+
+/// `avx512_dispatch!(/// docs  pub fn name(a: A, b: B) -> R => body);` defines
+/// `name`, which calls `body` (an `#[inline(always)]` fn of the same
+/// arguments) from a copy compiled with AVX-512F where the CPU reports it,
+/// and from the baseline build otherwise. Only the width changes, so a body
+/// written lane by lane gives the same bits either way.
+macro_rules! avx512_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected at run time.
+                return unsafe { avx512($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx512_dispatch;
 
 /// Independent partial results: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -19,21 +45,10 @@ pub fn max_of(values: &[f32]) -> f32 {
     tail.chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
-/// How many of `values` are greater than `than` (NaNs are not).
-pub fn count_greater(values: &[f32], than: f32) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected at run time.
-        return unsafe { count_greater_avx512(values, than) };
-    }
-    count_greater_lanes(values, than)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn count_greater_avx512(values: &[f32], than: f32) -> usize {
-    count_greater_lanes(values, than)
-}
+avx512_dispatch!(
+    /// How many of `values` are greater than `than` (NaNs are not).
+    pub fn count_greater(values: &[f32], than: f32) -> usize => count_greater_lanes
+);
 
 /// Counted in u32 lanes: a usize count (`filter().count()`) vectorized two
 /// entries at a time.

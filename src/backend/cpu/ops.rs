@@ -7,6 +7,7 @@ use crate::backend::{AttnShape, StepMeta};
 
 use super::exp::exp;
 use super::kv_pool::CpuKvPool;
+use super::lanes::avx512_dispatch;
 use super::weight::CpuWeight;
 
 /// Rows below this many elements of work are not worth a rayon task each.
@@ -93,20 +94,7 @@ pub fn silu_mul(gate_up: &[f32], width: usize, out: &mut [f32]) {
         .for_each(|(o, gu)| silu_mul_row(gu, o));
 }
 
-fn silu_mul_row(gate_up: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was detected at run time.
-        return unsafe { silu_mul_avx512(gate_up, out) };
-    }
-    silu_mul_lanes(gate_up, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_mul_avx512(gate_up: &[f32], out: &mut [f32]) {
-    silu_mul_lanes(gate_up, out);
-}
+avx512_dispatch!(fn silu_mul_row(gate_up: &[f32], out: &mut [f32]) => silu_mul_lanes);
 
 #[inline(always)]
 fn silu_mul_lanes(gate_up: &[f32], out: &mut [f32]) {

@@ -2,7 +2,7 @@
 //! run through the host sampler, rows in parallel on the pool (one row is
 //! O(vocab) of work, tens of µs or more, above a task's cost).
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
@@ -12,7 +12,7 @@ use crate::error::Result;
 thread_local! {
     /// The row being sampled, kept between steps: a fresh vocabulary-sized
     /// buffer is a fresh mapping whose pages fault in on every step.
-    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ROW: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 pub(super) fn sample_rows(
