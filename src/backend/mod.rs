@@ -142,6 +142,11 @@ pub trait Backend: Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     fn buffer_len(&self, buf: &Self::Buffer) -> usize;
+    /// Makes `buf` hold `len` values for an op to overwrite, keeping its
+    /// storage where the backend can: a step's activation buffers are resized
+    /// from step to step ([`crate::model::StepArena`]) rather than allocated
+    /// and cleared for every op. The values it holds afterwards are unspecified.
+    fn resize(&self, buf: &mut Self::Buffer, len: usize) -> Result<()>;
     /// Takes a weight in `dtype` (converting from its stored dtype if they differ).
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<Self::Weight>;
     /// Takes `parts` (of equal width) stacked along their rows as one weight

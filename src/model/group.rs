@@ -9,12 +9,23 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::backend::{Backend, StepMeta};
 use crate::error::{Error, Result};
 
-use super::{KvPools, Model};
+use super::{KvPools, Model, StepArena};
 
 struct Rank<B: Backend> {
     model: Model<B>,
     /// Allocated once the cache is sized ([`ModelGroup::allocate_kv`]).
     kv: Option<KvPools<B>>,
+    /// The activations of the engine's steps, kept from one to the next.
+    arena: StepArena<B>,
+}
+
+impl<B: Backend> Rank<B> {
+    /// Runs one engine step on this rank (see [`Model::forward`]).
+    fn forward(&mut self, meta: &StepMeta) -> Result<B::Buffer> {
+        let meta = self.model.backend().prepare_step(meta.clone())?;
+        let kv = allocated(&mut self.kv)?;
+        self.model.forward(&meta, kv, &mut self.arena)
+    }
 }
 
 /// A rank's KV pools, once allocated.
@@ -42,8 +53,15 @@ impl<B: Backend> ModelGroup<B> {
         let world = models.len();
         let ranks = models
             .into_iter()
-            .map(|model| Rank { model, kv: None })
-            .collect();
+            .map(|model| {
+                let arena = StepArena::new(model.backend())?;
+                Ok(Rank {
+                    model,
+                    kv: None,
+                    arena,
+                })
+            })
+            .collect::<Result<_>>()?;
         let threads = if world == 1 {
             Vec::new()
         } else {
@@ -101,9 +119,7 @@ impl<B: Backend> ModelGroup<B> {
     /// `[rows, vocab]`.
     pub fn forward(&mut self, meta: StepMeta) -> Result<Vec<f32>> {
         let results = self.on_ranks(&|rank: &mut Rank<B>, lead| {
-            let be = rank.model.backend();
-            let meta = be.prepare_step(meta.clone())?;
-            let logits = rank.model.forward(&meta, allocated(&mut rank.kv)?)?;
+            let logits = rank.forward(&meta)?;
             if lead {
                 rank.model.logits_to_host(&logits)
             } else {
@@ -119,9 +135,8 @@ impl<B: Backend> ModelGroup<B> {
     pub fn forward_on_device(&mut self, meta: StepMeta) -> Result<B::Buffer> {
         let sharded = self.world() > 1;
         let results = self.on_ranks(&|rank: &mut Rank<B>, lead| {
+            let logits = rank.forward(&meta)?;
             let be = rank.model.backend();
-            let meta = be.prepare_step(meta.clone())?;
-            let logits = rank.model.forward(&meta, allocated(&mut rank.kv)?)?;
             match (lead, sharded) {
                 (false, _) => Ok(None),
                 (true, false) => Ok(Some(logits)),
@@ -260,6 +275,64 @@ pub(crate) mod tests {
             let mut buf = rank.model.backend().upload(&[1.0; 8])?;
             rank.model.all_reduce(&mut buf)
         })
+    }
+
+    /// A step of `(sequence, first position, tokens)` parts; sequence `s`
+    /// holds blocks `2s` and `2s + 1` of 16 slots, every token's logits asked for.
+    fn step(parts: &[(usize, usize, usize)]) -> StepMeta {
+        let mut meta = StepMeta {
+            block_size: 16,
+            query_start: vec![0],
+            ..StepMeta::default()
+        };
+        for &(seq, start, n) in parts {
+            let table = vec![2 * seq as u32, 2 * seq as u32 + 1];
+            for p in start..start + n {
+                meta.token_ids.push((7 * p + 3 * seq) as u32 % 32);
+                meta.positions.push(p as u32);
+                meta.slot_mapping
+                    .push(i64::from(table[p / 16]) * 16 + (p % 16) as i64);
+            }
+            meta.query_start.push(meta.token_ids.len());
+            meta.context_lens.push(start + n);
+            meta.block_tables.push(table);
+        }
+        meta.logits_rows = (0..meta.token_ids.len()).collect();
+        meta
+    }
+
+    #[test]
+    fn kept_step_buffers_give_the_logits_of_fresh_ones() {
+        // Prompts, decodes and chunks of changing sizes, so the kept buffers
+        // shrink and grow; they are spoiled with NaN before every step, so no
+        // op can lean on what a buffer held (or on zeros).
+        let steps = [
+            step(&[(0, 0, 7), (1, 0, 5)]),
+            step(&[(0, 7, 1), (1, 5, 1)]),
+            step(&[(0, 8, 3), (1, 6, 1)]),
+            step(&[(1, 7, 9)]),
+            step(&[(0, 11, 1)]),
+        ];
+        for world in [1, 2] {
+            let mut kept = cpu_group(world);
+            let mut fresh = cpu_group(world);
+            for (i, meta) in steps.iter().enumerate() {
+                for rank in &mut kept.ranks {
+                    for buf in rank.arena.buffers_mut() {
+                        buf.fill(f32::NAN);
+                    }
+                }
+                for rank in &mut fresh.ranks {
+                    rank.arena = StepArena::new(&CpuBackend).unwrap();
+                }
+                let a = kept.forward(meta.clone()).unwrap();
+                let b = fresh.forward(meta.clone()).unwrap();
+                assert_eq!(a.len(), meta.num_tokens() * 512, "step {i}");
+                assert!(a.iter().all(|x| x.is_finite()), "world {world}, step {i}");
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "world {world}, step {i}: the logits differ");
+            }
+        }
     }
 
     #[test]

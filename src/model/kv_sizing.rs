@@ -3,7 +3,7 @@
 //! has used since (weights, that step's peak, anything else on the GPU), and
 //! give the KV cache what is left of `utilization × total`.
 
-use super::{KvPools, Model, ModelGroup};
+use super::{KvPools, Model, ModelGroup, StepArena};
 use crate::backend::{Backend, DeviceMemory, StepMeta};
 use crate::error::{Error, Result};
 
@@ -114,7 +114,7 @@ fn profile_step<B: Backend>(
     meta.logits_rows = (0..tokens).collect();
     let be = model.backend();
     let meta = be.prepare_step(meta)?;
-    let logits = model.forward(&meta, &mut kv)?;
+    let logits = model.forward(&meta, &mut kv, &mut StepArena::new(be)?)?;
     drop(logits);
     Ok(model.kv_bytes_per_block(block_size) * num_blocks)
 }

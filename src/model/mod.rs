@@ -1,6 +1,7 @@
 //! The Llama-family decoder (Llama 2/3, Mistral, Qwen2), written once against
 //! the [`Backend`] ops.
 
+mod arena;
 pub mod dummy;
 mod group;
 mod kv_pools;
@@ -10,6 +11,7 @@ pub mod rope;
 pub mod shard;
 pub mod weights;
 
+pub use arena::StepArena;
 pub use group::ModelGroup;
 pub use kv_pools::KvPools;
 
@@ -340,13 +342,24 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs one step: writes the step's K/V into `kv` and returns the logits of
-    /// `meta.logits_rows` as [`Model::logits_to_host`] reads them. Every rank of
-    /// a group runs it on the same step at once (the collectives wait for all).
-    pub fn forward(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
-        self.backend.run_step(|| self.forward_ops(meta, kv))
+    /// `meta.logits_rows` as [`Model::logits_to_host`] reads them. The step's
+    /// activations live in `arena`, kept for the next step. Every rank of a
+    /// group runs it on the same step at once (the collectives wait for all).
+    pub fn forward(
+        &self,
+        meta: &B::Meta,
+        kv: &mut KvPools<B>,
+        arena: &mut StepArena<B>,
+    ) -> Result<B::Buffer> {
+        self.backend.run_step(|| self.forward_ops(meta, kv, arena))
     }
 
-    fn forward_ops(&self, meta: &B::Meta, kv: &mut KvPools<B>) -> Result<B::Buffer> {
+    fn forward_ops(
+        &self,
+        meta: &B::Meta,
+        kv: &mut KvPools<B>,
+        arena: &mut StepArena<B>,
+    ) -> Result<B::Buffer> {
         let be = &self.backend;
         let host = be.step_meta(meta);
         let t = host.num_tokens();
@@ -354,37 +367,53 @@ impl<B: Backend> Model<B> {
         let hidden = c.hidden_size;
         let heads = self.plan.q_heads.len();
         let inter = self.plan.intermediate.len();
-        let mut h = be.alloc(t * hidden)?;
-        let mut residual = be.alloc(t * hidden)?;
-        let mut qkv = be.alloc(t * self.layers.first().map_or(0, |l| l.attn.qkv_width()))?;
-        let mut attn_out = be.alloc(t * heads * c.head_dim)?;
-        let mut gate_up = be.alloc(t * 2 * inter)?;
-        let mut act = be.alloc(t * inter)?;
+        let qkv_width = self.layers.first().map_or(0, |l| l.attn.qkv_width());
+        let StepArena {
+            hidden: h,
+            residual,
+            qkv,
+            attn_out,
+            gate_up,
+            act,
+            selected,
+        } = arena;
+        be.resize(h, t * hidden)?;
+        be.resize(residual, t * hidden)?;
+        be.resize(qkv, t * qkv_width)?;
+        be.resize(attn_out, t * heads * c.head_dim)?;
+        be.resize(gate_up, t * 2 * inter)?;
+        be.resize(act, t * inter)?;
         let eps = c.rms_norm_eps as f32;
 
-        be.embedding(&self.embed, meta, &mut h)?;
-        for (layer, (k_pool, v_pool)) in self.layers.iter().zip(kv.pools.iter_mut()) {
-            // The residual starts at zero, so the first add leaves the embedding as is.
-            be.fused_add_rms_norm(&mut h, &mut residual, &layer.input_norm, eps)?;
-            be.matmul(&h, &layer.qkv, layer.qkv_bias.as_ref(), &mut qkv)?;
-            be.rotary(&mut qkv, &self.cos_sin, meta, layer.attn)?;
-            be.reshape_and_cache(&qkv, k_pool, v_pool, meta, layer.attn)?;
-            be.paged_attention(&qkv, k_pool, v_pool, meta, layer.attn, &mut attn_out)?;
-            be.matmul(&attn_out, &layer.o_proj, layer.o_bias.as_ref(), &mut h)?;
-            self.all_reduce(&mut h)?;
-            be.fused_add_rms_norm(&mut h, &mut residual, &layer.post_norm, eps)?;
-            be.matmul(
-                &h,
-                &layer.gate_up,
-                layer.gate_up_bias.as_ref(),
-                &mut gate_up,
-            )?;
-            be.silu_mul(&gate_up, inter, &mut act)?;
-            be.matmul(&act, &layer.down, layer.down_bias.as_ref(), &mut h)?;
-            self.all_reduce(&mut h)?;
+        // The embedding is the first residual; the first layer's norm reads it
+        // (every later layer's adds its input to the residual first).
+        be.embedding(&self.embed, meta, residual)?;
+        for (i, (layer, (k_pool, v_pool))) in
+            self.layers.iter().zip(kv.pools.iter_mut()).enumerate()
+        {
+            if i == 0 {
+                be.rms_norm(residual, &layer.input_norm, eps, h)?;
+            } else {
+                be.fused_add_rms_norm(h, residual, &layer.input_norm, eps)?;
+            }
+            be.matmul(h, &layer.qkv, layer.qkv_bias.as_ref(), qkv)?;
+            be.rotary(qkv, &self.cos_sin, meta, layer.attn)?;
+            be.reshape_and_cache(qkv, k_pool, v_pool, meta, layer.attn)?;
+            be.paged_attention(qkv, k_pool, v_pool, meta, layer.attn, attn_out)?;
+            be.matmul(attn_out, &layer.o_proj, layer.o_bias.as_ref(), h)?;
+            self.all_reduce(h)?;
+            be.fused_add_rms_norm(h, residual, &layer.post_norm, eps)?;
+            be.matmul(h, &layer.gate_up, layer.gate_up_bias.as_ref(), gate_up)?;
+            be.silu_mul(gate_up, inter, act)?;
+            be.matmul(act, &layer.down, layer.down_bias.as_ref(), h)?;
+            self.all_reduce(h)?;
         }
-        be.fused_add_rms_norm(&mut h, &mut residual, &self.norm, eps)?;
-        self.lm_head(&h, &host.logits_rows)
+        if self.layers.is_empty() {
+            be.rms_norm(residual, &self.norm, eps, h)?;
+        } else {
+            be.fused_add_rms_norm(h, residual, &self.norm, eps)?;
+        }
+        self.lm_head(h, &host.logits_rows, selected)
     }
 
     /// Releases the other ranks of the group from the collectives they wait
@@ -405,14 +434,21 @@ impl<B: Backend> Model<B> {
 
     /// The logits of `rows` of the final hidden state: this rank's vocabulary
     /// slice, gathered from every rank in a group (`[world, rows, slice]`).
-    fn lm_head(&self, h: &B::Buffer, rows: &[usize]) -> Result<B::Buffer> {
+    /// `selected` is the step's buffer for those rows; the logits leave the
+    /// step, so they are a buffer of their own.
+    fn lm_head(
+        &self,
+        h: &B::Buffer,
+        rows: &[usize],
+        selected: &mut B::Buffer,
+    ) -> Result<B::Buffer> {
         let be = &self.backend;
         let hidden = self.config.hidden_size;
-        let mut selected = be.alloc(rows.len() * hidden)?;
-        be.gather_rows(h, rows, hidden, &mut selected)?;
+        be.resize(selected, rows.len() * hidden)?;
+        be.gather_rows(h, rows, hidden, selected)?;
         let mut logits = be.alloc(rows.len() * self.plan.vocab.len())?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        be.matmul(&selected, head, None, &mut logits)?;
+        be.matmul(selected, head, None, &mut logits)?;
         let Some(comm) = &self.comm else {
             return Ok(logits);
         };

@@ -52,6 +52,19 @@ impl Backend for CpuBackend {
         buf.len()
     }
 
+    fn resize(&self, buf: &mut Vec<f32>, len: usize) -> Result<()> {
+        if len > buf.capacity() {
+            // Growing in place would copy the old values over first; the old
+            // storage goes before the new comes (no peak of both).
+            drop(std::mem::take(buf));
+            *buf = vec![0.0; len];
+        } else {
+            // Within the capacity: no allocation, and only a grown tail is written.
+            buf.resize(len, 0.0);
+        }
+        Ok(())
+    }
+
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<CpuWeight> {
         Ok(CpuWeight::from_host(tensor, dtype))
     }

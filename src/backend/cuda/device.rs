@@ -127,6 +127,15 @@ impl CudaDevice {
             .map_err(|e| device_error("allocating device memory", e))
     }
 
+    /// `len` values (at least one) that the caller writes before anything
+    /// reads them: no zero-fill (a kernel launch) where an op overwrites them.
+    pub fn alloc_uninit<T: cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: the memory is only handed to kernels, which write it before
+        // they read it (every caller's contract); no host code reads it.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| device_error("allocating device memory", e))
+    }
+
     pub fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
             // SAFETY: a one-element allocation nothing reads.

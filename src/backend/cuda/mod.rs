@@ -217,7 +217,7 @@ impl CudaBackend {
         dtype: u32,
         scratch: &mut Option<CudaSlice<u16>>,
     ) -> Result<*const c_void> {
-        let mut buf = self.dev.alloc_zeros::<u16>(x.len())?;
+        let mut buf = self.dev.alloc_uninit::<u16>(x.len())?;
         let out = self.pm(&mut buf);
         // SAFETY: both buffers hold x.len() elements.
         self.launched("convert", unsafe {
@@ -279,6 +279,16 @@ impl Backend for CudaBackend {
 
     fn buffer_len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()
+    }
+
+    /// A device slice has a fixed length: a new length is a new allocation
+    /// from the stream's pool (cheap: freed memory stays in the pool), left
+    /// uninitialized; the same length keeps the buffer.
+    fn resize(&self, buf: &mut CudaSlice<f32>, len: usize) -> Result<()> {
+        if buf.len() != len.max(1) {
+            *buf = self.dev.alloc_uninit(len)?;
+        }
+        Ok(())
     }
 
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<CudaWeightTensor> {
@@ -632,7 +642,9 @@ impl Backend for CudaBackend {
                     parts as i32,
                 )
             };
-            let mut buf = self.dev.alloc_zeros::<u8>(bytes as usize)?;
+            // Every partition the reduce reads is written first (it skips
+            // the ones without a visible token, whose blocks write nothing).
+            let mut buf = self.dev.alloc_uninit::<u8>(bytes as usize)?;
             let p = self.pm(&mut buf);
             workspace = Some(buf);
             p

@@ -59,7 +59,7 @@ impl CudaBackend {
             .map(|r| to_i32("logits row", r.logits_row))
             .collect::<Result<_>>()?;
         let idx = self.dev.upload(&idx)?;
-        let mut work = self.dev.alloc_zeros::<f32>(rows.len() * vocab)?;
+        let mut work = self.dev.alloc_uninit::<f32>(rows.len() * vocab)?;
         // SAFETY: SampleBatch::check put every row inside the logits; work holds rows x vocab.
         self.launched("gather_rows", unsafe {
             sys::ek_gather_rows(
