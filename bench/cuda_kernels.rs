@@ -127,6 +127,7 @@ fn decode_tables(seed: u64) -> (Vec<i32>, usize, usize) {
     (ids, per_seq, blocks)
 }
 
+#[allow(clippy::too_many_lines)] // a benchmark driver, read top to bottom
 fn gpu_benches(c: &mut Criterion, g: &Gpu) {
     let s = g.s();
     let bf = sys::EK_DTYPE_BF16 as i32;
@@ -523,6 +524,7 @@ fn cpu_weight(len: usize, seed: u64) -> CpuWeight {
 }
 
 /// The same shapes on the CPU backend (f32), for comparison.
+#[allow(clippy::too_many_lines)] // a benchmark driver, read top to bottom
 fn cpu_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu");
     group

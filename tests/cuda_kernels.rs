@@ -778,6 +778,7 @@ fn logits(rows: usize, vocab: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one chain of kernels against the CPU's, read top to bottom
 fn penalties_temperature_and_truncation_match_the_cpu_sampler() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("sampling processors");
@@ -910,6 +911,7 @@ fn penalties_temperature_and_truncation_match_the_cpu_sampler() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one chain of kernels against the CPU's, read top to bottom
 fn bitmask_log_softmax_argmax_and_top_logprobs_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng("sampling rows");
