@@ -151,6 +151,7 @@ fn main() {
     }
     let mut server = cmd.spawn().expect("engine-server starts");
     let stdout = server.stdout.take().expect("piped stdout");
+    // The server logs "listening on http://HOST:PORT" once the model is loaded.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -161,13 +162,13 @@ fn main() {
                         .and_then(|p| p.trim().parse::<u16>().ok()),
                 );
             }
-            if line.contains("model loaded") {
-                let _ = tx.send(None);
-            }
         }
     });
-    let port = rx.recv().ok().flatten().expect("the server logs its port");
-    let _ = rx.recv_timeout(Duration::from_secs(600)); // "model loaded"
+    let port = rx
+        .recv_timeout(Duration::from_secs(600))
+        .ok()
+        .flatten()
+        .expect("the server loads the model and logs its port");
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
     let prompts: Vec<Vec<u32>> = (0..o.requests)
         .map(|_| {

@@ -810,8 +810,10 @@ engine_status engine_options_new(struct engine_options_t **out);
  * - "max_model_len": longest sequence, prompt plus output [the config's
  *   max_position_embeddings].
  * - "block_size": tokens per KV cache block: 8, 16 or 32 [16].
- * - "num_kv_blocks": KV cache size in blocks [on the CPU, enough for max_model_len
- *   tokens four times; on a GPU, see "gpu_memory_utilization"].
+ * - "num_kv_blocks": KV cache size in blocks [on the CPU, VLLM_CPU_KVCACHE_SPACE
+ *   GiB (the environment variable vLLM's CPU backend reads), else 4 GiB (at most
+ *   half the machine's memory), and never fewer than four sequences of
+ *   max_model_len; on a GPU, see "gpu_memory_utilization"].
  * - "kv_cache_bytes": KV cache size in bytes, instead of "num_kv_blocks" (the last one
  *   set wins).
  * - "kv_cache_dtype": the KV cache's dtype, as vLLM's --kv-cache-dtype: "auto" (the

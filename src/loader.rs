@@ -3,6 +3,7 @@
 //! the KV cache (vLLM's engine arguments in [`LoadOptions`]).
 
 mod fp8;
+mod host_kv;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::model::weights::{Checkpoint, TensorSource};
 use crate::model::{Model, ModelGroup, TpRank};
 use crate::tokenizer::Tokenizer;
 use fp8::TensorMode;
+use host_kv::{host_kv_blocks, CPU_KV_SPACE_VAR};
 
 /// How to load and size an engine (vLLM's engine arguments).
 #[derive(Debug, Clone)]
@@ -30,7 +32,9 @@ pub struct LoadOptions {
     pub max_model_len: Option<usize>,
     /// Tokens per KV block: 8, 16 or 32.
     pub block_size: usize,
-    /// KV cache size in blocks; default: enough for `max_model_len` tokens four times over.
+    /// KV cache size in blocks; default: what a GPU's memory leaves, or on the CPU
+    /// `VLLM_CPU_KVCACHE_SPACE` GiB, else 4 GiB (at most half the machine's memory),
+    /// and never fewer than four sequences of `max_model_len`.
     pub num_kv_blocks: Option<usize>,
     /// KV cache size in bytes (an alternative to `num_kv_blocks`).
     pub kv_cache_memory: Option<usize>,
@@ -352,7 +356,7 @@ fn load_gguf<B: Backend>(
 
 /// Sets the KV cache's dtype on every rank and returns its size in blocks
 /// (every rank's pools have as many): as asked, or what the device leaves, or
-/// four times `max_model_len`; checked to fit.
+/// the CPU's default (`host_kv.rs`); checked to fit.
 fn size_kv_cache<B: Backend>(group: &mut ModelGroup<B>, options: &LoadOptions) -> Result<usize> {
     let world = group.world();
     let model = group.lead();
@@ -391,7 +395,7 @@ fn size_kv_cache<B: Backend>(group: &mut ModelGroup<B>, options: &LoadOptions) -
 }
 
 /// Without a size asked for: what the device's memory leaves (a GPU), else
-/// four times `max_model_len`; with how the size was chosen, for errors.
+/// [`host_kv_blocks`]; with how the size was chosen, for errors.
 fn default_kv_blocks<B: Backend>(
     group: &mut ModelGroup<B>,
     options: &LoadOptions,
@@ -399,27 +403,24 @@ fn default_kv_blocks<B: Backend>(
     let utilization = options
         .gpu_memory_utilization
         .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
-    Ok(
-        match kv_blocks_for_device(
-            group,
-            options.block_size,
-            options.max_num_batched_tokens,
-            utilization,
-        )? {
-            Some(blocks) => (blocks, "--gpu-memory-utilization".to_string()),
-            None => (
-                group
-                    .lead()
-                    .max_positions
-                    .div_ceil(options.block_size)
-                    .saturating_mul(4),
-                format!(
-                    "the default (four times max_model_len {})",
-                    group.lead().max_positions
-                ),
-            ),
-        },
-    )
+    match kv_blocks_for_device(
+        group,
+        options.block_size,
+        options.max_num_batched_tokens,
+        utilization,
+    )? {
+        Some(blocks) => Ok((blocks, "--gpu-memory-utilization".to_string())),
+        None => {
+            let bytes_per_block = group.lead().kv_bytes_per_block(options.block_size);
+            let space = std::env::var(CPU_KV_SPACE_VAR).ok();
+            host_kv_blocks(
+                space.as_deref(),
+                bytes_per_block.saturating_mul(group.world()),
+                group.lead().max_positions.div_ceil(options.block_size),
+                crate::memory::host_memory_bytes(),
+            )
+        }
+    }
 }
 
 /// A KV cache of `num_blocks` must be addressable (int32 block ids on the

@@ -166,6 +166,9 @@ pub struct Args {
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: u64,
     /// KV cache size in bytes (suffixes KiB, MiB, GiB, KB, MB, GB accepted).
+    /// Default on the CPU: VLLM_CPU_KVCACHE_SPACE GiB as vLLM, else 4 GiB (at
+    /// most half the machine's memory), and never less than four sequences of
+    /// --max-model-len.
     #[arg(long, value_parser = parse_bytes)]
     pub kv_cache_memory: Option<u64>,
     /// KV cache dtype: auto (the weights' dtype where the device keeps such a
