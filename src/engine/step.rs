@@ -384,7 +384,9 @@ impl<B: Backend> EngineCore<B> {
         } else {
             Vec::new()
         };
-        self.process(&plan, &first_rows, (&logits, &host), &masks)
+        let outputs = self.process(&plan, &first_rows, (&logits, &host), &masks);
+        self.models.recycle_logits(logits);
+        outputs
     }
 
     /// Whether a planned chunk reads its logits on the host: prompt logprobs,

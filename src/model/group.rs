@@ -120,11 +120,13 @@ impl<B: Backend> ModelGroup<B> {
     pub fn forward(&mut self, meta: StepMeta) -> Result<Vec<f32>> {
         let results = self.on_ranks(&|rank: &mut Rank<B>, lead| {
             let logits = rank.forward(&meta)?;
-            if lead {
+            let host = if lead {
                 rank.model.logits_to_host(&logits)
             } else {
                 Ok(Vec::new())
-            }
+            };
+            rank.arena.spare_logits = Some(logits);
+            host
         })?;
         Ok(results.into_iter().next().unwrap_or_default())
     }
@@ -147,6 +149,12 @@ impl<B: Backend> ModelGroup<B> {
             Some(logits) => Ok(logits),
             None => Err(Error::Device("no rank returned logits".into())),
         }
+    }
+
+    /// Takes [`ModelGroup::forward_on_device`]'s logits back, done with: the
+    /// next step writes its logits there instead of into a fresh buffer.
+    pub fn recycle_logits(&mut self, logits: B::Buffer) {
+        self.ranks[0].arena.spare_logits = Some(logits);
     }
 
     /// [`ModelGroup::forward_on_device`]'s logits on the host.
@@ -304,8 +312,9 @@ pub(crate) mod tests {
     #[test]
     fn kept_step_buffers_give_the_logits_of_fresh_ones() {
         // Prompts, decodes and chunks of changing sizes, so the kept buffers
-        // shrink and grow; they are spoiled with NaN before every step, so no
-        // op can lean on what a buffer held (or on zeros).
+        // (and the logits handed back after each step) shrink and grow; they
+        // are spoiled with NaN before every step, so no op can lean on what a
+        // buffer held (or on zeros).
         let steps = [
             step(&[(0, 0, 7), (1, 0, 5)]),
             step(&[(0, 7, 1), (1, 5, 1)]),
@@ -320,6 +329,10 @@ pub(crate) mod tests {
                 for rank in &mut kept.ranks {
                     for buf in rank.arena.buffers_mut() {
                         buf.fill(f32::NAN);
+                    }
+                    // The logits the previous step handed back, too.
+                    if let Some(spare) = rank.arena.spare_logits.as_mut() {
+                        spare.fill(f32::NAN);
                     }
                 }
                 for rank in &mut fresh.ranks {

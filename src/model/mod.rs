@@ -376,6 +376,7 @@ impl<B: Backend> Model<B> {
             gate_up,
             act,
             selected,
+            spare_logits,
         } = arena;
         be.resize(h, t * hidden)?;
         be.resize(residual, t * hidden)?;
@@ -413,7 +414,7 @@ impl<B: Backend> Model<B> {
         } else {
             be.fused_add_rms_norm(h, residual, &self.norm, eps)?;
         }
-        self.lm_head(h, &host.logits_rows, selected)
+        self.lm_head(h, &host.logits_rows, selected, spare_logits.take())
     }
 
     /// Releases the other ranks of the group from the collectives they wait
@@ -435,18 +436,26 @@ impl<B: Backend> Model<B> {
     /// The logits of `rows` of the final hidden state: this rank's vocabulary
     /// slice, gathered from every rank in a group (`[world, rows, slice]`).
     /// `selected` is the step's buffer for those rows; the logits leave the
-    /// step, so they are a buffer of their own.
+    /// step, in the `spare` an earlier step's caller handed back if there is one.
     fn lm_head(
         &self,
         h: &B::Buffer,
         rows: &[usize],
         selected: &mut B::Buffer,
+        spare: Option<B::Buffer>,
     ) -> Result<B::Buffer> {
         let be = &self.backend;
         let hidden = self.config.hidden_size;
         be.resize(selected, rows.len() * hidden)?;
         be.gather_rows(h, rows, hidden, selected)?;
-        let mut logits = be.alloc(rows.len() * self.plan.vocab.len())?;
+        let len = rows.len() * self.plan.vocab.len();
+        let mut logits = match spare {
+            Some(mut buf) => {
+                be.resize(&mut buf, len)?;
+                buf
+            }
+            None => be.alloc(len)?,
+        };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         be.matmul(selected, head, None, &mut logits)?;
         let Some(comm) = &self.comm else {
