@@ -78,16 +78,17 @@ int32_t ek_silu_and_mul(void *out, const void *input, int32_t dtype, int64_t row
 int32_t ek_convert(void *out, int32_t out_dtype, const void *in, int32_t in_dtype, int64_t n,
                    void *stream);
 
-/* out[t] (float32, width) = table[ids[t]] (table in `dtype`); ids int32. */
-int32_t ek_embedding(float *out, const void *table, int32_t dtype, const int32_t *ids,
-                     int64_t tokens, int64_t width, void *stream);
+/* out[t] (width values of out_dtype) = table[ids[t]] (table in table_dtype); ids int32. */
+int32_t ek_embedding(void *out, int32_t out_dtype, const void *table, int32_t table_dtype,
+                     const int32_t *ids, int64_t tokens, int64_t width, void *stream);
 
-/* out[i] = x[rows[i]] for float32 rows of `width`; rows int32. */
-int32_t ek_gather_rows(float *out, const float *x, const int32_t *rows, int64_t count,
+/* out[i] = x[rows[i]] for rows of `width` values of `dtype`; rows int32. */
+int32_t ek_gather_rows(void *out, const void *x, int32_t dtype, const int32_t *rows, int64_t count,
                        int64_t width, void *stream);
 
-/* x[r, c] += bias[c] (float32). */
-int32_t ek_add_bias(float *x, const float *bias, int64_t rows, int64_t cols, void *stream);
+/* x[r, c] += bias[c], both in `dtype` (the sum in float32, then rounded). */
+int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows, int64_t cols,
+                    void *stream);
 
 /* Attention over the paged KV cache: what decode and prefill launchers read. */
 typedef struct ek_attn_params {

@@ -11,12 +11,13 @@ __global__ void convert_kernel(O *__restrict__ out, const I *__restrict__ in, in
     out[i] = from_float<O>(to_float(in[i]));
 }
 
-__global__ void add_bias_kernel(float *__restrict__ x, const float *__restrict__ bias, int64_t rows,
+template <typename T>
+__global__ void add_bias_kernel(T *__restrict__ x, const T *__restrict__ bias, int64_t rows,
                                 int64_t cols) {
   const int64_t n = rows * cols;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[i] += bias[i % cols];
+    x[i] = from_float<T>(to_float(x[i]) + to_float(bias[i % cols]));
 }
 
 } // namespace ek
@@ -38,11 +39,14 @@ extern "C" int32_t ek_convert(void *out, int32_t out_dtype, const void *in, int3
   return launch_status();
 }
 
-extern "C" int32_t ek_add_bias(float *x, const float *bias, int64_t rows, int64_t cols,
-                               void *stream) {
+extern "C" int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows,
+                               int64_t cols, void *stream) {
   if (rows == 0 || cols == 0)
     return 0;
-  add_bias_kernel<<<grid_for(rows * cols, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      x, bias, rows, cols);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  EK_DISPATCH_DTYPE(dtype, {
+    add_bias_kernel<scalar_t><<<grid_for(rows * cols, 256), 256, 0, s>>>(
+        static_cast<scalar_t *>(x), static_cast<const scalar_t *>(bias), rows, cols);
+  });
   return launch_status();
 }

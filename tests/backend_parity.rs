@@ -9,7 +9,7 @@
 //! prefix caching, n/best_of forks (copy-on-write block copies), beam search,
 //! guided JSON and preemption.
 //!
-//! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 1e-2
+//! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 3e-2
 //! (bfloat16); greedy tokens equal up to the first position where the CPU's
 //! top-2 logprob margin is at most 1e-3 (float32) or 5e-2 (bfloat16): a
 //! near-tie either backend may break either way, after which the sequences
@@ -31,14 +31,18 @@ use engine::loader::{load_engine_core, LoadOptions};
 use engine::sampling::{GuidedDecodingParams, SamplingParams};
 use serde_json::json;
 
-/// Teacher-forced logits, relative L2 per row.
+/// Teacher-forced logits, relative L2 per row. In bfloat16 the CPU keeps its
+/// activations in f32 and CUDA in bf16 (as vLLM): rounding every op's output
+/// to bf16 in a scratch build of the CPU backend moved these fixtures' logits
+/// by 0.66-1.29e-2 relative L2 from the f32 activations' (their greedy
+/// tokens stayed equal up to the tie margin below).
 const F32_LOGITS_TOL: f64 = 1e-5;
-const BF16_LOGITS_TOL: f64 = 1e-2;
+const BF16_LOGITS_TOL: f64 = 3e-2;
 /// A CPU top-2 logprob margin at or under this may be broken either way: in
-/// float32 the backends' logits differ by ~1e-6 relative; in bfloat16 an
-/// activation on a rounding boundary moves by one bf16 ulp (2^-8), so logits
-/// differ by a few 1e-3 relative (measured on the H200: up to 4.9e-3) and a
-/// margin of 6e-3 was seen to flip.
+/// float32 the backends' logits differ by ~1e-6 relative; in bfloat16 by
+/// ~1e-2 (above). Even with f32 activations on both, a bf16 weight product on
+/// a rounding boundary moves by one bf16 ulp (2^-8): the H200 measured logits
+/// up to 4.9e-3 from the CPU's then, and a margin of 6e-3 flipped.
 const F32_TIE_MARGIN: f32 = 1e-3;
 const BF16_TIE_MARGIN: f32 = 5e-2;
 /// The generated fixture's longest prompt.
@@ -88,14 +92,12 @@ fn large_fixture(dtype: DType) -> PathBuf {
 }
 
 /// A fixed KV cache: several engines share the GPU at once, so none may take
-/// the default share of its memory. Float32 on every backend, so the kernels
-/// are compared on the same cache ("auto" is bfloat16 on the CPU for a bfloat16
-/// model and float32 on CUDA).
+/// the default share of its memory. In the model's dtype on every backend
+/// ("auto"), so the kernels are compared on caches of one dtype.
 fn options(dtype: &str) -> LoadOptions {
     LoadOptions {
         dtype: dtype.into(),
         num_kv_blocks: Some(1024),
-        kv_cache_dtype: "float32".into(),
         ..LoadOptions::default()
     }
 }

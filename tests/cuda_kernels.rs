@@ -12,7 +12,7 @@ use std::ffi::c_void;
 
 use engine::backend::cpu::{key_blocks_transposed, CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::cuda::cudarc::driver::CudaSlice;
-use engine::backend::cuda::{self, sys, CudaBackend, CudaDevice};
+use engine::backend::cuda::{self, sys, CudaBackend, CudaBuffer, CudaDevice};
 use engine::backend::DType;
 use engine::backend::{AttnShape, Backend, StepMeta};
 use engine::backend::{HostTensor, TensorBytes};
@@ -303,6 +303,86 @@ fn silu_and_mul_matches_the_cpu() {
                 dt.tol(),
             );
         }
+    }
+}
+
+/// Row copies and the bias add are exact: the values rounded to the output's dtype.
+#[test]
+fn embedding_gather_rows_and_add_bias_in_every_dtype() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng("embedding, gather_rows, add_bias");
+    let (vocab, width, tokens) = (1000, 576, 9);
+    let ids: Vec<i32> = (0..tokens)
+        .map(|_| rng.random_range(0..vocab as i32))
+        .collect();
+    let idd = upload(&gpu, &ids);
+    for table_dt in DTYPES {
+        let table = table_dt.rounded(&random(vocab * width, &mut rng));
+        let td = Dev::new(&gpu, table_dt, &table);
+        for out_dt in DTYPES {
+            let mut out = Dev::poisoned(&gpu, out_dt, tokens * width);
+            ok("embedding", unsafe {
+                sys::ek_embedding(
+                    out.pm(),
+                    out_dt.code(),
+                    td.p(),
+                    table_dt.code(),
+                    p(&gpu, &idd).cast(),
+                    tokens as i64,
+                    width as i64,
+                    gpu.raw_stream(),
+                )
+            });
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| &table[i as usize * width..(i as usize + 1) * width])
+                .map(|&v| out_dt.round(v))
+                .collect();
+            assert_eq!(out.get(), want, "embedding {table_dt:?} -> {out_dt:?}");
+        }
+    }
+    for dt in DTYPES {
+        let (rows, cols) = (7, 333);
+        let x = dt.rounded(&random(rows * cols, &mut rng));
+        let pick: Vec<i32> = vec![6, 0, 3, 3];
+        let (xd, pd) = (Dev::new(&gpu, dt, &x), upload(&gpu, &pick));
+        let mut out = Dev::poisoned(&gpu, dt, pick.len() * cols);
+        ok("gather_rows", unsafe {
+            sys::ek_gather_rows(
+                out.pm(),
+                xd.p(),
+                dt.code(),
+                p(&gpu, &pd).cast(),
+                pick.len() as i64,
+                cols as i64,
+                gpu.raw_stream(),
+            )
+        });
+        let want: Vec<f32> = pick
+            .iter()
+            .flat_map(|&r| &x[r as usize * cols..(r as usize + 1) * cols])
+            .copied()
+            .collect();
+        assert_eq!(out.get(), want, "gather_rows {dt:?}");
+
+        let bias = dt.rounded(&random(cols, &mut rng));
+        let (mut xd, bd) = (Dev::new(&gpu, dt, &x), Dev::new(&gpu, dt, &bias));
+        ok("add_bias", unsafe {
+            sys::ek_add_bias(
+                xd.pm(),
+                bd.p(),
+                dt.code(),
+                rows as i64,
+                cols as i64,
+                gpu.raw_stream(),
+            )
+        });
+        let want: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| dt.round(v + bias[i % cols]))
+            .collect();
+        assert_eq!(xd.get(), want, "add_bias {dt:?}");
     }
 }
 
@@ -743,9 +823,11 @@ fn backend_matmul_matches_the_cpu_in_every_dtype() {
     if gpu().is_none() {
         return;
     }
-    let be = CudaBackend::new(0).unwrap();
+    let mut be = CudaBackend::new(0).unwrap();
     let mut rng = rng("matmul");
     for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 1e-3), (DType::BF16, 1e-2)] {
+        // A model in `dtype`: activations, outputs and biases in it.
+        be.set_activation_dtype(dtype);
         for (m, n, k) in [(1, 4096, 4096), (7, 1000, 333), (64, 256, 128)] {
             let x = random(m * k, &mut rng);
             let w = random(n * k, &mut rng);
@@ -758,12 +840,27 @@ fn backend_matmul_matches_the_cpu_in_every_dtype() {
                 .unwrap();
             let gw = be.upload_weight(host_tensor(&w, &[n, k]), dtype).unwrap();
             let gb = be.upload_weight(host_tensor(&b, &[n]), dtype).unwrap();
-            let gx = be.upload(&x).unwrap();
-            let mut out = be.upload(&vec![f32::NAN; m * n]).unwrap();
+            let dev = be.device();
+            let gx = CudaBuffer::upload(dev, &x, dtype).unwrap();
+            let mut out = CudaBuffer::upload(dev, &vec![f32::NAN; m * n], dtype).unwrap();
+            assert_eq!(be.alloc(1).unwrap().dtype(), dtype);
             be.matmul(&gx, &gw, Some(&gb), &mut out).unwrap();
             assert_close(
                 &format!("matmul {dtype:?} {m}x{n}x{k}"),
                 &be.download(&out).unwrap(),
+                &want,
+                tol,
+            );
+
+            // Logits: f32 out of the model's dtype, from f32 inputs (converted).
+            CpuBackend.matmul(&x, &cpu_w, None, &mut want).unwrap();
+            let mut logits = be.alloc_logits(m * n).unwrap();
+            assert_eq!(logits.dtype(), DType::F32);
+            be.matmul(&be.upload(&x).unwrap(), &gw, None, &mut logits)
+                .unwrap();
+            assert_close(
+                &format!("matmul {dtype:?} {m}x{n}x{k} to f32"),
+                &be.download(&logits).unwrap(),
                 &want,
                 tol,
             );

@@ -2,7 +2,8 @@
 //! device: it calls these ops, and a backend (CPU, and CUDA with the `cuda` feature) implements them
 //! over the same memory layouts, so the CPU backend is the reference for the GPU.
 //!
-//! Layouts (row-major, f32 activations):
+//! Layouts (row-major; activations in f32, or in the model's 16-bit dtype where the backend keeps
+//! them so: [`Backend::set_activation_dtype`]):
 //! - activations `[tokens, features]`;
 //! - weights `[out_features, in_features]` in their stored dtype (as Hugging Face keeps them);
 //! - the fused projection `qkv` row is `[q heads | k heads | v heads] x head_dim`;
@@ -119,7 +120,8 @@ pub struct DeviceMemory {
 /// A compute device. Every op checks nothing a caller controls: the model builds
 /// shapes from a validated config, and the scheduler builds [`StepMeta`].
 pub trait Backend: Send + Sync + 'static {
-    /// f32 activations on the device.
+    /// Activations on the device, in the dtype [`Backend::set_activation_dtype`]
+    /// chose; logits and the rotary table are f32 ones.
     type Buffer: Send + Sync;
     /// A weight tensor in its stored dtype on the device.
     type Weight: Send + Sync;
@@ -137,9 +139,23 @@ pub trait Backend: Send + Sync + 'static {
         self.name().to_string()
     }
 
+    /// Keeps the activations of a model in `dtype` in the dtype this backend
+    /// computes such a model in: the CPU keeps f32 whatever the weights (the
+    /// default: nothing to set), CUDA the model's own dtype. A model calls it
+    /// once, before it uploads its weights and makes its buffers.
+    fn set_activation_dtype(&mut self, _dtype: DType) {}
+
     // Memory.
+    /// Zeroed activations.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// A zeroed f32 buffer for logits (what the samplers read), whatever the
+    /// activations' dtype.
+    fn alloc_logits(&self, len: usize) -> Result<Self::Buffer> {
+        self.alloc(len)
+    }
+    /// `data` as an f32 buffer.
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    /// A buffer's values as f32, whatever its dtype.
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     fn buffer_len(&self, buf: &Self::Buffer) -> usize;
     /// Makes `buf` hold `len` values for an op to overwrite, keeping its

@@ -332,9 +332,9 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   "bfloat16", "float16", "fp8" (= "fp8_e4m3") or "fp8_e5m2"; a 16-bit cache halves
 ///   the bytes attention reads, an FP8 one quarters them (stored divided by the
 ///   checkpoint's per-layer k_scale / v_scale where it has them, else 1.0, as vLLM).
-///   The CPU keeps all five; the CUDA kernels keep float32 only, so "auto" means
-///   float32 there and any other name fails `engine_new` with "not implemented"
-///   naming the dtype and the device ["auto"].
+///   The CPU keeps all five; CUDA keeps the cache in the model's dtype (its
+///   activations' too), so "auto" is that dtype there and any other name fails
+///   `engine_new` with "not implemented" naming the dtype and the device ["auto"].
 /// - "gpu_memory_utilization": on a GPU, when neither size above is set, the share of
 ///   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
 ///   one at load) and the KV cache, which takes the rest; a model that leaves no room

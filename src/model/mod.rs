@@ -235,12 +235,13 @@ impl<B: Backend> Model<B> {
         ckpt: &dyn TensorSource,
         dtype: DType,
         max_positions: Option<usize>,
-        backend: B,
+        mut backend: B,
         rank: Option<TpRank<B::Comm>>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model<B>> {
         // Checked before the weights load: the sizes come from a user or a file.
         let max_positions = checked_max_positions(&config, max_positions)?;
+        backend.set_activation_dtype(dtype);
         let shard = rank.as_ref().map_or(Shard::SINGLE, |r| r.shard);
         let plan = ShardPlan::new(&config, shard)?;
         let src = ShardedSource {
@@ -454,14 +455,14 @@ impl<B: Backend> Model<B> {
                 be.resize(&mut buf, len)?;
                 buf
             }
-            None => be.alloc(len)?,
+            None => be.alloc_logits(len)?,
         };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         be.matmul(selected, head, None, &mut logits)?;
         let Some(comm) = &self.comm else {
             return Ok(logits);
         };
-        let mut gathered = be.alloc(self.plan.shard.world * be.buffer_len(&logits))?;
+        let mut gathered = be.alloc_logits(self.plan.shard.world * be.buffer_len(&logits))?;
         be.all_gather(comm, &logits, &mut gathered)?;
         Ok(gathered)
     }

@@ -91,9 +91,10 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ek_embedding(
-        out: *mut f32,
+        out: *mut ::core::ffi::c_void,
+        out_dtype: i32,
         table: *const ::core::ffi::c_void,
-        dtype: i32,
+        table_dtype: i32,
         ids: *const i32,
         tokens: i64,
         width: i64,
@@ -102,8 +103,9 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ek_gather_rows(
-        out: *mut f32,
-        x: *const f32,
+        out: *mut ::core::ffi::c_void,
+        x: *const ::core::ffi::c_void,
+        dtype: i32,
         rows: *const i32,
         count: i64,
         width: i64,
@@ -112,8 +114,9 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ek_add_bias(
-        x: *mut f32,
-        bias: *const f32,
+        x: *mut ::core::ffi::c_void,
+        bias: *const ::core::ffi::c_void,
+        dtype: i32,
         rows: i64,
         cols: i64,
         stream: *mut ::core::ffi::c_void,

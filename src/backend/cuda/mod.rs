@@ -4,12 +4,16 @@
 //! so a build with this feature runs anywhere; opening the device on a
 //! machine without a driver is an error, never a panic.
 //!
-//! Activations and KV pools are f32 (as the trait's layouts are); matrices
-//! stay in their dtype and bf16/f16 GEMMs run with f32 accumulation (the
-//! activations are rounded to the weight's dtype first, as the CPU's packed
-//! kernels do). The kernels themselves take f32, f16 and bf16.
+//! Activations, the KV pools and the weights are in the model's dtype
+//! ([`CudaBuffer`], set by [`Backend::set_activation_dtype`]): a bf16 model
+//! runs its GEMMs on bf16 inputs and outputs with f32 accumulation (cuBLAS),
+//! and every kernel reads and writes bf16 with f32 arithmetic inside, as
+//! vLLM does. A float32 model runs in f32 throughout, the reference for the
+//! CPU backend's results. Logits are f32 whatever the dtype (the LM head's
+//! GEMM writes them so), and so is the rotary table.
 
 pub mod attention;
+mod buffer;
 mod device;
 mod libs;
 mod nccl;
@@ -24,8 +28,8 @@ use std::ffi::c_void;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::CudaSlice;
-use half::{bf16, f16};
 
+pub use buffer::CudaBuffer;
 pub use cudarc;
 pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
 
@@ -35,19 +39,15 @@ use crate::backend::HostTensor;
 use crate::backend::{AttnShape, Backend, DeviceMemory, KvDType, KvPoolShape, StepMeta};
 use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::{Error, Result};
+use buffer::{each_slice, same_dtype};
 use device::{check, device_error};
 
-/// A weight on the GPU in its dtype; vectors (norm weights, biases) are held
-/// in f32 with the dtype's values, as on the CPU.
-pub enum CudaWeight {
-    F32(CudaSlice<f32>),
-    F16(CudaSlice<f16>),
-    BF16(CudaSlice<bf16>),
-}
-
+/// A weight on the GPU: matrices in their dtype; vectors (norm weights,
+/// biases) in the activations' dtype, with the model dtype's values (as the
+/// CPU holds them in f32), since the kernels read them beside the activations.
 pub struct CudaWeightTensor {
     pub shape: Vec<usize>,
-    pub data: CudaWeight,
+    pub data: CudaBuffer,
 }
 
 impl CudaWeightTensor {
@@ -83,6 +83,8 @@ pub struct CudaMeta {
 
 pub struct CudaBackend {
     dev: CudaDevice,
+    /// The step's activations (and so the KV cache's) dtype: the model's.
+    act_dtype: DType,
     /// `ENGINE_CUDA_SYNC=1`: synchronize after every op, so that a device
     /// fault is reported by the op that caused it (slow; for debugging).
     sync_each_op: bool,
@@ -97,6 +99,7 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         Ok(CudaBackend {
             dev: CudaDevice::open(ordinal)?,
+            act_dtype: DType::F32,
             sync_each_op: std::env::var("ENGINE_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
     }
@@ -134,23 +137,23 @@ impl CudaBackend {
         ptr_mut(buf, &self.dev.stream)
     }
 
-    fn vector<'a>(&self, w: &'a CudaWeightTensor, what: &str) -> Result<&'a CudaSlice<f32>> {
-        match &w.data {
-            CudaWeight::F32(v) => Ok(v),
-            _ => Err(Error::invalid(format!(
-                "cuda: {what} must be a vector held in f32"
-            ))),
+    /// A norm weight or bias, checked to be in `dtype` (its activations').
+    fn vector(&self, w: &CudaWeightTensor, what: &str, dtype: DType) -> Result<*const c_void> {
+        if w.shape.len() != 1 || w.data.dtype() != dtype {
+            return Err(Error::invalid(format!(
+                "cuda: {what} must be a vector in {} (the activations' dtype), not {:?} in {}",
+                dtype.name(),
+                w.shape,
+                w.data.dtype().name()
+            )));
         }
+        Ok(w.data.ptr(&self.dev))
     }
 
     /// `out[m, n] = x[m, k] · w[n, k]ᵀ` through cuBLAS (column-major: outᵀ = w · xᵀ),
-    /// f32 accumulation; bf16/f16 weights multiply x rounded to their dtype.
-    fn gemm(
-        &self,
-        x: &CudaSlice<f32>,
-        w: &CudaWeightTensor,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    /// f32 accumulation; x is converted to the weight's dtype first where it
+    /// differs, and `out` is in the weight's dtype or (for 16-bit weights) f32.
+    fn gemm(&self, x: &CudaBuffer, w: &CudaWeightTensor, out: &mut CudaBuffer) -> Result<()> {
         let (n, k) = (w.rows(), w.cols());
         if k == 0 {
             return self.zero(out);
@@ -164,23 +167,25 @@ impl CudaBackend {
             to_i32("columns", n)?,
             to_i32("depth", k)?,
         );
-        // x in the weight's dtype (16-bit types share one scratch buffer type).
-        let mut scratch: Option<CudaSlice<u16>> = None;
-        let (a, b, ty) = match &w.data {
-            CudaWeight::F32(wd) => (self.p(wd), self.p(x), cudaDataType::CUDA_R_32F),
-            CudaWeight::F16(wd) => (
-                self.p(wd),
-                self.rounded(x, sys::EK_DTYPE_F16, &mut scratch)?,
-                cudaDataType::CUDA_R_16F,
-            ),
-            CudaWeight::BF16(wd) => (
-                self.p(wd),
-                self.rounded(x, sys::EK_DTYPE_BF16, &mut scratch)?,
-                cudaDataType::CUDA_R_16BF,
-            ),
+        let wt = w.data.dtype();
+        let out_ok = out.dtype() == wt || (out.dtype() == DType::F32 && wt != DType::F32);
+        if !out_ok {
+            return Err(Error::invalid(format!(
+                "cuda: a GEMM with {} weights cannot write {} outputs",
+                wt.name(),
+                out.dtype().name()
+            )));
+        }
+        let converted;
+        let b = if x.dtype() == wt {
+            x.ptr(&self.dev)
+        } else {
+            converted = self.converted(x, wt)?;
+            converted.ptr(&self.dev)
         };
         let (alpha, beta) = (1f32, 0f32);
-        let c = self.pm(out);
+        let (a, ty, c_ty) = (w.data.ptr(&self.dev), blas_type(wt), blas_type(out.dtype()));
+        let c = out.ptr_mut(&self.dev);
         // SAFETY: a is n x k (lda k), b is m x k (ldb k), c is m x n (ldc n),
         // all live device buffers of those sizes on this handle's stream.
         unsafe {
@@ -200,7 +205,7 @@ impl CudaBackend {
                 ki,
                 (&beta as *const f32).cast(),
                 c,
-                cudaDataType::CUDA_R_32F,
+                c_ty,
                 ni,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -210,50 +215,42 @@ impl CudaBackend {
         self.sync_point("cuBLAS GEMM")
     }
 
-    /// `x` converted to a 16-bit `dtype` in `scratch`; returns its address.
-    fn rounded(
-        &self,
-        x: &CudaSlice<f32>,
-        dtype: u32,
-        scratch: &mut Option<CudaSlice<u16>>,
-    ) -> Result<*const c_void> {
-        let mut buf = self.dev.alloc_uninit::<u16>(x.len())?;
-        let out = self.pm(&mut buf);
+    /// `x` converted to `dtype`, in a new buffer.
+    fn converted(&self, x: &CudaBuffer, dtype: DType) -> Result<CudaBuffer> {
+        let mut buf = CudaBuffer::uninit(&self.dev, dtype, x.len())?;
         // SAFETY: both buffers hold x.len() elements.
         self.launched("convert", unsafe {
             sys::ek_convert(
-                out,
-                dtype as i32,
-                self.p(x),
-                sys::EK_DTYPE_F32 as i32,
+                buf.ptr_mut(&self.dev),
+                buf.ek_dtype(),
+                x.ptr(&self.dev),
+                x.ek_dtype(),
                 x.len() as i64,
                 self.stream(),
             )
         })?;
-        let p = out as *const c_void;
-        *scratch = Some(buf);
-        Ok(p)
+        Ok(buf)
     }
 
-    fn zero(&self, out: &mut CudaSlice<f32>) -> Result<()> {
-        self.dev
-            .stream
-            .memset_zeros(out)
+    fn zero(&self, out: &mut CudaBuffer) -> Result<()> {
+        each_slice!(out, s => self.dev.stream.memset_zeros(s))
             .map_err(|e| device_error("zeroing", e))
     }
 }
 
-fn upload_slab<T: cudarc::driver::DeviceRepr + bytemuck::Pod>(
-    dev: &CudaDevice,
-    values: &[T],
-) -> Result<CudaSlice<T>> {
-    dev.upload(values)
+/// cuBLAS's name for `dtype`.
+fn blas_type(dtype: DType) -> cudaDataType {
+    match dtype {
+        DType::F32 => cudaDataType::CUDA_R_32F,
+        DType::F16 => cudaDataType::CUDA_R_16F,
+        DType::BF16 => cudaDataType::CUDA_R_16BF,
+    }
 }
 
 impl Backend for CudaBackend {
-    type Buffer = CudaSlice<f32>;
+    type Buffer = CudaBuffer;
     type Weight = CudaWeightTensor;
-    type KvPool = CudaSlice<f32>;
+    type KvPool = CudaBuffer;
     type Meta = CudaMeta;
     type Comm = nccl::NcclComm;
 
@@ -265,28 +262,36 @@ impl Backend for CudaBackend {
         self.dev.describe()
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
-        self.dev.alloc_zeros(len)
+    fn set_activation_dtype(&mut self, dtype: DType) {
+        self.act_dtype = dtype;
     }
 
-    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
-        self.dev.upload(data)
+    fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        CudaBuffer::zeros(&self.dev, self.act_dtype, len)
     }
 
-    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        self.dev.download(buf)
+    fn alloc_logits(&self, len: usize) -> Result<CudaBuffer> {
+        CudaBuffer::zeros(&self.dev, DType::F32, len)
     }
 
-    fn buffer_len(&self, buf: &CudaSlice<f32>) -> usize {
+    fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
+        CudaBuffer::upload(&self.dev, data, DType::F32)
+    }
+
+    fn download(&self, buf: &CudaBuffer) -> Result<Vec<f32>> {
+        buf.to_host(&self.dev)
+    }
+
+    fn buffer_len(&self, buf: &CudaBuffer) -> usize {
         buf.len()
     }
 
     /// A device slice has a fixed length: a new length is a new allocation
-    /// from the stream's pool (cheap: freed memory stays in the pool), left
-    /// uninitialized; the same length keeps the buffer.
-    fn resize(&self, buf: &mut CudaSlice<f32>, len: usize) -> Result<()> {
+    /// (of the buffer's dtype) from the stream's pool (cheap: freed memory
+    /// stays in the pool), left uninitialized; the same length keeps the buffer.
+    fn resize(&self, buf: &mut CudaBuffer, len: usize) -> Result<()> {
         if buf.len() != len.max(1) {
-            *buf = self.dev.alloc_uninit(len)?;
+            *buf = CudaBuffer::uninit(&self.dev, buf.dtype(), len)?;
         }
         Ok(())
     }
@@ -295,10 +300,15 @@ impl Backend for CudaBackend {
         // The host conversion the CPU backend does (vectors rounded to the dtype
         // and held in f32), in the stored row-major layout.
         let host = CpuWeight::natural(tensor, dtype);
+        let vector = host.shape.len() == 1;
         let data = match &host.data {
-            WeightData::F32(s) => CudaWeight::F32(upload_slab(&self.dev, s.as_slice())?),
-            WeightData::F16(s) => CudaWeight::F16(upload_slab(&self.dev, s.as_slice())?),
-            WeightData::BF16(s) => CudaWeight::BF16(upload_slab(&self.dev, s.as_slice())?),
+            // Exact: the values are already rounded to the model's dtype.
+            WeightData::F32(s) if vector => {
+                CudaBuffer::upload(&self.dev, s.as_slice(), self.act_dtype)?
+            }
+            WeightData::F32(s) => CudaBuffer::F32(self.dev.upload(s.as_slice())?),
+            WeightData::F16(s) => CudaBuffer::F16(self.dev.upload(s.as_slice())?),
+            WeightData::BF16(s) => CudaBuffer::BF16(self.dev.upload(s.as_slice())?),
             #[cfg(target_arch = "x86_64")]
             WeightData::Packed(_) => {
                 return Err(Error::invalid(
@@ -319,13 +329,18 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn alloc_kv_pool(&self, shape: KvPoolShape, _scale: f32) -> Result<CudaSlice<f32>> {
-        if shape.dtype != KvDType::F32 {
-            return Err(Error::invalid(format!(
-                "cuda: the KV cache is kept in float32 for now, not {}",
-                shape.dtype.name()
-            )));
-        }
+    fn alloc_kv_pool(&self, shape: KvPoolShape, _scale: f32) -> Result<CudaBuffer> {
+        let dtype = match shape.dtype {
+            KvDType::F32 => DType::F32,
+            KvDType::F16 => DType::F16,
+            KvDType::BF16 => DType::BF16,
+            KvDType::Fp8(_) => {
+                return Err(Error::invalid(format!(
+                    "cuda: a {} KV cache is not implemented; it is kept in the model's dtype",
+                    shape.dtype.name()
+                )))
+            }
+        };
         if !attention::HEAD_DIMS.contains(&shape.head_dim) {
             return Err(Error::invalid(format!(
                 "cuda: the attention kernels take head_dim {:?}; this model's is {}",
@@ -333,7 +348,16 @@ impl Backend for CudaBackend {
                 shape.head_dim
             )));
         }
-        self.dev.alloc_zeros(shape.len())
+        CudaBuffer::zeros(&self.dev, dtype, shape.len())
+    }
+
+    /// The attention kernels read the KV cache in the activations' dtype.
+    fn kv_dtypes(&self) -> &'static [KvDType] {
+        match self.act_dtype {
+            DType::F32 => &[KvDType::F32],
+            DType::F16 => &[KvDType::F16],
+            DType::BF16 => &[KvDType::BF16],
+        }
     }
 
     fn memory_info(&self) -> Result<Option<DeviceMemory>> {
@@ -387,13 +411,13 @@ impl Backend for CudaBackend {
 
     fn copy_blocks(
         &self,
-        pool: &mut CudaSlice<f32>,
+        pool: &mut CudaBuffer,
         shape: KvPoolShape,
         pairs: &[(u32, u32)],
     ) -> Result<()> {
         let block = shape.num_kv_heads * shape.block_size * shape.head_dim;
-        let bytes = block * std::mem::size_of::<f32>();
-        let base = self.pm(pool) as u64;
+        let bytes = block * pool.dtype().size_in_bytes();
+        let base = pool.ptr_mut(&self.dev) as u64;
         for &(src, dst) in pairs {
             let (s, d) = (src as u64 * bytes as u64, dst as u64 * bytes as u64);
             // SAFETY: both blocks lie inside the pool (the allocator hands out
@@ -415,21 +439,17 @@ impl Backend for CudaBackend {
         &self,
         table: &CudaWeightTensor,
         meta: &CudaMeta,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
-        let (ptr, dtype) = match &table.data {
-            CudaWeight::F32(t) => (self.p(t), sys::EK_DTYPE_F32),
-            CudaWeight::F16(t) => (self.p(t), sys::EK_DTYPE_F16),
-            CudaWeight::BF16(t) => (self.p(t), sys::EK_DTYPE_BF16),
-        };
-        let out = self.pm(out).cast();
-        // SAFETY: out holds tokens x width f32; every id is below the table's rows
-        // (the validator checks token ids against the vocabulary).
+        let out_dtype = out.ek_dtype();
+        // SAFETY: out holds tokens x width values; every id is below the
+        // table's rows (the validator checks token ids against the vocabulary).
         self.launched("embedding", unsafe {
             sys::ek_embedding(
-                out,
-                ptr,
-                dtype as i32,
+                out.ptr_mut(&self.dev),
+                out_dtype,
+                table.data.ptr(&self.dev),
+                table.data.ek_dtype(),
                 self.p(&meta.token_ids).cast(),
                 meta.host.num_tokens() as i64,
                 table.cols() as i64,
@@ -440,21 +460,21 @@ impl Backend for CudaBackend {
 
     fn rms_norm(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaBuffer,
         weight: &CudaWeightTensor,
         eps: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
-        let w = self.vector(weight, "an RMSNorm weight")?;
-        let hidden = w.len();
-        let out = self.pm(out);
-        // SAFETY: x and out hold rows x hidden f32, the weight hidden f32.
+        same_dtype("rms_norm", x.dtype(), &[out.dtype()])?;
+        let w = self.vector(weight, "an RMSNorm weight", x.dtype())?;
+        let hidden = weight.cols();
+        // SAFETY: x and out hold rows x hidden values, the weight hidden, one dtype.
         self.launched("rms_norm", unsafe {
             sys::ek_rms_norm(
-                out,
-                self.p(x),
-                self.p(w),
-                sys::EK_DTYPE_F32 as i32,
+                out.ptr_mut(&self.dev),
+                x.ptr(&self.dev),
+                w,
+                x.ek_dtype(),
                 (x.len() / hidden) as i64,
                 hidden as i64,
                 eps,
@@ -465,22 +485,23 @@ impl Backend for CudaBackend {
 
     fn fused_add_rms_norm(
         &self,
-        x: &mut CudaSlice<f32>,
-        residual: &mut CudaSlice<f32>,
+        x: &mut CudaBuffer,
+        residual: &mut CudaBuffer,
         weight: &CudaWeightTensor,
         eps: f32,
     ) -> Result<()> {
-        let w = self.vector(weight, "an RMSNorm weight")?;
-        let hidden = w.len();
+        same_dtype("fused_add_rms_norm", x.dtype(), &[residual.dtype()])?;
+        let w = self.vector(weight, "an RMSNorm weight", x.dtype())?;
+        let hidden = weight.cols();
         let rows = x.len() / hidden;
-        let (xp, rp) = (self.pm(x), self.pm(residual));
-        // SAFETY: x and residual hold rows x hidden f32, the weight hidden f32.
+        let dtype = x.ek_dtype();
+        // SAFETY: x and residual hold rows x hidden values, the weight hidden, one dtype.
         self.launched("fused_add_rms_norm", unsafe {
             sys::ek_fused_add_rms_norm(
-                xp,
-                rp,
-                self.p(w),
-                sys::EK_DTYPE_F32 as i32,
+                x.ptr_mut(&self.dev),
+                residual.ptr_mut(&self.dev),
+                w,
+                dtype,
                 rows as i64,
                 hidden as i64,
                 eps,
@@ -491,22 +512,23 @@ impl Backend for CudaBackend {
 
     fn matmul(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaBuffer,
         weight: &CudaWeightTensor,
         bias: Option<&CudaWeightTensor>,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
         self.gemm(x, weight, out)?;
         if let Some(b) = bias {
-            let b = self.vector(b, "a bias")?;
-            let cols = b.len();
-            let o = self.pm(out);
-            // SAFETY: out holds rows x cols f32, the bias cols f32.
+            let bp = self.vector(b, "a bias", out.dtype())?;
+            let cols = b.cols();
+            let (rows, dtype) = (out.len() / cols, out.ek_dtype());
+            // SAFETY: out holds rows x cols values, the bias cols, one dtype.
             self.launched("add_bias", unsafe {
                 sys::ek_add_bias(
-                    o.cast(),
-                    self.p(b).cast(),
-                    (out.len() / cols) as i64,
+                    out.ptr_mut(&self.dev),
+                    bp,
+                    dtype,
+                    rows as i64,
                     cols as i64,
                     self.stream(),
                 )
@@ -517,23 +539,26 @@ impl Backend for CudaBackend {
 
     fn rotary(
         &self,
-        qkv: &mut CudaSlice<f32>,
-        cos_sin: &CudaSlice<f32>,
+        qkv: &mut CudaBuffer,
+        cos_sin: &CudaBuffer,
         meta: &CudaMeta,
         shape: AttnShape,
     ) -> Result<()> {
+        let table = cos_sin.f32("the rotary table")?;
         let hd = shape.head_dim;
-        let base = self.pm(qkv) as *mut f32;
+        let dtype = qkv.ek_dtype();
+        let k_offset = shape.num_heads * hd * qkv.dtype().size_in_bytes();
+        let base = qkv.ptr_mut(&self.dev).cast::<u8>();
         let width = shape.qkv_width() as i64;
         // SAFETY: every token's row holds the q heads then the k heads; the
         // table covers every position (the scheduler bounds them by max_model_len).
         self.launched("rotary", unsafe {
             sys::ek_rotary(
                 base.cast(),
-                base.add(shape.num_heads * hd).cast(),
+                base.add(k_offset).cast(),
                 self.p(&meta.positions).cast(),
-                self.p(cos_sin).cast(),
-                sys::EK_DTYPE_F32 as i32,
+                self.p(table).cast(),
+                dtype,
                 meta.host.num_tokens() as i64,
                 shape.num_heads as i32,
                 shape.num_kv_heads as i32,
@@ -549,26 +574,34 @@ impl Backend for CudaBackend {
 
     fn reshape_and_cache(
         &self,
-        qkv: &CudaSlice<f32>,
-        k_pool: &mut CudaSlice<f32>,
-        v_pool: &mut CudaSlice<f32>,
+        qkv: &CudaBuffer,
+        k_pool: &mut CudaBuffer,
+        v_pool: &mut CudaBuffer,
         meta: &CudaMeta,
         shape: AttnShape,
     ) -> Result<()> {
+        same_dtype(
+            "reshape_and_cache",
+            qkv.dtype(),
+            &[k_pool.dtype(), v_pool.dtype()],
+        )?;
         let hd = shape.head_dim;
-        let base = self.p(qkv) as *const f32;
+        let elem = qkv.dtype().size_in_bytes();
+        let base = qkv.ptr(&self.dev).cast::<u8>();
         let width = shape.qkv_width() as i64;
-        let (kp, vp) = (self.pm(k_pool), self.pm(v_pool));
+        let dtype = qkv.ek_dtype();
+        let (kp, vp) = (k_pool.ptr_mut(&self.dev), v_pool.ptr_mut(&self.dev));
         // SAFETY: k and v heads follow the q heads in every row; every
-        // non-negative slot is inside the pools.
+        // non-negative slot is inside the pools; one dtype throughout.
         self.launched("reshape_and_cache", unsafe {
             sys::ek_reshape_and_cache(
-                base.add(shape.num_heads * hd).cast(),
-                base.add((shape.num_heads + shape.num_kv_heads) * hd).cast(),
+                base.add(shape.num_heads * hd * elem).cast(),
+                base.add((shape.num_heads + shape.num_kv_heads) * hd * elem)
+                    .cast(),
                 kp,
                 vp,
                 self.p(&meta.slot_mapping).cast(),
-                sys::EK_DTYPE_F32 as i32,
+                dtype,
                 meta.host.num_tokens() as i64,
                 width,
                 width,
@@ -582,21 +615,26 @@ impl Backend for CudaBackend {
 
     fn paged_attention(
         &self,
-        qkv: &CudaSlice<f32>,
-        k_pool: &CudaSlice<f32>,
-        v_pool: &CudaSlice<f32>,
+        qkv: &CudaBuffer,
+        k_pool: &CudaBuffer,
+        v_pool: &CudaBuffer,
         meta: &CudaMeta,
         shape: AttnShape,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
         if meta.host.num_seqs() == 0 {
             return Ok(());
         }
+        same_dtype(
+            "paged_attention",
+            qkv.dtype(),
+            &[k_pool.dtype(), v_pool.dtype(), out.dtype()],
+        )?;
         let params = sys::ek_attn_params {
-            out: self.pm(out),
-            q: self.p(qkv),
-            k_cache: self.p(k_pool),
-            v_cache: self.p(v_pool),
+            out: out.ptr_mut(&self.dev),
+            q: qkv.ptr(&self.dev),
+            k_cache: k_pool.ptr(&self.dev),
+            v_cache: v_pool.ptr(&self.dev),
             block_tables: self.p(&meta.block_tables).cast(),
             context_lens: self.p(&meta.context_lens).cast(),
             query_start: self.p(&meta.query_start).cast(),
@@ -611,7 +649,7 @@ impl Backend for CudaBackend {
             sliding_window: shape
                 .sliding_window
                 .map_or(Ok(0), |w| to_i32("sliding window", w))?,
-            dtype: sys::EK_DTYPE_F32 as i32,
+            dtype: qkv.ek_dtype(),
             scale: shape.scale,
         };
         if !meta.decode_only {
@@ -658,22 +696,18 @@ impl Backend for CudaBackend {
         self.launched("paged_attention_decode", status)
     }
 
-    fn silu_mul(
-        &self,
-        gate_up: &CudaSlice<f32>,
-        width: usize,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
+    fn silu_mul(&self, gate_up: &CudaBuffer, width: usize, out: &mut CudaBuffer) -> Result<()> {
         if width == 0 {
             return Ok(());
         }
-        let o = self.pm(out);
-        // SAFETY: gate_up holds rows x 2 width f32, out rows x width.
+        same_dtype("silu_and_mul", gate_up.dtype(), &[out.dtype()])?;
+        let dtype = out.ek_dtype();
+        // SAFETY: gate_up holds rows x 2 width values, out rows x width, one dtype.
         self.launched("silu_and_mul", unsafe {
             sys::ek_silu_and_mul(
-                o,
-                self.p(gate_up),
-                sys::EK_DTYPE_F32 as i32,
+                out.ptr_mut(&self.dev),
+                gate_up.ptr(&self.dev),
+                dtype,
                 (gate_up.len() / (2 * width)) as i64,
                 width as i64,
                 self.stream(),
@@ -683,25 +717,27 @@ impl Backend for CudaBackend {
 
     fn gather_rows(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaBuffer,
         rows: &[usize],
         width: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        same_dtype("gather_rows", x.dtype(), &[out.dtype()])?;
         let idx: Vec<i32> = rows
             .iter()
             .map(|&r| to_i32("row", r))
             .collect::<Result<_>>()?;
         let idx = self.dev.upload(&idx)?;
-        let o = self.pm(out);
-        // SAFETY: every row index is inside x; out holds rows.len() x width f32.
+        let dtype = out.ek_dtype();
+        // SAFETY: every row index is inside x; out holds rows.len() x width values.
         self.launched("gather_rows", unsafe {
             sys::ek_gather_rows(
-                o.cast(),
-                self.p(x).cast(),
+                out.ptr_mut(&self.dev),
+                x.ptr(&self.dev),
+                dtype,
                 self.p(&idx).cast(),
                 rows.len() as i64,
                 width as i64,
@@ -712,11 +748,11 @@ impl Backend for CudaBackend {
 
     fn sample_rows(
         &self,
-        logits: &CudaSlice<f32>,
+        logits: &CudaBuffer,
         batch: &SampleBatch,
         host: &dyn HostRowSampler,
     ) -> Result<Vec<SampledRow>> {
-        self.sample_batch(logits, batch, host)
+        self.sample_batch(logits.f32("the logits")?, batch, host)
     }
 
     fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CudaBackend, nccl::NcclComm)>> {
@@ -731,18 +767,23 @@ impl Backend for CudaBackend {
         nccl::abort(comm);
     }
 
-    fn all_reduce_sum(&self, comm: &nccl::NcclComm, buf: &mut CudaSlice<f32>) -> Result<()> {
-        nccl::all_reduce_sum(comm, buf)?;
+    fn all_reduce_sum(&self, comm: &nccl::NcclComm, buf: &mut CudaBuffer) -> Result<()> {
+        each_slice!(buf, s => nccl::all_reduce_sum(comm, s))?;
         self.sync_point("all_reduce_sum")
     }
 
     fn all_gather(
         &self,
         comm: &nccl::NcclComm,
-        local: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
+        local: &CudaBuffer,
+        out: &mut CudaBuffer,
     ) -> Result<()> {
-        nccl::all_gather(comm, local, out)?;
+        match (local, out) {
+            (CudaBuffer::F32(l), CudaBuffer::F32(o)) => nccl::all_gather(comm, l, o),
+            (CudaBuffer::F16(l), CudaBuffer::F16(o)) => nccl::all_gather(comm, l, o),
+            (CudaBuffer::BF16(l), CudaBuffer::BF16(o)) => nccl::all_gather(comm, l, o),
+            (l, o) => same_dtype("all_gather", l.dtype(), &[o.dtype()]),
+        }?;
         self.sync_point("all_gather")
     }
 }

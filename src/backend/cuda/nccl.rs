@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaSlice;
-use cudarc::nccl::{Comm, ReduceOp};
+use cudarc::nccl::{Comm, NcclType, ReduceOp};
 
 use super::device::{device_error, gpu_count};
 use super::CudaBackend;
@@ -93,7 +93,7 @@ pub(super) fn group(lead: CudaBackend, world: usize) -> Result<Vec<(CudaBackend,
         .collect())
 }
 
-pub(super) fn all_reduce_sum(comm: &NcclComm, buf: &mut CudaSlice<f32>) -> Result<()> {
+pub(super) fn all_reduce_sum<T: NcclType>(comm: &NcclComm, buf: &mut CudaSlice<T>) -> Result<()> {
     comm.with(|comm| {
         comm.all_reduce_in_place(buf, &ReduceOp::Sum)
             .map(drop)
@@ -101,10 +101,10 @@ pub(super) fn all_reduce_sum(comm: &NcclComm, buf: &mut CudaSlice<f32>) -> Resul
     })
 }
 
-pub(super) fn all_gather(
+pub(super) fn all_gather<T: NcclType>(
     comm: &NcclComm,
-    local: &CudaSlice<f32>,
-    out: &mut CudaSlice<f32>,
+    local: &CudaSlice<T>,
+    out: &mut CudaSlice<T>,
 ) -> Result<()> {
     comm.with(|comm| {
         if out.len() != local.len() * comm.world_size() {

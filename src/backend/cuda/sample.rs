@@ -63,8 +63,9 @@ impl CudaBackend {
         // SAFETY: SampleBatch::check put every row inside the logits; work holds rows x vocab.
         self.launched("gather_rows", unsafe {
             sys::ek_gather_rows(
-                self.pm(&mut work).cast(),
-                self.p(logits).cast(),
+                self.pm(&mut work),
+                self.p(logits),
+                sys::EK_DTYPE_F32 as i32,
                 self.p(&idx).cast(),
                 rows.len() as i64,
                 vocab as i64,
