@@ -63,6 +63,16 @@ impl StepMeta {
     pub fn num_seqs(&self) -> usize {
         self.context_lens.len()
     }
+
+    /// How many sequences, from the first, have one query row each: a device
+    /// backend runs them through its decode kernel and the others through its
+    /// prefill kernel (the scheduler puts decoding sequences first).
+    pub fn leading_decode_seqs(&self) -> usize {
+        self.query_start
+            .windows(2)
+            .take_while(|w| w[1] - w[0] == 1)
+            .count()
+    }
 }
 
 /// Geometry of one attention layer.
@@ -318,4 +328,29 @@ pub trait Backend: Send + Sync + 'static {
         local: &Self::Buffer,
         out: &mut Self::Buffer,
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepMeta;
+
+    fn meta(query_lens: &[usize]) -> StepMeta {
+        let mut query_start = vec![0];
+        for n in query_lens {
+            query_start.push(query_start.last().unwrap() + n);
+        }
+        StepMeta {
+            context_lens: query_lens.iter().map(|n| n + 10).collect(),
+            query_start,
+            ..StepMeta::default()
+        }
+    }
+
+    #[test]
+    fn the_leading_one_row_sequences_are_the_decode_part() {
+        assert_eq!(meta(&[]).leading_decode_seqs(), 0);
+        assert_eq!(meta(&[1, 1, 1]).leading_decode_seqs(), 3);
+        assert_eq!(meta(&[1, 1, 7, 1]).leading_decode_seqs(), 2);
+        assert_eq!(meta(&[5, 1, 1]).leading_decode_seqs(), 0);
+    }
 }

@@ -1,6 +1,10 @@
-//! Which paged-attention kernel runs a step, decided on the host.
+//! Which paged-attention kernel runs which sequences of a step, decided on
+//! the host, and their launches.
 
-use super::sys;
+use cudarc::driver::CudaSlice;
+
+use super::{sys, to_i32, CudaBackend, CudaMeta};
+use crate::error::Result;
 
 /// Tokens per partition of the split-K decode kernel (csrc/kernels.h).
 pub const PARTITION_SIZE: usize = sys::EK_ATTN_PARTITION_SIZE as usize;
@@ -44,6 +48,75 @@ pub fn decode_partitions(
         0
     } else {
         parts
+    }
+}
+
+impl CudaBackend {
+    /// A step's attention: its leading one-row sequences through the decode
+    /// kernel (split-K where [`decode_partitions`] says so), the others
+    /// through the prefill kernel. `params` describe the whole batch.
+    pub(super) fn attention(&self, params: &sys::ek_attn_params, meta: &CudaMeta) -> Result<()> {
+        let (seqs, d) = (meta.host.num_seqs(), meta.decode_seqs);
+        if d > 0 {
+            let decode = sys::ek_attn_params {
+                num_seqs: to_i32("sequences", d)?,
+                ..*params
+            };
+            self.decode(&decode, meta.decode_max_context)?;
+        }
+        if d < seqs {
+            // Sequence d's metadata on; query_start holds batch rows, so q
+            // and out stay the batch's.
+            let prefill = sys::ek_attn_params {
+                block_tables: params.block_tables.wrapping_add(d * meta.max_blocks),
+                context_lens: params.context_lens.wrapping_add(d),
+                query_start: params.query_start.wrapping_add(d),
+                num_seqs: to_i32("sequences", seqs - d)?,
+                ..*params
+            };
+            let rows = to_i32("query length", meta.prefill_max_query_len)?;
+            // SAFETY: the params describe live buffers of these sequences.
+            self.launched("paged_attention_prefill", unsafe {
+                sys::ek_paged_attention_prefill(&prefill, rows, self.stream())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The decode kernel over `params`' sequences, one query row each.
+    fn decode(&self, params: &sys::ek_attn_params, max_context: usize) -> Result<()> {
+        let parts = decode_partitions(
+            params.num_seqs as usize,
+            params.num_heads as usize,
+            params.num_kv_heads as usize,
+            max_context,
+            self.dev.sm_count,
+        );
+        let mut workspace: Option<CudaSlice<u8>> = None;
+        let ws = if parts > 0 {
+            // SAFETY: a pure size computation.
+            let bytes = unsafe {
+                sys::ek_paged_attention_workspace_bytes(
+                    params.num_seqs,
+                    params.num_heads,
+                    params.head_dim,
+                    parts as i32,
+                )
+            };
+            // Every partition the reduce reads is written first (it skips
+            // the ones without a visible token, whose blocks write nothing).
+            let mut buf = self.dev.alloc_uninit::<u8>(bytes as usize)?;
+            let p = self.pm(&mut buf);
+            workspace = Some(buf);
+            p
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: params describe live buffers; the workspace has the size asked for.
+        let status =
+            unsafe { sys::ek_paged_attention_decode(params, parts as i32, ws, self.stream()) };
+        drop(workspace);
+        self.launched("paged_attention_decode", status)
     }
 }
 

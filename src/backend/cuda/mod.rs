@@ -75,10 +75,14 @@ pub struct CudaMeta {
     /// `[num_seqs, max_blocks]`, padded with block 0 (never read past a context).
     block_tables: CudaSlice<i32>,
     max_blocks: usize,
-    max_query_len: usize,
-    max_context: usize,
-    /// Every sequence has exactly one query token.
-    decode_only: bool,
+    /// The first `decode_seqs` sequences have one query row each and go
+    /// through the decode kernel ([`StepMeta::leading_decode_seqs`]); the
+    /// others through the prefill kernel.
+    decode_seqs: usize,
+    /// The longest context of a decode sequence.
+    decode_max_context: usize,
+    /// The most query rows of a prefill sequence.
+    prefill_max_query_len: usize,
 }
 
 pub struct CudaBackend {
@@ -387,8 +391,7 @@ impl Backend for CudaBackend {
         let token_ids: Vec<i32> = meta.token_ids.iter().map(|&t| t as i32).collect();
         let positions: Vec<i32> = meta.positions.iter().map(|&p| p as i32).collect();
         let query_lens = meta.query_start.windows(2).map(|w| w[1] - w[0]);
-        let max_query_len = query_lens.clone().max().unwrap_or(0);
-        let decode_only = seqs > 0 && query_lens.clone().all(|n| n == 1);
+        let decode_seqs = meta.leading_decode_seqs();
         let d = &self.dev;
         Ok(CudaMeta {
             token_ids: d.upload(&token_ids)?,
@@ -398,9 +401,13 @@ impl Backend for CudaBackend {
             context_lens: d.upload(&ints(&meta.context_lens, "context length")?)?,
             block_tables: d.upload(&tables)?,
             max_blocks,
-            max_query_len,
-            max_context: meta.context_lens.iter().copied().max().unwrap_or(0),
-            decode_only,
+            decode_seqs,
+            decode_max_context: meta.context_lens[..decode_seqs]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0),
+            prefill_max_query_len: query_lens.skip(decode_seqs).max().unwrap_or(0),
             host: meta,
         })
     }
@@ -652,48 +659,7 @@ impl Backend for CudaBackend {
             dtype: qkv.ek_dtype(),
             scale: shape.scale,
         };
-        if !meta.decode_only {
-            // SAFETY: params describe live buffers of the shapes above.
-            return self.launched("paged_attention_prefill", unsafe {
-                sys::ek_paged_attention_prefill(
-                    &params,
-                    to_i32("query length", meta.max_query_len)?,
-                    self.stream(),
-                )
-            });
-        }
-        let parts = attention::decode_partitions(
-            meta.host.num_seqs(),
-            shape.num_heads,
-            shape.num_kv_heads,
-            meta.max_context,
-            self.dev.sm_count,
-        );
-        let mut workspace: Option<CudaSlice<u8>> = None;
-        let ws = if parts > 0 {
-            // SAFETY: a pure size computation.
-            let bytes = unsafe {
-                sys::ek_paged_attention_workspace_bytes(
-                    params.num_seqs,
-                    params.num_heads,
-                    params.head_dim,
-                    parts as i32,
-                )
-            };
-            // Every partition the reduce reads is written first (it skips
-            // the ones without a visible token, whose blocks write nothing).
-            let mut buf = self.dev.alloc_uninit::<u8>(bytes as usize)?;
-            let p = self.pm(&mut buf);
-            workspace = Some(buf);
-            p
-        } else {
-            std::ptr::null_mut()
-        };
-        // SAFETY: params describe live buffers; the workspace has the size asked for.
-        let status =
-            unsafe { sys::ek_paged_attention_decode(&params, parts as i32, ws, self.stream()) };
-        drop(workspace);
-        self.launched("paged_attention_decode", status)
+        self.attention(&params, meta)
     }
 
     fn silu_mul(&self, gate_up: &CudaBuffer, width: usize, out: &mut CudaBuffer) -> Result<()> {
