@@ -39,8 +39,8 @@ extern "C" int32_t ek_convert(void *out, int32_t out_dtype, const void *in, int3
   return launch_status();
 }
 
-extern "C" int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows,
-                               int64_t cols, void *stream) {
+extern "C" int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows, int64_t cols,
+                               void *stream) {
   if (rows == 0 || cols == 0)
     return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
