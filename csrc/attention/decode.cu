@@ -88,25 +88,41 @@ __global__ void __launch_bounds__(kAttnThreads)
 
   const T *kc = static_cast<const T *>(p.k_cache);
   const T *vc = static_cast<const T *>(p.v_cache);
+  // Where this lane group's tokens of a step sit in the pools (-1: past the
+  // end). A step issues its K and V loads together, then looks up the next
+  // step's offsets (block-table loads) while those are in flight: on the H200
+  // the block-table load, K, then V were three serialized latencies a step.
+  int64_t off[TPG];
+#pragma unroll
+  for (int t = 0; t < TPG; ++t) {
+    const int j = start + t * GROUPS + gi;
+    off[t] = j < end ? kv_offset(p, seq, kv_head, j) : -1;
+  }
   for (int base = start; base < end; base += GROUPS * TPG) {
-    int64_t off[TPG];
     bool valid[TPG];
-    Pack<T> kv[TPG][NV];
+    Pack<T> kr[TPG][NV], vr[TPG][NV];
 #pragma unroll
     for (int t = 0; t < TPG; ++t) {
-      const int j = base + t * GROUPS + gi;
-      valid[t] = j < end;
-      off[t] = valid[t] ? kv_offset(p, seq, kv_head, j) : 0;
+      valid[t] = off[t] >= 0;
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         const int d = (v * L + sub) * VEC;
-        if (valid[t] && d < HD)
-          kv[t][v] = load_pack(kc + off[t] + d);
-        else
+        if (valid[t] && d < HD) {
+          kr[t][v] = load_pack(kc + off[t] + d);
+          vr[t][v] = load_pack(vc + off[t] + d);
+        } else {
 #pragma unroll
-          for (int e = 0; e < VEC; ++e)
-            kv[t][v].v[e] = from_float<T>(0.f);
+          for (int e = 0; e < VEC; ++e) {
+            kr[t][v].v[e] = from_float<T>(0.f);
+            vr[t][v].v[e] = from_float<T>(0.f);
+          }
+        }
       }
+    }
+#pragma unroll
+    for (int t = 0; t < TPG; ++t) {
+      const int j = base + (TPG + t) * GROUPS + gi;
+      off[t] = j < end ? kv_offset(p, seq, kv_head, j) : -1;
     }
     float s[TPG][MAXG];
 #pragma unroll
@@ -118,20 +134,11 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int v = 0; v < NV; ++v)
 #pragma unroll
           for (int e = 0; e < VEC; ++e)
-            dot += q[h][v][e] * to_float(kv[t][v].v[e]);
+            dot += q[h][v][e] * to_float(kr[t][v].v[e]);
 #pragma unroll
         for (int o = L / 2; o > 0; o >>= 1)
           dot += __shfl_xor_sync(0xffffffffu, dot, o);
         s[t][h] = valid[t] ? dot : -INFINITY;
-      }
-      // V rows of the same tokens.
-#pragma unroll
-    for (int t = 0; t < TPG; ++t)
-#pragma unroll
-      for (int v = 0; v < NV; ++v) {
-        const int d = (v * L + sub) * VEC;
-        if (valid[t] && d < HD)
-          kv[t][v] = load_pack(vc + off[t] + d);
       }
 #pragma unroll
     for (int h = 0; h < MAXG; ++h) {
@@ -157,7 +164,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int v = 0; v < NV; ++v)
 #pragma unroll
           for (int e = 0; e < VEC; ++e)
-            acc[h][v][e] += w * to_float(kv[t][v].v[e]);
+            acc[h][v][e] += w * to_float(vr[t][v].v[e]);
       }
       m[h] = m_new;
     }
