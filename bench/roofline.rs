@@ -4,13 +4,13 @@
 
 use std::time::Instant;
 
-use engine::backend::cpu::CpuBackend;
+use engine::backend::Backend;
 use engine::model::Model;
 use rayon::prelude::*;
 
 /// Bytes of weights one decode step reads: every matrix once (the LM head
 /// included), one embedding row, the norm weights.
-pub fn weight_bytes_per_token(model: &Model<CpuBackend>) -> f64 {
+pub fn weight_bytes_per_token<B: Backend>(model: &Model<B>) -> f64 {
     let c = &model.config;
     let elem = match model.dtype {
         engine::backend::DType::F32 => 4.0,

@@ -7,9 +7,10 @@
 #   run(command="bash .device-cuda/all.sh", carry=[".device-cuda"], timeout_s=480)
 # all.sh runs kernels.sh (tests, sanitizer, benches, peers) then e2e.sh
 # (parity on CUDA, the server on the fixtures against the CPU's answers);
-# each can also run alone. The device tool sends the checkout its session
-# started in: when this runs in another worktree, pass that checkout's
-# .device-cuda as DEST.
+# each can also run alone. engine.sh (the engine end to end at Llama-3-8B's
+# shape, bench/engine_shapes.rs) is a run of its own. The device tool sends
+# the checkout its session started in: when this runs in another worktree,
+# pass that checkout's .device-cuda as DEST.
 #
 # Device checks build for sm_90 only (ENGINE_CUDA_ARCHS=90, the H200), which
 # halves nvcc's time; set ENGINE_CUDA_ARCHS to build others.
@@ -40,6 +41,7 @@ kernels_test="$(executable test --no-run --test cuda_kernels)"
 parity_test="$(executable test --no-run --test backend_parity)"
 tp_test="$(executable test --no-run --test tensor_parallel)"
 kernels_bench="$(executable bench --no-run --profile dev --bench cuda_kernels)"
+engine_bench="$(executable bench --no-run --profile dev --bench engine_shapes)"
 server="$(executable build -p engine-server --bin engine-server)"
 echo "stage: built in $(($(date +%s) - start)) s" >&2
 
@@ -49,6 +51,7 @@ cp "$kernels_test" "$dest/bin/cuda_kernels_test"
 cp "$parity_test" "$dest/bin/backend_parity"
 cp "$tp_test" "$dest/bin/tensor_parallel"
 cp "$kernels_bench" "$dest/bin/cuda_kernels_bench"
+cp "$engine_bench" "$dest/bin/engine_shapes"
 cp "$server" "$dest/bin/engine-server"
 strip "$dest"/bin/*
 # FlashInfer's decode beside ours (FlashInfer is fetched, never committed).
@@ -56,7 +59,7 @@ scripts/device/build-flashinfer-compare.sh "$dest/bin/flashinfer_decode" >&2
 # Compressed, the binaries take a third of the 64 MiB the tree may carry;
 # env.sh unpacks them on the GPU machine.
 gzip -9 "$dest"/bin/*
-cp scripts/device/kernels.sh scripts/device/e2e.sh scripts/device/all.sh \
+cp scripts/device/kernels.sh scripts/device/e2e.sh scripts/device/all.sh scripts/device/engine.sh \
     scripts/device/env.sh scripts/device/e2e_requests.py bench/sdpa_compare.py "$dest/"
 size=$(du -cb "$dest" | tail -n 1 | cut -f1)
 echo "staged $(du -sh "$dest" | cut -f1) in $dest ($size bytes; with the working tree, the limit is 64 MiB)" >&2
