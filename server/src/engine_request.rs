@@ -28,15 +28,18 @@ pub fn max_tokens(
         Some(m) if m < 1 => Err(ApiError::bad_request(format!(
             "max_tokens must be at least 1, got {m}."
         ))),
-        Some(m) if prompt_len as i64 + m > max_model_len as i64 => {
-            Err(ApiError::bad_request(format!(
-                "This model's maximum context length is {max_model_len} tokens. However, you \
-                 requested {} tokens ({prompt_len} in the messages, {m} in the completion). \
-                 Please reduce the length of the messages or completion.",
-                prompt_len as i64 + m
-            )))
+        Some(m) => {
+            // In i128: a max_tokens near i64::MAX must not wrap past the check.
+            let total = prompt_len as i128 + i128::from(m);
+            if total > max_model_len as i128 {
+                return Err(ApiError::bad_request(format!(
+                    "This model's maximum context length is {max_model_len} tokens. However, \
+                     you requested {total} tokens ({prompt_len} in the messages, {m} in the \
+                     completion). Please reduce the length of the messages or completion."
+                )));
+            }
+            Ok(m)
         }
-        Some(m) => Ok(m),
     }
 }
 
@@ -167,6 +170,10 @@ mod tests {
             .unwrap_err()
             .message
             .contains("at least 1"));
+        // The sum of a huge max_tokens and the prompt does not wrap past the check.
+        let e = max_tokens(Some(i64::MAX), 1, 64).unwrap_err();
+        assert!(e.message.contains(&format!("requested {} tokens", i64::MAX as i128 + 1)));
+        assert_eq!(max_tokens(Some(63), 1, 64).unwrap(), 63);
     }
 
     #[test]
