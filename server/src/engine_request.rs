@@ -172,7 +172,9 @@ mod tests {
             .contains("at least 1"));
         // The sum of a huge max_tokens and the prompt does not wrap past the check.
         let e = max_tokens(Some(i64::MAX), 1, 64).unwrap_err();
-        assert!(e.message.contains(&format!("requested {} tokens", i64::MAX as i128 + 1)));
+        assert!(e
+            .message
+            .contains(&format!("requested {} tokens", i64::MAX as i128 + 1)));
         assert_eq!(max_tokens(Some(63), 1, 64).unwrap(), 63);
     }
 

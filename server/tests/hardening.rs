@@ -402,3 +402,35 @@ fn a_hostile_mix_leaves_the_server_as_it_was() {
     assert_eq!(s.metric("vllm:num_requests_running"), 0.0);
     assert_eq!(s.metric("vllm:kv_cache_blocks_used"), 0.0);
 }
+
+/// Red-team findings (2026-12-07): a list of prompts multiplied n past any
+/// bound (4000 prompts of n 256 were a million sequences from a 0.23 MB
+/// body), and a max_tokens near i64::MAX wrapped past the context check.
+#[test]
+fn sequences_per_request_and_huge_max_tokens_are_bounded() {
+    let s = Server::start(&[]);
+    let many = json!({"model": "demo", "prompt": vec!["Hi"; 4000], "max_tokens": 1, "n": 256});
+    let start = Instant::now();
+    let message = s.post("/v1/completions", &many).error(400);
+    assert!(message.contains("at most 4096 sequences"), "{message}");
+    assert!(message.contains("4000 prompts x 256"), "{message}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Token-id lists count as prompts too; a flat id list is one prompt.
+    let lists = json!({"model": "demo", "prompt": vec![vec![1, 2]; 5000], "max_tokens": 1});
+    s.post("/v1/completions", &lists).error(400);
+    let flat = json!({"model": "demo", "prompt": vec![1; 100], "max_tokens": 1, "n": 2});
+    assert_eq!(s.post("/v1/completions", &flat).status, 200);
+    let fits = json!({"model": "demo", "prompt": vec!["Hi"; 64], "max_tokens": 1, "n": 4});
+    let r = s.post("/v1/completions", &fits);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"].as_array().unwrap().len(), 256);
+
+    let huge = json!({"model": "demo", "prompt": "Hi", "max_tokens": i64::MAX});
+    let message = s.post("/v1/completions", &huge).error(400);
+    assert!(message.contains("maximum context length"), "{message}");
+    let chat = json!({"model": "demo", "messages": [{"role": "user", "content": "Hi"}],
+                      "max_tokens": i64::MAX});
+    let message = s.post("/v1/chat/completions", &chat).error(400);
+    assert!(message.contains("maximum context length"), "{message}");
+    assert!(!greedy(&s, &[JSON]).is_empty());
+}
