@@ -264,6 +264,41 @@ fn echo_puts_the_prompt_first() {
     assert_eq!(streamed_texts(&chunks, 1)[0], text(&v, 0));
 }
 
+/// The prompt's tokens under echo + logprobs read as the prompt: the token
+/// that completes a multi-byte character carries it (red-teaming found "你好世界😀"
+/// echoed as a U+FFFD and empty strings).
+#[test]
+fn echoed_prompt_tokens_spell_the_prompt() {
+    let s = server();
+    for prompt in ["héllo 你好 😀 wörld", "你好世界😀", "plain words"] {
+        let v = complete(
+            &s,
+            json!({"model": "demo", "prompt": prompt, "max_tokens": 1, "echo": true,
+                   "logprobs": 0, "temperature": 0}),
+        );
+        let lp = &v["choices"][0]["logprobs"];
+        let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+        let tokens: Vec<&str> = lp["tokens"].as_array().unwrap()[..prompt_tokens]
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        // The fixture's tokenizer adds a BOS, shown as its text.
+        assert_eq!(
+            tokens.concat().strip_prefix("<s>"),
+            Some(prompt),
+            "{tokens:?}"
+        );
+        let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap()[..prompt_tokens]
+            .iter()
+            .map(|o| o.as_u64().unwrap())
+            .collect();
+        for i in 1..prompt_tokens {
+            let step = tokens[i - 1].chars().count() as u64;
+            assert_eq!(offsets[i], offsets[i - 1] + step, "{prompt}: {offsets:?}");
+        }
+    }
+}
+
 #[test]
 fn sampling_fields_reach_the_engine() {
     let s = server();

@@ -22,18 +22,24 @@ pub(super) fn decode_generated(
     Ok(())
 }
 
-/// Fills `decoded` for every prompt position (entry i is scored after `prompt[..i]`).
+/// Fills `decoded` for every prompt position (entry i is scored after
+/// `prompt[..i]`). One detokenizer walks the prompt, as vLLM's does, so the
+/// token that completes a character carries it, as generated tokens do (a
+/// fresh one per position took the unfinished bytes before it as already shown).
 pub(super) fn decode_prompt(
     logprobs: &mut [Option<TokenLogprobs>],
     prompt: &[u32],
     tokenizer: &Tokenizer,
     skip_special_tokens: bool,
 ) -> Result<()> {
+    let mut d = IncrementalDetokenizer::new(tokenizer, &[], skip_special_tokens, true)?;
     for (i, lp) in logprobs.iter_mut().enumerate() {
-        let Some(lp) = lp else { continue };
-        let before = &prompt[..i.min(prompt.len())];
-        let d = IncrementalDetokenizer::new(tokenizer, before, skip_special_tokens, true)?;
-        decode_generated(lp, &d, tokenizer)?;
+        if let Some(lp) = lp {
+            decode_generated(lp, &d, tokenizer)?;
+        }
+        if let Some(&id) = prompt.get(i) {
+            d.push(tokenizer, id)?;
+        }
     }
     Ok(())
 }
