@@ -592,8 +592,9 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  *   "seed" option in submission order).
  * - "use_beam_search" (bool, default false), "length_penalty" (number, default 1),
  *   "early_stopping" (true, false or "never", default false).
- * - "stop" (string or array of strings): stop strings, cut from the text unless
- *   "include_stop_str_in_output" (bool, default false).
+ * - "stop" (string or array of strings, at most 65536 bytes together): stop
+ *   strings, cut from the text unless "include_stop_str_in_output" (bool,
+ *   default false).
  * - "stop_token_ids" (array of token ids), "ignore_eos" (bool, default false).
  * - "max_tokens" (integer >= 1, default 16; null: up to the model's length).
  * - "min_tokens" (integer <= max_tokens, default 0).

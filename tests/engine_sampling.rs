@@ -142,7 +142,7 @@ fn stop_strings_cut_the_output_and_streaming_never_runs_ahead() {
     let stop = full.text[10..14].to_string();
     let cut = full.text.find(&stop).unwrap();
     let params = SamplingParams {
-        stop: vec![stop.clone()],
+        stop: vec![stop.clone()].into(),
         ..greedy.clone()
     };
     let outs = stream(&engine, "Hello, my name is", params);
@@ -157,7 +157,7 @@ fn stop_strings_cut_the_output_and_streaming_never_runs_ahead() {
     );
 
     let params = SamplingParams {
-        stop: vec![stop.clone()],
+        stop: vec![stop.clone()].into(),
         include_stop_str_in_output: true,
         ..greedy
     };

@@ -405,7 +405,8 @@ fn a_hostile_mix_leaves_the_server_as_it_was() {
 
 /// Red-team findings (2026-12-07): a list of prompts multiplied n past any
 /// bound (4000 prompts of n 256 were a million sequences from a 0.23 MB
-/// body), and a max_tokens near i64::MAX wrapped past the context check.
+/// body), stop strings had no bound (9 MB of them stalled every request), and
+/// a max_tokens near i64::MAX wrapped past the context check.
 #[test]
 fn sequences_per_request_and_huge_max_tokens_are_bounded() {
     let s = Server::start(&[]);
@@ -424,6 +425,19 @@ fn sequences_per_request_and_huge_max_tokens_are_bounded() {
     let r = s.post("/v1/completions", &fits);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["choices"].as_array().unwrap().len(), 256);
+
+    // Stop strings are bounded in bytes (their per-token search is bounded by
+    // the longest one).
+    let stops: Vec<String> = (0..300).map(|i| format!("{i:0>300}")).collect();
+    let many_stops = json!({"model": "demo", "prompt": "Hi", "max_tokens": 2, "stop": stops});
+    let message = s.post("/v1/completions", &many_stops).error(400);
+    assert!(
+        message.contains("stop strings may total at most 65536 bytes"),
+        "{message}"
+    );
+    let stops: Vec<String> = (0..200).map(|i| format!("{i:0>300}")).collect();
+    let fits = json!({"model": "demo", "prompt": "Hi", "max_tokens": 2, "stop": stops});
+    assert_eq!(s.post("/v1/completions", &fits).status, 200);
 
     let huge = json!({"model": "demo", "prompt": "Hi", "max_tokens": i64::MAX});
     let message = s.post("/v1/completions", &huge).error(400);

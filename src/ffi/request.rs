@@ -143,7 +143,7 @@ fn sampling_params(mut r: SubmitRequest) -> FfiResult<SamplingParams> {
     p.use_beam_search = r.use_beam_search.unwrap_or(p.use_beam_search);
     p.length_penalty = r.length_penalty.unwrap_or(p.length_penalty);
     p.early_stopping = r.early_stopping.map_or(p.early_stopping, early_stopping);
-    p.stop = r.stop.map_or(p.stop, |s| s.0);
+    p.stop = r.stop.map_or(p.stop, |s| s.0.into());
     p.stop_token_ids = r.stop_token_ids.unwrap_or(p.stop_token_ids);
     p.include_stop_str_in_output = r
         .include_stop_str_in_output

@@ -29,6 +29,7 @@ pub mod philox;
 pub mod processors;
 pub mod sampler;
 pub mod stop;
+mod stop_strings;
 mod truncation;
 mod verify;
 
@@ -40,6 +41,7 @@ pub use params::{EarlyStopping, SamplingParams, SamplingType};
 pub use processors::SequenceTokens;
 pub use sampler::{SampleOutput, Sampler};
 pub use stop::{Finish, FinishReason, OutputText, StopChecker, StopReason};
+pub use stop_strings::StopStrings;
 
 /// vLLM's `_SAMPLING_EPS`: temperatures below it mean greedy, and top-p / min-p /
 /// penalties within it of their neutral value are treated as off.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::guided::GuidedDecodingParams;
-use super::SAMPLING_EPS;
+use super::{StopStrings, SAMPLING_EPS};
 use crate::error::Result;
 
 /// Beam search's stopping rule (vLLM's `early_stopping: Union[bool, str]`).
@@ -65,7 +65,7 @@ pub struct SamplingParams {
     pub early_stopping: EarlyStopping,
     /// Strings that end generation; the text is cut before them (unless
     /// `include_stop_str_in_output`).
-    pub stop: Vec<String>,
+    pub stop: StopStrings,
     /// Token ids that end generation (`stop_reason` is the id).
     pub stop_token_ids: Vec<u32>,
     pub include_stop_str_in_output: bool,
@@ -112,7 +112,7 @@ impl Default for SamplingParams {
             use_beam_search: false,
             length_penalty: 1.0,
             early_stopping: EarlyStopping::False,
-            stop: Vec::new(),
+            stop: StopStrings::default(),
             stop_token_ids: Vec::new(),
             include_stop_str_in_output: false,
             ignore_eos: false,
@@ -170,11 +170,7 @@ impl SamplingParams {
         if self.include_stop_str_in_output {
             return 0;
         }
-        self.stop
-            .iter()
-            .map(|s| s.chars().count())
-            .max()
-            .map_or(0, |longest| longest.saturating_sub(1))
+        self.stop.max_chars().saturating_sub(1)
     }
 
     /// vLLM's constructor: verify, then normalise greedy requests.

@@ -26,6 +26,7 @@
 //! bytes, so multi-byte text is cut where vLLM cuts it.
 
 use super::params::SamplingParams;
+use super::stop_strings::{start_of_last_chars, StopStrings};
 
 /// vLLM's `finish_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +72,6 @@ pub struct OutputText {
     /// Bytes of `text` already handed out by `take_delta*`.
     sent: usize,
     finished: bool,
-}
-
-/// Byte offset where the last `chars` characters of `text` start (0 if shorter).
-fn start_of_last_chars(text: &str, chars: usize) -> usize {
-    if chars == 0 {
-        return text.len();
-    }
-    text.char_indices()
-        .rev()
-        .nth(chars - 1)
-        .map_or(0, |(i, _)| i)
 }
 
 impl OutputText {
@@ -137,7 +127,8 @@ impl OutputText {
                 None => 0,
             }
         };
-        let end = end.min(self.text.len() - self.stop_prefix_suffix_len(params));
+        // Only an ending longer than the hold (a whole stop string) holds more.
+        let end = end.min(self.text.len() - self.stop_prefix_suffix_len(params, hold));
         self.emit_until(end)
     }
 
@@ -146,24 +137,16 @@ impl OutputText {
     /// some stop string. The full text is the same; chunks arrive sooner than
     /// with vLLM's fixed buffer.
     pub fn take_delta_minimal(&mut self, params: &SamplingParams) -> String {
-        self.emit_until(self.text.len() - self.stop_prefix_suffix_len(params))
+        self.emit_until(self.text.len() - self.stop_prefix_suffix_len(params, 0))
     }
 
     /// Bytes at the end of the text that could be (the start of) a stop string
     /// still to be recognised.
-    fn stop_prefix_suffix_len(&self, params: &SamplingParams) -> usize {
-        let mut hold = 0;
-        if !self.finished && !params.include_stop_str_in_output {
-            for stop in &params.stop {
-                for (end, c) in stop.char_indices() {
-                    let prefix = &stop[..end + c.len_utf8()];
-                    if prefix.len() > hold && self.text.ends_with(prefix) {
-                        hold = prefix.len();
-                    }
-                }
-            }
+    fn stop_prefix_suffix_len(&self, params: &SamplingParams, longer_than: usize) -> usize {
+        if self.finished || params.include_stop_str_in_output {
+            return 0;
         }
-        hold
+        params.stop.held_suffix(&self.text, longer_than)
     }
 
     fn emit_until(&mut self, end: usize) -> String {
@@ -182,25 +165,14 @@ impl OutputText {
 pub fn find_stop_string<'s>(
     text: &str,
     new_chars: usize,
-    stop: &'s [String],
+    stop: &'s StopStrings,
     include_stop_str_in_output: bool,
 ) -> Option<(Option<usize>, &'s str)> {
-    if new_chars == 0 {
-        return None;
+    let (s, start, end) = stop.find(text, new_chars)?;
+    if !include_stop_str_in_output {
+        return Some((Some(start), s));
     }
-    for s in stop {
-        let from = start_of_last_chars(text, new_chars + s.chars().count());
-        let Some(found) = text[from..].find(s.as_str()) else {
-            continue;
-        };
-        let start = from + found;
-        if !include_stop_str_in_output {
-            return Some((Some(start), s));
-        }
-        let end = start + s.len();
-        return Some(((end < text.len()).then_some(end), s));
-    }
-    None
+    Some(((end < text.len()).then_some(end), s))
 }
 
 /// vLLM's stop rules for one request, given the EOS ids and the model length.
@@ -306,7 +278,7 @@ impl<'a> StopChecker<'a> {
 mod tests {
     use super::*;
 
-    fn stops(list: &[&str]) -> Vec<String> {
+    fn stops(list: &[&str]) -> StopStrings {
         list.iter().map(|s| s.to_string()).collect()
     }
 

@@ -7,6 +7,11 @@ use super::SAMPLING_EPS;
 use crate::error::{Error, Result};
 use engine_api::python::float_repr as py_float;
 
+/// The most bytes a request's stop strings may take together (vLLM has no
+/// bound): their index is built per request, and a stop string can be at most
+/// this long, which bounds each token's search window.
+pub const MAX_STOP_BYTES: usize = 1 << 16;
+
 fn invalid(message: String) -> Error {
     Error::invalid(message)
 }
@@ -102,6 +107,12 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop cannot contain an empty string.".into()));
+        }
+        let stop_bytes: usize = self.stop.iter().map(String::len).sum();
+        if stop_bytes > MAX_STOP_BYTES {
+            return Err(invalid(format!(
+                "stop strings may total at most {MAX_STOP_BYTES} bytes, got {stop_bytes}"
+            )));
         }
         if !self.stop.is_empty() && !self.detokenize {
             return Err(invalid(

@@ -93,11 +93,11 @@ fn every_verify_message_is_vllms() {
             "truncate_prompt_tokens must be >= 1, got 0",
         ),
         (
-            SamplingParams { stop: vec!["a".into(), String::new()], ..d() },
+            SamplingParams { stop: vec!["a".into(), String::new()].into(), ..d() },
             "stop cannot contain an empty string.",
         ),
         (
-            SamplingParams { stop: vec!["a".into()], detokenize: false, ..d() },
+            SamplingParams { stop: vec!["a".into()].into(), detokenize: false, ..d() },
             "stop strings are only supported when detokenize is True. Set detokenize=True to use stop.",
         ),
         (beam(1), "best_of must be greater than 1 when using beam search. Got 1."),
@@ -282,7 +282,7 @@ fn sampling_type_buffer_length_and_generation_config() {
     );
     assert_eq!(beam(2).sampling_type(), SamplingType::Beam);
     let stop = SamplingParams {
-        stop: vec!["ab".into(), "héllo".into()],
+        stop: vec!["ab".into(), "héllo".into()].into(),
         ..d()
     };
     assert_eq!(

@@ -45,6 +45,8 @@ impl RequestValidator {
         // Before anything is allocated per sequence.
         check_width(&params, self.max_num_seqs)?;
         let params = params.normalized();
+        // The stop strings' index is built here, off the engine thread.
+        params.stop.prepare();
         if let Some(k) = params.truncate_prompt_tokens {
             // vLLM keeps the last k tokens.
             let drop = prompt_token_ids.len().saturating_sub(k);
