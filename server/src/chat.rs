@@ -543,7 +543,8 @@ impl Chat {
             .enumerate()
             .map(|(index, r)| {
                 let (mut delta, finish_reason) = self.message(r);
-                if let Some(calls) = delta["tool_calls"].as_array_mut() {
+                // get_mut: indexing would add a "tool_calls": null to every delta.
+                if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
                     for (i, call) in calls.iter_mut().enumerate() {
                         call["index"] = json!(i);
                     }

@@ -359,7 +359,8 @@ fn type_message(serde_message: &str) -> String {
         "a string" => "a valid string",
         "a sequence" => "a valid list",
         "a map" | "struct StreamOptions" | "struct ChatMessage" => "a valid dictionary",
-        "untagged enum StringOrList" => "a valid string or list of strings",
+        // serde says "data did not match any variant of untagged enum StringOrList".
+        e if e.ends_with("untagged enum StringOrList") => "a valid string or list of strings",
         other => return format!("Input should be {other} ({serde_message})"),
     };
     format!("Input should be {readable}")
@@ -446,6 +447,18 @@ mod tests {
             .unwrap_err()
             .message
             .contains("model_attributes_type"));
+    }
+
+    #[test]
+    fn a_stop_of_the_wrong_type_reads_as_pydantic_says_it() {
+        let e = parse_completion(br#"{"model": "m", "prompt": "x", "stop": [1]}"#).unwrap_err();
+        assert!(
+            e.message
+                .contains("Input should be a valid string or list of strings"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("untagged"), "{}", e.message);
     }
 
     #[test]

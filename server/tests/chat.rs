@@ -188,6 +188,8 @@ fn streaming_options_and_fallbacks() {
         chunks[0]["choices"][0]["delta"]["content"],
         full["choices"][0]["message"]["content"]
     );
+    let delta = chunks[0]["choices"][0]["delta"].as_object().unwrap();
+    assert!(!delta.contains_key("tool_calls"), "{delta:?}");
 }
 
 #[test]
