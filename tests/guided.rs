@@ -443,6 +443,14 @@ fn malformed_constraints_are_request_errors_and_the_engine_keeps_serving() {
             "guided_regex",
         ),
         (
+            // A lone backslash got through llguidance's conversion (an empty output).
+            GuidedDecodingParams {
+                regex: Some("\\".into()),
+                ..Default::default()
+            },
+            "guided_regex",
+        ),
+        (
             GuidedDecodingParams {
                 grammar: Some("start: missing_rule".into()),
                 ..Default::default()

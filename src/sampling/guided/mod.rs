@@ -113,6 +113,14 @@ impl GuidedDecodingParams {
         if self.choice.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::invalid("guided_choice must not be empty"));
         }
+        if let Some(regex) = &self.regex {
+            // llguidance's conversion lets some malformed patterns through as
+            // a grammar that matches nothing useful ("\\" ran to an empty
+            // output): the syntax is checked first.
+            regex_syntax::ast::parse::Parser::new()
+                .parse(regex)
+                .map_err(|e| Error::invalid(format!("guided_regex: invalid regex: {e}")))?;
+        }
         Ok(())
     }
 
