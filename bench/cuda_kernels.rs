@@ -402,6 +402,24 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             sys::ek_argmax(ip.cast(), lp.cast(), rows as i64, VOCAB as i64, s),
         );
     });
+    // The fused greedy choice reads the logits twice (the second pass mostly from L2).
+    let ws_bytes = unsafe { sys::ek_greedy_workspace_bytes(rows as i64, VOCAB as i64) };
+    let mut ws = g.dev.alloc_zeros::<u8>(ws_bytes as usize).expect("alloc");
+    let wsp = g.pm(&mut ws);
+    g.bench(c, &format!("greedy/{rows}x{VOCAB}"), row_bytes, || unsafe {
+        ok(
+            "greedy",
+            sys::ek_greedy(
+                ip.cast(),
+                vp.cast(),
+                lp.cast(),
+                rows as i64,
+                VOCAB as i64,
+                wsp,
+                s,
+            ),
+        );
+    });
     let seeds = g.up(&(0..rows as u64).collect::<Vec<_>>());
     g.bench(c, &format!("sample/{rows}x{VOCAB}"), row_bytes, || unsafe {
         ok(

@@ -13,7 +13,8 @@
  * The launchers live by op family (as vLLM's csrc/): rotary.cu, cache.cu,
  * activation.cu, norm.cu, attention/ (decode.cu: paged decode and the split-K
  * reduce; prefill.cu), sampling.cu, embedding.cu (embedding lookup, row
- * gather), linear.cu (dtype conversion before, bias after the cuBLAS GEMM);
+ * gather), linear.cu (dtype conversion before, bias after the cuBLAS GEMM),
+ * greedy.cu (the fused greedy choice);
  * common.cuh holds the helpers they share.
  *
  * Layouts are the CPU backend's (src/backend/mod.rs): row-major activations
@@ -195,6 +196,16 @@ int32_t ek_philox_uniform(double *out, const uint64_t *seeds, const uint64_t *st
  * number of entries of the row strictly greater. */
 int32_t ek_token_rank(float *values, int32_t *ranks, const float *logprobs, const int32_t *tokens,
                       int64_t rows, int64_t vocab, void *stream);
+
+/*
+ * Greedy rows without top logprobs, fused: out[r] = the token ek_log_softmax
+ * then ek_argmax choose for row r, logprob[r] = its log_softmax value (its
+ * rank is 1), each row split over many blocks. workspace holds
+ * ek_greedy_workspace_bytes(rows, vocab) bytes; vocab < 2^28.
+ */
+int64_t ek_greedy_workspace_bytes(int64_t rows, int64_t vocab);
+int32_t ek_greedy(int32_t *out, float *logprob, const float *logits, int64_t rows, int64_t vocab,
+                  void *workspace, void *stream);
 
 /* The n largest of each row, most likely first (equal values by id): ids and values [rows, n]. */
 int32_t ek_top_logprobs(int32_t *ids, float *values, const float *logprobs, int64_t rows,

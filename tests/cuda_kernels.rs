@@ -1356,6 +1356,67 @@ fn sample_grid(rows: usize, vocab: usize, rng: &mut ChaCha8Rng) -> Vec<SampleRow
     out
 }
 
+/// A batch of greedy rows without top logprobs takes the fused kernel
+/// (csrc/greedy.cu): the CPU op's tokens, logprobs and ranks, with ties, a
+/// masked-out row (all -inf), a row with +inf and one with NaNs among them.
+#[test]
+fn greedy_batches_take_the_fused_kernel_and_match_the_cpu_op() {
+    if gpu().is_none() {
+        return;
+    }
+    let be = CudaBackend::new(0).unwrap();
+    let mut rng = rng("greedy");
+    for vocab in [128256, 49152, 4097, 50] {
+        let rows = 12;
+        let mut logits: Vec<f32> = random(rows * vocab, &mut rng)
+            .into_iter()
+            .map(|x| x * 8.0)
+            .collect();
+        // Ties at the top (the first wins), +inf (an all -inf row), NaNs (never win).
+        logits[vocab..vocab + 7].fill(9.0);
+        logits[2 * vocab + vocab / 2] = f32::INFINITY;
+        for i in (0..vocab).step_by(3) {
+            logits[3 * vocab + i] = f32::NAN;
+        }
+        let batch = SampleBatch {
+            vocab,
+            rows: (0..rows)
+                .map(|i| {
+                    let mut r = SampleRow::greedy(i);
+                    match i {
+                        4 => r.bitmask = Some(vec![0; vocab.div_ceil(32)]),
+                        5 => {
+                            r.bitmask =
+                                Some((0..vocab.div_ceil(32)).map(|_| rng.random()).collect())
+                        }
+                        6 | 7 => {
+                            r.penalty_tokens = vec![(1, 2), (7, 1)];
+                            r.repetition_penalty = 1.3;
+                        }
+                        8 => r.top_k = 5,
+                        _ => {}
+                    }
+                    r
+                })
+                .collect(),
+        };
+        let want = CpuBackend
+            .sample_rows(&logits, &batch, &HostSampler)
+            .unwrap();
+        let got = be
+            .sample_rows(&be.upload(&logits).unwrap(), &batch, &HostSampler)
+            .unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let ctx = format!("vocab {vocab} row {i}");
+            assert_eq!(g.chosen.token, w.chosen.token, "{ctx}");
+            assert_eq!(g.chosen.rank, w.chosen.rank, "{ctx}");
+            let (a, b) = (g.chosen.logprob, w.chosen.logprob);
+            assert!(a == b || (a - b).abs() <= 1e-4, "{ctx}: {a} vs {b}");
+            assert!(g.top.is_empty(), "{ctx}");
+        }
+    }
+}
+
 #[test]
 fn sample_rows_on_the_gpu_match_the_cpu_op() {
     if gpu().is_none() {

@@ -263,6 +263,20 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
+    pub fn ek_greedy_workspace_bytes(rows: i64, vocab: i64) -> i64;
+}
+unsafe extern "C" {
+    pub fn ek_greedy(
+        out: *mut i32,
+        logprob: *mut f32,
+        logits: *const f32,
+        rows: i64,
+        vocab: i64,
+        workspace: *mut ::core::ffi::c_void,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
     pub fn ek_top_logprobs(
         ids: *mut i32,
         values: *mut f32,

@@ -1,7 +1,9 @@
 //! The batched sampling op on the GPU: the step's rows gathered out of the
 //! logits, then penalties → bitmask → temperature → top-k/top-p/min-p →
 //! log_softmax → argmax or a Philox draw → the chosen token's logprob and rank
-//! → top-N (csrc/sampling.cu); only ids, logprobs and ranks come back.
+//! → top-N (csrc/sampling.cu); only ids, logprobs and ranks come back. A batch
+//! of greedy rows without top logprobs takes one fused kernel after the
+//! processors instead (csrc/greedy.cu).
 //!
 //! Rows with a logit bias or `min_tokens` masking (sparse adds and masked ids,
 //! for which there is no kernel) go down the host path on their downloaded row:
@@ -85,6 +87,9 @@ impl CudaBackend {
         self.penalties(&mut work, rows, vocab)?;
         self.bitmask(&mut work, rows, vocab)?;
         self.temperature_and_truncation(&mut work, rows, vocab)?;
+        if rows.iter().all(|r| r.draw.is_none() && r.top_logprobs == 0) {
+            return self.greedy(&work, rows.len(), vocab);
+        }
         let (n, v) = (rows.len() as i64, vocab as i64);
         let mut lp = self.dev.alloc_zeros::<f32>(rows.len() * vocab)?;
         // SAFETY: lp and work both hold rows x vocab f32.
@@ -99,6 +104,45 @@ impl CudaBackend {
         })?;
         let tokens = self.choose(&lp, rows, vocab)?;
         self.ranked(&lp, rows, vocab, &tokens)
+    }
+
+    /// Every row greedy, without top logprobs: the fused kernel's token and
+    /// logprob (rank 1: the argmax ranks first), without the log_softmax rows.
+    fn greedy(&self, work: &CudaSlice<f32>, rows: usize, vocab: usize) -> Result<Vec<SampledRow>> {
+        let (n, v) = (rows as i64, vocab as i64);
+        // SAFETY: a pure size computation.
+        let bytes = unsafe { sys::ek_greedy_workspace_bytes(n, v) };
+        let mut workspace = self.dev.alloc_uninit::<u8>(bytes as usize)?;
+        let mut tokens = self.dev.alloc_uninit::<i32>(rows)?;
+        let mut logprobs = self.dev.alloc_uninit::<f32>(rows)?;
+        // SAFETY: work holds rows x vocab; one token and logprob per row; the
+        // workspace has the size asked for (the kernel writes it first).
+        self.launched("greedy", unsafe {
+            sys::ek_greedy(
+                self.pm(&mut tokens).cast(),
+                self.pm(&mut logprobs).cast(),
+                self.p(work).cast(),
+                n,
+                v,
+                self.pm(&mut workspace),
+                self.stream(),
+            )
+        })?;
+        let tokens = self.dev.download(&tokens)?;
+        let logprobs = self.dev.download(&logprobs)?;
+        Ok(tokens
+            .iter()
+            .zip(&logprobs)
+            .take(rows)
+            .map(|(&token, &logprob)| SampledRow {
+                chosen: RankedToken {
+                    token: token as u32,
+                    logprob,
+                    rank: 1,
+                },
+                top: Vec::new(),
+            })
+            .collect())
     }
 
     fn penalties(
