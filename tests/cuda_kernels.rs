@@ -1368,10 +1368,7 @@ fn greedy_batches_take_the_fused_kernel_and_match_the_cpu_op() {
     let mut rng = rng("greedy");
     for vocab in [128256, 49152, 4097, 50] {
         let rows = 12;
-        let mut logits: Vec<f32> = random(rows * vocab, &mut rng)
-            .into_iter()
-            .map(|x| x * 8.0)
-            .collect();
+        let mut logits = logits(rows, vocab, &mut rng);
         // Ties at the top (the first wins), +inf (an all -inf row), NaNs (never win).
         logits[vocab..vocab + 7].fill(9.0);
         logits[2 * vocab + vocab / 2] = f32::INFINITY;
@@ -1426,10 +1423,7 @@ fn sample_rows_on_the_gpu_match_the_cpu_op() {
     let mut rng = rng("sample_rows");
     for vocab in [128256, 49152, 50] {
         let rows = 16;
-        let logits = random(rows * vocab, &mut rng)
-            .into_iter()
-            .map(|x| x * 8.0)
-            .collect::<Vec<f32>>();
+        let logits = logits(rows, vocab, &mut rng);
         let batch = SampleBatch {
             vocab,
             rows: sample_grid(rows, vocab, &mut rng),
