@@ -12,7 +12,7 @@ use engine::backend::cpu::CpuBackend;
 use engine::engine::{Engine, FinishReason, Prompt, RequestOutput};
 use engine::generate::{Llm, Request};
 use engine::loader::{load_engine_core, LoadOptions};
-use engine::sampling::SamplingParams;
+use engine::sampling::{GuidedDecodingParams, SamplingParams};
 use rand::{RngExt, SeedableRng};
 
 fn options() -> LoadOptions {
@@ -359,6 +359,67 @@ fn shutdown_aborts_in_flight_requests_and_delivers_their_final_outputs() {
         .find(RequestOutput::is_finished)
         .expect("a final output");
     assert_eq!(last.results.unwrap()[0].finish_reason, FinishReason::Abort);
+}
+
+/// Submits racing a shutdown: every submit that returned an id gets exactly one
+/// final output by the time the shutdown returns (a submit whose command
+/// landed after the engine thread's last read was accepted and never answered;
+/// slow final callbacks widened the window).
+#[test]
+fn every_request_accepted_while_shutting_down_gets_its_final_output() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut total = 0;
+    for round in 0..10 {
+        let engine = Arc::new(start(&options()));
+        let (accepted, finals) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let submitters: Vec<_> = (0..3)
+            .map(|_| {
+                let (engine, accepted, finals) = (engine.clone(), accepted.clone(), finals.clone());
+                std::thread::spawn(move || {
+                    // Up to 40 each; a refusal (the shutdown) ends the thread.
+                    for i in 0..40 {
+                        let finals = finals.clone();
+                        let on_output = Box::new(move |o: RequestOutput| {
+                            // The first final output is slow: the shutdown's
+                            // aborts then outlast a submit still compiling.
+                            if o.is_finished() && finals.fetch_add(1, Ordering::SeqCst) == 0 {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        });
+                        // A schema of its own: compiling it (milliseconds, while
+                        // the shutdown may land) is what widened the window.
+                        let schema = serde_json::json!({"type": "object",
+                            "properties": {format!("k{i}"): {"type": "integer"}}});
+                        let params = SamplingParams {
+                            ignore_eos: true,
+                            guided_decoding: Some(GuidedDecodingParams {
+                                json: Some(schema),
+                                ..Default::default()
+                            }),
+                            ..SamplingParams::greedy(500)
+                        };
+                        match engine.submit(Prompt::Tokens(vec![1; 8]), params, on_output) {
+                            Ok(_) => accepted.fetch_add(1, Ordering::SeqCst),
+                            Err(_) => return,
+                        };
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2 + 4 * round));
+        engine.stop(false);
+        for t in submitters {
+            t.join().unwrap();
+        }
+        let (a, f) = (
+            accepted.load(Ordering::SeqCst),
+            finals.load(Ordering::SeqCst),
+        );
+        assert_eq!(f, a, "round {round}: {a} accepted, {f} final outputs");
+        total += a;
+    }
+    assert!(total > 0, "nothing was accepted");
 }
 
 #[test]

@@ -142,7 +142,8 @@ fn check_sequence_count(prompt: &Value, c: &CommonFields) -> ApiResult<()> {
     let n = c.n.unwrap_or(1);
     let width = c.best_of.unwrap_or(n).max(n).max(1);
     let total = (prompts as i64).saturating_mul(width);
-    if total > MAX_SEQUENCES_PER_REQUEST {
+    // One prompt: the engine's own bound (max_num_seqs) speaks, in vLLM's words.
+    if prompts > 1 && total > MAX_SEQUENCES_PER_REQUEST {
         return Err(ApiError::bad_request(format!(
             "a request may run at most {MAX_SEQUENCES_PER_REQUEST} sequences (prompts x \
              best_of, or n); this one asks for {total} ({prompts} prompts x {width})"

@@ -60,6 +60,11 @@ struct Shared {
     /// Why the engine stopped serving, if it did.
     failure: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// Held while a submit checks `closed` and sends, and while a stop sets it
+    /// and sends `Shutdown`: every accepted request then reaches the engine
+    /// thread before the shutdown does, so it gets its final output (a submit
+    /// racing a shutdown was accepted and never heard of again).
+    gate: Mutex<()>,
 }
 
 /// A running engine. Dropping it aborts what is left and joins the thread.
@@ -124,6 +129,12 @@ impl Engine {
             Prompt::Text(text) => self.validator.tokenize(&text)?,
         };
         let request = self.validator.validate(tokens, params)?;
+        let _gate = self
+            .shared
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.check_serving()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.shared
             .live
@@ -223,8 +234,15 @@ impl Engine {
     /// returns once the engine thread has exited. Must not be called from an
     /// output callback (the engine thread would wait for itself).
     pub fn stop(&self, drain: bool) {
-        self.shared.closed.store(true, Ordering::Release);
-        let _ = self.commands.send(Command::Shutdown { drain });
+        {
+            let _gate = self
+                .shared
+                .gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.closed.store(true, Ordering::Release);
+            let _ = self.commands.send(Command::Shutdown { drain });
+        }
         let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(t) = thread.take() {
             let _ = t.join();
