@@ -463,3 +463,59 @@ fn a_request_that_outgrows_the_whole_cache_ends_alone() {
     wait_idle(&engine);
     assert_eq!(engine.stats().kv_blocks_used, 0);
 }
+
+/// Red-team findings on the C ABI's options: limits a step enforces are
+/// checked when the engine is made (a max_num_seqs past what a step samples,
+/// or a max_logprobs past what a row reports, let one request stop the
+/// engine), and a token budget near usize::MAX means no limit (it overflowed
+/// the scheduler's chunk end).
+#[test]
+fn option_values_a_step_cannot_serve_are_load_errors() {
+    let load = |options: LoadOptions| {
+        load_engine_core(
+            &fixture_dir("tiny-llama"),
+            &options,
+            CpuBackend,
+            &mut |_, _| {},
+        )
+    };
+    let e = load(LoadOptions {
+        max_num_seqs: (1 << 16) + 1,
+        ..options()
+    })
+    .err()
+    .expect("an error");
+    assert!(
+        e.to_string()
+            .contains("max_num_seqs 65537 is more than 65536"),
+        "{e}"
+    );
+    let e = load(LoadOptions {
+        max_logprobs: 1025,
+        ..options()
+    })
+    .err()
+    .expect("an error");
+    assert!(
+        e.to_string()
+            .contains("max_logprobs 1025 is more than 1024"),
+        "{e}"
+    );
+
+    let core = load(LoadOptions {
+        max_num_batched_tokens: usize::MAX,
+        ..options()
+    })
+    .unwrap();
+    let mut llm = Llm::from_core(core);
+    let out = llm
+        .generate(&[Request {
+            prompt: engine::generate::Prompt::Tokens(vec![5; 9]),
+            params: SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(6)
+            },
+        }])
+        .unwrap();
+    assert_eq!(out[0].best().token_ids.len(), 6);
+}

@@ -149,7 +149,8 @@ impl Scheduler {
             .iter()
             .map(|&i| {
                 let s = &group.seqs[i];
-                let end = s.tokens.len().min(s.computed + per_seq);
+                // Saturating: a budget near usize::MAX means "no limit".
+                let end = s.tokens.len().min(s.computed.saturating_add(per_seq));
                 Scheduled {
                     request_id: id,
                     seq_index: i,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{Backend, StepMeta};
+use crate::backend::{Backend, StepMeta, MAX_SAMPLE_ROWS, MAX_TOP_LOGPROBS};
 use crate::error::{Error, Result};
 use crate::kv_cache::block_manager::BlockManager;
 use crate::model::{Model, ModelGroup};
@@ -96,6 +96,21 @@ impl<B: Backend> EngineCore<B> {
             return Err(Error::invalid(
                 "max_num_seqs and max_num_batched_tokens must be positive",
             ));
+        }
+        // What one step's sampling takes (the op refuses more, which would stop
+        // the engine at the first request that reached it).
+        if config.max_num_seqs > MAX_SAMPLE_ROWS {
+            return Err(Error::invalid(format!(
+                "max_num_seqs {} is more than {MAX_SAMPLE_ROWS}, the most sequences a step samples",
+                config.max_num_seqs
+            )));
+        }
+        if config.max_logprobs > MAX_TOP_LOGPROBS {
+            return Err(Error::invalid(format!(
+                "max_logprobs {} is more than {MAX_TOP_LOGPROBS}, the most top logprobs a step \
+                 samples for a token",
+                config.max_logprobs
+            )));
         }
         models.allocate_kv(config.num_blocks, config.block_size)?;
         let model = models.lead();

@@ -339,9 +339,11 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   the GPU's memory (0 to 1) for the weights, the largest step (measured by running
 ///   one at load) and the KV cache, which takes the rest; a model that leaves no room
 ///   for one block fails to load with the numbers [0.9]. No effect on the CPU.
-/// - "max_num_seqs": sequences in one batch at most [256].
-/// - "max_logprobs": most "logprobs" or "prompt_logprobs" a request may ask for;
-///   more is refused with vLLM's message (vLLM's --max-logprobs) [20].
+/// - "max_num_seqs": sequences in one batch at most, up to 65536 (more fails
+///   `engine_new`) [256].
+/// - "max_logprobs": most "logprobs" or "prompt_logprobs" a request may ask for,
+///   up to 1024 (more fails `engine_new`); more is refused with vLLM's message
+///   (vLLM's --max-logprobs) [20].
 /// - "max_num_batched_tokens": tokens in one step at most; longer prompts are prefilled
 ///   in chunks [2048].
 /// - "enable_prefix_caching": "true"/"false" (or 1/0, yes/no, on/off) ["false"].
