@@ -586,8 +586,8 @@ engine_status engine_new(const struct engine_options_t *options, struct engine_t
  * - "presence_penalty", "frequency_penalty" (numbers in [-2, 2], default 0).
  * - "repetition_penalty" (number in (0, 2], default 1).
  * - "temperature" (number >= 0, default 1; below 1e-5 is greedy).
- * - "top_p" (number in (0, 1], default 1), "top_k" (integer, -1 or >= 1,
- *   default -1), "min_p" (number in [0, 1], default 0).
+ * - "top_p" (number in (0, 1], default 1), "top_k" (integer, -1 or 0 for
+ *   off, or >= 1; default -1), "min_p" (number in [0, 1], default 0).
  * - "seed" (integer; default: drawn, for random sampling, from the engine's
  *   "seed" option in submission order).
  * - "use_beam_search" (bool, default false), "length_penalty" (number, default 1),
