@@ -60,7 +60,8 @@ scripts/device/build-flashinfer-compare.sh "$dest/bin/flashinfer_decode" >&2
 # env.sh unpacks them on the GPU machine.
 gzip -9 "$dest"/bin/*
 cp scripts/device/kernels.sh scripts/device/e2e.sh scripts/device/all.sh scripts/device/engine.sh \
-    scripts/device/env.sh scripts/device/e2e_requests.py bench/sdpa_compare.py "$dest/"
+    scripts/device/env.sh scripts/device/e2e_requests.py bench/sdpa_compare.py \
+    bench/torch_decode.py "$dest/"
 size=$(du -cb "$dest" | tail -n 1 | cut -f1)
 echo "staged $(du -sh "$dest" | cut -f1) in $dest ($size bytes; with the working tree, the limit is 64 MiB)" >&2
 if [ "$size" -gt $((40 * 1024 * 1024)) ]; then
