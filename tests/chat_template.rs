@@ -375,6 +375,9 @@ fn chat_template_arg_follows_vllm_rule() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("looks like a file path"), "{msg}");
+    // An endless file is refused after 1 MiB, not read until memory runs out.
+    let msg = load_chat_template_arg("/dev/zero").unwrap_err().to_string();
+    assert!(msg.contains("at most 1048576 bytes"), "{msg}");
 }
 
 #[test]

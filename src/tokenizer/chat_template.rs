@@ -459,6 +459,20 @@ fn rewrite_generation_tags(source: &str) -> String {
     out
 }
 
+/// The most bytes a chat template file may hold (real ones take a few KB; a
+/// path such as /dev/zero would otherwise be read until memory ran out).
+const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+
+/// The file's bytes, or `None` past [`MAX_TEMPLATE_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_TEMPLATE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_TEMPLATE_BYTES).then_some(bytes))
+}
+
 /// vLLM's `--chat-template` argument: a file to read, or else the template itself.
 ///
 /// As vLLM does: the argument is first opened as a path. If that fails and it contains
@@ -467,10 +481,14 @@ fn rewrite_generation_tags(source: &str) -> String {
 /// `unicode_escape` codec (so `\n` typed on a command line becomes a newline).
 pub fn load_chat_template_arg(arg: &str) -> Result<String> {
     let path = Path::new(arg);
-    match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
+    match read_bounded(path) {
+        Ok(Some(bytes)) => String::from_utf8(bytes)
             .map(python::universal_newlines)
             .map_err(|_| Error::bad_file(path, "chat template is not valid UTF-8")),
+        Ok(None) => Err(Error::bad_file(
+            path,
+            format!("a chat template file may hold at most {MAX_TEMPLATE_BYTES} bytes"),
+        )),
         Err(e) => {
             if !arg.contains(['{', '}', '\n']) {
                 return Err(Error::invalid(format!(
