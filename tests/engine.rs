@@ -479,28 +479,17 @@ fn option_values_a_step_cannot_serve_are_load_errors() {
             &mut |_, _| {},
         )
     };
-    let e = load(LoadOptions {
+    let refused = |options| load(options).err().expect("an error").to_string();
+    let e = refused(LoadOptions {
         max_num_seqs: (1 << 16) + 1,
         ..options()
-    })
-    .err()
-    .expect("an error");
-    assert!(
-        e.to_string()
-            .contains("max_num_seqs 65537 is more than 65536"),
-        "{e}"
-    );
-    let e = load(LoadOptions {
+    });
+    assert!(e.contains("max_num_seqs 65537 is more than 65536"), "{e}");
+    let e = refused(LoadOptions {
         max_logprobs: 1025,
         ..options()
-    })
-    .err()
-    .expect("an error");
-    assert!(
-        e.to_string()
-            .contains("max_logprobs 1025 is more than 1024"),
-        "{e}"
-    );
+    });
+    assert!(e.contains("max_logprobs 1025 is more than 1024"), "{e}");
 
     let core = load(LoadOptions {
         max_num_batched_tokens: usize::MAX,
