@@ -19,7 +19,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::cuda::cudarc::driver::{sys::CUevent_flags, CudaSlice};
-use engine::backend::cuda::{self, sys, CudaDevice};
+use engine::backend::cuda::{self, sys, CudaBackend, CudaBuffer, CudaDevice};
 use engine::backend::{AttnShape, Backend, DType, HostTensor, StepMeta, TensorBytes};
 use half::bf16;
 use rand::{RngExt, SeedableRng};
@@ -54,27 +54,30 @@ fn bf16s(v: &[f32]) -> Vec<bf16> {
 }
 
 struct Gpu {
-    dev: CudaDevice,
+    be: CudaBackend,
 }
 
 impl Gpu {
+    fn dev(&self) -> &CudaDevice {
+        self.be.device()
+    }
     fn up<T: cuda::cudarc::driver::DeviceRepr>(&self, v: &[T]) -> CudaSlice<T> {
-        self.dev.upload(v).expect("upload")
+        self.dev().upload(v).expect("upload")
     }
     fn p<T>(&self, b: &CudaSlice<T>) -> *const c_void {
-        cuda::ptr(b, &self.dev.stream)
+        cuda::ptr(b, &self.dev().stream)
     }
     fn pm<T>(&self, b: &mut CudaSlice<T>) -> *mut c_void {
-        cuda::ptr_mut(b, &self.dev.stream)
+        cuda::ptr_mut(b, &self.dev().stream)
     }
     fn s(&self) -> *mut c_void {
-        self.dev.raw_stream()
+        self.dev().raw_stream()
     }
 
     /// Times `launch` with events around `iters` launches; records the
     /// median per-launch time of the samples for the table.
     fn bench(&self, c: &mut Criterion, name: &str, bytes: f64, mut launch: impl FnMut()) {
-        let ctx = &self.dev.ctx;
+        let ctx = &self.dev().ctx;
         let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let (start, end) = (
             ctx.new_event(flags).expect("event"),
@@ -89,11 +92,11 @@ impl Gpu {
             .measurement_time(Duration::from_secs(2));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                start.record(&self.dev.stream).expect("record");
+                start.record(&self.dev().stream).expect("record");
                 for _ in 0..iters {
                     launch();
                 }
-                end.record(&self.dev.stream).expect("record");
+                end.record(&self.dev().stream).expect("record");
                 end.synchronize().expect("sync");
                 let ms = start.elapsed_ms(&end).expect("elapsed") as f64;
                 samples.push(ms / 1e3 / iters as f64);
@@ -136,10 +139,10 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
     // The roofline: 1 GiB device-to-device copy, bytes read plus written.
     let n = 1 << 28;
     let src = g.up(&random(n, 1));
-    let mut dst = g.dev.alloc_zeros::<f32>(n).expect("alloc");
+    let mut dst = g.dev().alloc_zeros::<f32>(n).expect("alloc");
     let (sp, dp) = (g.p(&src) as u64, g.pm(&mut dst) as u64);
     g.bench(c, "roofline/copy", (2 * 4 * n) as f64, || unsafe {
-        cuda::cudarc::driver::result::memcpy_dtod_async(dp, sp, 4 * n, g.dev.stream.cu_stream())
+        cuda::cudarc::driver::result::memcpy_dtod_async(dp, sp, 4 * n, g.dev().stream.cu_stream())
             .expect("copy");
     });
     drop((src, dst));
@@ -305,7 +308,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         };
         let kv_bytes = (2 * BATCH * CONTEXT * KV_HEADS * HD * size) as f64;
         let chosen =
-            cuda::attention::decode_partitions(BATCH, HEADS, KV_HEADS, CONTEXT, g.dev.sm_count);
+            cuda::attention::decode_partitions(BATCH, HEADS, KV_HEADS, CONTEXT, g.dev().sm_count);
         let all_parts = CONTEXT.div_ceil(cuda::attention::PARTITION_SIZE);
         let bytes = unsafe {
             sys::ek_paged_attention_workspace_bytes(
@@ -315,7 +318,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
                 all_parts as i32,
             )
         };
-        let mut ws = g.dev.alloc_zeros::<u8>(bytes as usize).expect("alloc");
+        let mut ws = g.dev().alloc_zeros::<u8>(bytes as usize).expect("alloc");
         let wsp = g.pm(&mut ws);
         for parts in [0, all_parts] {
             let tag = if parts == chosen {
@@ -380,7 +383,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         .collect::<Vec<f32>>());
     let lp = g.pm(&mut logits);
     let row_bytes = (rows * VOCAB * 4) as f64;
-    let mut out = g.dev.alloc_zeros::<f32>(rows * VOCAB).expect("alloc");
+    let mut out = g.dev().alloc_zeros::<f32>(rows * VOCAB).expect("alloc");
     let opp = g.pm(&mut out);
     g.bench(
         c,
@@ -393,8 +396,8 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             );
         },
     );
-    let mut ids = g.dev.alloc_zeros::<i32>(rows * 20).expect("alloc");
-    let mut vals = g.dev.alloc_zeros::<f32>(rows * 20).expect("alloc");
+    let mut ids = g.dev().alloc_zeros::<i32>(rows * 20).expect("alloc");
+    let mut vals = g.dev().alloc_zeros::<f32>(rows * 20).expect("alloc");
     let (ip, vp) = (g.pm(&mut ids), g.pm(&mut vals));
     g.bench(c, &format!("argmax/{rows}x{VOCAB}"), row_bytes, || unsafe {
         ok(
@@ -404,7 +407,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
     });
     // The fused greedy choice reads the logits twice (the second pass mostly from L2).
     let ws_bytes = unsafe { sys::ek_greedy_workspace_bytes(rows as i64, VOCAB as i64) };
-    let mut ws = g.dev.alloc_zeros::<u8>(ws_bytes as usize).expect("alloc");
+    let mut ws = g.dev().alloc_zeros::<u8>(ws_bytes as usize).expect("alloc");
     let wsp = g.pm(&mut ws);
     g.bench(c, &format!("greedy/{rows}x{VOCAB}"), row_bytes, || unsafe {
         ok(
@@ -472,7 +475,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
                 op0,
                 lp0,
                 rows * VOCAB * 4,
-                g.dev.stream.cu_stream(),
+                g.dev().stream.cu_stream(),
             )
             .expect("copy");
             ok(
@@ -527,6 +530,38 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             );
         },
     );
+}
+
+/// The linear layers of a decode step at Llama-3-8B shapes (gate+up fused,
+/// down), 1 and 8 activation rows: bf16 weights through cuBLAS beside FP8
+/// weights (one scale per row) through the FP8 GEMV, bf16 activations. Bytes:
+/// the weights, the activations and the outputs once.
+fn linear_benches(c: &mut Criterion, g: &mut Gpu) {
+    g.be.set_activation_dtype(DType::BF16);
+    for (n, k) in [(2 * INTER, HIDDEN), (HIDDEN, INTER)] {
+        let values = random(n * k, 11);
+        let dense = HostTensor {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: vec![n, k],
+            bytes: TensorBytes::Owned(bytemuck::cast_slice(&values).to_vec()),
+            quant: None,
+            fp8_scales: None,
+        };
+        let fp8 = engine::backend::fp8::quantize_matrix(dense.clone());
+        drop(values);
+        for (label, host, weight_bytes) in [("bf16", dense, 2), ("fp8", fp8, 1)] {
+            let w = g.be.upload_weight(host, DType::BF16).expect("upload");
+            for m in [1, 8] {
+                let x = CudaBuffer::upload(g.dev(), &random(m * k, 12), DType::BF16).expect("x");
+                let mut out = g.be.alloc(m * n).expect("out");
+                let bytes = (weight_bytes * n * k + 2 * m * (n + k)) as f64;
+                g.bench(c, &format!("linear/{label}/m{m}/{n}x{k}"), bytes, || {
+                    g.be.matmul(&x, &w, None, &mut out).expect("matmul");
+                });
+            }
+        }
+    }
 }
 
 fn cpu_weight(len: usize, seed: u64) -> CpuWeight {
@@ -667,8 +702,12 @@ fn main() {
                 .any(|f| !f.starts_with("cpu") && !f.starts_with("cuda") || f.starts_with(group))
     };
     if wants("cuda") {
-        match CudaDevice::open(0) {
-            Ok(dev) => gpu_benches(&mut c, &Gpu { dev }),
+        match CudaBackend::new(0) {
+            Ok(be) => {
+                let mut g = Gpu { be };
+                gpu_benches(&mut c, &g);
+                linear_benches(&mut c, &mut g);
+            }
             Err(e) => eprintln!("cuda benches skipped: {e}"),
         }
     }

@@ -89,7 +89,7 @@ fn run() -> engine::Result<()> {
     let mut llm = Llm::load(&dir, &options)?;
     let load = t.elapsed();
     let threads = rayon::current_num_threads();
-    let weight_bytes = weight_bytes_per_token(llm.model());
+    let weight_bytes = weight_bytes_per_token(llm.model(), false);
     println!(
         "model: {} ({} layers, hidden {}, {:?}), loaded in {load:.1?}; {threads} threads",
         dir.display(),

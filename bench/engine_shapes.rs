@@ -4,8 +4,10 @@
 //! (the GPU fast-path issue's device bench).
 //!
 //! `cargo bench --bench engine_shapes -- [--device cpu|cuda] [--shape NAME]
-//! [--quick]`; shapes: `llama3-8b`, `llama2-7b` (bf16, as their checkpoints)
-//! and `tiny` (a small Llama, for a run on the CPU). Rows:
+//! [--quick] [--fp8]`; shapes: `llama3-8b`, `llama2-7b` (bf16, as their
+//! checkpoints) and `tiny` (a small Llama, for a run on the CPU); `--fp8`
+//! quantizes the projections at load (`--quantization fp8`; the roofline
+//! counts their bytes so). Rows:
 //! - batch-1 decode, ms a token, after a prompt of 128 and of 2048 tokens;
 //! - decode throughput (output tokens/s of the decode steps alone) at batch 64,
 //!   128 and 256 after prompts of 1024 and 4096 tokens (a cell whose KV cache
@@ -52,13 +54,21 @@ fn main() {
     let device = value("--device", "cpu");
     let shape = value("--shape", "tiny");
     let quick = args.iter().any(|a| a == "--quick");
-    if let Err(e) = run(&device, &shape, quick) {
+    let fp8 = args.iter().any(|a| a == "--fp8");
+    if let Err(e) = run(&device, &shape, Mode { quick, fp8 }) {
         eprintln!("engine_shapes failed: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(device: &str, shape: &str, quick: bool) -> engine::Result<()> {
+/// What a run measures: `quick` fewer cells, `fp8` FP8 projections.
+#[derive(Clone, Copy)]
+struct Mode {
+    quick: bool,
+    fp8: bool,
+}
+
+fn run(device: &str, shape: &str, mode: Mode) -> engine::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| engine::Error::invalid(e.to_string()))?;
     std::fs::write(dir.path().join("config.json"), config_json(shape)?)
         .map_err(|e| engine::Error::invalid(e.to_string()))?;
@@ -66,13 +76,13 @@ fn run(device: &str, shape: &str, quick: bool) -> engine::Result<()> {
         "cpu" => {
             let mut roof = Roofline::new();
             let (_, read) = roof.measure();
-            bench(dir.path(), CpuBackend, read * 1e9, quick)
+            bench(dir.path(), CpuBackend, read * 1e9, mode)
         }
         #[cfg(feature = "cuda")]
         "cuda" => {
             let backend = engine::backend::cuda::CudaBackend::new(0)?;
             let copy = cuda_copy_bandwidth(&backend)?;
-            bench(dir.path(), backend, copy, quick)
+            bench(dir.path(), backend, copy, mode)
         }
         other => Err(engine::Error::invalid(format!(
             "--device {other}: this build runs cpu{}",
@@ -135,9 +145,11 @@ struct Row {
     note: String,
 }
 
-fn bench<B: Backend>(dir: &Path, backend: B, bandwidth: f64, quick: bool) -> engine::Result<()> {
+fn bench<B: Backend>(dir: &Path, backend: B, bandwidth: f64, mode: Mode) -> engine::Result<()> {
+    let quick = mode.quick;
     let options = LoadOptions {
         dtype: "bfloat16".into(),
+        quantization: if mode.fp8 { "fp8" } else { "auto" }.into(),
         load_format: "dummy".into(),
         skip_tokenizer_init: true,
         max_model_len: Some(4096 + 2 * BATCHED_STEPS),
@@ -148,7 +160,7 @@ fn bench<B: Backend>(dir: &Path, backend: B, bandwidth: f64, quick: bool) -> eng
     let t = Instant::now();
     let mut core = load_engine_core(dir, &options, backend, &mut |_, _| {})?;
     let model = core.model();
-    let weight_bytes = weight_bytes_per_token(model);
+    let weight_bytes = weight_bytes_per_token(model, mode.fp8);
     println!(
         "{} on {}: {} layers, hidden {}, {:?}; loaded in {:.1?}; KV cache {} blocks of {}",
         dir.display(),

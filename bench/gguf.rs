@@ -110,7 +110,7 @@ fn run() -> engine::Result<()> {
     let bf16_bytes = engines
         .iter()
         .find(|(name, _)| *name == "engine, bf16")
-        .map(|(_, llm)| weight_bytes_per_token(llm.model()));
+        .map(|(_, llm)| weight_bytes_per_token(llm.model(), false));
     // 2 GiB of buffers: only when there is a bf16 row to read against them.
     let mut roof = bf16_bytes.map(|_| Roofline::new());
     let mut fractions = Vec::new();

@@ -9,8 +9,9 @@ use engine::model::Model;
 use rayon::prelude::*;
 
 /// Bytes of weights one decode step reads: every matrix once (the LM head
-/// included), one embedding row, the norm weights.
-pub fn weight_bytes_per_token<B: Backend>(model: &Model<B>) -> f64 {
+/// included), one embedding row, the norm weights. `fp8`: the projections
+/// are FP8 (`--quantization fp8`: a byte a weight and an f32 scale a row).
+pub fn weight_bytes_per_token<B: Backend>(model: &Model<B>, fp8: bool) -> f64 {
     let c = &model.config;
     let elem = match model.dtype {
         engine::backend::DType::F32 => 4.0,
@@ -20,10 +21,16 @@ pub fn weight_bytes_per_token<B: Backend>(model: &Model<B>) -> f64 {
     let q = c.num_heads * hd;
     let kv = c.num_kv_heads * hd;
     let per_layer = h * (q + 2 * kv) + q * h + 2 * inter * h + inter * h;
-    let matrices = c.num_layers * per_layer + c.vocab_size * h;
-    // Norm weights are held in f32.
+    let projections = (c.num_layers * per_layer) as f64;
+    let projection_bytes = if fp8 {
+        let rows_per_layer = q + 2 * kv + h + 2 * inter + h;
+        projections + 4.0 * (c.num_layers * rows_per_layer) as f64
+    } else {
+        projections * elem
+    };
+    // The LM head and one embedding row; norm weights are held in f32.
     let norms = (2 * c.num_layers + 1) * h * 4;
-    (matrices + h) as f64 * elem + norms as f64
+    projection_bytes + ((c.vocab_size + 1) * h) as f64 * elem + norms as f64
 }
 
 const BANDWIDTH_BYTES: usize = 1 << 30;

@@ -14,6 +14,7 @@
  * activation.cu, norm.cu, attention/ (decode.cu: paged decode and the split-K
  * reduce; prefill.cu), sampling.cu, embedding.cu (embedding lookup, row
  * gather), linear.cu (dtype conversion before, bias after the cuBLAS GEMM),
+ * fp8_linear.cu (FP8 weights: a GEMV for few rows, dequantization for cuBLAS),
  * greedy.cu (the fused greedy choice);
  * common.cuh holds the helpers they share.
  *
@@ -86,6 +87,27 @@ int32_t ek_embedding(void *out, int32_t out_dtype, const void *table, int32_t ta
 /* out[i] = x[rows[i]] for rows of `width` values of `dtype`; rows int32. */
 int32_t ek_gather_rows(void *out, const void *x, int32_t dtype, const int32_t *rows, int64_t count,
                        int64_t width, void *stream);
+
+/* Rows of activations the FP8 GEMV takes; more go through ek_fp8_dequantize and cuBLAS. */
+#define EK_FP8_GEMV_MAX_ROWS 8
+
+/*
+ * A linear layer over FP8 e4m3 weights `w` [n, k] (one code a byte) with
+ * float32 `scales` [n], one per output row: out[r, j] = scales[j] *
+ * sum_c x[r, c] * w[j, c] for the m (1..EK_FP8_GEMV_MAX_ROWS) rows of x [m, k]
+ * in x_dtype; out [m, n] in x_dtype or float32; float32 accumulation. k a
+ * multiple of 16 and every pointer 16-byte aligned, else cudaErrorInvalidValue.
+ */
+int32_t ek_fp8_gemv(void *out, int32_t out_dtype, const void *x, int32_t x_dtype, const void *w,
+                    const float *scales, int64_t m, int64_t n, int64_t k, void *stream);
+
+/*
+ * out [rows, cols] in out_dtype = w[r, c] * scales[r] (FP8 e4m3 codes, float32
+ * scales): the weights of a many-row FP8 linear layer, for cuBLAS. cols a
+ * multiple of 16 and both pointers 16-byte aligned, else cudaErrorInvalidValue.
+ */
+int32_t ek_fp8_dequantize(void *out, int32_t out_dtype, const void *w, const float *scales,
+                          int64_t rows, int64_t cols, void *stream);
 
 /* x[r, c] += bias[c], both in `dtype` (the sum in float32, then rounded). */
 int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows, int64_t cols,

@@ -5,9 +5,10 @@
 //!
 //! Models: the three reference fixtures and a generated one shaped like the
 //! attention of real models (head_dim 128, GQA 4) with prompts up to ~1.3k
-//! tokens, in float32 and bfloat16. Paths: one-shot and chunked prefill,
-//! prefix caching, n/best_of forks (copy-on-write block copies), beam search,
-//! guided JSON and preemption.
+//! tokens, in float32 and bfloat16, and that one with its projections in FP8
+//! (`--quantization fp8`). Paths: one-shot and chunked prefill, prefix
+//! caching, n/best_of forks (copy-on-write block copies), beam search, guided
+//! JSON and preemption.
 //!
 //! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 3e-2
 //! (bfloat16); greedy tokens equal up to the first position where the CPU's
@@ -383,6 +384,47 @@ fn preemption<B: Backend>(make: impl Fn() -> B) {
     }
 }
 
+/// FP8 projections (`--quantization fp8`): a long prompt's logits (a prefill:
+/// CUDA dequantizes slabs for cuBLAS) and greedy batches of 4 (decode through
+/// the FP8 GEMV) and 12 sequences (past the GEMV's 8 rows: slabs again). Both
+/// backends multiply the same codes and scales with the activations
+/// unquantized, so the tolerances are the unquantized model's.
+fn fp8_weights<B: Backend>(make: impl Fn() -> B) {
+    for (dtype, dt) in [("float32", DType::F32), ("bfloat16", DType::BF16)] {
+        let dir = large_fixture(dt);
+        let opts = LoadOptions {
+            quantization: "fp8".into(),
+            ..options(dtype)
+        };
+        let mut cpu = load(&dir, &opts, CpuBackend);
+        let mut under_test = load(&dir, &opts, make());
+        let vocab = cpu.model().config.vocab_size;
+        let prompt = token_ids(LONG_PROMPT, vocab, 5);
+        let want = cpu.prompt_logits(&prompt).unwrap();
+        let got = under_test.prompt_logits(&prompt).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| rel_l2(g, w))
+            .fold(0f64, f64::max);
+        println!("fp8 {dtype}: worst relative L2 of the logits {worst:.2e}");
+        assert!(
+            worst < logits_tolerance(dtype),
+            "fp8 {dtype}: logits differ from the CPU's by {worst:.2e} (relative L2)"
+        );
+        for batch in [4, 12] {
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|i| token_ids(20 + 7 * i, vocab, 100 + i as u64))
+                .collect();
+            let reqs = requests(&prompts, &greedy(16));
+            let want = cpu.generate(&reqs).unwrap();
+            let got = under_test.generate(&reqs).unwrap();
+            let what = format!("fp8 {dtype} batch {batch}");
+            compare_completions(&what, &got, &want, tie_margin(dtype));
+        }
+    }
+}
+
 #[test]
 fn teacher_forced_logits_match_the_cpu() {
     on_backend_under_test!(teacher_forced);
@@ -406,4 +448,9 @@ fn guided_json_matches_the_cpu() {
 #[test]
 fn preempted_requests_match_the_cpu() {
     on_backend_under_test!(preemption);
+}
+
+#[test]
+fn fp8_weights_match_the_cpu() {
+    on_backend_under_test!(fp8_weights);
 }

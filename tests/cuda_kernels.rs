@@ -868,6 +868,83 @@ fn backend_matmul_matches_the_cpu_in_every_dtype() {
     }
 }
 
+/// An FP8 e4m3 matrix `[n, k]`: random codes (no NaN code) and one positive
+/// scale per row, as an FP8 checkpoint's weights reach the backends.
+fn fp8_matrix(n: usize, k: usize, rng: &mut ChaCha8Rng) -> HostTensor {
+    let codes: Vec<u8> = (0..n * k)
+        .map(|_| loop {
+            let c: u8 = rng.random();
+            if !engine::backend::fp8::is_nan(c) {
+                break c;
+            }
+        })
+        .collect();
+    let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3f32..1e-1)).collect();
+    HostTensor {
+        name: "fp8".into(),
+        dtype: DType::BF16,
+        shape: vec![n, k],
+        bytes: TensorBytes::Owned(codes),
+        quant: None,
+        fp8_scales: Some(scales),
+    }
+}
+
+/// FP8 weights against the CPU's FP8 matmul (both multiply the codes and
+/// scales with unquantized activations): up to 8 rows through the GEMV, more
+/// through dequantized slabs and cuBLAS (n 8200 x k 4096 is two slabs); k 40
+/// (not a multiple of 16) falls back to a dequantized dense upload. Bounds as
+/// the dense matmul's: f32 1e-5 (summation order); bf16 1e-2 and f16 2e-3,
+/// the outputs (and the slabs' dequantized weights) rounded to the dtype.
+#[test]
+fn fp8_matmul_matches_the_cpu_through_the_gemv_and_the_slabs() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut be = CudaBackend::new(0).unwrap();
+    let mut rng = rng("fp8 matmul");
+    let cases = [
+        (1, 4096, 4096),
+        (3, 1000, 336),
+        (8, 77, 512),
+        (9, 8200, 4096),
+        (64, 1000, 1024),
+        (2, 50, 40),
+    ];
+    for (dtype, dt, tol) in [
+        (DType::F32, Dt::F32, 1e-5),
+        (DType::F16, Dt::F16, 2e-3),
+        (DType::BF16, Dt::BF16, 1e-2),
+    ] {
+        be.set_activation_dtype(dtype);
+        for (m, n, k) in cases {
+            let w = fp8_matrix(n, k, &mut rng);
+            let x = dt.rounded(&random(m * k, &mut rng));
+            let cpu_w = CpuBackend.upload_weight(w.clone(), dtype).unwrap();
+            let mut want = vec![0f32; m * n];
+            CpuBackend.matmul(&x, &cpu_w, None, &mut want).unwrap();
+            let gw = be.upload_weight(w, dtype).unwrap();
+            assert_eq!(gw.is_fp8(), k % 16 == 0, "{m}x{n}x{k}: kept as FP8");
+            let dev = be.device();
+            let gx = CudaBuffer::upload(dev, &x, dtype).unwrap();
+            let mut out = CudaBuffer::upload(dev, &vec![f32::NAN; m * n], dtype).unwrap();
+            be.matmul(&gx, &gw, None, &mut out).unwrap();
+            let what = format!("fp8 matmul {dtype:?} {m}x{n}x{k}");
+            assert_close(&what, &be.download(&out).unwrap(), &want, tol);
+            // f32 outputs from the model's dtype (as the LM head writes logits).
+            let mut wide = be.alloc_logits(m * n).unwrap();
+            be.matmul(&gx, &gw, None, &mut wide).unwrap();
+            let tol32 = if dtype == DType::F32 { tol } else { 1e-2 };
+            assert_close(
+                &format!("{what} to f32"),
+                &be.download(&wide).unwrap(),
+                &want,
+                tol32,
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- sampling
 
 fn logits(rows: usize, vocab: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {

@@ -21,7 +21,7 @@ for tool in memcheck racecheck; do
         continue
     fi
     if [ "$tool" = memcheck ]; then
-        filters=(rms_norm reshape_and_cache paged_attention rotary silu)
+        filters=(rms_norm reshape_and_cache paged_attention rotary silu fp8)
     else
         filters=(paged_attention rms_norm)
     fi

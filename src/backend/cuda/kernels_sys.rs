@@ -10,6 +10,7 @@ pub const EK_DTYPE_F16: u32 = 1;
 pub const EK_DTYPE_BF16: u32 = 2;
 pub const EK_ATTN_PARTITION_SIZE: u32 = 512;
 pub const EK_ATTN_MAX_GROUP: u32 = 8;
+pub const EK_FP8_GEMV_MAX_ROWS: u32 = 8;
 unsafe extern "C" {
     pub fn ek_rms_norm(
         out: *mut ::core::ffi::c_void,
@@ -109,6 +110,31 @@ unsafe extern "C" {
         rows: *const i32,
         count: i64,
         width: i64,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ek_fp8_gemv(
+        out: *mut ::core::ffi::c_void,
+        out_dtype: i32,
+        x: *const ::core::ffi::c_void,
+        x_dtype: i32,
+        w: *const ::core::ffi::c_void,
+        scales: *const f32,
+        m: i64,
+        n: i64,
+        k: i64,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ek_fp8_dequantize(
+        out: *mut ::core::ffi::c_void,
+        out_dtype: i32,
+        w: *const ::core::ffi::c_void,
+        scales: *const f32,
+        rows: i64,
+        cols: i64,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
 }

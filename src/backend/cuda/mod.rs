@@ -16,6 +16,7 @@ pub mod attention;
 mod buffer;
 mod device;
 mod libs;
+mod linear;
 mod nccl;
 mod sample;
 #[rustfmt::skip]
@@ -26,12 +27,12 @@ pub use kernels_sys as sys;
 
 use std::ffi::c_void;
 
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::CudaSlice;
 
 pub use buffer::CudaBuffer;
 pub use cudarc;
 pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
+pub use linear::{CudaWeightData, CudaWeightTensor};
 
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
 use crate::backend::DType;
@@ -41,28 +42,6 @@ use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::{Error, Result};
 use buffer::{each_slice, same_dtype};
 use device::{check, device_error};
-
-/// A weight on the GPU: matrices in their dtype; vectors (norm weights,
-/// biases) in the activations' dtype, with the model dtype's values (as the
-/// CPU holds them in f32), since the kernels read them beside the activations.
-pub struct CudaWeightTensor {
-    pub shape: Vec<usize>,
-    pub data: CudaBuffer,
-}
-
-impl CudaWeightTensor {
-    fn rows(&self) -> usize {
-        if self.shape.len() >= 2 {
-            self.shape[0]
-        } else {
-            1
-        }
-    }
-
-    fn cols(&self) -> usize {
-        self.shape.last().copied().unwrap_or(1)
-    }
-}
 
 /// [`StepMeta`] uploaded once per step.
 pub struct CudaMeta {
@@ -143,111 +122,21 @@ impl CudaBackend {
 
     /// A norm weight or bias, checked to be in `dtype` (its activations').
     fn vector(&self, w: &CudaWeightTensor, what: &str, dtype: DType) -> Result<*const c_void> {
-        if w.shape.len() != 1 || w.data.dtype() != dtype {
+        let data = w.dense(what)?;
+        if w.shape.len() != 1 || data.dtype() != dtype {
             return Err(Error::invalid(format!(
                 "cuda: {what} must be a vector in {} (the activations' dtype), not {:?} in {}",
                 dtype.name(),
                 w.shape,
-                w.data.dtype().name()
+                data.dtype().name()
             )));
         }
-        Ok(w.data.ptr(&self.dev))
-    }
-
-    /// `out[m, n] = x[m, k] · w[n, k]ᵀ` through cuBLAS (column-major: outᵀ = w · xᵀ),
-    /// f32 accumulation; x is converted to the weight's dtype first where it
-    /// differs, and `out` is in the weight's dtype or (for 16-bit weights) f32.
-    fn gemm(&self, x: &CudaBuffer, w: &CudaWeightTensor, out: &mut CudaBuffer) -> Result<()> {
-        let (n, k) = (w.rows(), w.cols());
-        if k == 0 {
-            return self.zero(out);
-        }
-        let m = x.len() / k;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let (mi, ni, ki) = (
-            to_i32("rows", m)?,
-            to_i32("columns", n)?,
-            to_i32("depth", k)?,
-        );
-        let wt = w.data.dtype();
-        let out_ok = out.dtype() == wt || (out.dtype() == DType::F32 && wt != DType::F32);
-        if !out_ok {
-            return Err(Error::invalid(format!(
-                "cuda: a GEMM with {} weights cannot write {} outputs",
-                wt.name(),
-                out.dtype().name()
-            )));
-        }
-        let converted;
-        let b = if x.dtype() == wt {
-            x.ptr(&self.dev)
-        } else {
-            converted = self.converted(x, wt)?;
-            converted.ptr(&self.dev)
-        };
-        let (alpha, beta) = (1f32, 0f32);
-        let (a, ty, c_ty) = (w.data.ptr(&self.dev), blas_type(wt), blas_type(out.dtype()));
-        let c = out.ptr_mut(&self.dev);
-        // SAFETY: a is n x k (lda k), b is m x k (ldb k), c is m x n (ldc n),
-        // all live device buffers of those sizes on this handle's stream.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.dev.blas.handle(),
-                cublasOperation_t::CUBLAS_OP_T,
-                cublasOperation_t::CUBLAS_OP_N,
-                ni,
-                mi,
-                ki,
-                (&alpha as *const f32).cast(),
-                a,
-                ty,
-                ki,
-                b,
-                ty,
-                ki,
-                (&beta as *const f32).cast(),
-                c,
-                c_ty,
-                ni,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| device_error("cuBLAS GEMM", e))?;
-        self.sync_point("cuBLAS GEMM")
-    }
-
-    /// `x` converted to `dtype`, in a new buffer.
-    fn converted(&self, x: &CudaBuffer, dtype: DType) -> Result<CudaBuffer> {
-        let mut buf = CudaBuffer::uninit(&self.dev, dtype, x.len())?;
-        // SAFETY: both buffers hold x.len() elements.
-        self.launched("convert", unsafe {
-            sys::ek_convert(
-                buf.ptr_mut(&self.dev),
-                buf.ek_dtype(),
-                x.ptr(&self.dev),
-                x.ek_dtype(),
-                x.len() as i64,
-                self.stream(),
-            )
-        })?;
-        Ok(buf)
+        Ok(data.ptr(&self.dev))
     }
 
     fn zero(&self, out: &mut CudaBuffer) -> Result<()> {
         each_slice!(out, s => self.dev.stream.memset_zeros(s))
             .map_err(|e| device_error("zeroing", e))
-    }
-}
-
-/// cuBLAS's name for `dtype`.
-fn blas_type(dtype: DType) -> cudaDataType {
-    match dtype {
-        DType::F32 => cudaDataType::CUDA_R_32F,
-        DType::F16 => cudaDataType::CUDA_R_16F,
-        DType::BF16 => cudaDataType::CUDA_R_16BF,
     }
 }
 
@@ -300,7 +189,11 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    /// FP8 matrices stay FP8 ([`linear`]); others as the CPU holds them.
     fn upload_weight(&self, tensor: HostTensor, dtype: DType) -> Result<CudaWeightTensor> {
+        if let Some(fp8) = self.upload_fp8(&tensor)? {
+            return Ok(fp8);
+        }
         // The host conversion the CPU backend does (vectors rounded to the dtype
         // and held in f32), in the stored row-major layout.
         let host = CpuWeight::natural(tensor, dtype);
@@ -329,7 +222,7 @@ impl Backend for CudaBackend {
         };
         Ok(CudaWeightTensor {
             shape: host.shape,
-            data,
+            data: CudaWeightData::Dense(data),
         })
     }
 
@@ -449,14 +342,15 @@ impl Backend for CudaBackend {
         out: &mut CudaBuffer,
     ) -> Result<()> {
         let out_dtype = out.ek_dtype();
+        let data = table.dense("the embedding table")?;
         // SAFETY: out holds tokens x width values; every id is below the
         // table's rows (the validator checks token ids against the vocabulary).
         self.launched("embedding", unsafe {
             sys::ek_embedding(
                 out.ptr_mut(&self.dev),
                 out_dtype,
-                table.data.ptr(&self.dev),
-                table.data.ek_dtype(),
+                data.ptr(&self.dev),
+                data.ek_dtype(),
                 self.p(&meta.token_ids).cast(),
                 meta.host.num_tokens() as i64,
                 table.cols() as i64,
