@@ -847,6 +847,9 @@ engine_status engine_options_new(struct engine_options_t **out);
  *   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
  *   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
  *   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+ * - "enforce_eager": "true"/"false": no CUDA graphs (vLLM's --enforce-eager). Until
+ *   they have run on a GPU, graphs are off unless the environment sets
+ *   ENGINE_CUDA_GRAPHS=1 ["false"].
  * - "threads": threads of the engine's own compute pool (the CPU backend's matmuls,
  *   attention, weight conversion at load and guided-decoding masks run on it), 1 to
  *   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its

@@ -75,6 +75,15 @@ pub struct LoadOptions {
     /// `dummy` makes them up (see [`DummyWeights`]) for a directory that may
     /// hold only config.json, to benchmark a model's shape without its file.
     pub load_format: String,
+    /// Decode steps through CUDA graphs (one per batch-size bucket), where the
+    /// backend has them. Off by default until the graphs have run on a GPU:
+    /// `ENGINE_CUDA_GRAPHS=1` in the environment turns them on.
+    pub cuda_graphs: bool,
+}
+
+/// Whether the environment turns CUDA graphs on (`ENGINE_CUDA_GRAPHS=1`).
+pub fn cuda_graphs_from_env() -> bool {
+    std::env::var("ENGINE_CUDA_GRAPHS").is_ok_and(|v| v == "1")
 }
 
 impl Default for LoadOptions {
@@ -97,6 +106,7 @@ impl Default for LoadOptions {
             quantization: "auto".into(),
             tensor_parallel_size: None,
             load_format: "auto".into(),
+            cuda_graphs: cuda_graphs_from_env(),
         }
     }
 }
@@ -206,6 +216,11 @@ pub fn load_engine_core<B: Backend>(
     .map(Arc::new);
     let mut group = ModelGroup::new(ranks)?;
     let num_blocks = size_kv_cache(&mut group, options)?;
+    if options.cuda_graphs {
+        for model in group.models_mut() {
+            model.enable_graphs(options.max_num_seqs, options.block_size);
+        }
+    }
     let engine_config = EngineConfig {
         max_num_seqs: options.max_num_seqs,
         max_logprobs: options.max_logprobs,

@@ -8,7 +8,8 @@
 //! tokens, in float32 and bfloat16, and that one with its projections in FP8
 //! (`--quantization fp8`). Paths: one-shot and chunked prefill, prefix
 //! caching, n/best_of forks (copy-on-write block copies), beam search, guided
-//! JSON and preemption.
+//! JSON and preemption; and decode steps through CUDA graphs (`cuda_graphs`,
+//! eager on the CPU).
 //!
 //! Checks: teacher-forced logits within 1e-5 relative L2 (float32) and 3e-2
 //! (bfloat16); greedy tokens equal up to the first position where the CPU's
@@ -425,6 +426,45 @@ fn fp8_weights<B: Backend>(make: impl Fn() -> B) {
     }
 }
 
+/// Decode steps through graphs (`cuda_graphs`; the CPU ignores it): batches
+/// of 1, 3, 6 and 13 sequences whose lengths differ, so the batch shrinks
+/// through several buckets (a capture each, then replays), run twice (the
+/// second round only replays); prompts of up to 113 tokens are prefilled in
+/// 64-token chunks while others decode (mixed steps stay eager).
+fn graphs<B: Backend>(make: impl Fn() -> B) {
+    for (name, dir, dtype, _) in models() {
+        let opts = LoadOptions {
+            cuda_graphs: true,
+            max_num_batched_tokens: 64,
+            ..options(dtype)
+        };
+        let mut cpu = load(&dir, &opts, CpuBackend);
+        let mut under_test = load(&dir, &opts, make());
+        let vocab = cpu.model().config.vocab_size;
+        for round in 0..2 {
+            for batch in [1, 3, 6, 13] {
+                let reqs: Vec<Request> = (0..batch)
+                    .map(|i| Request {
+                        prompt: Prompt::Tokens(token_ids(5 + 9 * i, vocab, 40 + i as u64)),
+                        params: greedy(4 + 3 * i),
+                    })
+                    .collect();
+                let want = cpu.generate(&reqs).unwrap();
+                let got = under_test.generate(&reqs).unwrap();
+                let what = format!("graphs {name} {dtype} round {round} batch {batch}");
+                compare_completions(&what, &got, &want, tie_margin(dtype));
+            }
+        }
+        // A failed capture falls back to eager steps: make it fail here.
+        let backend = under_test.model().backend();
+        if backend.name() == "cuda" {
+            let captured = backend.graphs_captured();
+            println!("graphs {name} {dtype}: {captured} graphs captured");
+            assert!(captured >= 4, "{name} {dtype}: {captured} graphs captured");
+        }
+    }
+}
+
 #[test]
 fn teacher_forced_logits_match_the_cpu() {
     on_backend_under_test!(teacher_forced);
@@ -453,4 +493,9 @@ fn preempted_requests_match_the_cpu() {
 #[test]
 fn fp8_weights_match_the_cpu() {
     on_backend_under_test!(fp8_weights);
+}
+
+#[test]
+fn decode_through_graphs_matches_the_cpu() {
+    on_backend_under_test!(graphs);
 }

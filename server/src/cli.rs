@@ -195,6 +195,10 @@ pub struct Args {
     /// model directory with no tokenizer.json is refused at start-up.
     #[arg(long)]
     pub skip_tokenizer_init: bool,
+    /// No CUDA graphs (vLLM's flag). Until they have run on a GPU, graphs are
+    /// off unless the environment sets ENGINE_CUDA_GRAPHS=1.
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// Seed for requests that do not give one.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -495,6 +499,9 @@ impl Args {
         }
         if self.skip_tokenizer_init {
             o.push(("skip_tokenizer_init", "true".into()));
+        }
+        if self.enforce_eager {
+            o.push(("enforce_eager", "true".into()));
         }
         o
     }

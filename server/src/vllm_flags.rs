@@ -64,7 +64,7 @@ use Kind::{Append, Flag, OptionalBool, Value, Values};
 const LORA: &str = "LoRA adapters";
 const SPEC: &str = "speculative decoding";
 const NO_RAY: &str = "one process here, no Ray or worker processes";
-const NO_CUDA_GRAPHS: &str = "no CUDA graphs are captured here";
+const NO_CUDA_GRAPHS: &str = "CUDA graphs cover every context up to --max-model-len here";
 const NO_LORA: &str = "only matters with --enable-lora, which is not supported";
 const NO_ADAPTERS: &str = "only matters with --enable-prompt-adapter, which is not supported";
 const NO_POOL: &str = "tokenizing runs on a thread pool of its own here";
@@ -101,7 +101,7 @@ pub const FLAGS: &[VllmFlag] = &[
     flag("--enable-lora", Flag, Unsupported(LORA)),
     flag("--enable-prefix-caching", Flag, Ours),
     flag("--enable-prompt-adapter", Flag, Unsupported("prompt adapters")),
-    flag("--enforce-eager", Flag, Ignored(NO_CUDA_GRAPHS)),
+    flag("--enforce-eager", Flag, Ours),
     flag("--engine-use-ray", Flag, Ignored(NO_RAY)),
     flag("--fully-sharded-loras", Flag, Ignored(NO_LORA)),
     flag("--gpu-memory-utilization", Value, Ours),

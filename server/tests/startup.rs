@@ -186,7 +186,7 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
         vec!["--pipeline-parallel-size", "1"],
         vec!["--trust-remote-code"],
         vec!["--swap-space", "4"],
-        vec!["--enforce-eager"],
+        vec!["--max-seq-len-to-capture", "8192"],
         vec!["--guided-decoding-backend", "outlines"],
         vec!["--enable-chunked-prefill"],
         vec!["--disable-custom-all-reduce"],
@@ -210,6 +210,7 @@ fn a_vllm_launch_script_starts_with_one_warning_per_ignored_flag() {
         "1",
         "--load-format",
         "safetensors",
+        "--enforce-eager",
     ]);
     let s = Server::start(&args);
     let log = s.log.lock().unwrap().clone();

@@ -75,6 +75,24 @@ impl StepMeta {
     }
 }
 
+/// [`Backend::graph_step`]'s step: the ops for a prepared meta on the
+/// caller's state `S`, writing the logits into the buffer given if any.
+pub type GraphForward<'a, B, S> = dyn FnMut(
+        &<B as Backend>::Meta,
+        &mut S,
+        Option<<B as Backend>::Buffer>,
+    ) -> Result<<B as Backend>::Buffer>
+    + 'a;
+
+/// What graphs must cover: every decode batch up to `max_seqs` sequences,
+/// each up to `max_model_len` tokens in blocks of `block_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphLimits {
+    pub max_seqs: usize,
+    pub max_model_len: usize,
+    pub block_size: usize,
+}
+
 /// Geometry of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -208,6 +226,30 @@ pub trait Backend: Send + Sync + 'static {
         step()
     }
     fn prepare_step(&self, meta: StepMeta) -> Result<Self::Meta>;
+    /// From now on, runs decode steps of up to `limits.max_seqs` sequences
+    /// through [`Backend::graph_step`] where the backend has graphs (CUDA);
+    /// others ignore it.
+    fn enable_graphs(&mut self, _limits: GraphLimits) {}
+    /// A step through a graph captured for its batch size (CUDA graphs), or
+    /// `Ok(None)`: run it eagerly (no graphs here, or not a decode step they
+    /// take). `forward` issues a step's ops for a prepared meta on its own
+    /// state (`new_state`'s: buffers the graph keeps) and returns the logits,
+    /// written into the buffer it is given if any. The logits returned are
+    /// the step's own rows, in `spare` if it holds a buffer (taken only when
+    /// the step is taken).
+    fn graph_step<S: Send + 'static>(
+        &self,
+        _meta: &Self::Meta,
+        _spare: &mut Option<Self::Buffer>,
+        _new_state: &mut dyn FnMut() -> Result<S>,
+        _forward: &mut GraphForward<'_, Self, S>,
+    ) -> Result<Option<Self::Buffer>> {
+        Ok(None)
+    }
+    /// Graphs captured so far (0 where the backend has none).
+    fn graphs_captured(&self) -> usize {
+        0
+    }
     /// The host copy of what was prepared (the scheduler reads it back to sample).
     fn step_meta<'a>(&self, meta: &'a Self::Meta) -> &'a StepMeta;
 

@@ -109,6 +109,7 @@ const KEYS: &[&str] = &[
     "chat_template",
     "tokenizer",
     "skip_tokenizer_init",
+    "enforce_eager",
     "quantization",
     "threads",
     "tensor_parallel_size",
@@ -214,16 +215,7 @@ impl engine_options_t {
                 load.kv_cache_memory = Some(positive(key, value)?);
                 load.num_kv_blocks = None;
             }
-            "kv_cache_dtype" => {
-                let name = value.trim().to_ascii_lowercase();
-                if name != "auto" && KvDType::parse(&name).is_none() {
-                    return Err(FfiError::invalid(format!(
-                        "option \"kv_cache_dtype\": unknown dtype \"{value}\": expected {}",
-                        KvDType::ACCEPTED
-                    )));
-                }
-                load.kv_cache_dtype = name;
-            }
+            "kv_cache_dtype" => load.kv_cache_dtype = kv_cache_dtype(value)?,
             "gpu_memory_utilization" => {
                 load.gpu_memory_utilization = Some(fraction(key, value)?)
             }
@@ -241,6 +233,9 @@ impl engine_options_t {
             "chat_template" => load.chat_template = Some(value.to_string()),
             "tokenizer" => load.tokenizer = Some(value.to_string()),
             "skip_tokenizer_init" => load.skip_tokenizer_init = boolean(key, value)?,
+            "enforce_eager" => {
+                load.cuda_graphs = !boolean(key, value)? && crate::loader::cuda_graphs_from_env()
+            }
             "quantization" => {
                 let served = ["auto", "gguf", "fp8", "compressed-tensors", "none"];
                 let expected = "auto, gguf, fp8, compressed-tensors or none";
@@ -261,6 +256,18 @@ impl engine_options_t {
         }
         Ok(())
     }
+}
+
+/// A `kv_cache_dtype` value, lowercased: `auto` or a [`KvDType`] name.
+fn kv_cache_dtype(value: &str) -> FfiResult<String> {
+    let name = value.trim().to_ascii_lowercase();
+    if name != "auto" && KvDType::parse(&name).is_none() {
+        return Err(FfiError::invalid(format!(
+            "option \"kv_cache_dtype\": unknown dtype \"{value}\": expected {}",
+            KvDType::ACCEPTED
+        )));
+    }
+    Ok(name)
 }
 
 /// `value`, trimmed and lowercased, if it is one of `allowed`; else an error
@@ -357,6 +364,9 @@ pub unsafe extern "C" fn engine_options_new(out: *mut *mut engine_options_t) -> 
 ///   --skip-tokenizer-init): prompts must be token ids (text and chat prompts fail
 ///   with ENGINE_ERR_TOKENIZER) and outputs have no text. Without it, a model
 ///   directory with no tokenizer.json fails to load (ENGINE_ERR_MODEL) ["false"].
+/// - "enforce_eager": "true"/"false": no CUDA graphs (vLLM's --enforce-eager). Until
+///   they have run on a GPU, graphs are off unless the environment sets
+///   ENGINE_CUDA_GRAPHS=1 ["false"].
 /// - "threads": threads of the engine's own compute pool (the CPU backend's matmuls,
 ///   attention, weight conversion at load and guided-decoding masks run on it), 1 to
 ///   4096 [RAYON_NUM_THREADS when set, else the CPUs this process may run on (its
@@ -490,5 +500,13 @@ mod tests {
         }
         let e = o.set("max_model_len", "0").unwrap_err();
         assert!(e.message.contains("positive integer"), "{e:?}");
+        o.set("enforce_eager", "true").unwrap();
+        assert!(!o.load.cuda_graphs);
+        o.set("enforce_eager", "false").unwrap();
+        let from_env = crate::loader::cuda_graphs_from_env();
+        assert_eq!(
+            o.load.cuda_graphs, from_env,
+            "false: as the environment says"
+        );
     }
 }

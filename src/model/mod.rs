@@ -18,7 +18,9 @@ pub use kv_pools::KvPools;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::backend::{AttnShape, Backend, DType, HostTensor, KvDType, KvPoolShape, Shard};
+use crate::backend::{
+    AttnShape, Backend, DType, GraphLimits, HostTensor, KvDType, KvPoolShape, Shard,
+};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -352,7 +354,37 @@ impl<B: Backend> Model<B> {
         kv: &mut KvPools<B>,
         arena: &mut StepArena<B>,
     ) -> Result<B::Buffer> {
-        self.backend.run_step(|| self.forward_ops(meta, kv, arena))
+        self.backend.run_step(|| {
+            // Graphs replay one device's ops; a tensor-parallel rank's
+            // collectives stay eager.
+            if self.comm.is_none() {
+                let be = &self.backend;
+                let graphed = be.graph_step(
+                    meta,
+                    &mut arena.spare_logits,
+                    &mut || StepArena::new(be),
+                    &mut |m, own: &mut StepArena<B>, logits| {
+                        own.spare_logits = logits;
+                        self.forward_ops(m, kv, own)
+                    },
+                )?;
+                if let Some(logits) = graphed {
+                    return Ok(logits);
+                }
+            }
+            self.forward_ops(meta, kv, arena)
+        })
+    }
+
+    /// Decode steps through graphs where the backend has them (see
+    /// [`Backend::graph_step`]).
+    pub fn enable_graphs(&mut self, max_seqs: usize, block_size: usize) {
+        let limits = GraphLimits {
+            max_seqs,
+            max_model_len: self.max_positions,
+            block_size,
+        };
+        self.backend.enable_graphs(limits);
     }
 
     fn forward_ops(
@@ -447,8 +479,16 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::Buffer> {
         let be = &self.backend;
         let hidden = self.config.hidden_size;
-        be.resize(selected, rows.len() * hidden)?;
-        be.gather_rows(h, rows, hidden, selected)?;
+        // Every row in order (a decode step): the LM head reads h itself.
+        let every_row = rows.len() * hidden == be.buffer_len(h)
+            && rows.iter().enumerate().all(|(i, &r)| i == r);
+        let input = if every_row {
+            h
+        } else {
+            be.resize(selected, rows.len() * hidden)?;
+            be.gather_rows(h, rows, hidden, selected)?;
+            selected
+        };
         let len = rows.len() * self.plan.vocab.len();
         let mut logits = match spare {
             Some(mut buf) => {
@@ -458,7 +498,7 @@ impl<B: Backend> Model<B> {
             None => be.alloc_logits(len)?,
         };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        be.matmul(selected, head, None, &mut logits)?;
+        be.matmul(input, head, None, &mut logits)?;
         let Some(comm) = &self.comm else {
             return Ok(logits);
         };

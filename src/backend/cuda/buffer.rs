@@ -125,6 +125,37 @@ impl CudaBuffer {
     }
 }
 
+impl CudaBuffer {
+    /// Copies the first `len` values of `src` (same dtype) over this buffer's.
+    pub fn copy_prefix_from(
+        &mut self,
+        dev: &CudaDevice,
+        src: &CudaBuffer,
+        len: usize,
+    ) -> Result<()> {
+        let short = || {
+            Error::invalid(format!(
+                "cuda: copying {len} values between shorter buffers"
+            ))
+        };
+        macro_rules! copy {
+            ($d:expr, $s:expr) => {{
+                let from = $s.try_slice(..len).ok_or_else(short)?;
+                let mut to = $d.try_slice_mut(..len).ok_or_else(short)?;
+                dev.stream
+                    .memcpy_dtod(&from, &mut to)
+                    .map_err(|e| super::device::device_error("copying on the GPU", e))
+            }};
+        }
+        match (self, src) {
+            (CudaBuffer::F32(d), CudaBuffer::F32(s)) => copy!(d, s),
+            (CudaBuffer::F16(d), CudaBuffer::F16(s)) => copy!(d, s),
+            (CudaBuffer::BF16(d), CudaBuffer::BF16(s)) => copy!(d, s),
+            (d, s) => same_dtype("copy", d.dtype(), &[s.dtype()]),
+        }
+    }
+}
+
 /// An error unless every buffer of an op is in `dtype`.
 pub fn same_dtype(op: &str, dtype: DType, others: &[DType]) -> Result<()> {
     match others.iter().find(|&&d| d != dtype) {

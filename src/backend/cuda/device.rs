@@ -32,9 +32,15 @@ pub struct CudaDevice {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
+    /// cuBLAS's workspace, set on its handle: allocated once, so a GEMM
+    /// captured into a CUDA graph never allocates (dropped after `blas`).
+    _blas_workspace: CudaSlice<u8>,
     /// Multiprocessors: what the split-K rule of paged attention sizes against.
     pub sm_count: usize,
 }
+
+/// cuBLAS's workspace: NVIDIA's recommendation for Hopper.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_present() -> bool {
@@ -75,6 +81,16 @@ impl CudaDevice {
         keep_freed_memory(&ctx)?;
         super::libs::load_cublas()?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_error("creating cuBLAS", e))?;
+        let mut workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(|e| device_error("allocating cuBLAS's workspace", e))?;
+        let wp = ptr_mut(&mut workspace, &stream);
+        // SAFETY: a live handle and a workspace of that size that outlives it.
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), wp, BLAS_WORKSPACE_BYTES)
+        }
+        .result()
+        .map_err(|e| device_error("setting cuBLAS's workspace", e))?;
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_error("reading the multiprocessor count", e))?
@@ -83,6 +99,7 @@ impl CudaDevice {
             ctx,
             stream,
             blas,
+            _blas_workspace: workspace,
             sm_count,
         })
     }

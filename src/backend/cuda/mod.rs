@@ -15,8 +15,10 @@
 pub mod attention;
 mod buffer;
 mod device;
+mod graphs;
 mod libs;
 mod linear;
+mod meta;
 mod nccl;
 mod sample;
 #[rustfmt::skip]
@@ -33,41 +35,26 @@ pub use buffer::CudaBuffer;
 pub use cudarc;
 pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
 pub use linear::{CudaWeightData, CudaWeightTensor};
+pub use meta::CudaMeta;
 
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
-use crate::backend::DType;
 use crate::backend::HostTensor;
-use crate::backend::{AttnShape, Backend, DeviceMemory, KvDType, KvPoolShape, StepMeta};
+use crate::backend::{
+    AttnShape, Backend, DeviceMemory, GraphLimits, KvDType, KvPoolShape, StepMeta,
+};
+use crate::backend::{DType, GraphForward};
 use crate::backend::{HostRowSampler, SampleBatch, SampledRow};
 use crate::error::{Error, Result};
 use buffer::{each_slice, same_dtype};
 use device::{check, device_error};
-
-/// [`StepMeta`] uploaded once per step.
-pub struct CudaMeta {
-    host: StepMeta,
-    token_ids: CudaSlice<i32>,
-    positions: CudaSlice<i32>,
-    slot_mapping: CudaSlice<i64>,
-    query_start: CudaSlice<i32>,
-    context_lens: CudaSlice<i32>,
-    /// `[num_seqs, max_blocks]`, padded with block 0 (never read past a context).
-    block_tables: CudaSlice<i32>,
-    max_blocks: usize,
-    /// The first `decode_seqs` sequences have one query row each and go
-    /// through the decode kernel ([`StepMeta::leading_decode_seqs`]); the
-    /// others through the prefill kernel.
-    decode_seqs: usize,
-    /// The longest context of a decode sequence.
-    decode_max_context: usize,
-    /// The most query rows of a prefill sequence.
-    prefill_max_query_len: usize,
-}
+use meta::MetaArrays;
 
 pub struct CudaBackend {
     dev: CudaDevice,
     /// The step's activations (and so the KV cache's) dtype: the model's.
     act_dtype: DType,
+    /// Decode steps' CUDA graphs, once [`Backend::enable_graphs`] ran.
+    graphs: Option<graphs::Graphs>,
     /// `ENGINE_CUDA_SYNC=1`: synchronize after every op, so that a device
     /// fault is reported by the op that caused it (slow; for debugging).
     sync_each_op: bool,
@@ -83,6 +70,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             dev: CudaDevice::open(ordinal)?,
             act_dtype: DType::F32,
+            graphs: None,
             sync_each_op: std::env::var("ENGINE_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
     }
@@ -264,45 +252,26 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_step(&self, meta: StepMeta) -> Result<CudaMeta> {
-        let seqs = meta.num_seqs();
-        let max_blocks = meta
-            .block_tables
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut tables = vec![0i32; seqs * max_blocks];
-        for (row, table) in tables.chunks_mut(max_blocks).zip(&meta.block_tables) {
-            for (dst, &b) in row.iter_mut().zip(table) {
-                *dst = to_i32("block id", b as usize)?;
-            }
-        }
-        let ints = |v: &[usize], what: &str| -> Result<Vec<i32>> {
-            v.iter().map(|&x| to_i32(what, x)).collect()
-        };
-        let token_ids: Vec<i32> = meta.token_ids.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = meta.positions.iter().map(|&p| p as i32).collect();
-        let query_lens = meta.query_start.windows(2).map(|w| w[1] - w[0]);
-        let decode_seqs = meta.leading_decode_seqs();
-        let d = &self.dev;
-        Ok(CudaMeta {
-            token_ids: d.upload(&token_ids)?,
-            positions: d.upload(&positions)?,
-            slot_mapping: d.upload(&meta.slot_mapping)?,
-            query_start: d.upload(&ints(&meta.query_start, "query start")?)?,
-            context_lens: d.upload(&ints(&meta.context_lens, "context length")?)?,
-            block_tables: d.upload(&tables)?,
-            max_blocks,
-            decode_seqs,
-            decode_max_context: meta.context_lens[..decode_seqs]
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(0),
-            prefill_max_query_len: query_lens.skip(decode_seqs).max().unwrap_or(0),
-            host: meta,
-        })
+        let arrays = MetaArrays::new(&meta, MetaArrays::widest_table(&meta))?;
+        CudaMeta::upload(&self.dev, &arrays, meta, None)
+    }
+
+    fn enable_graphs(&mut self, limits: GraphLimits) {
+        self.graphs = Some(graphs::Graphs::new(limits));
+    }
+
+    fn graph_step<S: Send + 'static>(
+        &self,
+        meta: &CudaMeta,
+        spare: &mut Option<CudaBuffer>,
+        new_state: &mut dyn FnMut() -> Result<S>,
+        forward: &mut GraphForward<'_, CudaBackend, S>,
+    ) -> Result<Option<CudaBuffer>> {
+        self.step_through_graph(meta, spare, new_state, forward)
+    }
+
+    fn graphs_captured(&self) -> usize {
+        self.graphs.as_ref().map_or(0, graphs::Graphs::captured)
     }
 
     fn step_meta<'a>(&self, meta: &'a CudaMeta) -> &'a StepMeta {
