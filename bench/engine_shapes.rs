@@ -4,10 +4,11 @@
 //! (the GPU fast-path issue's device bench).
 //!
 //! `cargo bench --bench engine_shapes -- [--device cpu|cuda] [--shape NAME]
-//! [--quick] [--fp8]`; shapes: `llama3-8b`, `llama2-7b` (bf16, as their
-//! checkpoints) and `tiny` (a small Llama, for a run on the CPU); `--fp8`
+//! [--quick] [--fp8] [--graphs]`; shapes: `llama3-8b`, `llama2-7b` (bf16, as
+//! their checkpoints) and `tiny` (a small Llama, for a run on the CPU); `--fp8`
 //! quantizes the projections at load (`--quantization fp8`; the roofline
-//! counts their bytes so). Rows:
+//! counts their bytes so); `--graphs` runs decode steps through CUDA graphs.
+//! Rows:
 //! - batch-1 decode, ms a token, after a prompt of 128 and of 2048 tokens;
 //! - decode throughput (output tokens/s of the decode steps alone) at batch 64,
 //!   128 and 256 after prompts of 1024 and 4096 tokens (a cell whose KV cache
@@ -55,17 +56,20 @@ fn main() {
     let shape = value("--shape", "tiny");
     let quick = args.iter().any(|a| a == "--quick");
     let fp8 = args.iter().any(|a| a == "--fp8");
-    if let Err(e) = run(&device, &shape, Mode { quick, fp8 }) {
+    let graphs = args.iter().any(|a| a == "--graphs");
+    if let Err(e) = run(&device, &shape, Mode { quick, fp8, graphs }) {
         eprintln!("engine_shapes failed: {e}");
         std::process::exit(1);
     }
 }
 
-/// What a run measures: `quick` fewer cells, `fp8` FP8 projections.
+/// What a run measures: `quick` fewer cells, `fp8` FP8 projections,
+/// `graphs` decode through CUDA graphs.
 #[derive(Clone, Copy)]
 struct Mode {
     quick: bool,
     fp8: bool,
+    graphs: bool,
 }
 
 fn run(device: &str, shape: &str, mode: Mode) -> engine::Result<()> {
@@ -150,6 +154,7 @@ fn bench<B: Backend>(dir: &Path, backend: B, bandwidth: f64, mode: Mode) -> engi
     let options = LoadOptions {
         dtype: "bfloat16".into(),
         quantization: if mode.fp8 { "fp8" } else { "auto" }.into(),
+        cuda_graphs: mode.graphs,
         load_format: "dummy".into(),
         skip_tokenizer_init: true,
         max_model_len: Some(4096 + 2 * BATCHED_STEPS),

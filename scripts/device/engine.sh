@@ -6,15 +6,19 @@
 # decode cells in torch (bench/torch_decode.py: bf16, SDPA, CUDA graphs). One
 # run of at most 8 minutes; the tables are printed last. Run alone:
 #   run(command="bash .device-cuda/engine.sh", carry=[".device-cuda"], timeout_s=480)
-# FP8=1: the projections in FP8 (--quantization fp8), quick cells, no torch
-# (its bf16 rows are the ones to compare against: the FP8 target is >= 1.7x
-# the bf16 batch-1 tokens/s of the plain run).
+# FP8=1 and/or GRAPHS=1: the projections in FP8 (--quantization fp8), decode
+# through CUDA graphs; quick cells, no torch (compare with the plain run's
+# rows: the FP8 target is >= 1.7x the bf16 batch-1 tokens/s).
 source "$(cd "$(dirname "$0")" && pwd)/env.sh"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-if [ "${FP8:-0}" = 1 ]; then
-    step 300 engine.log "$bin/engine_shapes" --bench --device cuda --shape "${SHAPE:-llama3-8b}" --fp8 --quick
+variant=()
+[ "${FP8:-0}" = 1 ] && variant+=(--fp8)
+[ "${GRAPHS:-0}" = 1 ] && variant+=(--graphs)
+if [ "${#variant[@]}" -gt 0 ]; then
+    step 300 engine.log "$bin/engine_shapes" --bench --device cuda --shape "${SHAPE:-llama3-8b}" \
+        --quick "${variant[@]}"
     rc=$?
-    echo "== engine_shapes --fp8 --quick (exit $rc)"
+    echo "== engine_shapes --quick ${variant[*]} (exit $rc)"
     grep -E '^\||roofline|loaded in' "$out/engine.log"
     exit "$rc"
 fi
