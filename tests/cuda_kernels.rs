@@ -826,6 +826,10 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
     }
 }
 
+// The FP8 KV cache: tests/cuda_kernels/kv_fp8.rs.
+#[path = "cuda_kernels/kv_fp8.rs"]
+mod kv_fp8;
+
 // ---------------------------------------------------------------- the backend (cuBLAS, the trait)
 
 #[test]
