@@ -20,6 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use engine::backend::cpu::{CpuBackend, CpuKvPool, CpuWeight};
 use engine::backend::cuda::cudarc::driver::{sys::CUevent_flags, CudaSlice};
 use engine::backend::cuda::{self, sys, CudaBackend, CudaBuffer, CudaDevice};
+use engine::backend::fp8::Fp8Format;
 use engine::backend::{AttnShape, Backend, DType, HostTensor, StepMeta, TensorBytes};
 use half::bf16;
 use rand::{RngExt, SeedableRng};
@@ -247,6 +248,9 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
                         vp,
                         g.p(&slots).cast(),
                         code,
+                        code,
+                        1.0,
+                        1.0,
                         ROWS as i64,
                         QKV as i64,
                         QKV as i64,
@@ -305,6 +309,9 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             sliding_window: 0,
             dtype: code,
             scale: 1.0 / (HD as f32).sqrt(),
+            cache_dtype: code,
+            k_scale: 1.0,
+            v_scale: 1.0,
         };
         let kv_bytes = (2 * BATCH * CONTEXT * KV_HEADS * HD * size) as f64;
         let chosen =
@@ -564,6 +571,70 @@ fn linear_benches(c: &mut Criterion, g: &mut Gpu) {
     }
 }
 
+/// Paged-attention decode at the bf16 decode bench's shape over an e4m3 KV
+/// cache (`--kv-cache-dtype fp8`): half the bytes of the bf16 cache to read.
+fn fp8_kv_decode_bench(c: &mut Criterion, g: &Gpu) {
+    let (tables, per_seq, blocks) = decode_tables(12);
+    let pool = blocks * KV_HEADS * BS * HD;
+    let codes = |seed| -> CudaSlice<u8> {
+        let v: Vec<u8> = random(pool, seed)
+            .iter()
+            .map(|&x| Fp8Format::E4M3.encode(x / 0.01))
+            .collect();
+        g.up(&v)
+    };
+    let (kc, vc) = (codes(13), codes(14));
+    let bf16_up = |v: &[f32]| g.up(&bf16s(v));
+    let q = bf16_up(&random(BATCH * QKV, 15));
+    let mut out = bf16_up(&random(BATCH * HEADS * HD, 16));
+    let (tables, ctx) = (g.up(&tables), g.up(&vec![CONTEXT as i32; BATCH]));
+    let qs: Vec<i32> = (0..=BATCH as i32).collect();
+    let qs = g.up(&qs);
+    let bf = sys::EK_DTYPE_BF16 as i32;
+    let params = sys::ek_attn_params {
+        out: g.pm(&mut out),
+        q: g.p(&q),
+        k_cache: g.p(&kc),
+        v_cache: g.p(&vc),
+        block_tables: g.p(&tables).cast(),
+        context_lens: g.p(&ctx).cast(),
+        query_start: g.p(&qs).cast(),
+        q_stride: QKV as i64,
+        out_stride: (HEADS * HD) as i64,
+        num_seqs: BATCH as i32,
+        num_heads: HEADS as i32,
+        num_kv_heads: KV_HEADS as i32,
+        head_dim: HD as i32,
+        block_size: BS as i32,
+        max_blocks_per_seq: per_seq as i32,
+        sliding_window: 0,
+        dtype: bf,
+        scale: 1.0 / (HD as f32).sqrt(),
+        cache_dtype: sys::EK_DTYPE_FP8_E4M3 as i32,
+        k_scale: 0.01,
+        v_scale: 0.01,
+    };
+    let parts =
+        cuda::attention::decode_partitions(BATCH, HEADS, KV_HEADS, CONTEXT, g.dev().sm_count);
+    // SAFETY: a pure size computation.
+    let bytes = unsafe {
+        sys::ek_paged_attention_workspace_bytes(BATCH as i32, HEADS as i32, HD as i32, parts as i32)
+    };
+    let mut ws = g.dev().alloc_zeros::<u8>(bytes as usize).expect("alloc");
+    let wsp = g.pm(&mut ws);
+    let (s, kv_bytes) = (g.s(), (2 * BATCH * CONTEXT * KV_HEADS * HD) as f64);
+    let name = format!(
+        "paged_attention_decode/bf16_kv_fp8_e4m3/b{BATCH}_ctx{CONTEXT}_h{HEADS}_kv{KV_HEADS}_d{HD}/partitions{parts}"
+    );
+    g.bench(c, &name, kv_bytes, || unsafe {
+        ok(
+            "decode",
+            sys::ek_paged_attention_decode(&params, parts as i32, wsp, s),
+        );
+    });
+    drop((kc, vc, q, out, ws));
+}
+
 fn cpu_weight(len: usize, seed: u64) -> CpuWeight {
     let host = HostTensor {
         name: "bench".into(),
@@ -706,6 +777,7 @@ fn main() {
             Ok(be) => {
                 let mut g = Gpu { be };
                 gpu_benches(&mut c, &g);
+                fp8_kv_decode_bench(&mut c, &g);
                 linear_benches(&mut c, &mut g);
             }
             Err(e) => eprintln!("cuda benches skipped: {e}"),

@@ -94,9 +94,9 @@ __global__ void __launch_bounds__(kFp8GemvThreads)
 // out[i] = code_i * scales[row of i], 16 codes a thread (cols a multiple of
 // 16, so a chunk never straddles two rows).
 template <typename T>
-__global__ void fp8_dequantize_kernel(T *__restrict__ out, const uint8_t *__restrict__ w,
-                                      const float *__restrict__ scales, int64_t rows,
-                                      int64_t cols) {
+__global__ void fp8_weight_rows_kernel(T *__restrict__ out, const uint8_t *__restrict__ w,
+                                       const float *__restrict__ scales, int64_t rows,
+                                       int64_t cols) {
   constexpr int N = Vec<T>::N;
   const int64_t chunks = rows * cols / kFp8Chunk;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks;
@@ -162,9 +162,9 @@ extern "C" int32_t ek_fp8_gemv(void *out, int32_t out_dtype, const void *x, int3
   return launch_status();
 }
 
-extern "C" int32_t ek_fp8_dequantize(void *out, int32_t out_dtype, const void *w,
-                                     const float *scales, int64_t rows, int64_t cols,
-                                     void *stream) {
+extern "C" int32_t ek_fp8_weight_rows(void *out, int32_t out_dtype, const void *w,
+                                      const float *scales, int64_t rows, int64_t cols,
+                                      void *stream) {
   if (rows == 0 || cols == 0)
     return 0;
   if (rows < 0 || !fp8_shapes_ok(out, w, cols))
@@ -172,7 +172,7 @@ extern "C" int32_t ek_fp8_dequantize(void *out, int32_t out_dtype, const void *w
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int64_t chunks = rows * cols / kFp8Chunk;
   EK_DISPATCH_DTYPE(out_dtype, {
-    fp8_dequantize_kernel<scalar_t><<<grid_for(chunks, 256), 256, 0, s>>>(
+    fp8_weight_rows_kernel<scalar_t><<<grid_for(chunks, 256), 256, 0, s>>>(
         static_cast<scalar_t *>(out), static_cast<const uint8_t *>(w), scales, rows, cols);
   });
   return launch_status();

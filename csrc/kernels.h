@@ -36,6 +36,14 @@ extern "C" {
 #define EK_DTYPE_F32 0
 #define EK_DTYPE_F16 1
 #define EK_DTYPE_BF16 2
+/*
+ * KV caches only (reshape_and_cache's and attention's cache_dtype): OCP FP8
+ * codes of value / scale (per-tensor k_scale or v_scale), rounded to nearest
+ * even and saturated to the largest finite value, read back as code * scale:
+ * src/backend/fp8.rs's encoding, bit for bit.
+ */
+#define EK_DTYPE_FP8_E4M3 3
+#define EK_DTYPE_FP8_E5M2 4
 
 /* Tokens per partition of the split-K (flash-decoding) paged attention. */
 #define EK_ATTN_PARTITION_SIZE 512
@@ -65,12 +73,26 @@ int32_t ek_rotary(void *q, void *k, const int32_t *positions, const float *cos_s
 
 /*
  * Writes token t's K and V heads (key + t * key_stride, value + t * value_stride,
- * each num_kv_heads * head_dim contiguous) into slot slot_mapping[t] of the pools.
+ * each num_kv_heads * head_dim contiguous, in `dtype`) into slot slot_mapping[t]
+ * of the pools, in `cache_dtype`: `dtype` itself (a copy; the scales unused) or
+ * an FP8 one (codes of value / k_scale and value / v_scale).
  */
 int32_t ek_reshape_and_cache(const void *key, const void *value, void *k_cache, void *v_cache,
-                             const int64_t *slot_mapping, int32_t dtype, int64_t tokens,
-                             int64_t key_stride, int64_t value_stride, int32_t num_kv_heads,
-                             int32_t head_dim, int32_t block_size, void *stream);
+                             const int64_t *slot_mapping, int32_t dtype, int32_t cache_dtype,
+                             float k_scale, float v_scale, int64_t tokens, int64_t key_stride,
+                             int64_t value_stride, int32_t num_kv_heads, int32_t head_dim,
+                             int32_t block_size, void *stream);
+
+/*
+ * out[i] = the FP8 code (fp8_dtype: EK_DTYPE_FP8_*) of in[i] / scale, as
+ * ek_reshape_and_cache writes it; n bytes.
+ */
+int32_t ek_fp8_quantize(void *out, const float *in, int32_t fp8_dtype, float scale, int64_t n,
+                        void *stream);
+
+/* out[i] = code in[i]'s value * scale, as the attention kernels read an FP8 cache. */
+int32_t ek_fp8_dequantize(float *out, const void *in, int32_t fp8_dtype, float scale, int64_t n,
+                          void *stream);
 
 /* out[r, i] = silu(input[r, i]) * input[r, width + i]. */
 int32_t ek_silu_and_mul(void *out, const void *input, int32_t dtype, int64_t rows, int64_t width,
@@ -88,7 +110,7 @@ int32_t ek_embedding(void *out, int32_t out_dtype, const void *table, int32_t ta
 int32_t ek_gather_rows(void *out, const void *x, int32_t dtype, const int32_t *rows, int64_t count,
                        int64_t width, void *stream);
 
-/* Rows of activations the FP8 GEMV takes; more go through ek_fp8_dequantize and cuBLAS. */
+/* Rows of activations the FP8 GEMV takes; more go through ek_fp8_weight_rows and cuBLAS. */
 #define EK_FP8_GEMV_MAX_ROWS 8
 
 /*
@@ -106,8 +128,8 @@ int32_t ek_fp8_gemv(void *out, int32_t out_dtype, const void *x, int32_t x_dtype
  * scales): the weights of a many-row FP8 linear layer, for cuBLAS. cols a
  * multiple of 16 and both pointers 16-byte aligned, else cudaErrorInvalidValue.
  */
-int32_t ek_fp8_dequantize(void *out, int32_t out_dtype, const void *w, const float *scales,
-                          int64_t rows, int64_t cols, void *stream);
+int32_t ek_fp8_weight_rows(void *out, int32_t out_dtype, const void *w, const float *scales,
+                           int64_t rows, int64_t cols, void *stream);
 
 /* x[r, c] += bias[c], both in `dtype` (the sum in float32, then rounded). */
 int32_t ek_add_bias(void *x, const void *bias, int32_t dtype, int64_t rows, int64_t cols,
@@ -131,8 +153,12 @@ typedef struct ek_attn_params {
   int32_t block_size;
   int32_t max_blocks_per_seq;
   int32_t sliding_window; /* 0 = none; else attend to the last w positions (self included) */
-  int32_t dtype;
+  int32_t dtype;          /* of q and out */
   float scale;
+  /* of the pools: dtype, or EK_DTYPE_FP8_* read as code * k_scale (K), code * v_scale (V) */
+  int32_t cache_dtype;
+  float k_scale;
+  float v_scale;
 } ek_attn_params;
 
 /*

@@ -486,6 +486,17 @@ fn rotary_matches_the_cpu_on_slices_of_fused_qkv() {
     }
 }
 
+/// A random distinct slot of `slots` per token, every third token skipped (-1).
+fn scattered_slots(tokens: usize, slots: usize, rng: &mut ChaCha8Rng) -> Vec<i64> {
+    let mut all: Vec<i64> = (0..slots as i64).collect();
+    for i in (1..all.len()).rev() {
+        all.swap(i, rng.random_range(0..=i));
+    }
+    (0..tokens)
+        .map(|t| if t % 3 == 2 { -1 } else { all[t] })
+        .collect()
+}
+
 #[test]
 fn reshape_and_cache_writes_only_mapped_slots() {
     let Some(gpu) = gpu() else { return };
@@ -506,14 +517,7 @@ fn reshape_and_cache_writes_only_mapped_slots() {
                 scale: 1.0,
             };
             let blocks = usize::div_ceil(tokens, bs) + 3;
-            let mut slots: Vec<i64> = (0..(blocks * bs) as i64).collect();
-            // A random distinct slot per token, every third one skipped.
-            for i in (1..slots.len()).rev() {
-                slots.swap(i, rng.random_range(0..=i));
-            }
-            let slot_mapping: Vec<i64> = (0..tokens)
-                .map(|t| if t % 3 == 2 { -1 } else { slots[t] })
-                .collect();
+            let slot_mapping = scattered_slots(tokens, blocks * bs, &mut rng);
             let meta = StepMeta {
                 slot_mapping: slot_mapping.clone(),
                 block_size: bs,
@@ -546,6 +550,9 @@ fn reshape_and_cache_writes_only_mapped_slots() {
                     vd.pm(),
                     p(&gpu, &sm).cast(),
                     dt.code(),
+                    dt.code(),
+                    1.0,
+                    1.0,
                     tokens as i64,
                     shape.qkv_width() as i64,
                     shape.qkv_width() as i64,
@@ -660,6 +667,9 @@ fn attn_params(
         sliding_window: shape.sliding_window.unwrap_or(0) as i32,
         dtype: dt.code(),
         scale: shape.scale,
+        cache_dtype: dt.code(),
+        k_scale: 1.0,
+        v_scale: 1.0,
     }
 }
 
@@ -815,6 +825,10 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
         }
     }
 }
+
+// The FP8 KV cache: tests/cuda_kernels/kv_fp8.rs.
+#[path = "cuda_kernels/kv_fp8.rs"]
+mod kv_fp8;
 
 // ---------------------------------------------------------------- the backend (cuBLAS, the trait)
 

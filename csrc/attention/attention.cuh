@@ -19,7 +19,12 @@
 // tiles of the sequence's visible positions are gathered from the pool into
 // shared memory (as float), scored against the rows and folded into an
 // online softmax: no [queries, keys] matrix exists anywhere.
+//
+// The pools are in q's dtype or FP8 (cache_dtype): an FP8 element reads as
+// code * k_scale or code * v_scale (fp8.cuh's KvVec), exactly the CPU
+// backend's dequantized value, so both backends attend over the same K and V.
 #include "common.cuh"
+#include "fp8.cuh"
 
 namespace ek {
 

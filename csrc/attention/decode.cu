@@ -19,8 +19,10 @@ template <typename T, int HD> struct DecodeGeometry {
   static constexpr int GROUPS = kWarps * (32 / L);          // token groups per block
 };
 
-// grid: (kv heads x head chunks, sequences, partitions or 1).
-template <typename T, int HD, int MAXG>
+// grid: (kv heads x head chunks, sequences, partitions or 1). T: q and out;
+// C: the pools (T, or FP8 read as code * k_scale / v_scale). A lane's layout
+// is T's: VEC dims per vector, so an FP8 lane loads VEC bytes at a time.
+template <typename T, typename C, int HD, int MAXG>
 __global__ void __launch_bounds__(kAttnThreads)
     decode_kernel(ek_attn_params p, int partitioned, float *__restrict__ part_out,
                   float *__restrict__ part_max, float *__restrict__ part_sum, int num_partitions) {
@@ -86,8 +88,8 @@ __global__ void __launch_bounds__(kAttnThreads)
         acc[h][v][e] = 0.f;
   }
 
-  const T *kc = static_cast<const T *>(p.k_cache);
-  const T *vc = static_cast<const T *>(p.v_cache);
+  const C *kc = static_cast<const C *>(p.k_cache);
+  const C *vc = static_cast<const C *>(p.v_cache);
   // Where this lane group's tokens of a step sit in the pools (-1: past the
   // end). A step issues its K and V loads together, then looks up the next
   // step's offsets (block-table loads) while those are in flight: on the H200
@@ -100,7 +102,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
   for (int base = start; base < end; base += GROUPS * TPG) {
     bool valid[TPG];
-    Pack<T> kr[TPG][NV], vr[TPG][NV];
+    KvVec<C, VEC> kr[TPG][NV], vr[TPG][NV];
 #pragma unroll
     for (int t = 0; t < TPG; ++t) {
       valid[t] = off[t] >= 0;
@@ -108,14 +110,11 @@ __global__ void __launch_bounds__(kAttnThreads)
       for (int v = 0; v < NV; ++v) {
         const int d = (v * L + sub) * VEC;
         if (valid[t] && d < HD) {
-          kr[t][v] = load_pack(kc + off[t] + d);
-          vr[t][v] = load_pack(vc + off[t] + d);
+          kr[t][v].load(kc + off[t] + d);
+          vr[t][v].load(vc + off[t] + d);
         } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            kr[t][v].v[e] = from_float<T>(0.f);
-            vr[t][v].v[e] = from_float<T>(0.f);
-          }
+          kr[t][v].zero();
+          vr[t][v].zero();
         }
       }
     }
@@ -124,6 +123,12 @@ __global__ void __launch_bounds__(kAttnThreads)
       const int j = base + (TPG + t) * GROUPS + gi;
       off[t] = j < end ? kv_offset(p, seq, kv_head, j) : -1;
     }
+    // After the next offsets' loads are issued: K as floats once for every head.
+#pragma unroll
+    for (int t = 0; t < TPG; ++t)
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        kr[t][v].widen(p.k_scale);
     float s[TPG][MAXG];
 #pragma unroll
     for (int t = 0; t < TPG; ++t)
@@ -134,12 +139,21 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int v = 0; v < NV; ++v)
 #pragma unroll
           for (int e = 0; e < VEC; ++e)
-            dot += q[h][v][e] * to_float(kr[t][v].v[e]);
+            dot += q[h][v][e] * kr[t][v].get(e);
 #pragma unroll
         for (int o = L / 2; o > 0; o >>= 1)
           dot += __shfl_xor_sync(0xffffffffu, dot, o);
         s[t][h] = valid[t] ? dot : -INFINITY;
       }
+    // V likewise beside 16-bit q; beside f32 q (half the dims per vector) the
+    // floats' registers made ptxas spill (HD 128, MAXG 4): V reads codes.
+    constexpr bool kWidenV = sizeof(T) == 2;
+    if constexpr (kWidenV)
+#pragma unroll
+      for (int t = 0; t < TPG; ++t)
+#pragma unroll
+        for (int v = 0; v < NV; ++v)
+          vr[t][v].widen(p.v_scale);
 #pragma unroll
     for (int h = 0; h < MAXG; ++h) {
       float step_max = s[0][h];
@@ -164,7 +178,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int v = 0; v < NV; ++v)
 #pragma unroll
           for (int e = 0; e < VEC; ++e)
-            acc[h][v][e] += w * to_float(vr[t][v].v[e]);
+            acc[h][v][e] += w * (kWidenV ? vr[t][v].get(e) : vr[t][v].read(e, p.v_scale));
       }
       m[h] = m_new;
     }
@@ -244,7 +258,7 @@ __global__ void decode_reduce_kernel(ek_attn_params p, const float *__restrict__
   }
 }
 
-template <typename T, int HD>
+template <typename T, typename C, int HD>
 int32_t launch_decode(const ek_attn_params &p, int32_t num_partitions, void *workspace,
                       cudaStream_t s) {
   const int group = p.num_heads / p.num_kv_heads;
@@ -261,8 +275,8 @@ int32_t launch_decode(const ek_attn_params &p, int32_t num_partitions, void *wor
     constexpr int MAXG = decltype(maxg_tag)::value;
     const int chunks = (group + MAXG - 1) / MAXG;
     const dim3 grid(p.num_kv_heads * chunks, p.num_seqs, num_partitions > 0 ? num_partitions : 1);
-    decode_kernel<T, HD, MAXG><<<grid, kAttnThreads, 0, s>>>(p, num_partitions > 0, part_out,
-                                                             part_max, part_sum, num_partitions);
+    decode_kernel<T, C, HD, MAXG><<<grid, kAttnThreads, 0, s>>>(p, num_partitions > 0, part_out,
+                                                                part_max, part_sum, num_partitions);
   };
   if (group == 1)
     run(std::integral_constant<int, 1>{});
@@ -294,8 +308,10 @@ extern "C" int32_t ek_paged_attention_decode(const ek_attn_params *p, int32_t nu
     return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   EK_DISPATCH_DTYPE(p->dtype, {
-    EK_DISPATCH_HEAD_DIM(p->head_dim,
-                         return launch_decode<scalar_t, HD>(*p, num_partitions, workspace, s));
+    EK_DISPATCH_CACHE_DTYPE(p->dtype, p->cache_dtype, {
+      EK_DISPATCH_HEAD_DIM(p->head_dim, return launch_decode<scalar_t, cache_t, HD>(
+                                            *p, num_partitions, workspace, s));
+    });
   });
   return 0;
 }

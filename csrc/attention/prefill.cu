@@ -11,11 +11,12 @@ template <int HD> struct PrefillGeometry {
   static constexpr int DPL = HD / kRowLanes;    // dims per lane
 };
 
-// grid: (query tiles, heads, sequences).
-template <typename T, int HD>
+// grid: (query tiles, heads, sequences). T: q and out; C: the pools (T, or
+// FP8 read as code * k_scale / v_scale), gathered VEC elements (16 bytes) at a time.
+template <typename T, typename C, int HD>
 __global__ void __launch_bounds__(kAttnThreads) prefill_kernel(ek_attn_params p) {
   using G = PrefillGeometry<HD>;
-  constexpr int BK = G::BK, DPL = G::DPL, VEC = Vec<T>::N;
+  constexpr int BK = G::BK, DPL = G::DPL, VEC = Vec<C>::N;
   __shared__ float ks[BK][HD];
   __shared__ float vs[BK][HD];
 
@@ -49,8 +50,8 @@ __global__ void __launch_bounds__(kAttnThreads) prefill_kernel(ek_attn_params p)
   const int last_row = min(qlen, tile_row0 + kPrefillRows) - 1;
   const int key_lo = window_start(first_pos + tile_row0, p.sliding_window);
   const int key_hi = first_pos + last_row; // inclusive
-  const T *kc = static_cast<const T *>(p.k_cache);
-  const T *vc = static_cast<const T *>(p.v_cache);
+  const C *kc = static_cast<const C *>(p.k_cache);
+  const C *vc = static_cast<const C *>(p.v_cache);
   for (int k0 = key_lo; k0 <= key_hi; k0 += BK) {
     __syncthreads(); // the previous tile is no longer read
     for (int idx = threadIdx.x; idx < BK * (HD / VEC); idx += blockDim.x) {
@@ -58,11 +59,15 @@ __global__ void __launch_bounds__(kAttnThreads) prefill_kernel(ek_attn_params p)
       const int j = k0 + t;
       if (j <= key_hi) {
         const int64_t off = kv_offset(p, seq, kv_head, j) + d;
-        Pack<T> kp = load_pack(kc + off), vp = load_pack(vc + off);
+        KvVec<C, VEC> kp, vp;
+        kp.load(kc + off);
+        vp.load(vc + off);
+        kp.widen(p.k_scale);
+        vp.widen(p.v_scale);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          ks[t][d + e] = to_float(kp.v[e]);
-          vs[t][d + e] = to_float(vp.v[e]);
+          ks[t][d + e] = kp.get(e);
+          vs[t][d + e] = vp.get(e);
         }
       } else {
 #pragma unroll
@@ -113,10 +118,10 @@ __global__ void __launch_bounds__(kAttnThreads) prefill_kernel(ek_attn_params p)
     out[sub + kRowLanes * i] = from_float<T>(l > 0.f ? acc[i] / l : 0.f);
 }
 
-template <typename T, int HD>
+template <typename T, typename C, int HD>
 int32_t launch_prefill(const ek_attn_params &p, int32_t max_query_len, cudaStream_t s) {
   const dim3 grid((max_query_len + kPrefillRows - 1) / kPrefillRows, p.num_heads, p.num_seqs);
-  prefill_kernel<T, HD><<<grid, kAttnThreads, 0, s>>>(p);
+  prefill_kernel<T, C, HD><<<grid, kAttnThreads, 0, s>>>(p);
   return launch_status();
 }
 
@@ -132,7 +137,10 @@ extern "C" int32_t ek_paged_attention_prefill(const ek_attn_params *p, int32_t m
     return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   EK_DISPATCH_DTYPE(p->dtype, {
-    EK_DISPATCH_HEAD_DIM(p->head_dim, return launch_prefill<scalar_t, HD>(*p, max_query_len, s));
+    EK_DISPATCH_CACHE_DTYPE(p->dtype, p->cache_dtype, {
+      EK_DISPATCH_HEAD_DIM(p->head_dim,
+                           return launch_prefill<scalar_t, cache_t, HD>(*p, max_query_len, s));
+    });
   });
   return 0;
 }

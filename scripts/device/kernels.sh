@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: every CUDA kernel test, compute-sanitizer (memcheck on
-# the attention, cache and norm tests; racecheck on attention), every kernel
+# the attention, cache, FP8 and norm tests; racecheck on attention), every kernel
 # bench with GB/s against the copy bandwidth measured in the same run, and
 # the paged-decode shape beside torch's SDPA. Logs in $OUT; a table last.
 source "$(cd "$(dirname "$0")" && pwd)/env.sh"

@@ -174,8 +174,8 @@ pub struct Args {
     /// KV cache dtype: auto (the weights' dtype where the device keeps such a
     /// cache, else float32), float32, bfloat16, float16, fp8 (= fp8_e4m3) or
     /// fp8_e5m2. A 16-bit cache halves what attention reads, an FP8 one (with
-    /// the checkpoint's k_scale/v_scale, else 1.0) quarters it; the CUDA
-    /// kernels keep float32 only.
+    /// the checkpoint's k_scale/v_scale, else 1.0) quarters it. On CUDA the
+    /// cache is in the model's dtype or FP8.
     #[arg(long, default_value = "auto")]
     pub kv_cache_dtype: String,
     /// KV cache size in blocks (instead of --kv-cache-memory; vLLM's

@@ -8,6 +8,8 @@
 pub const EK_DTYPE_F32: u32 = 0;
 pub const EK_DTYPE_F16: u32 = 1;
 pub const EK_DTYPE_BF16: u32 = 2;
+pub const EK_DTYPE_FP8_E4M3: u32 = 3;
+pub const EK_DTYPE_FP8_E5M2: u32 = 4;
 pub const EK_ATTN_PARTITION_SIZE: u32 = 512;
 pub const EK_ATTN_MAX_GROUP: u32 = 8;
 pub const EK_FP8_GEMV_MAX_ROWS: u32 = 8;
@@ -61,12 +63,35 @@ unsafe extern "C" {
         v_cache: *mut ::core::ffi::c_void,
         slot_mapping: *const i64,
         dtype: i32,
+        cache_dtype: i32,
+        k_scale: f32,
+        v_scale: f32,
         tokens: i64,
         key_stride: i64,
         value_stride: i64,
         num_kv_heads: i32,
         head_dim: i32,
         block_size: i32,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ek_fp8_quantize(
+        out: *mut ::core::ffi::c_void,
+        in_: *const f32,
+        fp8_dtype: i32,
+        scale: f32,
+        n: i64,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ek_fp8_dequantize(
+        out: *mut f32,
+        in_: *const ::core::ffi::c_void,
+        fp8_dtype: i32,
+        scale: f32,
+        n: i64,
         stream: *mut ::core::ffi::c_void,
     ) -> i32;
 }
@@ -128,7 +153,7 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
-    pub fn ek_fp8_dequantize(
+    pub fn ek_fp8_weight_rows(
         out: *mut ::core::ffi::c_void,
         out_dtype: i32,
         w: *const ::core::ffi::c_void,
@@ -169,6 +194,9 @@ pub struct ek_attn_params {
     pub sliding_window: i32,
     pub dtype: i32,
     pub scale: f32,
+    pub cache_dtype: i32,
+    pub k_scale: f32,
+    pub v_scale: f32,
 }
 unsafe extern "C" {
     pub fn ek_paged_attention_decode(

@@ -236,8 +236,8 @@ impl CudaBackend {
             let sd = slab.ek_dtype();
             // SAFETY: rows x k codes and rows scales from row `first`, inside
             // the matrix; the slab holds slab_rows x k values.
-            self.launched("fp8_dequantize", unsafe {
-                sys::ek_fp8_dequantize(
+            self.launched("fp8_weight_rows", unsafe {
+                sys::ek_fp8_weight_rows(
                     slab.ptr_mut(&self.dev),
                     sd,
                     codes.wrapping_add(first * k).cast(),

@@ -5,7 +5,8 @@
 //! machine without a driver is an error, never a panic.
 //!
 //! Activations, the KV pools and the weights are in the model's dtype
-//! ([`CudaBuffer`], set by [`Backend::set_activation_dtype`]): a bf16 model
+//! ([`CudaBuffer`], set by [`Backend::set_activation_dtype`]; the KV pools
+//! may be FP8 instead, [`CudaKvPool`]): a bf16 model
 //! runs its GEMMs on bf16 inputs and outputs with f32 accumulation (cuBLAS),
 //! and every kernel reads and writes bf16 with f32 arithmetic inside, as
 //! vLLM does. A float32 model runs in f32 throughout, the reference for the
@@ -16,6 +17,7 @@ pub mod attention;
 mod buffer;
 mod device;
 mod graphs;
+mod kv_pool;
 mod libs;
 mod linear;
 mod meta;
@@ -34,10 +36,12 @@ use cudarc::driver::CudaSlice;
 pub use buffer::CudaBuffer;
 pub use cudarc;
 pub use device::{driver_present, gpu_count, ptr, ptr_mut, CudaDevice};
+pub use kv_pool::{ek_kv_dtype, CudaKvPool};
 pub use linear::{CudaWeightData, CudaWeightTensor};
 pub use meta::CudaMeta;
 
 use crate::backend::cpu::weight::{CpuWeight, WeightData};
+use crate::backend::fp8::Fp8Format;
 use crate::backend::HostTensor;
 use crate::backend::{
     AttnShape, Backend, DeviceMemory, GraphLimits, KvDType, KvPoolShape, StepMeta,
@@ -131,7 +135,7 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Buffer = CudaBuffer;
     type Weight = CudaWeightTensor;
-    type KvPool = CudaBuffer;
+    type KvPool = CudaKvPool;
     type Meta = CudaMeta;
     type Comm = nccl::NcclComm;
 
@@ -214,18 +218,14 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn alloc_kv_pool(&self, shape: KvPoolShape, _scale: f32) -> Result<CudaBuffer> {
-        let dtype = match shape.dtype {
-            KvDType::F32 => DType::F32,
-            KvDType::F16 => DType::F16,
-            KvDType::BF16 => DType::BF16,
-            KvDType::Fp8(_) => {
-                return Err(Error::invalid(format!(
-                    "cuda: a {} KV cache is not implemented; it is kept in the model's dtype",
-                    shape.dtype.name()
-                )))
-            }
-        };
+    fn alloc_kv_pool(&self, shape: KvPoolShape, scale: f32) -> Result<CudaKvPool> {
+        if !self.kv_dtypes().contains(&shape.dtype) {
+            return Err(Error::invalid(format!(
+                "cuda: no kernel reads a {} KV cache beside {} activations",
+                shape.dtype.name(),
+                self.act_dtype.name()
+            )));
+        }
         if !attention::HEAD_DIMS.contains(&shape.head_dim) {
             return Err(Error::invalid(format!(
                 "cuda: the attention kernels take head_dim {:?}; this model's is {}",
@@ -233,15 +233,18 @@ impl Backend for CudaBackend {
                 shape.head_dim
             )));
         }
-        CudaBuffer::zeros(&self.dev, dtype, shape.len())
+        CudaKvPool::zeros(&self.dev, shape, scale)
     }
 
-    /// The attention kernels read the KV cache in the activations' dtype.
+    /// The cache and attention kernels are instantiated for a KV cache in
+    /// the activations' dtype or in either FP8 format.
     fn kv_dtypes(&self) -> &'static [KvDType] {
+        const E4M3: KvDType = KvDType::Fp8(Fp8Format::E4M3);
+        const E5M2: KvDType = KvDType::Fp8(Fp8Format::E5M2);
         match self.act_dtype {
-            DType::F32 => &[KvDType::F32],
-            DType::F16 => &[KvDType::F16],
-            DType::BF16 => &[KvDType::BF16],
+            DType::F32 => &[KvDType::F32, E4M3, E5M2],
+            DType::F16 => &[KvDType::F16, E4M3, E5M2],
+            DType::BF16 => &[KvDType::BF16, E4M3, E5M2],
         }
     }
 
@@ -280,7 +283,7 @@ impl Backend for CudaBackend {
 
     fn copy_blocks(
         &self,
-        pool: &mut CudaBuffer,
+        pool: &mut CudaKvPool,
         shape: KvPoolShape,
         pairs: &[(u32, u32)],
     ) -> Result<()> {
@@ -445,16 +448,18 @@ impl Backend for CudaBackend {
     fn reshape_and_cache(
         &self,
         qkv: &CudaBuffer,
-        k_pool: &mut CudaBuffer,
-        v_pool: &mut CudaBuffer,
+        k_pool: &mut CudaKvPool,
+        v_pool: &mut CudaKvPool,
         meta: &CudaMeta,
         shape: AttnShape,
     ) -> Result<()> {
-        same_dtype(
+        let cache_dtype = kv_pool::pair_dtype(
             "reshape_and_cache",
             qkv.dtype(),
-            &[k_pool.dtype(), v_pool.dtype()],
+            k_pool.dtype(),
+            v_pool.dtype(),
         )?;
+        let (k_scale, v_scale) = (k_pool.scale(), v_pool.scale());
         let hd = shape.head_dim;
         let elem = qkv.dtype().size_in_bytes();
         let base = qkv.ptr(&self.dev).cast::<u8>();
@@ -462,7 +467,7 @@ impl Backend for CudaBackend {
         let dtype = qkv.ek_dtype();
         let (kp, vp) = (k_pool.ptr_mut(&self.dev), v_pool.ptr_mut(&self.dev));
         // SAFETY: k and v heads follow the q heads in every row; every
-        // non-negative slot is inside the pools; one dtype throughout.
+        // non-negative slot is inside the pools, which are of cache_dtype.
         self.launched("reshape_and_cache", unsafe {
             sys::ek_reshape_and_cache(
                 base.add(shape.num_heads * hd * elem).cast(),
@@ -472,6 +477,9 @@ impl Backend for CudaBackend {
                 vp,
                 self.p(&meta.slot_mapping).cast(),
                 dtype,
+                cache_dtype,
+                k_scale,
+                v_scale,
                 meta.host.num_tokens() as i64,
                 width,
                 width,
@@ -486,8 +494,8 @@ impl Backend for CudaBackend {
     fn paged_attention(
         &self,
         qkv: &CudaBuffer,
-        k_pool: &CudaBuffer,
-        v_pool: &CudaBuffer,
+        k_pool: &CudaKvPool,
+        v_pool: &CudaKvPool,
         meta: &CudaMeta,
         shape: AttnShape,
         out: &mut CudaBuffer,
@@ -495,10 +503,12 @@ impl Backend for CudaBackend {
         if meta.host.num_seqs() == 0 {
             return Ok(());
         }
-        same_dtype(
+        same_dtype("paged_attention", qkv.dtype(), &[out.dtype()])?;
+        let cache_dtype = kv_pool::pair_dtype(
             "paged_attention",
             qkv.dtype(),
-            &[k_pool.dtype(), v_pool.dtype(), out.dtype()],
+            k_pool.dtype(),
+            v_pool.dtype(),
         )?;
         let params = sys::ek_attn_params {
             out: out.ptr_mut(&self.dev),
@@ -521,6 +531,9 @@ impl Backend for CudaBackend {
                 .map_or(Ok(0), |w| to_i32("sliding window", w))?,
             dtype: qkv.ek_dtype(),
             scale: shape.scale,
+            cache_dtype,
+            k_scale: k_pool.scale(),
+            v_scale: v_pool.scale(),
         };
         self.attention(&params, meta)
     }
