@@ -511,9 +511,11 @@ fn graphs<B: Backend>(make: impl Fn() -> B) {
                 compare_completions(&what, &got, &want, tie_margin(dtype));
             }
         }
-        // A failed capture falls back to eager steps: make it fail here.
+        // A failed capture falls back to eager steps: make it fail here
+        // (ENGINE_CUDA_SYNC=1 synchronizes every op, which graphs cannot).
         let backend = under_test.model().backend();
-        if backend.name() == "cuda" {
+        let synced = std::env::var("ENGINE_CUDA_SYNC").is_ok_and(|v| v == "1");
+        if backend.name() == "cuda" && !synced {
             let captured = backend.graphs_captured();
             println!("graphs {name} {dtype}: {captured} graphs captured");
             assert!(captured >= 4, "{name} {dtype}: {captured} graphs captured");

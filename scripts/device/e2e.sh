@@ -37,6 +37,7 @@ echo
 echo "== e2e summary"
 printf '%s\n' "${rows[@]}"
 grep -h 'worst relative L2' "$out/parity.log" | head -n 8
+grep -h 'graphs captured' "$out/parity.log" | head -n 8
 grep -h 'worst relative L2' "$out/tp-nccl.log" | head -n 4
 grep -h 'panicked\|FAILED' "$out/parity.log" "$out/parity-sync.log" "$out/tp-nccl.log" | head -n 10
 grep -h '^|' "$out/server.log"

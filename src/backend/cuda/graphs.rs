@@ -215,3 +215,75 @@ impl CudaBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graphs() -> Graphs {
+        Graphs::new(GraphLimits {
+            max_seqs: 64,
+            max_model_len: 100,
+            block_size: 16,
+        })
+    }
+
+    /// `n` decoding sequences, sequence `s` at `10 + s` tokens.
+    fn decode_step(n: usize) -> StepMeta {
+        StepMeta {
+            token_ids: (0..n as u32).map(|s| 100 + s).collect(),
+            positions: (0..n as u32).map(|s| 9 + s).collect(),
+            slot_mapping: (0..n as i64).map(|s| 16 * s + 9).collect(),
+            query_start: (0..=n).collect(),
+            context_lens: (0..n).map(|s| 10 + s).collect(),
+            block_tables: (0..n as u32).map(|s| vec![s]).collect(),
+            logits_rows: (0..n).collect(),
+            block_size: 16,
+        }
+    }
+
+    #[test]
+    fn decode_steps_within_the_limits_take_the_next_power_of_two() {
+        let g = graphs();
+        assert_eq!(g.max_blocks, 7, "100 tokens in blocks of 16");
+        for (n, bucket) in [(1, 1), (2, 2), (3, 4), (5, 8), (33, 64), (64, 64)] {
+            assert_eq!(g.bucket(&decode_step(n)), Some(bucket), "{n} sequences");
+        }
+    }
+
+    #[test]
+    fn other_steps_run_eagerly() {
+        let g = graphs();
+        assert_eq!(g.bucket(&StepMeta::default()), None, "empty");
+        assert_eq!(g.bucket(&decode_step(65)), None, "past max_seqs");
+        let mut prefill = decode_step(2);
+        prefill.token_ids.push(7);
+        prefill.positions.push(10);
+        prefill.slot_mapping.push(26);
+        prefill.query_start[2] = 3;
+        assert_eq!(g.bucket(&prefill), None, "a sequence with two rows");
+        let mut picked = decode_step(3);
+        picked.logits_rows = vec![0, 2];
+        assert_eq!(g.bucket(&picked), None, "not every row's logits");
+        let mut long = decode_step(2);
+        long.block_tables[1] = vec![0; 8];
+        assert_eq!(g.bucket(&long), None, "a table past max_model_len");
+        let mut blocks = decode_step(2);
+        blocks.block_size = 32;
+        assert_eq!(g.bucket(&blocks), None, "another block size");
+    }
+
+    #[test]
+    fn padding_rows_write_nothing_and_read_one_position_of_block_zero() {
+        let step = decode_step(3);
+        let p = Graphs::padded(&step, 4);
+        assert_eq!(p.token_ids, [100, 101, 102, 0]);
+        assert_eq!(p.positions, [9, 10, 11, 0]);
+        assert_eq!(p.slot_mapping, [9, 25, 41, -1]);
+        assert_eq!(p.query_start, [0, 1, 2, 3, 4]);
+        assert_eq!(p.context_lens, [10, 11, 12, 1]);
+        assert_eq!(p.block_tables, [vec![0], vec![1], vec![2], vec![0]]);
+        assert_eq!(p.logits_rows, [0, 1, 2, 3]);
+        assert_eq!(p.leading_decode_seqs(), 4);
+    }
+}

@@ -134,3 +134,33 @@ impl CudaMeta {
             .map_err(copy)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_tables_are_padded_to_the_width_with_block_zero() {
+        let meta = StepMeta {
+            token_ids: vec![5, 6],
+            positions: vec![17, 2],
+            slot_mapping: vec![33, 50],
+            query_start: vec![0, 1, 2],
+            context_lens: vec![18, 3],
+            block_tables: vec![vec![4, 2], vec![3]],
+            logits_rows: vec![0, 1],
+            block_size: 16,
+        };
+        assert_eq!(MetaArrays::widest_table(&meta), 2);
+        let a = MetaArrays::new(&meta, 3).unwrap();
+        assert_eq!(a.block_tables, [4, 2, 0, 3, 0, 0]);
+        assert_eq!((a.token_ids, a.positions), (vec![5, 6], vec![17, 2]));
+        assert_eq!(
+            (a.query_start, a.context_lens),
+            (vec![0, 1, 2], vec![18, 3])
+        );
+        let mut huge = meta;
+        huge.block_tables[0][0] = u32::MAX;
+        assert!(MetaArrays::new(&huge, 2).is_err(), "a block id past int32");
+    }
+}
