@@ -714,6 +714,25 @@ fn attn_bufs<'a>(
     }
 }
 
+/// The decode kernel over `params` in `parts` partitions (0: one pass), with
+/// the workspace it asks for.
+fn launch_decode(gpu: &CudaDevice, params: &sys::ek_attn_params, parts: usize, what: &str) {
+    // SAFETY: a pure size computation.
+    let bytes = unsafe {
+        sys::ek_paged_attention_workspace_bytes(
+            params.num_seqs,
+            params.num_heads,
+            params.head_dim,
+            parts as i32,
+        )
+    };
+    let mut ws = gpu.alloc_zeros::<u8>(bytes as usize).unwrap();
+    // SAFETY: params describe live buffers; the workspace has the size asked for.
+    ok(what, unsafe {
+        sys::ek_paged_attention_decode(params, parts as i32, pm(gpu, &mut ws), gpu.raw_stream())
+    });
+}
+
 fn decode_cases() -> Vec<AttnCase> {
     let mut cases = Vec::new();
     for (heads, kvh, hd, bs, window) in [
@@ -755,23 +774,7 @@ fn paged_attention_decode_matches_the_cpu_single_pass_and_split() {
             for parts in [0, max_ctx.div_ceil(cuda::attention::PARTITION_SIZE)] {
                 let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
                 let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
-                let bytes = unsafe {
-                    sys::ek_paged_attention_workspace_bytes(
-                        params.num_seqs,
-                        params.num_heads,
-                        params.head_dim,
-                        parts as i32,
-                    )
-                };
-                let mut ws = gpu.alloc_zeros::<u8>(bytes as usize).unwrap();
-                ok("paged_attention_decode", unsafe {
-                    sys::ek_paged_attention_decode(
-                        &params,
-                        parts as i32,
-                        pm(&gpu, &mut ws),
-                        gpu.raw_stream(),
-                    )
-                });
+                launch_decode(&gpu, &params, parts, "paged_attention_decode");
                 let what = format!(
                     "decode {dt:?} {}/{}x{} bs {} window {:?} partitions {parts}",
                     c.heads, c.kvh, c.hd, c.bs, c.window

@@ -345,23 +345,7 @@ fn paged_attention_decode_over_fp8_pools_matches_the_cpu() {
             for parts in [0, max_ctx.div_ceil(cuda::attention::PARTITION_SIZE)] {
                 a.bufs.out = Dev::poisoned(&gpu, dt, a.want.len());
                 let params = fp8_params(&gpu, dt, format, shape, &meta, &mut a.bufs);
-                let bytes = unsafe {
-                    sys::ek_paged_attention_workspace_bytes(
-                        params.num_seqs,
-                        params.num_heads,
-                        params.head_dim,
-                        parts as i32,
-                    )
-                };
-                let mut ws = gpu.alloc_zeros::<u8>(bytes as usize).unwrap();
-                ok("paged_attention_decode fp8", unsafe {
-                    sys::ek_paged_attention_decode(
-                        &params,
-                        parts as i32,
-                        pm(&gpu, &mut ws),
-                        gpu.raw_stream(),
-                    )
-                });
+                launch_decode(&gpu, &params, parts, "paged_attention_decode fp8");
                 let what = format!(
                     "decode {dt:?} {format:?} {}/{}x{} bs {} window {:?} partitions {parts}",
                     c.heads, c.kvh, c.hd, c.bs, c.window
