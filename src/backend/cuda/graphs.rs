@@ -145,6 +145,8 @@ impl CudaBackend {
         // The warm-up is this step, run eagerly on the bucket's buffers.
         let logits = forward(&own_meta, &mut state, None)?;
         let out = self.logits_rows(&logits, rows, bucket, spare)?;
+        // A fault of the warm-up is this step's error, not a failed capture.
+        self.dev.synchronize()?;
         match self.capture(&own_meta, &mut state, logits, forward) {
             Ok((graph, logits)) => {
                 buckets.entries.insert(
@@ -178,11 +180,11 @@ impl CudaBackend {
         forward: &mut GraphForward<'_, CudaBackend, S>,
     ) -> Result<(CudaGraph, CudaBuffer)> {
         let stream = &self.dev.stream;
-        // A fault of the warm-up shows here, not as a failed capture.
-        self.dev.synchronize()?;
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| super::device_error("starting a graph capture", e))?;
+        // (Were `forward` to fail here, its logits buffer would be freed
+        // only in the discarded graph: one buffer lost, once.)
         let captured = forward(meta, state, Some(logits));
         // The capture ends whatever happened inside it.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
