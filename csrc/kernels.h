@@ -211,6 +211,15 @@ int32_t ek_apply_temperature(float *logits, int64_t rows, int64_t vocab, const f
 int32_t ek_apply_top_k_top_p_min_p(float *logits, int64_t rows, int64_t vocab, const int32_t *top_k,
                                    const double *top_p, const double *min_p, void *stream);
 
+/*
+ * Sparse edits, entry e of n: logits[row_ids[e], token_ids[e]] = values[e]
+ * (set != 0) or += values[e] (set == 0; a logit bias). Entries whose row or
+ * token is out of range are skipped.
+ */
+int32_t ek_apply_sparse_logits(float *logits, int64_t rows, int64_t vocab, const int32_t *row_ids,
+                               const int32_t *token_ids, const float *values, int64_t n,
+                               int32_t set, void *stream);
+
 /* Bit (t % 32) of word bitmask[r * words_per_row + t / 32] clear -> logits[r, t] = -inf. */
 int32_t ek_apply_token_bitmask(float *logits, int64_t rows, int64_t vocab, const uint32_t *bitmask,
                                int64_t words_per_row, void *stream);

@@ -75,6 +75,26 @@ __global__ void bitmask_kernel(float *__restrict__ logits, int64_t vocab,
   }
 }
 
+// Entry e: logits[rows[e], ids[e]] = values[e] (set) or += values[e] (add,
+// atomic: a row may list a token twice); ids outside [0, vocab) are skipped,
+// as the host skips them.
+__global__ void sparse_logits_kernel(float *__restrict__ logits, int64_t rows, int64_t vocab,
+                                     const int32_t *__restrict__ row_ids,
+                                     const int32_t *__restrict__ token_ids,
+                                     const float *__restrict__ values, int64_t n, int set) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = row_ids[e], t = token_ids[e];
+    if (r < 0 || r >= rows || t < 0 || t >= vocab)
+      continue;
+    float *l = logits + r * vocab + t;
+    if (set)
+      *l = values[e];
+    else
+      atomicAdd(l, values[e]);
+  }
+}
+
 // Inclusive prefix sum over the block of one value per thread (blockDim.x a
 // multiple of 32); `scratch` holds 32 values. Returns the thread's inclusive
 // sum; `total` gets the block's.
@@ -591,6 +611,17 @@ extern "C" int32_t ek_apply_token_bitmask(float *logits, int64_t rows, int64_t v
       static_cast<unsigned>((vocab + 255) / 256 < 64 ? (vocab + 255) / 256 : 64);
   bitmask_kernel<<<dim3(blocks, rows), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       logits, vocab, bitmask, words_per_row);
+  return launch_status();
+}
+
+extern "C" int32_t ek_apply_sparse_logits(float *logits, int64_t rows, int64_t vocab,
+                                          const int32_t *row_ids, const int32_t *token_ids,
+                                          const float *values, int64_t n, int32_t set,
+                                          void *stream) {
+  if (n == 0 || rows == 0 || vocab == 0)
+    return 0;
+  sparse_logits_kernel<<<grid_for(n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      logits, rows, vocab, row_ids, token_ids, values, n, set);
   return launch_status();
 }
 

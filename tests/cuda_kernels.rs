@@ -1441,8 +1441,9 @@ fn sample_grid(rows: usize, vocab: usize, rng: &mut ChaCha8Rng) -> Vec<SampleRow
             r.bitmask = Some((0..vocab.div_ceil(32)).map(|_| rng.random()).collect());
         }
         if i % 7 == 0 {
-            r.logit_adds = vec![(1, 3.0), ((vocab - 1) as u32, -100.0)];
-            r.masked_ids = vec![0];
+            // The last bias is past the vocabulary: skipped, as on the host.
+            r.logit_adds = vec![(1, 3.0), ((vocab - 1) as u32, -100.0), (vocab as u32, 5.0)];
+            r.masked_ids = vec![0, 2];
         }
         r.top_logprobs = [0, 1, 5, 20][i % 4];
         out.push(r);

@@ -256,6 +256,19 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
+    pub fn ek_apply_sparse_logits(
+        logits: *mut f32,
+        rows: i64,
+        vocab: i64,
+        row_ids: *const i32,
+        token_ids: *const i32,
+        values: *const f32,
+        n: i64,
+        set: i32,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
     pub fn ek_apply_token_bitmask(
         logits: *mut f32,
         rows: i64,

@@ -592,9 +592,9 @@ impl Backend for CudaBackend {
         &self,
         logits: &CudaBuffer,
         batch: &SampleBatch,
-        host: &dyn HostRowSampler,
+        _host: &dyn HostRowSampler,
     ) -> Result<Vec<SampledRow>> {
-        self.sample_batch(logits.f32("the logits")?, batch, host)
+        self.sample_batch(logits.f32("the logits")?, batch)
     }
 
     fn tensor_parallel_group(self, world: usize) -> Result<Vec<(CudaBackend, nccl::NcclComm)>> {

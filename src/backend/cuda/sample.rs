@@ -5,16 +5,16 @@
 //! of greedy rows without top logprobs takes one fused kernel after the
 //! processors instead (csrc/greedy.cu).
 //!
-//! Rows with a logit bias or `min_tokens` masking (sparse adds and masked ids,
-//! for which there is no kernel) go down the host path on their downloaded row:
-//! they are rare, and the host row is the reference anyway.
-//! The guided bitmask runs after the penalties here, before them on the host:
-//! the order does not matter, as a masked logit is -inf under every penalty.
+//! A row's logit bias and `min_tokens` masking (sparse adds, then masked ids)
+//! are applied first, before the penalties, as on the host. The guided bitmask
+//! runs after the penalties here, before the bias and the penalties on the
+//! host: the order does not matter, as a masked logit is -inf under every add
+//! and penalty.
 
 use cudarc::driver::CudaSlice;
 
 use super::{sys, to_i32, CudaBackend};
-use crate::backend::{HostRowSampler, RankedToken, SampleBatch, SampleRow, SampledRow};
+use crate::backend::{RankedToken, SampleBatch, SampleRow, SampledRow};
 use crate::error::Result;
 
 impl CudaBackend {
@@ -22,31 +22,13 @@ impl CudaBackend {
         &self,
         logits: &CudaSlice<f32>,
         batch: &SampleBatch,
-        host: &dyn HostRowSampler,
     ) -> Result<Vec<SampledRow>> {
         batch.check(logits.len())?;
-        let on_host = |r: &SampleRow| !r.logit_adds.is_empty() || !r.masked_ids.is_empty();
-        let (host_rows, dev_rows): (Vec<usize>, Vec<usize>) =
-            (0..batch.rows.len()).partition(|&i| on_host(&batch.rows[i]));
-        let mut out: Vec<Option<SampledRow>> = vec![None; batch.rows.len()];
-        let vocab = batch.vocab;
-        if !host_rows.is_empty() {
-            let rows: Vec<&SampleRow> = host_rows.iter().map(|&i| &batch.rows[i]).collect();
-            let values = self.dev.download(&self.gather(logits, &rows, vocab)?)?;
-            for ((&i, r), row) in host_rows.iter().zip(&rows).zip(values.chunks_exact(vocab)) {
-                out[i] = Some(host.sample_row(&mut row.to_vec(), r));
-            }
+        if batch.rows.is_empty() {
+            return Ok(Vec::new());
         }
-        if !dev_rows.is_empty() {
-            let rows: Vec<&SampleRow> = dev_rows.iter().map(|&i| &batch.rows[i]).collect();
-            for (&i, s) in dev_rows
-                .iter()
-                .zip(self.sample_on_device(logits, &rows, vocab)?)
-            {
-                out[i] = Some(s);
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
+        let rows: Vec<&SampleRow> = batch.rows.iter().collect();
+        self.sample_on_device(logits, &rows, batch.vocab)
     }
 
     /// `[rows, vocab]`: each row's logits row, copied.
@@ -84,6 +66,7 @@ impl CudaBackend {
         vocab: usize,
     ) -> Result<Vec<SampledRow>> {
         let mut work = self.gather(logits, rows, vocab)?;
+        self.sparse_edits(&mut work, rows, vocab)?;
         self.penalties(&mut work, rows, vocab)?;
         self.bitmask(&mut work, rows, vocab)?;
         self.temperature_and_truncation(&mut work, rows, vocab)?;
@@ -184,6 +167,63 @@ impl CudaBackend {
                 self.p(&rep).cast(),
                 self.p(&freq).cast(),
                 self.p(&pres).cast(),
+                self.stream(),
+            )
+        })
+    }
+
+    /// Each row's logit bias added, then its masked ids set to -inf.
+    fn sparse_edits(
+        &self,
+        work: &mut CudaSlice<f32>,
+        rows: &[&SampleRow],
+        vocab: usize,
+    ) -> Result<()> {
+        let adds = rows.iter().map(|r| r.logit_adds.iter().copied());
+        self.sparse(work, rows.len(), vocab, adds, false)?;
+        let masks = rows
+            .iter()
+            .map(|r| r.masked_ids.iter().map(|&id| (id, f32::NEG_INFINITY)));
+        self.sparse(work, rows.len(), vocab, masks, true)
+    }
+
+    /// Row `i`'s `(token, value)` pairs written (`set`) or added into `work`.
+    fn sparse<R: Iterator<Item = (u32, f32)>>(
+        &self,
+        work: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        per_row: impl Iterator<Item = R>,
+        set: bool,
+    ) -> Result<()> {
+        let (mut row_ids, mut token_ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, entries) in per_row.enumerate() {
+            for (id, value) in entries {
+                row_ids.push(to_i32("row", r)?);
+                // Ids past int32 are past any vocabulary: skipped as the host skips them.
+                token_ids.push(i32::try_from(id).unwrap_or(-1));
+                values.push(value);
+            }
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        let (rd, td, vd) = (
+            self.dev.upload(&row_ids)?,
+            self.dev.upload(&token_ids)?,
+            self.dev.upload(&values)?,
+        );
+        // SAFETY: work holds rows x vocab f32; the three arrays hold n entries each.
+        self.launched("apply_sparse_logits", unsafe {
+            sys::ek_apply_sparse_logits(
+                self.pm(work).cast(),
+                rows as i64,
+                vocab as i64,
+                self.p(&rd).cast(),
+                self.p(&td).cast(),
+                self.p(&vd).cast(),
+                values.len() as i64,
+                i32::from(set),
                 self.stream(),
             )
         })
