@@ -368,9 +368,10 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
         };
         let bytes =
             (2 * seqs * len * KV_HEADS * HD * size + 2 * seqs * len * HEADS * HD * size) as f64;
+        let shape = format!("{seqs}x{len}_h{HEADS}_kv{KV_HEADS}_d{HD}");
         g.bench(
             c,
-            &format!("paged_attention_prefill/{dtype}/{seqs}x{len}_h{HEADS}_kv{KV_HEADS}_d{HD}"),
+            &format!("paged_attention_prefill/{dtype}/{shape}/simt"),
             bytes,
             || unsafe {
                 ok(
@@ -379,6 +380,20 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
                 );
             },
         );
+        // The tensor-core kernel, where the backend would pick it.
+        if cuda::attention::tensor_core_prefill(code as u32, HD) {
+            g.bench(
+                c,
+                &format!("paged_attention_prefill/{dtype}/{shape}/mma"),
+                bytes,
+                || unsafe {
+                    ok(
+                        "prefill_mma",
+                        sys::ek_paged_attention_prefill_mma(&params, len as i32, s),
+                    );
+                },
+            );
+        }
         drop((kc, vc, q, out));
     }
 

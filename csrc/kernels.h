@@ -183,6 +183,15 @@ int64_t ek_paged_attention_workspace_bytes(int32_t num_seqs, int32_t num_heads, 
 int32_t ek_paged_attention_prefill(const ek_attn_params *p, int32_t max_query_len, void *stream);
 
 /*
+ * The same on tensor cores (sm_80+): q and out in f16 or bf16, head_dim 16,
+ * 32, 64, 80, 96 or 128 (anything else: cudaErrorInvalidValue). Scores and the
+ * output accumulate in f32; the softmax weights multiply V rounded to q's
+ * dtype, as K and V are (an FP8 pool's code * scale included).
+ */
+int32_t ek_paged_attention_prefill_mma(const ek_attn_params *p, int32_t max_query_len,
+                                       void *stream);
+
+/*
  * Sampling, on float32 logits [rows, vocab] in place unless said otherwise.
  *
  * Penalties (vLLM's order): for row r, entries row_offsets[r]..row_offsets[r+1]

@@ -785,6 +785,45 @@ fn paged_attention_decode_matches_the_cpu_single_pass_and_split() {
     }
 }
 
+/// The two prefill kernels: SIMT (every dtype and width) and tensor cores.
+#[derive(Clone, Copy)]
+enum Prefill {
+    Simt,
+    Mma,
+}
+
+impl Prefill {
+    fn name(self) -> &'static str {
+        match self {
+            Prefill::Simt => "paged_attention_prefill",
+            Prefill::Mma => "paged_attention_prefill_mma",
+        }
+    }
+
+    fn launch(self, gpu: &CudaDevice, params: &sys::ek_attn_params, max_query_len: i32) -> i32 {
+        // SAFETY: params describe live buffers of the batch.
+        unsafe {
+            match self {
+                Prefill::Simt => {
+                    sys::ek_paged_attention_prefill(params, max_query_len, gpu.raw_stream())
+                }
+                Prefill::Mma => {
+                    sys::ek_paged_attention_prefill_mma(params, max_query_len, gpu.raw_stream())
+                }
+            }
+        }
+    }
+}
+
+/// The prefill kernels that serve `dt` at head width `hd`, as the backend picks.
+fn prefill_kernels(dt: Dt, hd: usize) -> Vec<Prefill> {
+    let mut kernels = vec![Prefill::Simt];
+    if cuda::attention::tensor_core_prefill(dt.code() as u32, hd) {
+        kernels.push(Prefill::Mma);
+    }
+    kernels
+}
+
 #[test]
 fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
     let Some(gpu) = gpu() else { return };
@@ -797,14 +836,15 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
             (16, 4, 96, 16, None),
             (4, 2, 256, 16, Some(33)),
         ] {
-            // Decode, a whole prompt, a chunk after a cached prefix, an odd prompt.
+            // Decode, a whole prompt, a chunk after a cached prefix, an odd
+            // prompt, a chunk over three 64-row tiles (the last one partial).
             let c = AttnCase {
                 heads,
                 kvh,
                 hd,
                 bs,
                 window,
-                seqs: vec![(1, 70), (37, 37), (21, 150), (1, 1), (5, 5)],
+                seqs: vec![(1, 70), (37, 37), (21, 150), (1, 1), (5, 5), (130, 200)],
             };
             let (meta, q, k, v, shape) = attn_batch(&c, dt, &mut rng);
             let cpu_k = CpuKvPool::F32(key_blocks_transposed(&k, c.bs, c.hd));
@@ -814,17 +854,20 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
             CpuBackend
                 .paged_attention(&q, &cpu_k, &cpu_v, &meta, shape, &mut want)
                 .unwrap();
-            let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
-            let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
-            ok("paged_attention_prefill", unsafe {
-                sys::ek_paged_attention_prefill(&params, 37, gpu.raw_stream())
-            });
-            assert_close(
-                &format!("prefill {dt:?} {heads}/{kvh}x{hd} bs {bs} window {window:?}"),
-                &bufs.out.get(),
-                &want,
-                dt.tol(),
-            );
+            for kernel in prefill_kernels(dt, hd) {
+                let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
+                let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
+                ok(kernel.name(), kernel.launch(&gpu, &params, 130));
+                assert_close(
+                    &format!(
+                        "{} {dt:?} {heads}/{kvh}x{hd} bs {bs} window {window:?}",
+                        kernel.name()
+                    ),
+                    &bufs.out.get(),
+                    &want,
+                    dt.tol(),
+                );
+            }
         }
     }
 }

@@ -18,7 +18,9 @@
 // of one head; 8 lanes per row each own head_dim / 8 output dims. K and V
 // tiles of the sequence's visible positions are gathered from the pool into
 // shared memory (as float), scored against the rows and folded into an
-// online softmax: no [queries, keys] matrix exists anywhere.
+// online softmax: no [queries, keys] matrix exists anywhere. For 16-bit
+// models at head widths up to 128, prefill_mma.cu does the same on tensor
+// cores (64 rows a block, 64-key tiles); the f32 path keeps this kernel.
 //
 // The pools are in q's dtype or FP8 (cache_dtype): an FP8 element reads as
 // code * k_scale or code * v_scale (fp8.cuh's KvVec), exactly the CPU

@@ -12,6 +12,17 @@ pub const PARTITION_SIZE: usize = sys::EK_ATTN_PARTITION_SIZE as usize;
 /// The head widths csrc/attention/ is instantiated for.
 pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
+/// The head widths the tensor-core prefill kernel is instantiated for
+/// (csrc/attention/prefill_mma.cu: whole 16-wide tiles, at most 128).
+pub const MMA_HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 96, 128];
+
+/// Whether prefill rows run on tensor cores: q in f16 or bf16 (a launcher
+/// dtype code) and a head width that kernel takes. f32 models keep the SIMT
+/// kernel, which stays in f32 throughout as the CPU backend does.
+pub fn tensor_core_prefill(dtype: u32, head_dim: usize) -> bool {
+    matches!(dtype, sys::EK_DTYPE_F16 | sys::EK_DTYPE_BF16) && MMA_HEAD_DIMS.contains(&head_dim)
+}
+
 /// Query heads one decode block serves, as the launcher picks it for a GQA
 /// group of `group` query heads per KV head.
 fn heads_per_block(group: usize) -> usize {
@@ -75,10 +86,17 @@ impl CudaBackend {
                 ..*params
             };
             let rows = to_i32("query length", meta.prefill_max_query_len)?;
-            // SAFETY: the params describe live buffers of these sequences.
-            self.launched("paged_attention_prefill", unsafe {
-                sys::ek_paged_attention_prefill(&prefill, rows, self.stream())
-            })?;
+            if tensor_core_prefill(params.dtype as u32, params.head_dim as usize) {
+                // SAFETY: the params describe live buffers of these sequences.
+                self.launched("paged_attention_prefill_mma", unsafe {
+                    sys::ek_paged_attention_prefill_mma(&prefill, rows, self.stream())
+                })?;
+            } else {
+                // SAFETY: as above.
+                self.launched("paged_attention_prefill", unsafe {
+                    sys::ek_paged_attention_prefill(&prefill, rows, self.stream())
+                })?;
+            }
         }
         Ok(())
     }
@@ -123,6 +141,19 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_cores_take_16_bit_prefill_at_tile_widths() {
+        for hd in [16, 32, 64, 80, 96, 128] {
+            assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, hd), "{hd}");
+            assert!(tensor_core_prefill(sys::EK_DTYPE_F16, hd), "{hd}");
+            assert!(!tensor_core_prefill(sys::EK_DTYPE_F32, hd), "{hd}");
+        }
+        // 256 needs more shared memory than the tile layout allows; 48 is no
+        // width the kernels are built for.
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 256));
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 48));
+    }
 
     #[test]
     fn short_contexts_never_split() {

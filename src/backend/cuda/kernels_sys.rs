@@ -222,6 +222,13 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
+    pub fn ek_paged_attention_prefill_mma(
+        p: *const ek_attn_params,
+        max_query_len: i32,
+        stream: *mut ::core::ffi::c_void,
+    ) -> i32;
+}
+unsafe extern "C" {
     pub fn ek_apply_penalties(
         logits: *mut f32,
         rows: i64,
