@@ -196,6 +196,7 @@ fn sizes_that_do_not_divide_the_model_are_clear_errors() {
 #[test]
 fn cuda_tp1_through_nccl_matches_the_cpu() {
     use engine::backend::cuda::CudaBackend;
+    use engine::backend::Backend;
     use engine::loader::load_engine_core;
     if std::env::var_os("ENGINE_TP_CUDA").is_none_or(|v| v != "1") {
         eprintln!("skipped: set ENGINE_TP_CUDA=1 on a machine with a GPU and NCCL");
@@ -225,5 +226,22 @@ fn cuda_tp1_through_nccl_matches_the_cpu() {
             let what = format!("{name} cuda -tp 1 request {r}");
             assert_same_greedy(&what, g.best(), w.best(), F32_TIE_MARGIN);
         }
+        // Decode steps through CUDA graphs that hold the NCCL collectives.
+        let graphed = LoadOptions {
+            cuda_graphs: true,
+            ..options("float32", Some(1))
+        };
+        let backend = CudaBackend::new(0).expect("a GPU");
+        let core = load_engine_core(&dir, &graphed, backend, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name} on cuda -tp 1 with graphs: {e}"));
+        let mut gpu = Llm::from_core(core);
+        let got = gpu.generate(&requests).unwrap();
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            let what = format!("{name} cuda -tp 1 with graphs, request {r}");
+            assert_same_greedy(&what, g.best(), w.best(), F32_TIE_MARGIN);
+        }
+        let captured = gpu.model().backend().graphs_captured();
+        eprintln!("{name}: cuda -tp 1 (NCCL): {captured} graphs captured");
+        assert!(captured >= 1, "{name}: no graph captured under NCCL");
     }
 }

@@ -85,12 +85,16 @@ pub type GraphForward<'a, B, S> = dyn FnMut(
     + 'a;
 
 /// What graphs must cover: every decode batch up to `max_seqs` sequences,
-/// each up to `max_model_len` tokens in blocks of `block_size`.
+/// each up to `max_model_len` tokens in blocks of `block_size`. A step's
+/// logits come in `logits_parts` equal parts of `[rows, slice]` (a
+/// tensor-parallel group's gathered vocabulary slices: the world size; 1
+/// otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GraphLimits {
     pub max_seqs: usize,
     pub max_model_len: usize,
     pub block_size: usize,
+    pub logits_parts: usize,
 }
 
 /// Geometry of one attention layer.

@@ -18,6 +18,9 @@ pub struct StepArena<B: Backend> {
     pub(super) act: B::Buffer,
     /// The rows of the final hidden state that the LM head turns into logits.
     pub(super) selected: B::Buffer,
+    /// A tensor-parallel rank's vocabulary slice of the logits, before the
+    /// gather (f32, as logits are; made by the first step that needs it).
+    pub(super) local_logits: Option<B::Buffer>,
     /// A step's logits leave the step; the caller may hand them back for the
     /// next step's (a fresh `[rows, vocab]` buffer at a large batch is tens of
     /// MB of newly mapped pages on the CPU, each step).
@@ -35,6 +38,7 @@ impl<B: Backend> StepArena<B> {
             gate_up: be.alloc(0)?,
             act: be.alloc(0)?,
             selected: be.alloc(0)?,
+            local_logits: None,
             spare_logits: None,
         })
     }

@@ -330,9 +330,13 @@ pub(crate) mod tests {
                     for buf in rank.arena.buffers_mut() {
                         buf.fill(f32::NAN);
                     }
-                    // The logits the previous step handed back, too.
-                    if let Some(spare) = rank.arena.spare_logits.as_mut() {
-                        spare.fill(f32::NAN);
+                    // The logits the previous step handed back, and a
+                    // rank's slice of them, too.
+                    let arena = &mut rank.arena;
+                    for kept in [&mut arena.spare_logits, &mut arena.local_logits] {
+                        if let Some(buf) = kept.as_mut() {
+                            buf.fill(f32::NAN);
+                        }
                     }
                 }
                 for rank in &mut fresh.ranks {

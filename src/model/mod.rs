@@ -355,22 +355,21 @@ impl<B: Backend> Model<B> {
         arena: &mut StepArena<B>,
     ) -> Result<B::Buffer> {
         self.backend.run_step(|| {
-            // Graphs replay one device's ops; a tensor-parallel rank's
-            // collectives stay eager.
-            if self.comm.is_none() {
-                let be = &self.backend;
-                let graphed = be.graph_step(
-                    meta,
-                    &mut arena.spare_logits,
-                    &mut || StepArena::new(be),
-                    &mut |m, own: &mut StepArena<B>, logits| {
-                        own.spare_logits = logits;
-                        self.forward_ops(m, kv, own)
-                    },
-                )?;
-                if let Some(logits) = graphed {
-                    return Ok(logits);
-                }
+            // A tensor-parallel rank's graphs hold its collectives too: every
+            // rank takes the same bucket for the same step, so their replays
+            // meet in each all-reduce as their eager steps do.
+            let be = &self.backend;
+            let graphed = be.graph_step(
+                meta,
+                &mut arena.spare_logits,
+                &mut || StepArena::new(be),
+                &mut |m, own: &mut StepArena<B>, logits| {
+                    own.spare_logits = logits;
+                    self.forward_ops(m, kv, own)
+                },
+            )?;
+            if let Some(logits) = graphed {
+                return Ok(logits);
             }
             self.forward_ops(meta, kv, arena)
         })
@@ -383,6 +382,7 @@ impl<B: Backend> Model<B> {
             max_seqs,
             max_model_len: self.max_positions,
             block_size,
+            logits_parts: self.plan.shard.world,
         };
         self.backend.enable_graphs(limits);
     }
@@ -409,6 +409,7 @@ impl<B: Backend> Model<B> {
             gate_up,
             act,
             selected,
+            local_logits,
             spare_logits,
         } = arena;
         be.resize(h, t * hidden)?;
@@ -447,7 +448,13 @@ impl<B: Backend> Model<B> {
         } else {
             be.fused_add_rms_norm(h, residual, &self.norm, eps)?;
         }
-        self.lm_head(h, &host.logits_rows, selected, spare_logits.take())
+        self.lm_head(
+            h,
+            &host.logits_rows,
+            selected,
+            local_logits,
+            spare_logits.take(),
+        )
     }
 
     /// Releases the other ranks of the group from the collectives they wait
@@ -468,13 +475,16 @@ impl<B: Backend> Model<B> {
 
     /// The logits of `rows` of the final hidden state: this rank's vocabulary
     /// slice, gathered from every rank in a group (`[world, rows, slice]`).
-    /// `selected` is the step's buffer for those rows; the logits leave the
-    /// step, in the `spare` an earlier step's caller handed back if there is one.
+    /// `selected` is the step's buffer for those rows, `local` (in a group)
+    /// for this rank's slice of their logits; the logits leave the step, in
+    /// the `spare` an earlier step's caller handed back if there is one. No
+    /// buffer is allocated once the step's are sized, as a graph capture needs.
     fn lm_head(
         &self,
         h: &B::Buffer,
         rows: &[usize],
         selected: &mut B::Buffer,
+        local: &mut Option<B::Buffer>,
         spare: Option<B::Buffer>,
     ) -> Result<B::Buffer> {
         let be = &self.backend;
@@ -490,20 +500,22 @@ impl<B: Backend> Model<B> {
             selected
         };
         let len = rows.len() * self.plan.vocab.len();
-        let mut logits = match spare {
-            Some(mut buf) => {
-                be.resize(&mut buf, len)?;
-                buf
-            }
-            None => be.alloc_logits(len)?,
-        };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        be.matmul(input, head, None, &mut logits)?;
         let Some(comm) = &self.comm else {
+            let mut logits = logits_buffer(be, spare, len)?;
+            be.matmul(input, head, None, &mut logits)?;
             return Ok(logits);
         };
-        let mut gathered = be.alloc_logits(self.plan.shard.world * be.buffer_len(&logits))?;
-        be.all_gather(comm, &logits, &mut gathered)?;
+        let slice = match local {
+            Some(buf) => {
+                be.resize(buf, len)?;
+                buf
+            }
+            None => local.insert(be.alloc_logits(len)?),
+        };
+        be.matmul(input, head, None, slice)?;
+        let mut gathered = logits_buffer(be, spare, self.plan.shard.world * len)?;
+        be.all_gather(comm, slice, &mut gathered)?;
         Ok(gathered)
     }
 
@@ -525,5 +537,16 @@ impl<B: Backend> Model<B> {
             out.truncate((row + 1) * vocab);
         }
         Ok(out)
+    }
+}
+
+/// `len` f32 logits: `spare` resized, or a new buffer.
+fn logits_buffer<B: Backend>(be: &B, spare: Option<B::Buffer>, len: usize) -> Result<B::Buffer> {
+    match spare {
+        Some(mut buf) => {
+            be.resize(&mut buf, len)?;
+            Ok(buf)
+        }
+        None => be.alloc_logits(len),
     }
 }

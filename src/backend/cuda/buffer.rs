@@ -126,22 +126,25 @@ impl CudaBuffer {
 }
 
 impl CudaBuffer {
-    /// Copies the first `len` values of `src` (same dtype) over this buffer's.
-    pub fn copy_prefix_from(
+    /// Copies `len` values of `src` (same dtype) from offset `from` over
+    /// this buffer's from offset `to`.
+    pub fn copy_range_from(
         &mut self,
         dev: &CudaDevice,
+        to: usize,
         src: &CudaBuffer,
+        from: usize,
         len: usize,
     ) -> Result<()> {
         let short = || {
             Error::invalid(format!(
-                "cuda: copying {len} values between shorter buffers"
+                "cuda: copying {len} values from {from} to {to} between shorter buffers"
             ))
         };
         macro_rules! copy {
             ($d:expr, $s:expr) => {{
-                let from = $s.try_slice(..len).ok_or_else(short)?;
-                let mut to = $d.try_slice_mut(..len).ok_or_else(short)?;
+                let from = $s.try_slice(from..from + len).ok_or_else(short)?;
+                let mut to = $d.try_slice_mut(to..to + len).ok_or_else(short)?;
                 dev.stream
                     .memcpy_dtod(&from, &mut to)
                     .map_err(|e| super::device::device_error("copying on the GPU", e))

@@ -9,7 +9,9 @@
 //! split-K partition count of decode attention are those of `max_model_len`.
 //! Padding rows: token 0 at position 0, no KV write (slot -1), attending to
 //! one position of block 0; their logits are never read. If a capture fails,
-//! every step runs eagerly from then on (said once in the log).
+//! every step runs eagerly from then on (said once in the log). A
+//! tensor-parallel rank captures its NCCL collectives with the rest; its
+//! logits are the ranks' gathered slices, each losing its padding rows.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -196,8 +198,8 @@ impl CudaBackend {
         }
     }
 
-    /// The first `rows` rows of `[bucket, vocab]` logits, copied into `spare`
-    /// (resized) or a new buffer.
+    /// The first `rows` rows of each part of `[bucket, slice]` of a graph's
+    /// logits, copied into `spare` (resized) or a new buffer.
     fn logits_rows(
         &self,
         logits: &CudaBuffer,
@@ -205,7 +207,9 @@ impl CudaBackend {
         bucket: usize,
         spare: &mut Option<CudaBuffer>,
     ) -> Result<CudaBuffer> {
-        let len = logits.len() / bucket * rows;
+        let parts = self.graphs.as_ref().map_or(1, |g| g.limits.logits_parts);
+        let copies = row_copies(logits.len(), bucket, rows, parts);
+        let len = copies.iter().map(|&(_, _, n)| n).sum();
         let mut out = match spare.take() {
             Some(mut buf) => {
                 self.resize(&mut buf, len)?;
@@ -213,9 +217,26 @@ impl CudaBackend {
             }
             None => self.alloc_logits(len)?,
         };
-        out.copy_prefix_from(&self.dev, logits, len)?;
+        for (from, to, n) in copies {
+            out.copy_range_from(&self.dev, to, logits, from, n)?;
+        }
         Ok(out)
     }
+}
+
+/// The copies `(from, to, len)` that take a step's `rows` out of `total`
+/// logits padded to `bucket` rows: one per part of `[bucket, slice]` (a
+/// tensor-parallel group's vocabulary slices, gathered rank by rank), into
+/// parts of `[rows, slice]` back to back.
+fn row_copies(
+    total: usize,
+    bucket: usize,
+    rows: usize,
+    parts: usize,
+) -> Vec<(usize, usize, usize)> {
+    let part = total / parts.max(1);
+    let take = part / bucket.max(1) * rows;
+    (0..parts).map(|p| (p * part, p * take, take)).collect()
 }
 
 #[cfg(test)]
@@ -227,6 +248,7 @@ mod tests {
             max_seqs: 64,
             max_model_len: 100,
             block_size: 16,
+            logits_parts: 1,
         })
     }
 
@@ -273,6 +295,16 @@ mod tests {
         let mut blocks = decode_step(2);
         blocks.block_size = 32;
         assert_eq!(g.bucket(&blocks), None, "another block size");
+    }
+
+    #[test]
+    fn each_ranks_slice_of_the_logits_loses_its_padding_rows() {
+        // One part: the prefix. 3 of 4 rows of a 5-wide vocabulary.
+        assert_eq!(row_copies(20, 4, 3, 1), [(0, 0, 15)]);
+        // Two ranks' [4, 5] slices, gathered: each one's first 3 rows, back to back.
+        assert_eq!(row_copies(40, 4, 3, 2), [(0, 0, 15), (20, 15, 15)]);
+        // A full bucket copies everything.
+        assert_eq!(row_copies(40, 4, 4, 2), [(0, 0, 20), (20, 20, 20)]);
     }
 
     #[test]
