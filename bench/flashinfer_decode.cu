@@ -368,6 +368,10 @@ int run(int argc, char **argv) {
   p.sliding_window = 0;
   p.dtype = EK_DTYPE_BF16;
   p.scale = scale;
+  // The pools are bf16 like q: a zeroed cache_dtype (f32) is refused.
+  p.cache_dtype = EK_DTYPE_BF16;
+  p.k_scale = 1.0f;
+  p.v_scale = 1.0f;
   const int all_parts = (CONTEXT + EK_ATTN_PARTITION_SIZE - 1) / EK_ATTN_PARTITION_SIZE;
   const int64_t ws_bytes = ek_paged_attention_workspace_bytes(BATCH, HEADS, HD, all_parts);
   void *ws = nullptr;

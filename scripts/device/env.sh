@@ -7,14 +7,18 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${OUT:-/tmp/device-out}"
 mkdir -p "$out"
 export ENGINE_REPO_DIR="$(cd "$here/.." && pwd)"
-# The staged binaries, unpacked once per machine.
+# The staged binaries, unpacked once per staging: the machine stays warm
+# between runs, so /tmp may hold an earlier staging's binaries, which are
+# unpacked again when the staged archives differ (keyed by their checksum).
 bin=/tmp/engine-device-bin
-if [ ! -f "$bin/.unpacked" ]; then
+staged="$(cat "$here"/bin/*.gz | cksum)"
+if [ "$(cat "$bin/.unpacked" 2>/dev/null)" != "$staged" ]; then
+    rm -rf "$bin"
     mkdir -p "$bin"
     for f in "$here"/bin/*.gz; do
         gunzip -c "$f" >"$bin/$(basename "$f" .gz)" && chmod +x "$bin/$(basename "$f" .gz)"
     done
-    touch "$bin/.unpacked"
+    echo "$staged" >"$bin/.unpacked"
 fi
 # A step that runs past its share of the 8 minutes is stopped, not waited for.
 step() { # seconds log command...
