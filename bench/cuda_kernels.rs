@@ -381,7 +381,7 @@ fn gpu_benches(c: &mut Criterion, g: &Gpu) {
             },
         );
         // The tensor-core kernel, where the backend would pick it.
-        if cuda::attention::tensor_core_prefill(code as u32, HD) {
+        if cuda::attention::tensor_core_prefill(code as u32, HD, g.dev().shared_mem_per_block) {
             g.bench(
                 c,
                 &format!("paged_attention_prefill/{dtype}/{shape}/mma"),

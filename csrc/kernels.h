@@ -186,10 +186,13 @@ int32_t ek_paged_attention_prefill(const ek_attn_params *p, int32_t max_query_le
  * The same on tensor cores (sm_80+): q and out in f16 or bf16, head_dim 16,
  * 32, 64, 80, 96 or 128 (anything else: cudaErrorInvalidValue). Scores and the
  * output accumulate in f32; the softmax weights multiply V rounded to q's
- * dtype, as K and V are (an FP8 pool's code * scale included).
+ * dtype, as K and V are (an FP8 pool's code * scale included). It needs
+ * ek_paged_attention_prefill_mma_smem_bytes(head_dim) bytes of shared memory
+ * a block (-1: a width it does not take), more than some GPUs allow.
  */
 int32_t ek_paged_attention_prefill_mma(const ek_attn_params *p, int32_t max_query_len,
                                        void *stream);
+int64_t ek_paged_attention_prefill_mma_smem_bytes(int32_t head_dim);
 
 /*
  * Sampling, on float32 logits [rows, vocab] in place unless said otherwise.

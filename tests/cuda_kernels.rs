@@ -815,10 +815,12 @@ impl Prefill {
     }
 }
 
-/// The prefill kernels that serve `dt` at head width `hd`, as the backend picks.
-fn prefill_kernels(dt: Dt, hd: usize) -> Vec<Prefill> {
+/// The prefill kernels that serve `dt` at head width `hd` on this GPU, as
+/// the backend picks.
+fn prefill_kernels(gpu: &CudaDevice, dt: Dt, hd: usize) -> Vec<Prefill> {
     let mut kernels = vec![Prefill::Simt];
-    if cuda::attention::tensor_core_prefill(dt.code() as u32, hd) {
+    let smem = gpu.shared_mem_per_block;
+    if cuda::attention::tensor_core_prefill(dt.code() as u32, hd, smem) {
         kernels.push(Prefill::Mma);
     }
     kernels
@@ -854,7 +856,7 @@ fn paged_attention_prefill_matches_the_cpu_on_mixed_batches() {
             CpuBackend
                 .paged_attention(&q, &cpu_k, &cpu_v, &meta, shape, &mut want)
                 .unwrap();
-            for kernel in prefill_kernels(dt, hd) {
+            for kernel in prefill_kernels(&gpu, dt, hd) {
                 let mut bufs = attn_bufs(&gpu, dt, &meta, &q, &k, &v, out_len);
                 let params = attn_params(&gpu, dt, shape, &meta, &mut bufs);
                 ok(kernel.name(), kernel.launch(&gpu, &params, 130));

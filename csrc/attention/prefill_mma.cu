@@ -284,6 +284,25 @@ int32_t launch_prefill_mma(const ek_attn_params &p, int32_t max_query_len, cudaS
 
 using namespace ek;
 
+extern "C" int64_t ek_paged_attention_prefill_mma_smem_bytes(int32_t head_dim) {
+  switch (head_dim) {
+  case 16:
+    return MmaLayout<16>::kBytes;
+  case 32:
+    return MmaLayout<32>::kBytes;
+  case 64:
+    return MmaLayout<64>::kBytes;
+  case 80:
+    return MmaLayout<80>::kBytes;
+  case 96:
+    return MmaLayout<96>::kBytes;
+  case 128:
+    return MmaLayout<128>::kBytes;
+  default:
+    return -1;
+  }
+}
+
 extern "C" int32_t ek_paged_attention_prefill_mma(const ek_attn_params *p, int32_t max_query_len,
                                                   void *stream) {
   if (!valid_params(p))

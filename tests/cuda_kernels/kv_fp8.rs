@@ -383,7 +383,7 @@ fn paged_attention_prefill_over_fp8_pools_matches_the_cpu() {
                 seqs: vec![(1, 70), (37, 37), (21, 150), (1, 1), (5, 5), (130, 200)],
             };
             let (mut a, meta, shape) = fp8_attention(&gpu, &c, dt, format, &mut rng);
-            for kernel in prefill_kernels(dt, hd) {
+            for kernel in prefill_kernels(&gpu, dt, hd) {
                 a.bufs.out = Dev::poisoned(&gpu, dt, a.want.len());
                 let params = fp8_params(&gpu, dt, format, shape, &meta, &mut a.bufs);
                 ok(kernel.name(), kernel.launch(&gpu, &params, 130));

@@ -12,15 +12,19 @@ pub const PARTITION_SIZE: usize = sys::EK_ATTN_PARTITION_SIZE as usize;
 /// The head widths csrc/attention/ is instantiated for.
 pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
-/// The head widths the tensor-core prefill kernel is instantiated for
-/// (csrc/attention/prefill_mma.cu: whole 16-wide tiles, at most 128).
-pub const MMA_HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 96, 128];
-
 /// Whether prefill rows run on tensor cores: q in f16 or bf16 (a launcher
-/// dtype code) and a head width that kernel takes. f32 models keep the SIMT
-/// kernel, which stays in f32 throughout as the CPU backend does.
-pub fn tensor_core_prefill(dtype: u32, head_dim: usize) -> bool {
-    matches!(dtype, sys::EK_DTYPE_F16 | sys::EK_DTYPE_BF16) && MMA_HEAD_DIMS.contains(&head_dim)
+/// dtype code), a head width that kernel takes, and its shared memory within
+/// what a block may have on this GPU (`shared_mem_per_block`; 99 KiB on
+/// some that run sm_80 code). f32 models keep the SIMT kernel, which stays
+/// in f32 throughout as the CPU backend does.
+pub fn tensor_core_prefill(dtype: u32, head_dim: usize, shared_mem_per_block: usize) -> bool {
+    let Ok(hd) = i32::try_from(head_dim) else {
+        return false;
+    };
+    // SAFETY: a pure size lookup.
+    let bytes = unsafe { sys::ek_paged_attention_prefill_mma_smem_bytes(hd) };
+    matches!(dtype, sys::EK_DTYPE_F16 | sys::EK_DTYPE_BF16)
+        && usize::try_from(bytes).is_ok_and(|b| b <= shared_mem_per_block)
 }
 
 /// Query heads one decode block serves, as the launcher picks it for a GQA
@@ -86,7 +90,8 @@ impl CudaBackend {
                 ..*params
             };
             let rows = to_i32("query length", meta.prefill_max_query_len)?;
-            if tensor_core_prefill(params.dtype as u32, params.head_dim as usize) {
+            let smem = self.dev.shared_mem_per_block;
+            if tensor_core_prefill(params.dtype as u32, params.head_dim as usize, smem) {
                 // SAFETY: the params describe live buffers of these sequences.
                 self.launched("paged_attention_prefill_mma", unsafe {
                     sys::ek_paged_attention_prefill_mma(&prefill, rows, self.stream())
@@ -143,16 +148,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tensor_cores_take_16_bit_prefill_at_tile_widths() {
+    fn tensor_cores_take_16_bit_prefill_at_tile_widths_that_fit() {
+        const H100: usize = 227 << 10;
         for hd in [16, 32, 64, 80, 96, 128] {
-            assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, hd), "{hd}");
-            assert!(tensor_core_prefill(sys::EK_DTYPE_F16, hd), "{hd}");
-            assert!(!tensor_core_prefill(sys::EK_DTYPE_F32, hd), "{hd}");
+            assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, hd, H100), "{hd}");
+            assert!(tensor_core_prefill(sys::EK_DTYPE_F16, hd, H100), "{hd}");
+            assert!(!tensor_core_prefill(sys::EK_DTYPE_F32, hd, H100), "{hd}");
         }
-        // 256 needs more shared memory than the tile layout allows; 48 is no
-        // width the kernels are built for.
-        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 256));
-        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 48));
+        // 256 is not instantiated (its tiles would not fit); 48 is no width
+        // the kernels are built for.
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 256, H100));
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 48, H100));
+        // d 128 takes 110 KiB: past the 99 KiB of an sm_86/sm_89 GPU, and a
+        // narrower head that fits there still runs on tensor cores.
+        // SAFETY: a pure size lookup.
+        let d128 = unsafe { sys::ek_paged_attention_prefill_mma_smem_bytes(128) };
+        assert_eq!(d128, 112_640);
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 128, 99 << 10));
+        assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, 64, 99 << 10));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct CudaDevice {
     _blas_workspace: CudaSlice<u8>,
     /// Multiprocessors: what the split-K rule of paged attention sizes against.
     pub sm_count: usize,
+    /// Shared memory a block may opt into: whether the tensor-core prefill fits.
+    pub shared_mem_per_block: usize,
 }
 
 /// cuBLAS's workspace: NVIDIA's recommendation for Hopper.
@@ -95,12 +97,17 @@ impl CudaDevice {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| device_error("reading the multiprocessor count", e))?
             as usize;
+        let shared_mem_per_block = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| device_error("reading the shared memory per block", e))?
+            as usize;
         Ok(CudaDevice {
             ctx,
             stream,
             blas,
             _blas_workspace: workspace,
             sm_count,
+            shared_mem_per_block,
         })
     }
 

@@ -229,6 +229,9 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
+    pub fn ek_paged_attention_prefill_mma_smem_bytes(head_dim: i32) -> i64;
+}
+unsafe extern "C" {
     pub fn ek_apply_penalties(
         logits: *mut f32,
         rows: i64,
