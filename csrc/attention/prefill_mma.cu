@@ -28,19 +28,26 @@ constexpr size_t round128(size_t bytes) {
 
 // Shared-memory layout: row strides padded off the 32 banks (and still whole
 // 16-byte vectors, as wmma wants), arrays at 128-byte offsets (wmma wants 32).
+// The queries are read only into the warps' fragments, before the key loop's
+// first barrier; the scores, first written after it, reuse their space. That
+// keeps d 128 (93 KiB) within the 99 KiB a block may opt into on sm_86 and
+// sm_89 (A10, L4, L40S, RTX 30xx/40xx), which run the sm_80 build.
 template <int HD> struct MmaLayout {
   static_assert(HD % kTile == 0 && HD <= 128, "whole 16-wide tiles, at most 128");
   static constexpr int kLdT = HD + 8;       // q, k, v rows (16-bit)
   static constexpr int kLdS = kMmaKeys + 4; // scores (f32)
   static constexpr int kLdP = kMmaKeys + 8; // probabilities (16-bit)
   static constexpr int kLdO = HD + 4;       // the output accumulator (f32)
+  static constexpr size_t kQBytes = round128(sizeof(uint16_t) * kMmaRows * kLdT);
+  static constexpr size_t kSBytes = round128(sizeof(float) * kMmaRows * kLdS);
   static constexpr size_t kQ = 0;
-  static constexpr size_t kK = kQ + round128(sizeof(uint16_t) * kMmaRows * kLdT);
+  static constexpr size_t kS = 0; // over the queries (see above)
+  static constexpr size_t kK = kQBytes > kSBytes ? kQBytes : kSBytes;
   static constexpr size_t kV = kK + round128(sizeof(uint16_t) * kMmaKeys * kLdT);
-  static constexpr size_t kS = kV + round128(sizeof(uint16_t) * kMmaKeys * kLdT);
-  static constexpr size_t kP = kS + round128(sizeof(float) * kMmaRows * kLdS);
+  static constexpr size_t kP = kV + round128(sizeof(uint16_t) * kMmaKeys * kLdT);
   static constexpr size_t kO = kP + round128(sizeof(uint16_t) * kMmaRows * kLdP);
   static constexpr size_t kBytes = kO + round128(sizeof(float) * kMmaRows * kLdO);
+  static_assert(kBytes <= 99 * 1024, "within sm_86/sm_89's opt-in shared memory");
 };
 
 // 16-bit K or V elements [d, d + VEC) of one cache row into shared memory in
@@ -124,7 +131,8 @@ __global__ void __launch_bounds__(kAttnThreads) prefill_mma_kernel(ek_attn_param
   const int warp_first = first_pos + tile_row0 + wr0;
   const int warp_last = warp_first + warp_rows - 1;
   float m = -INFINITY, l = 0.f;
-  // The warp's queries stay in registers for every key tile.
+  // The warp's queries stay in registers for every key tile. (The scores
+  // overwrite sq: no warp writes them before the loop's first barrier.)
   wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> qf[HD / kTile];
 #pragma unroll
   for (int kk = 0; kk < HD / kTile; ++kk)

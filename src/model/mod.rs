@@ -514,7 +514,11 @@ impl<B: Backend> Model<B> {
             None => local.insert(be.alloc_logits(len)?),
         };
         be.matmul(input, head, None, slice)?;
-        let mut gathered = logits_buffer(be, spare, self.plan.shard.world * len)?;
+        // World times the slice's own length: a step without logits rows
+        // (a prompt chunk short of the end) has a one-value CUDA slice, and
+        // NCCL's all_gather wants exactly world times it.
+        let world = self.plan.shard.world;
+        let mut gathered = logits_buffer(be, spare, world * be.buffer_len(slice))?;
         be.all_gather(comm, slice, &mut gathered)?;
         Ok(gathered)
     }
