@@ -44,14 +44,20 @@ template <typename T> struct alignas(16) Pack {
   T v[Vec<T>::N];
 };
 
+// The 16 bytes move between a Pack and a uint4 by memcpy, not a pointer cast:
+// a Pack read as a uint4 breaks the aliasing rules, and a host compiler that
+// enforces them was seen to reorder such code.
 template <typename T> __device__ __forceinline__ Pack<T> load_pack(const T *p) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(p));
   Pack<T> out;
-  *reinterpret_cast<uint4 *>(&out) = __ldg(reinterpret_cast<const uint4 *>(p));
+  memcpy(&out, &raw, sizeof out);
   return out;
 }
 
 template <typename T> __device__ __forceinline__ void store_pack(T *p, const Pack<T> &v) {
-  *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(&v);
+  uint4 raw;
+  memcpy(&raw, &v, sizeof raw);
+  *reinterpret_cast<uint4 *>(p) = raw;
 }
 
 __host__ __device__ __forceinline__ bool aligned16(const void *p) {

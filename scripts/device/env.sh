@@ -9,15 +9,20 @@ mkdir -p "$out"
 export ENGINE_REPO_DIR="$(cd "$here/.." && pwd)"
 # The staged binaries, unpacked once per staging: the machine stays warm
 # between runs, so /tmp may hold an earlier staging's binaries, which are
-# unpacked again when the staged archives differ (keyed by their checksum).
+# unpacked again when the staged archive differs (keyed by its checksum).
+# Python's tarfile unpacks it where there is no xz.
 bin=/tmp/engine-device-bin
-staged="$(cat "$here"/bin/*.gz | cksum)"
+staged="$(cksum <"$here/bin.tar.xz")"
 if [ "$(cat "$bin/.unpacked" 2>/dev/null)" != "$staged" ]; then
     rm -rf "$bin"
     mkdir -p "$bin"
-    for f in "$here"/bin/*.gz; do
-        gunzip -c "$f" >"$bin/$(basename "$f" .gz)" && chmod +x "$bin/$(basename "$f" .gz)"
-    done
+    if command -v xz >/dev/null; then
+        tar -xJf "$here/bin.tar.xz" -C "$bin"
+    else
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+            "$here/bin.tar.xz" "$bin"
+    fi
+    chmod +x "$bin"/*
     echo "$staged" >"$bin/.unpacked"
 fi
 # A step that runs past its share of the 8 minutes is stopped, not waited for;

@@ -14,9 +14,10 @@ pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Whether prefill rows run on tensor cores: q in f16 or bf16 (a launcher
 /// dtype code), a head width that kernel takes, and its shared memory within
-/// what a block may have on this GPU (`shared_mem_per_block`; 99 KiB on
-/// some that run sm_80 code). f32 models keep the SIMT kernel, which stays
-/// in f32 throughout as the CPU backend does.
+/// what a block may have on this GPU (`shared_mem_per_block`: 99 KiB and
+/// more where sm_80 code runs; the check keeps a smaller GPU on the SIMT
+/// kernel). f32 models keep the SIMT kernel, which stays in f32 throughout
+/// as the CPU backend does.
 pub fn tensor_core_prefill(dtype: u32, head_dim: usize, shared_mem_per_block: usize) -> bool {
     let Ok(hd) = i32::try_from(head_dim) else {
         return false;
@@ -159,13 +160,14 @@ mod tests {
         // the kernels are built for.
         assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 256, H100));
         assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 48, H100));
-        // d 128 takes 110 KiB: past the 99 KiB of an sm_86/sm_89 GPU, and a
-        // narrower head that fits there still runs on tensor cores.
+        // d 128 takes 93 KiB: within the 99 KiB of an sm_86/sm_89 GPU, past
+        // a 64 KiB one, where a narrower head still runs on tensor cores.
         // SAFETY: a pure size lookup.
         let d128 = unsafe { sys::ek_paged_attention_prefill_mma_smem_bytes(128) };
-        assert_eq!(d128, 112_640);
-        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 128, 99 << 10));
-        assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, 64, 99 << 10));
+        assert_eq!(d128, 95_232);
+        assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, 128, 99 << 10));
+        assert!(!tensor_core_prefill(sys::EK_DTYPE_BF16, 128, 64 << 10));
+        assert!(tensor_core_prefill(sys::EK_DTYPE_BF16, 64, 64 << 10));
     }
 
     #[test]
