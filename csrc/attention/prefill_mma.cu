@@ -12,6 +12,8 @@
 // is unspecified and the rescale is per row.
 #include <mma.h>
 
+#include <type_traits>
+
 #include "attention/attention.cuh"
 
 namespace ek {
@@ -257,36 +259,10 @@ int32_t launch_prefill_mma(const ek_attn_params &p, int32_t max_query_len, cudaS
   return launch_status();
 }
 
-// The 16-bit dtypes and the head widths this kernel takes (the rest: the SIMT kernel).
-#define EK_DISPATCH_MMA_HEAD_DIM(hd, ...)                                                          \
-  switch (hd) {                                                                                    \
-  case 16: {                                                                                       \
-    constexpr int HD = 16;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  case 32: {                                                                                       \
-    constexpr int HD = 32;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  case 64: {                                                                                       \
-    constexpr int HD = 64;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  case 80: {                                                                                       \
-    constexpr int HD = 80;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  case 96: {                                                                                       \
-    constexpr int HD = 96;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  case 128: {                                                                                      \
-    constexpr int HD = 128;                                                                        \
-    __VA_ARGS__;                                                                                   \
-  }                                                                                                \
-  default:                                                                                         \
-    return static_cast<int32_t>(cudaErrorInvalidValue);                                            \
-  }
+// The head widths this kernel is built for (attention.cuh's, but 256).
+constexpr bool mma_head_dim(int hd) {
+  return hd % kTile == 0 && hd <= 128;
+}
 
 } // namespace ek
 
@@ -318,25 +294,19 @@ extern "C" int32_t ek_paged_attention_prefill_mma(const ek_attn_params *p, int32
   if (p->num_seqs == 0 || max_query_len <= 0)
     return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p->dtype) {
-  case EK_DTYPE_F16: {
-    using scalar_t = __half;
-    EK_DISPATCH_CACHE_DTYPE(p->dtype, p->cache_dtype, {
-      EK_DISPATCH_MMA_HEAD_DIM(
-          p->head_dim, return launch_prefill_mma<scalar_t, cache_t, HD>(*p, max_query_len, s));
-    });
-    break;
-  }
-  case EK_DTYPE_BF16: {
-    using scalar_t = __nv_bfloat16;
-    EK_DISPATCH_CACHE_DTYPE(p->dtype, p->cache_dtype, {
-      EK_DISPATCH_MMA_HEAD_DIM(
-          p->head_dim, return launch_prefill_mma<scalar_t, cache_t, HD>(*p, max_query_len, s));
-    });
-    break;
-  }
-  default:
-    return static_cast<int32_t>(cudaErrorInvalidValue);
-  }
+  EK_DISPATCH_DTYPE(p->dtype, {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return static_cast<int32_t>(cudaErrorInvalidValue); // 16-bit only
+    } else {
+      EK_DISPATCH_CACHE_DTYPE(p->dtype, p->cache_dtype, {
+        EK_DISPATCH_HEAD_DIM(p->head_dim, {
+          if constexpr (mma_head_dim(HD))
+            return launch_prefill_mma<scalar_t, cache_t, HD>(*p, max_query_len, s);
+          else
+            return static_cast<int32_t>(cudaErrorInvalidValue);
+        });
+      });
+    }
+  });
   return 0;
 }
