@@ -11,7 +11,9 @@
 //! one position of block 0; their logits are never read. If a capture fails,
 //! every step runs eagerly from then on (said once in the log). A
 //! tensor-parallel rank captures its NCCL collectives with the rest; its
-//! logits are the ranks' gathered slices, each losing its padding rows.
+//! logits are the ranks' gathered slices, each losing its padding rows. In a
+//! group of several ranks a failed capture is the step's error instead: the
+//! ranks must all replay or all run eagerly.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -160,6 +162,16 @@ impl CudaBackend {
                         logits,
                     },
                 );
+            }
+            Err(e) if graphs.limits.logits_parts > 1 => {
+                // The other ranks may have captured theirs: this rank's eager
+                // steps would meet their replays' collectives with other
+                // sizes (a hang, or garbage). Failing the step fails the group.
+                buckets.failed = true;
+                return Err(Error::Device(format!(
+                    "cuda graphs: capturing a decode step of {bucket} sequences failed on a \
+                     tensor-parallel rank ({e}); --enforce-eager runs without graphs"
+                )));
             }
             Err(e) => {
                 buckets.failed = true;
